@@ -1,0 +1,12 @@
+"""audiomamba: Mamba (selective state space) models for raw audio and codec-token streams.
+
+Data path: audio → tokenizer → embedding → MultiResolutionBackbone → head → task.
+
+Shape glossary (docstrings, einops strings and local names use these letters):
+    B batch · L length (samples or frames) · D model width (d_model) · E inner width (expand · D)
+    N state size (d_state) · H heads · P head dim (Mamba-2) or pooling factor (pooling layers)
+    K codebooks · V vocabulary · G groups of B/C · W conv width
+Module boundaries take (B, L, D); channel-first layouts live inside ops and kernels only.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Mamba-1 mixer (S6): input-dependent Δ, B, C with a selective scan, as in Gu & Dao (arXiv 2312.00752)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from audiomamba.kernels import causal_conv1d, selective_scan
+
+
+@dataclass
+class Mamba1State:
+    """Streaming state of a Mamba1Mixer.
+
+    conv: (B, E, W-1) the last W-1 conv inputs, in the activations' dtype.
+    ssm: (B, E, N) float32 SSM state.
+    """
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """y such that softplus(y) == x (for x > 0)."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+class Mamba1Mixer(nn.Module):
+    """Selective SSM mixer on (B, L, D).
+
+    x → in_proj → (x, z) each (B, L, E) → causal depthwise conv (width W) + SiLU → x_proj → (Δ_low, B, C)
+    → Δ = softplus(dt_proj(Δ_low) + bias) → selective scan (A = -exp(A_log), D skip, SiLU(z) gate) → out_proj.
+
+    Args:
+        d_model: D. d_state: N. d_conv: W. expand: E = expand · D.
+        dt_rank: rank of the Δ projection ("auto" = ceil(D / 16)).
+        dt_min, dt_max, dt_init_floor: Δ is initialised log-uniform in [dt_min, dt_max] through an
+            inverse-softplus bias (the paper's initialisation); A is S4D-real: A[e, n] = -(n + 1).
+    """
+
+    def __init__(
+        self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
+        dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, conv_bias: bool = True,
+        bias: bool = False,
+    ):
+        super().__init__()
+        if d_conv < 2:
+            raise ValueError(f"d_conv: expected >= 2, got {d_conv}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min/dt_max: expected 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        E, N = self.d_inner, d_state
+
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
+        self.conv_weight = nn.Parameter(torch.empty(E, d_conv))
+        self.conv_bias = nn.Parameter(torch.zeros(E)) if conv_bias else None
+        bound = 1.0 / math.sqrt(d_conv)
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        if self.conv_bias is not None:
+            nn.init.uniform_(self.conv_bias, -bound, bound)
+        self.x_proj = nn.Linear(E, self.dt_rank + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, E, bias=True)
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
+        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inverse_softplus(dt.clamp(min=dt_init_floor)))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))  # (E, N)
+        self.D = nn.Parameter(torch.ones(E))
+        self.out_proj = nn.Linear(E, d_model, bias=bias)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> Mamba1State:
+        """Zero state: conv (B, E, W-1) in ``dtype``, ssm (B, E, N) float32."""
+        device = device if device is not None else self.A_log.device
+        dtype = dtype if dtype is not None else self.in_proj.weight.dtype
+        return Mamba1State(
+            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def forward(self, x: torch.Tensor, state: Mamba1State | None = None) -> tuple[torch.Tensor, Mamba1State]:
+        """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
+        batch, length, _ = x.shape
+        xz = self.in_proj(x)  # (B, L, 2E)
+        xs, z = xz.chunk(2, dim=-1)  # (B, L, E) each
+        xs, z = xs.transpose(1, 2), z.transpose(1, 2)  # (B, E, L) views, channel-last memory
+        conv_state = None if state is None else state.conv.to(xs.dtype)
+        xs, conv_state = causal_conv1d(
+            xs, self.conv_weight, self.conv_bias, conv_state, return_final_state=True, activation="silu"
+        )  # (B, E, L)
+        x_dbl = self.x_proj(xs.transpose(1, 2))  # (B, L, R + 2N)
+        dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt_low @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, E, L), bias added inside the scan
+        A = -torch.exp(self.A_log.float())  # (E, N)
+        y, ssm_state = selective_scan(
+            xs, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(), z,
+            self.dt_proj.bias.float(), True, None if state is None else state.ssm, True,
+        )  # (B, E, L), (B, E, N)
+        out = self.out_proj(y.transpose(1, 2))  # (B, L, D)
+        return out, Mamba1State(conv=conv_state, ssm=ssm_state)
+

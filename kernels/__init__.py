@@ -1,0 +1,174 @@
+"""audiomamba.kernels: the SSM ops every model calls. Argument checks and backend choice, nothing else.
+
+Backends:
+- ``reference``: plain PyTorch (``reference.py``), the default for CPU tensors.
+- ``triton``: the Triton kernels, the default for CUDA tensors. With ``TRITON_INTERPRET=1`` they also run on
+  CPU tensors (slowly), which is how CI tests the real kernel code.
+``AUDIOMAMBA_BACKEND=reference|triton`` forces one for every call.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .reference import (
+    causal_conv1d_ref,
+    selective_scan_chunked_ref,
+    selective_scan_ref,
+    ssd_scan_chunked_ref,
+    ssd_scan_ref,
+)
+
+__all__ = [
+    "causal_conv1d",
+    "causal_conv1d_ref",
+    "get_backend",
+    "selective_scan",
+    "selective_scan_chunked_ref",
+    "selective_scan_ref",
+    "ssd_scan",
+    "ssd_scan_chunked_ref",
+    "ssd_scan_ref",
+]
+
+_BACKENDS = ("reference", "triton")
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def get_backend(t: torch.Tensor) -> str:
+    """The backend used for tensors like ``t``: ``AUDIOMAMBA_BACKEND`` if set, else by device."""
+    forced = os.environ.get("AUDIOMAMBA_BACKEND", "").strip().lower()
+    if forced:
+        if forced not in _BACKENDS:
+            raise ValueError(f"AUDIOMAMBA_BACKEND: expected one of {_BACKENDS}, got {forced!r}")
+        return forced
+    return "triton" if t.is_cuda else "reference"
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_tensor(name, t, shape, dtypes=_FLOATS, device=None, optional=False):
+    """Raise a ValueError naming ``name`` unless ``t`` has ``shape`` (ints or None = any), dtype, device."""
+    if t is None:
+        if optional:
+            return
+        raise ValueError(f"{name}: required tensor is None")
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected device {device}, got {t.device}")
+
+
+def _check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    _check_tensor("u", u, (None, None, None))
+    batch, channels, length = u.shape
+    dev = u.device
+    _check_tensor("delta", delta, (batch, channels, length), device=dev)
+    _check_tensor("A", A, (channels, None), (torch.float32, torch.float64), device=dev)
+    n = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        if M is not None and M.dim() == 4:
+            _check_tensor(name, M, (batch, None, n, length), device=dev)
+            if channels % M.shape[1]:
+                raise ValueError(f"{name}: {M.shape[1]} groups do not divide {channels} channels")
+        else:
+            _check_tensor(name, M, (batch, n, length), device=dev)
+    _check_tensor("D", D, (channels,), device=dev, optional=True)
+    _check_tensor("z", z, (batch, channels, length), device=dev, optional=True)
+    _check_tensor("delta_bias", delta_bias, (channels,), device=dev, optional=True)
+    _check_tensor("initial_state", initial_state, (batch, channels, n), (torch.float32, torch.float64),
+                  device=dev, optional=True)
+
+
+def _check_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state):
+    _check_tensor("x", x, (None, None, None, None))
+    batch, length, heads, headdim = x.shape
+    dev = x.device
+    _check_tensor("dt", dt, (batch, length, heads), device=dev)
+    _check_tensor("A", A, (heads,), (torch.float32, torch.float64), device=dev)
+    _check_tensor("B", B, (batch, length, None, None), device=dev)
+    _check_tensor("C", C, tuple(B.shape), device=dev)
+    if heads % B.shape[2]:
+        raise ValueError(f"B: {B.shape[2]} groups do not divide {heads} heads")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    if D is not None:
+        _check_tensor("D", D, (heads,) if D.dim() == 1 else (heads, headdim), device=dev)
+    _check_tensor("z", z, (batch, length, heads, headdim), device=dev, optional=True)
+    _check_tensor("dt_bias", dt_bias, (heads,), device=dev, optional=True)
+    _check_tensor("initial_state", initial_state, (batch, heads, headdim, B.shape[3]),
+                  (torch.float32, torch.float64), device=dev, optional=True)
+
+
+def _check_conv(x, weight, bias, initial_state, activation):
+    _check_tensor("x", x, (None, None, None))
+    batch, channels, _ = x.shape
+    _check_tensor("weight", weight, (channels, None), device=x.device)
+    _check_tensor("bias", bias, (channels,), device=x.device, optional=True)
+    _check_tensor("initial_state", initial_state, (batch, channels, weight.shape[1] - 1),
+                  device=x.device, optional=True)
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+
+
+# ---------------------------------------------------------------- public ops
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False,
+):
+    """Mamba-1 selective scan; the one entry point every model calls.
+
+    Same contract as ``selective_scan_ref`` (see there for the recurrence):
+    u, delta, z: (B, E, L); A: (E, N) float32; B, C: (B, N, L) or (B, G, N, L); D, delta_bias: (E,);
+    initial_state: (B, E, N) float32. Returns y (B, E, L) in u's dtype, or (y, final_state (B, E, N)).
+    """
+    _check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+    if get_backend(u) == "triton":
+        from .selective_scan import selective_scan_triton
+
+        return selective_scan_triton(*args)
+    return selective_scan_chunked_ref(*args)
+
+
+def causal_conv1d(x, weight, bias=None, initial_state=None, return_final_state=False, activation=None):
+    """Causal depthwise conv1d with conv state in and out; contract of ``causal_conv1d_ref``.
+
+    x: (B, E, L); weight: (E, W); bias: (E,); initial_state: (B, E, W-1).
+    Returns y (B, E, L) or (y, final_state (B, E, W-1)).
+    """
+    _check_conv(x, weight, bias, initial_state, activation)
+    args = (x, weight, bias, initial_state, return_final_state, activation)
+    if get_backend(x) == "triton":
+        from .conv1d import causal_conv1d_triton
+
+        return causal_conv1d_triton(*args)
+    return causal_conv1d_ref(*args)
+
+
+def ssd_scan(
+    x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+    initial_state=None, return_final_state=False,
+):
+    """Mamba-2 SSD scan; contract of ``ssd_scan_ref``.
+
+    x: (B, L, H, P); dt: (B, L, H); A: (H,); B, C: (B, L, G, N); D: (H,) or (H, P); z: (B, L, H, P);
+    dt_bias: (H,); initial_state: (B, H, P, N) float32. Returns y (B, L, H, P) or (y, final_state).
+    """
+    _check_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_state)
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, return_final_state)
+    if get_backend(x) == "triton":
+        from .ssd import ssd_scan_triton
+
+        return ssd_scan_triton(*args)
+    return ssd_scan_chunked_ref(*args)

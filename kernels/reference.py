@@ -1,0 +1,248 @@
+"""Plain-PyTorch reference ops: the obviously-correct twins of the Triton kernels.
+
+This module imports only torch. Every function has the signature of its fast twin in ``audiomamba.kernels``
+and is used (a) as the CPU backend and (b) as the ground truth in the tests. Shapes use the glossary:
+B batch, E channels (inner width), L length, N state size, G groups of B/C, H heads, P head dim, W conv width.
+
+All recurrences accumulate in float32 and return outputs in the input dtype. Every op takes an optional
+``initial_state`` and can return its final state; gradients flow into and out of both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _expand_groups(M: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, N, L) or (B, G, N, L) -> (B, E, N, L) view/expansion that pairs each channel with its group."""
+    if M.dim() == 3:
+        return M.unsqueeze(1).expand(-1, channels, -1, -1)
+    groups = M.shape[1]
+    return M.repeat_interleave(channels // groups, dim=1)
+
+
+def _scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    """Shared float32 preprocessing of the two selective-scan references."""
+    batch, channels, _ = u.shape
+    u32 = u.float()
+    delta32 = delta.float()
+    if delta_bias is not None:
+        delta32 = delta32 + delta_bias.float()[None, :, None]
+    if delta_softplus:
+        delta32 = F.softplus(delta32)
+    B32 = _expand_groups(B.float(), channels)  # (B, E, N, L)
+    C32 = _expand_groups(C.float(), channels)  # (B, E, N, L)
+    if initial_state is None:
+        h = u32.new_zeros(batch, channels, A.shape[1])
+    else:
+        h = initial_state.float()
+    return u32, delta32, A.float(), B32, C32, h
+
+
+def _scan_output(y, u32, D, z, out_dtype):
+    if D is not None:
+        y = y + D.float()[None, :, None] * u32
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(out_dtype)
+
+
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False,
+):
+    """Mamba-1 selective scan (S6), sequential over time.
+
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t ;  y_t = C_t · h_t + D u_t ;  y_t *= silu(z_t)
+    with Δ = softplus(delta + delta_bias) when ``delta_softplus``.
+
+    Args:
+        u, delta: (B, E, L) input and step size (any float dtype, any strides).
+        A: (E, N) float32 state matrix (diagonal, real, negative for stability).
+        B, C: (B, N, L) or (B, G, N, L) input/output projections; E must be divisible by G.
+        D: (E,) skip; z: (B, E, L) gate; delta_bias: (E,).
+        initial_state: (B, E, N) float32 state before the first step (zeros when None).
+        return_final_state: also return the (B, E, N) float32 state after the last step.
+
+    Returns:
+        y: (B, E, L) in u's dtype, or (y, final_state).
+    """
+    u32, delta32, A32, B32, C32, h = _scan_inputs(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
+    )
+    ys = []
+    for t in range(u.shape[-1]):
+        dt = delta32[:, :, t, None]  # (B, E, 1)
+        h = torch.exp(dt * A32) * h + dt * B32[..., t] * u32[:, :, t, None]  # (B, E, N)
+        ys.append((h * C32[..., t]).sum(-1))  # (B, E)
+    y = torch.stack(ys, dim=-1) if ys else u32.new_zeros(u.shape)  # (B, E, L)
+    y = _scan_output(y, u32, D, z, u.dtype)
+    return (y, h) if return_final_state else y
+
+
+def selective_scan_chunked_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False, max_log_decay=30.0, max_chunk=64,
+):
+    """Selective scan, parallel within chunks and sequential across them (same contract as
+    ``selective_scan_ref``; the fast CPU path).
+
+    Within a chunk, with S_t = Σ_{r≤t} Δ_r A (cumulative log-decay from the chunk start):
+        h_t = exp(S_t) · (h_0 + Σ_{s≤t} exp(-S_s) Δ_s B_s u_s)
+    which is two cumulative sums instead of a loop. exp(-S) grows along the chunk, so the chunk length
+    is chosen from the data such that |S| stays below ``max_log_decay`` (no overflow, and float32 rounding
+    of S stays ~1e-6 relative); huge steps degrade gracefully to short chunks.
+    """
+    u32, delta32, A32, B32, C32, h = _scan_inputs(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
+    )
+    length = u.shape[-1]
+    if length == 0:
+        y = u32.new_zeros(u.shape)
+        y = _scan_output(y, u32, D, z, u.dtype)
+        return (y, h) if return_final_state else y
+    # Largest per-step |ΔA| bounds the log-decay growth inside a chunk.
+    with torch.no_grad():
+        step = (delta32.abs().amax(dim=(0, 2)) * A32.abs().amax(dim=1)).max().item()
+    chunk = max_chunk if step <= 0 else int(min(max_chunk, max(1, math.floor(max_log_decay / step))))
+    x = delta32 * u32  # (B, E, L)
+    ys = []
+    for start in range(0, length, chunk):
+        sl = slice(start, min(start + chunk, length))
+        dt = delta32[:, :, sl]  # (B, E, T)
+        S = torch.cumsum(dt.unsqueeze(-1) * A32[None, :, None, :], dim=2)  # (B, E, T, N)
+        Bx = B32[..., sl].transpose(-1, -2) * x[:, :, sl, None]  # (B, E, T, N)
+        inner = torch.cumsum(torch.exp(-S) * Bx, dim=2)  # (B, E, T, N)
+        hs = torch.exp(S) * (h.unsqueeze(2) + inner)  # (B, E, T, N)
+        ys.append((hs * C32[..., sl].transpose(-1, -2)).sum(-1))  # (B, E, T)
+        h = hs[:, :, -1]  # (B, E, N)
+    y = torch.cat(ys, dim=-1)  # (B, E, L)
+    y = _scan_output(y, u32, D, z, u.dtype)
+    return (y, h) if return_final_state else y
+
+
+def causal_conv1d_ref(x, weight, bias=None, initial_state=None, return_final_state=False, activation=None):
+    """Causal depthwise 1-D convolution with a carried input window.
+
+    y[b, e, t] = act(bias[e] + Σ_k weight[e, k] · x̃[b, e, t + k]) where x̃ is x prefixed by the W-1
+    previous inputs (``initial_state``, zeros when None).
+
+    Args:
+        x: (B, E, L); weight: (E, W); bias: (E,); initial_state: (B, E, W-1) in x's dtype.
+        activation: None or "silu".
+
+    Returns:
+        y: (B, E, L) in x's dtype, or (y, final_state (B, E, W-1)): the last W-1 inputs seen.
+    """
+    batch, channels, _ = x.shape
+    width = weight.shape[1]
+    if initial_state is None:
+        initial_state = x.new_zeros(batch, channels, width - 1)
+    xp = torch.cat([initial_state.to(x.dtype), x], dim=-1)  # (B, E, W-1+L)
+    y = F.conv1d(xp.float(), weight.float().unsqueeze(1), None if bias is None else bias.float(), groups=channels)
+    if activation == "silu":
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    y = y.to(x.dtype)
+    if return_final_state:
+        return y, xp[:, :, xp.shape[-1] - (width - 1):]
+    return y
+
+
+def _ssd_inputs(x, dt, A, dt_bias, dt_softplus, initial_state, ngroups_from):
+    batch, _, heads, headdim = x.shape
+    dt32 = dt.float()
+    if dt_bias is not None:
+        dt32 = dt32 + dt_bias.float()
+    if dt_softplus:
+        dt32 = F.softplus(dt32)
+    n = ngroups_from.shape[-1]
+    if initial_state is None:
+        h = x.new_zeros(batch, heads, headdim, n, dtype=torch.float32)
+    else:
+        h = initial_state.float()
+    return dt32, A.float(), h
+
+
+def _heads_of_groups(M: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, G, N) -> (B, L, H, N)."""
+    return M.float().repeat_interleave(heads // M.shape[2], dim=2)
+
+
+def _ssd_output(y, x, D, z, out_dtype):
+    if D is not None:
+        Df = D.float()
+        y = y + (Df[:, None] if Df.dim() == 1 else Df) * x.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(out_dtype)
+
+
+def ssd_scan_ref(
+    x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+    initial_state=None, return_final_state=False,
+):
+    """Mamba-2 state space dual (SSD) scan, sequential over time (``chunk_size`` only matters to the
+    chunked twins; it is accepted so that all SSD ops share one signature).
+
+    h_t = exp(Δ_t A_h) h_{t-1} + Δ_t x_t ⊗ B_t ;  y_t = h_t C_t + D x_t ;  y_t *= silu(z_t)
+
+    Args:
+        x: (B, L, H, P); dt: (B, L, H); A: (H,) float32 (negative); B, C: (B, L, G, N), H divisible by G.
+        D: (H,) or (H, P); z: (B, L, H, P); dt_bias: (H,); initial_state: (B, H, P, N) float32.
+
+    Returns:
+        y: (B, L, H, P) in x's dtype, or (y, final_state (B, H, P, N) float32).
+    """
+    heads = x.shape[2]
+    dt32, A32, h = _ssd_inputs(x, dt, A, dt_bias, dt_softplus, initial_state, B)
+    B32, C32, x32 = _heads_of_groups(B, heads), _heads_of_groups(C, heads), x.float()
+    ys = []
+    for t in range(x.shape[1]):
+        d = dt32[:, t]  # (B, H)
+        h = torch.exp(d * A32)[..., None, None] * h + (d[..., None] * x32[:, t])[..., None] * B32[:, t, :, None, :]
+        ys.append((h * C32[:, t, :, None, :]).sum(-1))  # (B, H, P)
+    y = torch.stack(ys, dim=1) if ys else x32.new_zeros(x.shape)  # (B, L, H, P)
+    y = _ssd_output(y, x, D, z, x.dtype)
+    return (y, h) if return_final_state else y
+
+
+def ssd_scan_chunked_ref(
+    x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+    initial_state=None, return_final_state=False,
+):
+    """SSD in its chunked (quadratic-within-chunk) form, same contract as ``ssd_scan_ref``.
+
+    Inside a chunk of T steps the decay between steps s ≤ t is exp(S_t - S_s) with S the cumulative Δ·A
+    (a scalar per head, so the (T, T) decay matrix is cheap and never overflows: S_t - S_s ≤ 0); the state
+    is carried between chunks.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    heads, length = x.shape[2], x.shape[1]
+    dt32, A32, h = _ssd_inputs(x, dt, A, dt_bias, dt_softplus, initial_state, B)
+    B32, C32, x32 = _heads_of_groups(B, heads), _heads_of_groups(C, heads), x.float()
+    ys = []
+    for start in range(0, length, chunk_size):
+        sl = slice(start, min(start + chunk_size, length))
+        S = torch.cumsum(dt32[:, sl] * A32, dim=1)  # (B, T, H)
+        T = S.shape[1]
+        seg = S[:, :, None, :] - S[:, None, :, :]  # (B, T_t, T_s, H)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        decay = torch.exp(seg.masked_fill(~causal[None, :, :, None], float("-inf")))  # (B, T, T, H)
+        scores = torch.einsum("bthn,bshn->btsh", C32[:, sl], B32[:, sl]) * decay  # (B, T, T, H)
+        xdt = x32[:, sl] * dt32[:, sl, :, None]  # (B, T, H, P)
+        y_in = torch.einsum("btsh,bshp->bthp", scores, xdt)  # (B, T, H, P)
+        y_state = torch.einsum("bthn,bhpn->bthp", C32[:, sl], h) * torch.exp(S)[..., None]  # (B, T, H, P)
+        ys.append(y_in + y_state)
+        to_end = torch.exp(S[:, -1:, :] - S)  # (B, T, H) decay from step s to the chunk end
+        h = torch.exp(S[:, -1])[..., None, None] * h + torch.einsum(
+            "bsh,bshp,bshn->bhpn", to_end, xdt, B32[:, sl]
+        )  # (B, H, P, N)
+    y = torch.cat(ys, dim=1) if ys else x32.new_zeros(x.shape)  # (B, L, H, P)
+    y = _ssd_output(y, x, D, z, x.dtype)
+    return (y, h) if return_final_state else y

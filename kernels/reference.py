@@ -24,29 +24,35 @@ def _expand_groups(M: torch.Tensor, channels: int) -> torch.Tensor:
     return M.repeat_interleave(channels // groups, dim=1)
 
 
-def _scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
-    """Shared float32 preprocessing of the two selective-scan references."""
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32, or float64 for float64 inputs (gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
+    """Shared preprocessing of the two selective-scan references, in the accumulation dtype."""
     batch, channels, _ = u.shape
-    u32 = u.float()
-    delta32 = delta.float()
+    acc = _acc(u.dtype)
+    u32 = u.to(acc)
+    delta32 = delta.to(acc)
     if delta_bias is not None:
-        delta32 = delta32 + delta_bias.float()[None, :, None]
+        delta32 = delta32 + delta_bias.to(acc)[None, :, None]
     if delta_softplus:
         delta32 = F.softplus(delta32)
-    B32 = _expand_groups(B.float(), channels)  # (B, E, N, L)
-    C32 = _expand_groups(C.float(), channels)  # (B, E, N, L)
+    B32 = _expand_groups(B.to(acc), channels)  # (B, E, N, L)
+    C32 = _expand_groups(C.to(acc), channels)  # (B, E, N, L)
     if initial_state is None:
         h = u32.new_zeros(batch, channels, A.shape[1])
     else:
-        h = initial_state.float()
-    return u32, delta32, A.float(), B32, C32, h
+        h = initial_state.to(acc)
+    return u32, delta32, A.to(acc), B32, C32, h
 
 
 def _scan_output(y, u32, D, z, out_dtype):
     if D is not None:
-        y = y + D.float()[None, :, None] * u32
+        y = y + D.to(y.dtype)[None, :, None] * u32
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y.to(out_dtype)
 
 
@@ -70,9 +76,7 @@ def selective_scan_ref(
     Returns:
         y: (B, E, L) in u's dtype, or (y, final_state).
     """
-    u32, delta32, A32, B32, C32, h = _scan_inputs(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
-    )
+    u32, delta32, A32, B32, C32, h = _scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state)
     ys = []
     for t in range(u.shape[-1]):
         dt = delta32[:, :, t, None]  # (B, E, 1)
@@ -90,15 +94,13 @@ def selective_scan_chunked_ref(
     """Selective scan, parallel within chunks and sequential across them (same contract as
     ``selective_scan_ref``; the fast CPU path).
 
-    Within a chunk, with S_t = Σ_{r≤t} Δ_r A (cumulative log-decay from the chunk start):
-        h_t = exp(S_t) · (h_0 + Σ_{s≤t} exp(-S_s) Δ_s B_s u_s)
-    which is two cumulative sums instead of a loop. exp(-S) grows along the chunk, so the chunk length
-    is chosen from the data such that |S| stays below ``max_log_decay`` (no overflow, and float32 rounding
-    of S stays ~1e-6 relative); huge steps degrade gracefully to short chunks.
+    Within a chunk of T steps, with S_t = Σ_{r≤t} Δ_r A (cumulative log-decay from the chunk start):
+        h_t = exp(S_t) h_0 + exp(S_t - S_T) · Σ_{s≤t} exp(S_T - S_s) Δ_s B_s u_s
+    which is a cumulative sum instead of a loop. exp(S_t - S_T) grows with |S_T|, so the chunk length is
+    chosen from the data such that |S_T| stays below ``max_log_decay`` (no overflow, and float32 rounding of
+    S stays ~1e-6 relative); huge steps degrade gracefully to chunks of one step, which are exact.
     """
-    u32, delta32, A32, B32, C32, h = _scan_inputs(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
-    )
+    u32, delta32, A32, B32, C32, h = _scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state)
     length = u.shape[-1]
     if length == 0:
         y = u32.new_zeros(u.shape)
@@ -115,8 +117,8 @@ def selective_scan_chunked_ref(
         dt = delta32[:, :, sl]  # (B, E, T)
         S = torch.cumsum(dt.unsqueeze(-1) * A32[None, :, None, :], dim=2)  # (B, E, T, N)
         Bx = B32[..., sl].transpose(-1, -2) * x[:, :, sl, None]  # (B, E, T, N)
-        inner = torch.cumsum(torch.exp(-S) * Bx, dim=2)  # (B, E, T, N)
-        hs = torch.exp(S) * (h.unsqueeze(2) + inner)  # (B, E, T, N)
+        back = torch.exp(S[:, :, -1:] - S)  # (B, E, T, N) decay from each step to the chunk end, <= 1
+        hs = torch.exp(S) * h.unsqueeze(2) + torch.cumsum(back * Bx, dim=2) / back  # (B, E, T, N)
         ys.append((hs * C32[..., sl].transpose(-1, -2)).sum(-1))  # (B, E, T)
         h = hs[:, :, -1]  # (B, E, N)
     y = torch.cat(ys, dim=-1)  # (B, E, L)
@@ -142,7 +144,8 @@ def causal_conv1d_ref(x, weight, bias=None, initial_state=None, return_final_sta
     if initial_state is None:
         initial_state = x.new_zeros(batch, channels, width - 1)
     xp = torch.cat([initial_state.to(x.dtype), x], dim=-1)  # (B, E, W-1+L)
-    y = F.conv1d(xp.float(), weight.float().unsqueeze(1), None if bias is None else bias.float(), groups=channels)
+    acc = _acc(x.dtype)
+    y = F.conv1d(xp.to(acc), weight.to(acc).unsqueeze(1), None if bias is None else bias.to(acc), groups=channels)
     if activation == "silu":
         y = F.silu(y)
     elif activation is not None:
@@ -155,30 +158,31 @@ def causal_conv1d_ref(x, weight, bias=None, initial_state=None, return_final_sta
 
 def _ssd_inputs(x, dt, A, dt_bias, dt_softplus, initial_state, ngroups_from):
     batch, _, heads, headdim = x.shape
-    dt32 = dt.float()
+    acc = _acc(x.dtype)
+    dt32 = dt.to(acc)
     if dt_bias is not None:
-        dt32 = dt32 + dt_bias.float()
+        dt32 = dt32 + dt_bias.to(acc)
     if dt_softplus:
         dt32 = F.softplus(dt32)
     n = ngroups_from.shape[-1]
     if initial_state is None:
-        h = x.new_zeros(batch, heads, headdim, n, dtype=torch.float32)
+        h = x.new_zeros(batch, heads, headdim, n, dtype=acc)
     else:
-        h = initial_state.float()
-    return dt32, A.float(), h
+        h = initial_state.to(acc)
+    return dt32, A.to(acc), h
 
 
 def _heads_of_groups(M: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, L, G, N) -> (B, L, H, N)."""
-    return M.float().repeat_interleave(heads // M.shape[2], dim=2)
+    """(B, L, G, N) -> (B, L, H, N) in the accumulation dtype."""
+    return M.to(_acc(M.dtype)).repeat_interleave(heads // M.shape[2], dim=2)
 
 
 def _ssd_output(y, x, D, z, out_dtype):
     if D is not None:
-        Df = D.float()
-        y = y + (Df[:, None] if Df.dim() == 1 else Df) * x.float()
+        Df = D.to(y.dtype)
+        y = y + (Df[:, None] if Df.dim() == 1 else Df) * x.to(y.dtype)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y.to(out_dtype)
 
 
@@ -200,7 +204,7 @@ def ssd_scan_ref(
     """
     heads = x.shape[2]
     dt32, A32, h = _ssd_inputs(x, dt, A, dt_bias, dt_softplus, initial_state, B)
-    B32, C32, x32 = _heads_of_groups(B, heads), _heads_of_groups(C, heads), x.float()
+    B32, C32, x32 = _heads_of_groups(B, heads), _heads_of_groups(C, heads), x.to(dt32.dtype)
     ys = []
     for t in range(x.shape[1]):
         d = dt32[:, t]  # (B, H)
@@ -225,7 +229,7 @@ def ssd_scan_chunked_ref(
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
     heads, length = x.shape[2], x.shape[1]
     dt32, A32, h = _ssd_inputs(x, dt, A, dt_bias, dt_softplus, initial_state, B)
-    B32, C32, x32 = _heads_of_groups(B, heads), _heads_of_groups(C, heads), x.float()
+    B32, C32, x32 = _heads_of_groups(B, heads), _heads_of_groups(C, heads), x.to(dt32.dtype)
     ys = []
     for start in range(0, length, chunk_size):
         sl = slice(start, min(start + chunk_size, length))

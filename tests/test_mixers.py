@@ -1,0 +1,144 @@
+"""Mixers follow the state contract: chunked / stepped calls equal one call; S4D's FFT path equals its recurrence."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import random_chunks, rel_err
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audiomamba.layers import MIXERS, S4DMixer
+from audiomamba.state import flatten_state, load_state, save_state
+
+TOL = 1e-5
+SMALL = {
+    "mamba1": dict(d_state=8),
+    "mamba2": dict(d_state=8, headdim=8, chunk_size=16),
+    "s4d": dict(d_state=16),
+}
+
+
+def make(name, d_model=16, seed=None):
+    torch.manual_seed(seed if seed is not None else random.randrange(2**31))
+    return MIXERS[name](d_model, **SMALL[name]).eval()
+
+
+def run_chunks(mixer, x, sizes, state=None):
+    ys, start = [], 0
+    for n in sizes:
+        y, state = mixer(x[:, start:start + n], state)
+        ys.append(y)
+        start += n
+    return torch.cat(ys, 1), state
+
+
+def assert_states_close(a, b, tol=TOL):
+    fa, fb = flatten_state(a), flatten_state(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        assert rel_err(fa[k], fb[k]) < tol, k
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_chunked_calls_equal_one_call(name):
+    mixer = make(name)
+    x = torch.randn(2, 150, 16)
+    with torch.no_grad():
+        y, s = mixer(x)
+        yc, sc = run_chunks(mixer, x, random_chunks(150, random.Random()))
+    assert y.shape == x.shape
+    assert rel_err(yc, y) < TOL
+    assert_states_close(sc, s)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_stepping_one_sample_at_a_time_equals_full_call(name):
+    mixer = make(name)
+    x = torch.randn(2, 40, 16)
+    with torch.no_grad():
+        y, s = mixer(x)
+        ys, ss = run_chunks(mixer, x, [1] * 40, mixer.init_state(2))
+    assert rel_err(ys, y) < TOL
+    assert_states_close(ss, s)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_zero_init_state_equals_no_state_and_gradients_reach_the_state(name):
+    mixer = make(name)
+    x = torch.randn(2, 20, 16)
+    y0, _ = mixer(x)
+    state = mixer.init_state(2)
+    y1, _ = mixer(x, state)
+    assert rel_err(y1, y0) < TOL
+    # a nonzero start changes the output, and the loss is differentiable with respect to it
+    _, s = mixer(torch.randn(2, 7, 16))
+    leaves = {k: v.detach().requires_grad_() for k, v in flatten_state(s).items() if v.is_floating_point()}
+    from audiomamba.state import unflatten_state
+
+    y2, _ = mixer(x, unflatten_state(s, {**flatten_state(s), **leaves}))
+    grads = torch.autograd.grad(y2.square().sum(), list(leaves.values()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_causal_through_gradients(name):
+    mixer = make(name)
+    x = torch.randn(1, 30, 16, requires_grad=True)
+    y, _ = mixer(x)
+    (g,) = torch.autograd.grad(y[:, 12].sum(), x)
+    past = g[:, :13].abs().max()
+    assert past > 0
+    assert g[:, 13:].abs().max() <= 1e-6 * past  # zero up to rounding (FFT and in-chunk cancellation)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_state_save_restore_is_bit_exact(name, tmp_path):
+    mixer = make(name)
+    x = torch.randn(3, 25, 16)
+    with torch.no_grad():
+        _, s = mixer(x[:, :11])
+        save_state(s, tmp_path / "s.safetensors")
+        s2 = load_state(mixer.init_state(3), tmp_path / "s.safetensors")
+        ya, _ = mixer(x[:, 11:], s)
+        yb, _ = mixer(x[:, 11:], s2)
+    assert torch.equal(ya, yb)
+
+
+def test_s4d_fft_path_equals_recurrence():
+    mixer = S4DMixer(8, d_state=16)
+    u = torch.randn(2, 8, 300)
+    h0 = torch.randn(2, 8, 8, dtype=torch.cdouble)
+    y_fft, h_fft = mixer.ssm(u, h0, "fft")
+    y_rec, h_rec = mixer.ssm(u, h0, "recurrent")
+    assert rel_err(y_fft, y_rec) < TOL
+    assert rel_err(torch.view_as_real(h_fft), torch.view_as_real(h_rec)) < TOL
+
+
+def test_wrong_input_shape_names_the_argument():
+    for name in MIXERS:
+        with pytest.raises(ValueError, match="x: expected"):
+            make(name)(torch.randn(2, 10, 15))
+
+
+def test_mamba1_init_follows_the_paper():
+    m = MIXERS["mamba1"](32, d_state=16, dt_min=1e-3, dt_max=0.1)
+    dt = torch.nn.functional.softplus(m.dt_proj.bias)
+    assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6
+    A = -torch.exp(m.A_log)
+    assert torch.allclose(A[0], -torch.arange(1, 17, dtype=torch.float32))
+
+
+@settings(max_examples=10, deadline=None)
+@given(name=st.sampled_from(sorted(MIXERS)), length=st.integers(1, 70), seed=st.integers(0, 2**31 - 1))
+def test_property_any_length_any_chunking(name, length, seed):
+    mixer = make(name, d_model=8, seed=seed)
+    x = torch.randn(1, length, 8, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y, s = mixer(x)
+        yc, sc = run_chunks(mixer, x, random_chunks(length, random.Random(seed)))
+    assert rel_err(yc, y) < TOL
+    assert_states_close(sc, s)

@@ -1,0 +1,551 @@
+"""Mamba-1 selective scan (S6) in Triton: forward and backward, with initial state in and final state out.
+
+The three ideas of the paper's hardware-aware algorithm, as they appear here:
+
+* Kernel fusion. One program owns (batch row, block of ``BE`` channels of one group, all N states) for a
+  segment of time. For each chunk of ``T`` steps it loads tiles of u, Δ, z (``[BE, T]``) and B, C
+  (``[N, T]``), applies bias + softplus, discretizes (``exp(Δ A)`` through exp2 with A·log2 e, ``Δ B u``),
+  scans, reads out with C, adds the D skip and applies the SiLU(z) gate before storing y. The state
+  ``[BE, N]`` stays in registers from chunk to chunk; nothing of size (B, E, L, N) touches memory.
+* Parallel scan. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t runs as ``tl.associative_scan`` over
+  the pair (a, b) along time; the carried state enters as h_t = scan_b_t + (Π a)_t h_start. Across the
+  sequence, when batch × channel blocks alone cannot fill the GPU, time is cut into segments run in
+  parallel: a first pass computes each segment's end state from zero and its total decay, a tiny pass chains
+  the segments' start states, and the full pass reruns each segment from its true start.
+* Recomputation. The forward keeps only the state at the start of every chunk, (B, E, L/T, N) float32.
+  The backward walks chunks in reverse, recomputes the chunk's states from its checkpoint, and runs the
+  adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse associative scan (segments are chained
+  the same way as in the forward). dB and dC are summed over the channel block and added atomically.
+
+Gradients (with a_t h_{t-1} = h_t - b_t, so no shifted state is needed):
+    dΔ_t = Σ_n g_t (h_t - b_t) A + u_t Σ_n g_t B_t ;  du_t = Δ_t Σ_n g_t B_t + D dy_t
+    dA = Σ_t g_t (h_t - b_t) Δ_t ;  dB_t = Σ_e g_t Δ_t u_t ;  dC_t = Σ_e dy_t h_t ;  dh_init = a_0 g_0
+
+Layout: u, Δ, z, y are (B, E, L) with any strides (channel-first or channel-last memory, no copies); B, C are
+(B, N, L) or (B, G, N, L) with any strides. Inputs may be float32, bfloat16 or float16; all arithmetic and the
+state are float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+# Programs wanted in flight before time is cut into parallel segments (about 4 per SM on an H200).
+_TARGET_PROGRAMS = int(os.environ.get("AUDIOMAMBA_SCAN_TARGET_PROGRAMS", "512"))
+
+
+# ---------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def _pair_combine(a1, b1, a2, b2):
+    # (a1, b1) is the earlier segment (later, for a reverse scan): h = a2 (a1 h0 + b1) + b2.
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log(1 + e^x), accurate for very negative x (log1p through the u = 1 + e trick), linear above 20.
+    e = tl.exp(x)
+    one_e = 1.0 + e
+    lp = tl.where(one_e == 1.0, e, tl.log(one_e) * (e / (one_e - 1.0)))
+    return tl.where(x > 20.0, x, lp)
+
+
+@triton.jit
+def _load_dt(dt_ptr, off, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Raw Δ tile (+bias) and the Δ actually used (softplus'd, zero where masked)."""
+    raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if HAS_DTB:
+        raw = raw + dtb[:, None]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    dt = tl.where(mask, dt, 0.0)
+    return raw, dt
+
+
+# ---------------------------------------------------------------- forward
+
+
+@triton.jit
+def _ss_fwd_kernel(
+    # pointers
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr,
+    hs_ptr, ck_ptr, hT_ptr, S_ptr, P_ptr,
+    # sizes
+    E, L, EG, NEB, SEG, NSEG, NCK,
+    # strides
+    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_zb, s_ze, s_zl, s_yb, s_ye, s_yl,
+    # meta
+    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr,
+):
+    """One program: batch row b, channels [e0, e0+BE) of group g, time segment s.
+
+    LOCAL: run the segment from a zero state, write its end state S and total decay P (B, E, NSEG, N).
+    Otherwise: run from hs[b, e, s] (or zero), write y, the chunk-start checkpoints ck (B, E, NCK, N) and,
+    for the last segment, the final state hT (B, E, N).
+    """
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = pid_r // (NEB * (E // EG))
+    rem = pid_r % (NEB * (E // EG))
+    g = rem // NEB
+    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
+    e_mask = e_loc < EG
+    e = g * EG + e_loc  # [BE]
+    n = tl.arange(0, NP)
+    n_mask = n < N
+    en_mask = e_mask[:, None] & n_mask[None, :]
+    A2 = tl.load(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BE], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    st_off = ((b * E + e[:, None]) * NSEG + pid_s) * N + n[None, :]  # into (B, E, NSEG, N)
+    if HAS_H0 and not LOCAL:
+        h = tl.load(hs_ptr + st_off, mask=en_mask, other=0.0)
+    else:
+        h = tl.zeros([BE, NP], tl.float32)
+    dt_sum = tl.zeros([BE], tl.float32)
+    tt = tl.arange(0, T)
+    last = (tt == T - 1)[None, None, :]
+    t_begin = pid_s * SEG
+    n_chunks = tl.cdiv(tl.minimum(SEG, L - t_begin), T)
+    for c in range(0, n_chunks):
+        t0 = t_begin + c * T
+        t = t0 + tt
+        t_mask = t < L
+        m2 = e_mask[:, None] & t_mask[None, :]
+        if STORE_CK:
+            tl.store(ck_ptr + ((b * E + e[:, None]) * NCK + t0 // T) * N + n[None, :], h, mask=en_mask)
+        u = tl.load(u_ptr + b * s_ub + e[:, None] * s_ue + t[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        _, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2, dtb, HAS_DTB, SOFTPLUS)
+        nt_mask = n_mask[:, None] & t_mask[None, :]
+        Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + t[None, :] * s_Bl,
+                     mask=nt_mask, other=0.0).to(tl.float32)  # [NP, T]
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BE, NP, T]
+        bx = (dt * u)[:, None, :] * Bt[None, :, :]  # [BE, NP, T]
+        acum, hs = tl.associative_scan((a, bx), axis=2, combine_fn=_pair_combine)
+        hs = hs + acum * h[:, :, None]  # states after each step
+        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # [BE, NP], state after the chunk
+        if LOCAL:
+            dt_sum += tl.sum(dt, axis=1)
+        else:
+            Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[:, None] * s_Cn + t[None, :] * s_Cl,
+                         mask=nt_mask, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[None, :, :], axis=1)  # [BE, T]
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                zz = tl.load(z_ptr + b * s_zb + e[:, None] * s_ze + t[None, :] * s_zl, mask=m2, other=0.0)
+                zz = zz.to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(y_ptr + b * s_yb + e[:, None] * s_ye + t[None, :] * s_yl,
+                     y.to(y_ptr.dtype.element_ty), mask=m2)
+    if LOCAL:
+        tl.store(S_ptr + st_off, h, mask=en_mask)
+        tl.store(P_ptr + st_off, tl.exp2(A2 * dt_sum[:, None]), mask=en_mask)
+    else:
+        if pid_s == NSEG - 1:
+            tl.store(hT_ptr + (b * E + e[:, None]) * N + n[None, :], h, mask=en_mask)
+
+
+@triton.jit
+def _ss_pass_kernel(S_ptr, P_ptr, x0_ptr, out_ptr, M, NSEG,
+                    N: tl.constexpr, HAS_X0: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """Chain segments: x_{s+1} = P_s x_s + S_s (REVERSE: x_{s-1} = P_s x_s + S_s); out[s] = x entering s.
+
+    S, P, out: (B, E, NSEG, N) float32; x0: (B, E, N) (the initial state, or the final-state gradient).
+    """
+    m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = m < M
+    row = m // N
+    nn = m % N
+    if HAS_X0:
+        x = tl.load(x0_ptr + m, mask=mask, other=0.0).to(tl.float32)
+    else:
+        x = tl.zeros([BLOCK], tl.float32)
+    for i in range(0, NSEG):
+        if REVERSE:
+            s = NSEG - 1 - i
+        else:
+            s = i
+        off = (row * NSEG + s) * N + nn
+        tl.store(out_ptr + off, x, mask=mask)
+        x = tl.load(P_ptr + off, mask=mask, other=0.0) * x + tl.load(S_ptr + off, mask=mask, other=0.0)
+
+
+# ---------------------------------------------------------------- backward
+
+
+@triton.jit
+def _ss_bwd_kernel(
+    # pointers
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
+    ck_ptr, gc_ptr, Gl_ptr, Q_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
+    # sizes
+    E, L, G, EG, NEB, SEG, NSEG, NCK,
+    # strides
+    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl,
+    s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+    # meta
+    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr,
+):
+    """Reverse pass over one (b, channel block, segment); chunks walked from last to first.
+
+    LOCAL: adjoint from a zero carry only; write Gl (adjoint at the segment's first step) and
+    Q = Π a_{t+1} over the segment, both (B, E, NSEG, N). Otherwise: full gradients, with the carry
+    gc[b, e, s] = adjoint of the state at the first step after the segment (or the final-state gradient).
+    """
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = pid_r // (NEB * G)
+    rem = pid_r % (NEB * G)
+    g = rem // NEB
+    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
+    e_mask = e_loc < EG
+    e = g * EG + e_loc
+    n = tl.arange(0, NP)
+    n_mask = n < N
+    en_mask = e_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BE], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    st_off = ((b * E + e[:, None]) * NSEG + pid_s) * N + n[None, :]
+    if HAS_GC and not LOCAL:
+        carry = tl.load(gc_ptr + st_off, mask=en_mask, other=0.0)
+    else:
+        carry = tl.zeros([BE, NP], tl.float32)
+    dA_acc = tl.zeros([BE, NP], tl.float32)
+    dD_acc = tl.zeros([BE], tl.float32)
+    ddtb_acc = tl.zeros([BE], tl.float32)
+    dtn_sum = tl.zeros([BE], tl.float32)
+    tt = tl.arange(0, T)
+    first = (tt == 0)[None, None, :]
+    t_begin = pid_s * SEG
+    n_chunks = tl.cdiv(tl.minimum(SEG, L - t_begin), T)
+    for i in range(0, n_chunks):
+        t0 = t_begin + (n_chunks - 1 - i) * T
+        t = t0 + tt
+        t_mask = t < L
+        m2 = e_mask[:, None] & t_mask[None, :]
+        nt_mask = n_mask[:, None] & t_mask[None, :]
+        # Δ one step ahead: a_{t+1} couples the adjoint of step t to step t+1 (1 past the end).
+        mn = e_mask[:, None] & (t + 1 < L)[None, :]
+        _, dtn = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + (t + 1)[None, :] * s_dl, mn, dtb,
+                          HAS_DTB, SOFTPLUS)
+        an = tl.exp2(dtn[:, None, :] * A2[:, :, None])  # [BE, NP, T]
+        dout = tl.load(dy_ptr + b * s_gb + e[:, None] * s_ge + t[None, :] * s_gl, mask=m2, other=0.0)
+        dout = dout.to(tl.float32)
+        Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[:, None] * s_Cn + t[None, :] * s_Cl,
+                     mask=nt_mask, other=0.0).to(tl.float32)  # [NP, T]
+        if HAS_Z:
+            zz = tl.load(z_ptr + b * s_zb + e[:, None] * s_ze + t[None, :] * s_zl, mask=m2, other=0.0)
+            zz = zz.to(tl.float32)
+            zsig = tl.sigmoid(zz)
+            dyv = dout * zz * zsig
+        else:
+            dyv = dout
+        cc = Ct[None, :, :] * dyv[:, None, :]
+        pc, gs = tl.associative_scan((an, cc), axis=2, combine_fn=_pair_combine, reverse=True)
+        gg = gs + pc * carry[:, :, None]  # adjoint of h_t
+        carry = tl.sum(tl.where(first, gg, 0.0), axis=2)
+        if LOCAL:
+            dtn_sum += tl.sum(dtn, axis=1)
+        else:
+            u = tl.load(u_ptr + b * s_ub + e[:, None] * s_ue + t[None, :] * s_ul, mask=m2, other=0.0)
+            u = u.to(tl.float32)
+            raw, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2, dtb,
+                               HAS_DTB, SOFTPLUS)
+            Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + t[None, :] * s_Bl,
+                         mask=nt_mask, other=0.0).to(tl.float32)
+            h0 = tl.load(ck_ptr + ((b * E + e[:, None]) * NCK + t0 // T) * N + n[None, :], mask=en_mask,
+                         other=0.0)
+            a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+            x = dt * u
+            bx = x[:, None, :] * Bt[None, :, :]
+            acum, hs = tl.associative_scan((a, bx), axis=2, combine_fn=_pair_combine)
+            hs = hs + acum * h0[:, :, None]
+            if NEED_DH0:
+                if t0 == 0:
+                    dh0 = tl.sum(tl.where(first, a * gg, 0.0), axis=2)
+                    tl.store(dh0_ptr + (b * E + e[:, None]) * N + n[None, :], dh0, mask=en_mask)
+            if HAS_Z:
+                yp = tl.sum(hs * Ct[None, :, :], axis=1)
+                if HAS_D:
+                    yp += Dv[:, None] * u
+                dz = dout * yp * zsig * (1.0 + zz * (1.0 - zsig))
+                tl.store(dz_ptr + b * s_dzb + e[:, None] * s_dze + t[None, :] * s_dzl,
+                         dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            ghp = gg * (hs - bx)  # g_t a_t h_{t-1}
+            gB = tl.sum(gg * Bt[None, :, :], axis=1)  # [BE, T]
+            ddt = tl.sum(ghp * A[:, :, None], axis=1) + u * gB
+            du = dt * gB
+            if HAS_D:
+                du += Dv[:, None] * dyv
+                dD_acc += tl.sum(dyv * u, axis=1)
+            dA_acc += tl.sum(ghp * dt[:, None, :], axis=2)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(raw)
+            ddt = tl.where(m2, ddt, 0.0)
+            ddtb_acc += tl.sum(ddt, axis=1)
+            tl.store(du_ptr + b * s_dub + e[:, None] * s_due + t[None, :] * s_dul,
+                     du.to(du_ptr.dtype.element_ty), mask=m2)
+            tl.store(ddt_ptr + b * s_ddb + e[:, None] * s_dde + t[None, :] * s_ddl,
+                     ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+            bc_off = ((b * G + g) * NP + n[:, None]) * L + t[None, :]  # into (B, G, NP, L) float32
+            tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[:, None, :], axis=0), mask=nt_mask, sem="relaxed")
+            tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * dyv[:, None, :], axis=0), mask=nt_mask, sem="relaxed")
+    if LOCAL:
+        tl.store(Gl_ptr + st_off, carry, mask=en_mask)
+        tl.store(Q_ptr + st_off, tl.exp2(A2 * dtn_sum[:, None]), mask=en_mask)
+    else:
+        tl.atomic_add(dA_ptr + e[:, None] * N + n[None, :], dA_acc, mask=en_mask, sem="relaxed")
+        if HAS_D:
+            tl.atomic_add(dD_ptr + e, dD_acc, mask=e_mask, sem="relaxed")
+        if HAS_DTB:
+            tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _as_grouped(M: torch.Tensor) -> torch.Tensor:
+    """(B, N, L) -> (B, 1, N, L) view; (B, G, N, L) unchanged."""
+    return M.unsqueeze(1) if M.dim() == 3 else M
+
+
+def _config(batch, channels, groups, length, n, bwd=False):
+    """(BE, T, num_warps, segment length, number of segments) for a problem size."""
+    np2 = triton.next_power_of_2(n)
+    T = 32 if np2 <= 16 else 16
+    BE = max(1, min(triton.next_power_of_2(channels // groups), (8 if bwd else 16) * 16 // np2))
+    num_warps = 4
+    neb = triton.cdiv(channels // groups, BE)
+    rows = batch * groups * neb
+    nck = triton.cdiv(length, T)
+    want = max(1, min(nck, _TARGET_PROGRAMS // max(rows, 1)))
+    seg_chunks = triton.cdiv(nck, want)
+    seg = seg_chunks * T
+    nseg = triton.cdiv(length, seg) if length > 0 else 1
+    return BE, T, num_warps, seg, nseg
+
+
+def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        initial_state=None, store_checkpoints=False, config=None):
+    """Launch the forward. Returns (y (B, E, L) in u's dtype, final_state (B, E, N) float32,
+    checkpoints (B, E, ceil(L/T), N) float32 or None, config)."""
+    batch, channels, length = u.shape
+    n = A.shape[1]
+    Bg, Cg = _as_grouped(B), _as_grouped(C)
+    groups = Bg.shape[1]
+    if Cg.shape[1] != groups:
+        raise ValueError(f"B and C: expected the same number of groups, got {Bg.shape[1]} and {Cg.shape[1]}")
+    eg = channels // groups
+    BE, T, num_warps, seg, nseg = config or _config(batch, channels, groups, length, n)
+    np2 = triton.next_power_of_2(n)
+    neb = triton.cdiv(eg, BE)
+    nck = max(1, triton.cdiv(length, T))
+    dev = u.device
+    y = torch.empty_like(u)
+    hT = torch.empty(batch, channels, n, device=dev, dtype=torch.float32)
+    ck = (torch.empty(batch, channels, nck, n, device=dev, dtype=torch.float32) if store_checkpoints
+          else hT)
+    h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
+    z_ = z if z is not None else u
+    grid = (batch * groups * neb, nseg)
+    common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
+                  HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
+    strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *y.stride())
+    dummy = hT
+    if length == 0:
+        hT.copy_(h0 if h0 is not None else torch.zeros_like(hT))
+        return y, hT, (ck if store_checkpoints else None), (BE, T, num_warps, seg, nseg)
+    if nseg > 1:
+        S = torch.empty(batch, channels, nseg, n, device=dev, dtype=torch.float32)
+        P = torch.empty_like(S)
+        _ss_fwd_kernel[grid](
+            u, delta, A, Bg, Cg, D if D is not None else dummy, z_, delta_bias if delta_bias is not None else dummy,
+            y, dummy, dummy, dummy, S, P,
+            channels, length, eg, neb, seg, nseg, nck, *strides,
+            LOCAL=True, HAS_H0=False, STORE_CK=False, **common,
+        )
+        hs = torch.empty_like(S)
+        M = batch * channels * n
+        _ss_pass_kernel[(triton.cdiv(M, 1024),)](
+            S, P, h0 if h0 is not None else dummy, hs, M, nseg,
+            N=n, HAS_X0=h0 is not None, REVERSE=False, BLOCK=1024, num_warps=4,
+        )
+        has_h0 = True
+    else:
+        hs = h0 if h0 is not None else dummy
+        has_h0 = h0 is not None
+    _ss_fwd_kernel[grid](
+        u, delta, A, Bg, Cg, D if D is not None else dummy, z_, delta_bias if delta_bias is not None else dummy,
+        y, hs, ck, hT, dummy, dummy,
+        channels, length, eg, neb, seg, nseg, nck, *strides,
+        LOCAL=False, HAS_H0=has_h0, STORE_CK=store_checkpoints, **common,
+    )
+    return y, hT, (ck if store_checkpoints else None), (BE, T, num_warps, seg, nseg)
+
+
+def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints,
+                        need_dh0, fwd_config, config=None):
+    """Launch the backward. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, d_initial_state);
+    entries for absent inputs are None."""
+    batch, channels, length = u.shape
+    n = A.shape[1]
+    Bg, Cg = _as_grouped(B), _as_grouped(C)
+    groups = Bg.shape[1]
+    eg = channels // groups
+    T = fwd_config[1]
+    BE, Tb, num_warps, seg, nseg = config or _config(batch, channels, groups, length, n, bwd=True)
+    if Tb != T:
+        raise ValueError(f"config: backward chunk {Tb} must equal the forward chunk {T} (checkpoint spacing)")
+    np2 = triton.next_power_of_2(n)
+    neb = triton.cdiv(eg, BE)
+    nck = max(1, triton.cdiv(length, T))
+    dev = u.device
+    f32 = torch.float32
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA = torch.zeros(channels, n, device=dev, dtype=f32)
+    dBf = torch.zeros(batch, groups, np2, length, device=dev, dtype=f32)
+    dCf = torch.zeros(batch, groups, np2, length, device=dev, dtype=f32)
+    dD = torch.zeros(channels, device=dev, dtype=f32) if D is not None else None
+    ddtb = torch.zeros(channels, device=dev, dtype=f32) if delta_bias is not None else None
+    dh0 = torch.zeros(batch, channels, n, device=dev, dtype=f32) if need_dh0 else None
+    dT = None if d_final is None else d_final.to(f32).contiguous()
+    z_ = z if z is not None else u
+    dz_ = dz if dz is not None else du
+    dummy = dA
+    strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *dy.stride(),
+               *du.stride(), *ddelta.stride(), *dz_.stride())
+    grid = (batch * groups * neb, nseg)
+    common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
+                  HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
+    if length > 0:
+        if nseg > 1:
+            Gl = torch.empty(batch, channels, nseg, n, device=dev, dtype=f32)
+            Q = torch.empty_like(Gl)
+            _ss_bwd_kernel[grid](
+                u, delta, A, Bg, Cg, D if D is not None else dummy, z_,
+                delta_bias if delta_bias is not None else dummy, dy,
+                dummy, dummy, Gl, Q,
+                du, ddelta, dz_, dA, dBf, dCf, dummy, dummy, dummy,
+                channels, length, groups, eg, neb, seg, nseg, nck, *strides,
+                LOCAL=True, HAS_GC=False, NEED_DH0=False, **common,
+            )
+            gc = torch.empty_like(Gl)
+            M = batch * channels * n
+            _ss_pass_kernel[(triton.cdiv(M, 1024),)](
+                Gl, Q, dT if dT is not None else dummy, gc, M, nseg,
+                N=n, HAS_X0=dT is not None, REVERSE=True, BLOCK=1024, num_warps=4,
+            )
+            has_gc = True
+        else:
+            gc = dT if dT is not None else dummy
+            has_gc = dT is not None
+        _ss_bwd_kernel[grid](
+            u, delta, A, Bg, Cg, D if D is not None else dummy, z_,
+            delta_bias if delta_bias is not None else dummy, dy,
+            checkpoints, gc, dummy, dummy,
+            du, ddelta, dz_, dA, dBf, dCf, dD if dD is not None else dummy,
+            ddtb if ddtb is not None else dummy, dh0 if dh0 is not None else dummy,
+            channels, length, groups, eg, neb, seg, nseg, nck, *strides,
+            LOCAL=False, HAS_GC=has_gc, NEED_DH0=need_dh0, **common,
+        )
+    else:
+        du.zero_()
+        ddelta.zero_()
+        if dz is not None:
+            dz.zero_()
+        if need_dh0 and dT is not None:
+            dh0.copy_(dT)
+    dB = dBf[:, :, :n].to(B.dtype)
+    dC = dCf[:, :, :n].to(C.dtype)
+    if B.dim() == 3:
+        dB = dB[:, 0]
+    if C.dim() == 3:
+        dC = dC[:, 0]
+    return (du, ddelta, dA.to(A.dtype), dB, dC, None if dD is None else dD.to(D.dtype), dz,
+            None if ddtb is None else ddtb.to(delta_bias.dtype), dh0)
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """Autograd wrapper: the forward keeps chunk-start state checkpoints; the backward recomputes from them."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+        y, hT, ck, cfg = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                             initial_state, store_checkpoints=True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ck)
+        ctx.delta_softplus = delta_softplus
+        ctx.has_h0 = initial_state is not None
+        ctx.h0_dtype = None if initial_state is None else initial_state.dtype
+        ctx.cfg = cfg
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dhT):
+        u, delta, A, B, C, D, z, delta_bias, ck = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(u)
+        du, ddelta, dA, dB, dC, dD, dz, ddtb, dh0 = _selective_scan_bwd(
+            dy, dhT, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ck, ctx.has_h0, ctx.cfg,
+        )
+        if dh0 is not None:
+            dh0 = dh0.to(ctx.h0_dtype)
+        return du, ddelta, dA, dB, dC, dD, dz, ddtb, None, dh0
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False,
+):
+    """Mamba-1 selective scan in Triton; contract of ``selective_scan_ref``.
+
+    Args:
+        u, delta, z: (B, E, L), any strides; A: (E, N) float32; B, C: (B, N, L) or (B, G, N, L);
+        D, delta_bias: (E,); initial_state: (B, E, N) float32.
+
+    Returns:
+        y: (B, E, L) in u's dtype, or (y, final_state (B, E, N) float32).
+    """
+    needs_graph = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    )
+    if needs_graph:
+        y, hT = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    else:
+        y, hT, _, _ = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    return (y, hT) if return_final_state else y
+
+
+__all__ = ["SelectiveScanFn", "selective_scan_triton", "_selective_scan_bwd", "_selective_scan_fwd"]

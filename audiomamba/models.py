@@ -1,0 +1,208 @@
+"""AudioLM and AudioClassifier: input embedding → MultiResolutionBackbone → head; building, saving, loading.
+
+Both follow the state contract: ``init_state(batch_size)`` and ``forward(x, state=None) -> (output, state)``,
+exact for any chunking (a bidirectional classifier has no state). ``build_model(spec, **overrides)`` builds
+either from a preset name, a YAML path or a mapping; ``model.save(dir)`` / ``load_model(dir)`` round-trip it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .backbone import BackboneState, MultiResolutionBackbone
+from .config import ModelConfig, load_model_config, model_config_to_yaml
+from .heads import ClassifierHead, LMHead, MeanPoolState
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+class TokenEmbedding(nn.Module):
+    """K codebooks of V tokens, one table each, summed: (B, L, K) int64 → (B, L, D)."""
+
+    def __init__(self, vocab_size: int, n_codebooks: int, d_model: int):
+        super().__init__()
+        self.vocab_size, self.n_codebooks = vocab_size, n_codebooks
+        self.embedding = nn.Embedding(n_codebooks * vocab_size, d_model)
+        self.register_buffer("offsets", torch.arange(n_codebooks) * vocab_size, persistent=False)  # (K,)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embedding(tokens + self.offsets).sum(dim=-2)  # (B, L, K, D) → (B, L, D)
+
+
+class _AudioModel(nn.Module):
+    """What both models share: config, backbone, state, streaming, saving."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = MultiResolutionBackbone(config.backbone)
+        self.d_model = config.backbone.d_model
+
+    @property
+    def causal(self) -> bool:
+        return not self.backbone.bidirectional
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) [K = 1] or (B, L, K) → (B, L, D), after checking their range."""
+        K, V = self.config.n_codebooks, self.config.vocab_size
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"tokens: expected an integer tensor, got {tokens.dtype}")
+        if tokens.dim() == 2 and K == 1:
+            tokens = tokens[..., None]  # (B, L, 1)
+        if tokens.dim() != 3 or tokens.shape[-1] != K:
+            raise ValueError(f"tokens: expected (batch, length{', ' + str(K) if K > 1 else ''}), "
+                             f"got {tuple(tokens.shape)}")
+        if tokens.numel():
+            lo, hi = torch.stack([tokens.min(), tokens.max()]).tolist()
+            if lo < 0 or hi >= V:
+                raise ValueError(f"tokens: values must lie in [0, {V}), got {lo}..{hi}")
+        return self.embed(tokens.long())
+
+    def stream(self, batch_size: int = 1, device=None, dtype=None):
+        """A :class:`audiomamba.streaming.Stream` over this (causal) model: push chunks, get their outputs."""
+        from .streaming import Stream
+
+        return Stream(self, batch_size, device=device, dtype=dtype)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` (weights) and ``config.yaml`` (the resolved config) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        (directory / CONFIG_FILE).write_text(model_config_to_yaml(self.config))
+        return directory
+
+
+@dataclass
+class ClassifierState:
+    """backbone: the backbone's state; head: the running-mean state (None for "last" pooling)."""
+
+    backbone: BackboneState
+    head: MeanPoolState | None
+
+
+class AudioLM(_AudioModel):
+    """Autoregressive model of token streams: tokens → embedding (K codebooks summed) → backbone → logits.
+
+    ``logits[:, t]`` is the distribution of the token at t + 1 given tokens 0..t.
+    """
+
+    def __init__(self, config: ModelConfig):
+        if config.kind != "lm":
+            raise ValueError(f"AudioLM needs config.kind 'lm', got {config.kind!r}")
+        super().__init__(config)
+        self.embed = TokenEmbedding(config.vocab_size, config.n_codebooks, self.d_model)
+        self.head = LMHead(self.d_model, config.vocab_size, config.n_codebooks)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> BackboneState:
+        return self.backbone.init_state(batch_size, device, dtype)
+
+    def forward(self, tokens: torch.Tensor, state: BackboneState | None = None):
+        """tokens: (B, L) (one codebook) or (B, L, K) → logits (B, L, V) or (B, L, K, V), new state."""
+        h, state = self.backbone(self._embed_tokens(tokens), state)  # (B, L, D)
+        logits = self.head(h)  # (B, L, K, V)
+        return (logits[:, :, 0] if tokens.dim() == 2 else logits), state
+
+    def features(self, tokens: torch.Tensor, state: BackboneState | None = None):
+        """The backbone's output (B, L, D) and new state, without the head (prompt consumption)."""
+        return self.backbone(self._embed_tokens(tokens), state)
+
+    def step(self, tokens: torch.Tensor, state: BackboneState, depth: int):
+        """One step for generation: tokens (B, 1, K) int64 → logits (B, 1, K, V), new state. No checks, no
+        host sync; ``depth`` = ``self.backbone.step_depth(t)``."""
+        h, state = self.backbone.step(self.embed(tokens), state, depth)
+        return self.head(h), state
+
+    def generate(self, batch_size: int = 1, num_steps: int = 16000, prompt: torch.Tensor | None = None, **kwargs):
+        """Sample ``num_steps`` new tokens; see :func:`audiomamba.generation.generate` for the arguments."""
+        from .generation import generate
+
+        return generate(self, batch_size, num_steps, prompt=prompt, **kwargs)
+
+
+class AudioClassifier(_AudioModel):
+    """Classifier of waveforms (float samples, a linear map into D) or tokens: input → backbone → head.
+
+    Causal: ``forward`` returns a running prediction (B, L, C) and a state (stream it as samples arrive).
+    Bidirectional: ``forward`` returns one prediction (B, C) per sequence and no state.
+    """
+
+    def __init__(self, config: ModelConfig):
+        if config.kind != "classifier":
+            raise ValueError(f"AudioClassifier needs config.kind 'classifier', got {config.kind!r}")
+        super().__init__(config)
+        if config.input == "waveform":
+            self.embed = nn.Linear(1, self.d_model)  # one sample → (D,)
+        else:
+            self.embed = TokenEmbedding(config.vocab_size, config.n_codebooks, self.d_model)
+        self.head = ClassifierHead(self.d_model, config.n_classes, config.pooling, causal=self.causal)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> ClassifierState:
+        if not self.causal:
+            raise ValueError("a bidirectional classifier has no streaming state: build it with "
+                             "backbone.bidirectional=false to stream")
+        return ClassifierState(self.backbone.init_state(batch_size, device, dtype),
+                               self.head.init_state(batch_size, device, dtype))
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.input == "tokens":
+            return self._embed_tokens(x)
+        if x.dim() != 2 or not x.is_floating_point():
+            raise ValueError(f"x: expected a float waveform (batch, length), got {tuple(x.shape)} {x.dtype}")
+        return self.embed(x[..., None].to(self.embed.weight.dtype))  # (B, L, 1) → (B, L, D)
+
+    def forward(self, x: torch.Tensor, state: ClassifierState | None = None):
+        """x: (B, L) waveform or tokens ((B, L, K) for K codebooks).
+
+        Returns (logits (B, L, C) running, new state) when causal, (logits (B, C), None) when bidirectional.
+        """
+        h, backbone_state = self.backbone(self._inputs(x), None if state is None else state.backbone)
+        if not self.causal:
+            return self.head.pool_sequence(h), None
+        logits, head_state = self.head(h, None if state is None else state.head)
+        return logits, ClassifierState(backbone_state, head_state)
+
+    def classify(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Whole-clip logits (B, C); ``lengths`` (B,) gives the valid samples of zero-padded rows."""
+        if self.causal:
+            logits, _ = self(x)  # (B, L, C)
+            if lengths is None:
+                return logits[:, -1]
+            return logits[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
+        h, _ = self.backbone(self._inputs(x))
+        return self.head.pool_sequence(h, lengths)
+
+
+MODEL_CLASSES = {"lm": AudioLM, "classifier": AudioClassifier}
+
+
+def build_model(spec: Any, **overrides: Any) -> AudioLM | AudioClassifier:
+    """Build a model from a preset name (``"sc09_small"``), a YAML path, a mapping or a ModelConfig.
+
+    Overrides are dotted keys: ``build_model("sc09_small", **{"backbone.d_model": 32})``.
+    """
+    config = load_model_config(spec, overrides)
+    return MODEL_CLASSES[config.kind](config)
+
+
+def load_model(directory: str | Path, device: torch.device | str | None = None) -> AudioLM | AudioClassifier:
+    """Restore a model written by ``model.save(directory)`` (same config, bit-identical weights)."""
+    directory = Path(directory)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"load_model: {directory / name} not found (expected a model.save directory)")
+    model = build_model(directory / CONFIG_FILE)
+    weights = load_file(str(directory / WEIGHTS_FILE))
+    model.load_state_dict(weights, strict=True)
+    return model.to(device) if device is not None else model

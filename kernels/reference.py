@@ -89,7 +89,7 @@ def selective_scan_ref(
 
 def selective_scan_chunked_ref(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    initial_state=None, return_final_state=False, max_log_decay=30.0, max_chunk=64,
+    initial_state=None, return_final_state=False, max_log_decay=60.0, max_chunk=64,
 ):
     """Selective scan, parallel within chunks and sequential across them (same contract as
     ``selective_scan_ref``; the fast CPU path).
@@ -100,30 +100,39 @@ def selective_scan_chunked_ref(
     chosen from the data such that |S_T| stays below ``max_log_decay`` (no overflow, and float32 rounding of
     S stays ~1e-6 relative); huge steps degrade gracefully to chunks of one step, which are exact.
     """
-    u32, delta32, A32, B32, C32, h = _scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state)
-    length = u.shape[-1]
+    batch, channels, length = u.shape
+    acc = _acc(u.dtype)
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    u32, delta32 = u.to(acc), delta.to(acc)
+    if delta_bias is not None:
+        delta32 = delta32 + delta_bias.to(acc)[None, :, None]
+    if delta_softplus:
+        delta32 = F.softplus(delta32)
+    h = u32.new_zeros(batch, channels, A.shape[1]) if initial_state is None else initial_state.to(acc)
     if length == 0:
-        y = u32.new_zeros(u.shape)
-        y = _scan_output(y, u32, D, z, u.dtype)
+        y = _scan_output(u32.new_zeros(u.shape), u32, D, z, u.dtype)
         return (y, h) if return_final_state else y
+    A32 = A.to(acc).unflatten(0, (groups, -1))  # (G, E/G, N)
     # Largest per-step |ΔA| bounds the log-decay growth inside a chunk.
     with torch.no_grad():
-        step = (delta32.abs().amax(dim=(0, 2)) * A32.abs().amax(dim=1)).max().item()
+        step = (delta32.abs().amax(dim=(0, 2)) * A.abs().amax(dim=1)).max().item()
     chunk = max_chunk if step <= 0 else int(min(max_chunk, max(1, math.floor(max_log_decay / step))))
-    x = delta32 * u32  # (B, E, L)
+    # Grouped layouts; split (not slice) along time so that autograd's backward is a cat, not a zero-fill.
+    dts = delta32.unflatten(1, (groups, -1)).split(chunk, dim=-1)  # [(B, G, E/G, T)]
+    xs = (delta32 * u32).unflatten(1, (groups, -1)).split(chunk, dim=-1)  # [(B, G, E/G, T)]
+    Bs = B.to(acc).reshape(batch, groups, 1, -1, length).transpose(-1, -2).split(chunk, dim=-2)  # [(B,G,1,T,N)]
+    Cs = C.to(acc).reshape(batch, groups, 1, -1, length).transpose(-1, -2).split(chunk, dim=-2)  # [(B,G,1,T,N)]
+    h = h.unflatten(1, (groups, -1))  # (B, G, E/G, N)
     ys = []
-    for start in range(0, length, chunk):
-        sl = slice(start, min(start + chunk, length))
-        dt = delta32[:, :, sl]  # (B, E, T)
-        S = torch.cumsum(dt.unsqueeze(-1) * A32[None, :, None, :], dim=2)  # (B, E, T, N)
-        Bx = B32[..., sl].transpose(-1, -2) * x[:, :, sl, None]  # (B, E, T, N)
-        back = torch.exp(S[:, :, -1:] - S)  # (B, E, T, N) decay from each step to the chunk end, <= 1
-        hs = torch.exp(S) * h.unsqueeze(2) + torch.cumsum(back * Bx, dim=2) / back  # (B, E, T, N)
-        ys.append((hs * C32[..., sl].transpose(-1, -2)).sum(-1))  # (B, E, T)
-        h = hs[:, :, -1]  # (B, E, N)
-    y = torch.cat(ys, dim=-1)  # (B, E, L)
+    for dt, x, Bc, Cc in zip(dts, xs, Bs, Cs):
+        S = torch.cumsum(dt.unsqueeze(-1) * A32[:, :, None, :], dim=3)  # (B, G, E/G, T, N)
+        back = torch.exp(S[..., -1:, :] - S)  # decay from each step to the chunk end, <= 1
+        hs = torch.exp(S) * h.unsqueeze(3) + torch.cumsum(back * (x.unsqueeze(-1) * Bc), dim=3) / back
+        ys.append((hs * Cc).sum(-1))  # (B, G, E/G, T)
+        h = hs[..., -1, :]  # (B, G, E/G, N)
+    y = torch.cat(ys, dim=-1).flatten(1, 2)  # (B, E, L)
     y = _scan_output(y, u32, D, z, u.dtype)
-    return (y, h) if return_final_state else y
+    return (y, h.flatten(1, 2)) if return_final_state else y
 
 
 def causal_conv1d_ref(x, weight, bias=None, initial_state=None, return_final_state=False, activation=None):

@@ -10,3 +10,23 @@ Module boundaries take (B, L, D); channel-first layouts live inside ops and kern
 """
 
 __version__ = "0.1.0"
+
+from .backbone import MultiResolutionBackbone
+from .config import BackboneConfig, ModelConfig, load_model_config
+from .generation import GenerationOutput, tokens_to_waveform
+from .models import AudioClassifier, AudioLM, build_model, load_model
+from .streaming import Stream
+
+__all__ = [
+    "AudioClassifier",
+    "AudioLM",
+    "BackboneConfig",
+    "GenerationOutput",
+    "ModelConfig",
+    "MultiResolutionBackbone",
+    "Stream",
+    "build_model",
+    "load_model",
+    "load_model_config",
+    "tokens_to_waveform",
+]

@@ -1,0 +1,185 @@
+"""AudioLM / AudioClassifier: presets, config loading and errors, chunked == full, save/load round trips."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from helpers import random_chunks, rel_err
+
+import audiomamba
+from audiomamba import AudioClassifier, AudioLM, build_model, load_model
+from audiomamba.config import load_model_config, model_preset_names
+
+torch.set_num_threads(1)
+
+TOL = 1e-5
+TINY = {
+    "backbone.d_model": 8,
+    "backbone.n_blocks": [1],
+    "backbone.mixer_options": {"mamba1": {"d_state": 4}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
+                               "s4d": {"d_state": 8}},
+}
+PRESETS = ["sc09_small", "sc09_large", "sc09_mixed", "sc09_s4d", "classifier_small", "classifier_bidirectional"]
+
+
+def tiny(spec, **overrides):
+    torch.manual_seed(0)
+    return build_model(spec, **{**TINY, **overrides})
+
+
+def test_all_presets_are_shipped():
+    assert set(PRESETS) <= set(model_preset_names())
+
+
+@pytest.mark.parametrize("name,expected", [("sc09_small", 6.1e6), ("sc09_large", 24.4e6)])
+def test_paper_sized_presets_parameter_counts(name, expected):
+    with torch.device("meta"):  # counts only: nothing is allocated or run
+        model = build_model(name)
+    assert abs(model.num_parameters() - expected) / expected < 0.02
+
+
+def test_preset_contents():
+    small = load_model_config("sc09_small")
+    assert small.backbone.d_model == 64 and small.backbone.pool == [4, 4]
+    assert small.backbone.stage_blocks() == [8, 8, 8] and small.backbone.stage_mixers() == ["mamba1"] * 3
+    assert load_model_config("sc09_mixed").backbone.stage_mixers() == ["s4d", "mamba1", "mamba1"]
+    assert load_model_config("sc09_s4d").backbone.stage_mixers() == ["s4d"] * 3
+    assert load_model_config("sc09_large").backbone.d_model == 96
+    assert not load_model_config("classifier_small").backbone.bidirectional
+    assert load_model_config("classifier_bidirectional").backbone.bidirectional
+    with torch.device("meta"):
+        assert 0.8e6 < build_model("classifier_small").num_parameters() < 1.5e6
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_save_load_round_trip(name, tmp_path):
+    model = tiny(name).eval()
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m").eval()
+    assert type(loaded) is type(model) and loaded.config == model.config
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    if isinstance(model, AudioLM):
+        x = torch.randint(0, model.config.vocab_size, (2, 19))
+    else:
+        x = torch.randn(2, 150)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], loaded(x)[0])
+
+
+def test_load_model_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        load_model(tmp_path)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="backbone.d_modle"):
+        build_model("sc09_small", **{"backbone.d_modle": 32})
+    with pytest.raises(ValueError, match="vocab_sise"):
+        load_model_config({"kind": "lm", "vocab_sise": 3})
+    with pytest.raises(ValueError, match="unknown model preset 'sc09_smal'"):
+        build_model("sc09_smal")
+    with pytest.raises(ValueError, match="d_sate"):
+        build_model("sc09_small", **{"backbone.mixer_options": {"mamba1": {"d_sate": 4}}})
+    with pytest.raises(ValueError, match="causal backbone"):
+        load_model_config("sc09_small", {"backbone.bidirectional": True})
+    with pytest.raises(ValueError, match="backbone.d_model"):
+        load_model_config("sc09_small", ["backbone.d_model=abc"])
+    with pytest.raises(FileNotFoundError):
+        build_model(tmp_path / "nope.yaml")
+
+
+def test_overrides_and_sources(tmp_path):
+    cfg = load_model_config("sc09_small", ["backbone.d_model=32", "backbone.mixer=s4d", "backbone.pool=[2,2,2]"])
+    assert cfg.backbone.d_model == 32 and cfg.backbone.stage_mixers() == ["s4d"] * 4
+    path = tmp_path / "m.yaml"
+    path.write_text("kind: classifier\ninput: waveform\nn_classes: 3\nbackbone:\n  d_model: 8\n  n_blocks: 1\n")
+    model = build_model(str(path), **{"backbone.mixer_options": TINY["backbone.mixer_options"]})
+    assert isinstance(model, AudioClassifier) and model.config.n_classes == 3
+    assert isinstance(build_model(model.config), AudioClassifier)
+    assert audiomamba.build_model is build_model
+
+
+def run_chunks(model, x, sizes):
+    ys, state, start = [], None, 0
+    for n in sizes:
+        y, state = model(x[:, start : start + n], state)
+        ys.append(y)
+        start += n
+    return torch.cat(ys, dim=1)
+
+
+@pytest.mark.parametrize("name", ["sc09_small", "sc09_mixed", "sc09_s4d"])
+def test_lm_chunks_equal_full(name):
+    model = tiny(name, **{"backbone.pool": [2, 3]})
+    x = torch.randint(0, 256, (2, 31))
+    with torch.no_grad():
+        full, _ = model(x)
+        assert full.shape == (2, 31, 256)
+        chunked = run_chunks(model, x, random_chunks(31, random.Random(0), max_chunk=9))
+    assert rel_err(chunked, full) < TOL
+
+
+def test_lm_with_codebooks_and_mamba2():
+    model = tiny("sc09_small", n_codebooks=3, vocab_size=17, **{"backbone.mixer": "mamba2"})
+    x = torch.randint(0, 17, (2, 23, 3))
+    with torch.no_grad():
+        full, _ = model(x)
+        assert full.shape == (2, 23, 3, 17)
+        chunked = run_chunks(model, x, random_chunks(23, random.Random(1), max_chunk=7))
+    assert rel_err(chunked, full) < TOL
+    with pytest.raises(ValueError, match=r"values must lie in \[0, 17\)"):
+        model(torch.full((1, 4, 3), 17))
+    with pytest.raises(ValueError, match="tokens: expected"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_lm_is_causal():
+    model = tiny("sc09_small", **{"backbone.pool": [2, 2]})
+    emb = model.embed.embedding
+    x = torch.randint(0, 256, (1, 12))
+    h = emb(x).detach().requires_grad_(True)
+    y, _ = model.backbone(h)
+    logits = model.head(y)
+    (grad,) = torch.autograd.grad(logits[0, 5, 0].logsumexp(-1), h)
+    assert grad[0, :6].abs().max() > 0 and grad[0, 6:].abs().max() <= 1e-9 * grad.abs().max()
+
+
+def test_causal_classifier_running_prediction():
+    model = tiny("classifier_small", **{"backbone.pool": [2, 4]})
+    x = torch.randn(3, 45)
+    with torch.no_grad():
+        full, state = model(x)
+        assert full.shape == (3, 45, 10)
+        chunked = run_chunks(model, x, random_chunks(45, random.Random(2), max_chunk=11))
+        assert rel_err(chunked, full) < TOL
+        assert rel_err(model.classify(x), full[:, -1]) < TOL
+        lengths = torch.tensor([45, 20, 7])
+        picked = model.classify(x, lengths)
+        for i, n in enumerate(lengths.tolist()):  # a padded row's prediction is its prefix's prediction
+            assert rel_err(picked[i], model(x[i : i + 1, :n])[0][0, -1]) < TOL
+    with pytest.raises(ValueError, match="float waveform"):
+        model(torch.randint(0, 3, (1, 8)))
+
+
+def test_classifier_last_pooling_and_tokens():
+    model = tiny("classifier_small", input="tokens", pooling="last", vocab_size=16)
+    x = torch.randint(0, 16, (2, 70))
+    with torch.no_grad():
+        full, _ = model(x)
+        chunked = run_chunks(model, x, [1, 33, 36])
+    assert rel_err(chunked, full) < TOL
+
+
+def test_bidirectional_classifier():
+    model = tiny("classifier_bidirectional")
+    x = torch.randn(2, 100)
+    with torch.no_grad():
+        logits, state = model(x)
+        assert logits.shape == (2, 10) and state is None
+        masked = model.classify(torch.cat([x, torch.zeros(2, 28)], 1), torch.tensor([100, 100]))
+        assert masked.shape == (2, 10)
+    with pytest.raises(ValueError, match="no streaming state"):
+        model.init_state(1)

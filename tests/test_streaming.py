@@ -1,0 +1,116 @@
+"""Streams: any chunking equals the offline forward, batched streams, bit-exact save/restore (also in a new
+process), reset, and a clear error for bidirectional models."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from helpers import random_chunks, rel_err
+from safetensors.torch import load_file, save_file
+
+from audiomamba import Stream, build_model
+
+torch.set_num_threads(1)
+
+TOL = 1e-5
+TINY = {
+    "backbone.d_model": 8,
+    "backbone.n_blocks": [1],
+    "backbone.pool": [2, 4],
+    "backbone.mixer_options": {"mamba1": {"d_state": 4}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
+                               "s4d": {"d_state": 8}},
+}
+
+
+def tiny(spec, **overrides):
+    torch.manual_seed(0)
+    return build_model(spec, **{**TINY, **overrides}).eval()
+
+
+@pytest.mark.parametrize("spec", ["classifier_small", "sc09_mixed"])
+def test_stream_equals_offline(spec):
+    model = tiny(spec)
+    lm = spec.startswith("sc09")
+    x = torch.randint(0, 256, (2, 53)) if lm else torch.randn(2, 53)
+    with torch.no_grad():
+        full, _ = model(x)
+    stream = model.stream(2)
+    outs, start = [], 0
+    for n in random_chunks(53, random.Random(0), max_chunk=12):
+        out = stream.push(x[:, start : start + n])
+        assert out.shape[:2] == (2, n)
+        outs.append(out)
+        start += n
+    assert stream.position == 53
+    assert rel_err(torch.cat(outs, 1), full) < TOL
+    stream.reset()
+    assert stream.position == 0
+    assert rel_err(stream.push(x[:, :9]), full[:, :9]) < TOL
+
+
+def test_batched_streams_match_single_streams():
+    model = tiny("classifier_small")
+    x = torch.randn(3, 30)
+    batched = model.stream(3)
+    singles = [model.stream(1) for _ in range(3)]
+    for a, b in ((0, 7), (7, 8), (8, 30)):
+        out = batched.push(x[:, a:b])
+        for i, s in enumerate(singles):
+            assert rel_err(s.push(x[i : i + 1, a:b]), out[i : i + 1]) < TOL
+
+
+def test_state_dict_round_trip_is_bit_exact():
+    model = tiny("sc09_small")
+    x = torch.randint(0, 256, (2, 40))
+    stream = model.stream(2)
+    stream.push(x[:, :13])
+    saved = stream.state_dict()
+    expected = stream.push(x[:, 13:])
+    other = Stream(model, 2)
+    other.push(x[:, :5])  # some other history, overwritten by the load
+    other.load_state_dict(saved)
+    assert other.position == 13
+    assert torch.equal(other.push(x[:, 13:]), expected)
+    with pytest.raises(ValueError, match="missing"):
+        other.load_state_dict({k: v for k, v in saved.items() if k != "stream.position"})
+
+
+def test_stream_restored_in_a_new_process(tmp_path):
+    model = tiny("classifier_small")
+    x = torch.randn(2, 61)
+    stream = model.stream(2)
+    stream.push(x[:, :21])
+    model.save(tmp_path / "model")
+    stream.save(tmp_path / "stream.safetensors")
+    save_file({"x": x[:, 21:].contiguous()}, str(tmp_path / "chunk.safetensors"))
+    expected = stream.push(x[:, 21:])
+    script = textwrap.dedent(f"""
+        import torch
+        from safetensors.torch import load_file, save_file
+        from audiomamba import load_model
+        torch.set_num_threads(1)
+        model = load_model({str(tmp_path / "model")!r}).eval()
+        stream = model.stream(1)
+        stream.load({str(tmp_path / "stream.safetensors")!r})
+        out = stream.push(load_file({str(tmp_path / "chunk.safetensors")!r})["x"])
+        save_file({{"out": out.contiguous()}}, {str(tmp_path / "out.safetensors")!r})
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert torch.equal(load_file(str(tmp_path / "out.safetensors"))["out"], expected)
+
+
+def test_bidirectional_model_cannot_stream():
+    model = tiny("classifier_bidirectional")
+    with pytest.raises(ValueError, match="cannot stream a bidirectional model"):
+        model.stream(1)
+
+
+def test_wrong_batch_is_named():
+    stream = tiny("classifier_small").stream(2)
+    with pytest.raises(ValueError, match="expected batch 2"):
+        stream.push(torch.randn(3, 5))

@@ -1,0 +1,179 @@
+"""Generation metrics on constructed inputs whose answers are known in closed form, and on fresh random inputs
+against independent references (scipy's matrix square root, explicit loops over pairs)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from audiomamba.metrics import (
+    ClassifierOutputs,
+    am_score,
+    classifier_outputs,
+    evaluate_generation,
+    frechet_distance,
+    generation_scores,
+    inception_score,
+    modified_inception_score,
+    nll_bits_per_sample,
+)
+from audiomamba.models import build_model
+
+
+def _random_probs(n, c, gen):
+    return torch.softmax(3 * torch.randn(n, c, generator=gen, dtype=torch.float64), dim=1)
+
+
+def _kl(p, q):
+    return float(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0))
+
+
+@pytest.mark.parametrize("c", [2, 10, 35])
+def test_inception_score_uniform_and_one_hot(c):
+    assert inception_score(torch.full((50, c), 1.0 / c)) == pytest.approx(1.0, abs=1e-12)
+    one_hot = torch.eye(c).repeat(3, 1)  # confident, evenly spread over the C classes
+    assert inception_score(one_hot) == pytest.approx(c, rel=1e-9)
+    assert inception_score(torch.eye(c)[[0] * 7]) == pytest.approx(1.0, abs=1e-12)  # confident, one class only
+
+
+def test_inception_score_matches_loop():
+    gen = torch.Generator().manual_seed(1)
+    p = _random_probs(17, 6, gen)
+    mean = p.mean(0).tolist()
+    expected = math.exp(np.mean([_kl(row.tolist(), mean) for row in p]))
+    assert inception_score(p) == pytest.approx(expected, rel=1e-10)
+
+
+def test_modified_inception_score_two_distributions():
+    p, q = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64), torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
+    probs = torch.stack([p, q, p, q])
+    # pairs (p,p),(p,q),(q,p),(q,q) each with weight 1/4
+    expected = math.exp((_kl(p.tolist(), q.tolist()) + _kl(q.tolist(), p.tolist())) / 4)
+    assert modified_inception_score(probs) == pytest.approx(expected, rel=1e-12)
+    assert modified_inception_score(torch.full((9, 4), 0.25)) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_modified_inception_score_matches_pair_loop():
+    gen = torch.Generator().manual_seed(2)
+    p = _random_probs(11, 5, gen)
+    rows = [r.tolist() for r in p]
+    expected = math.exp(np.mean([_kl(a, b) for a in rows for b in rows]))
+    assert modified_inception_score(p) == pytest.approx(expected, rel=1e-10)
+
+
+def test_am_score_known_values():
+    c = 10
+    balanced = torch.eye(c).repeat(4, 1)
+    assert am_score(balanced, balanced) == pytest.approx(0.0, abs=1e-9)  # confident and balanced like real data
+    uniform = torch.full((20, c), 1.0 / c, dtype=torch.float64)
+    assert am_score(uniform, balanced) == pytest.approx(math.log(c), rel=1e-9)  # KL 0 + entropy log C
+    # confident but always class 0: KL(uniform || one-hot) is -log(EPS) per missing class mass -> very large
+    assert am_score(torch.eye(c)[[0] * 5], balanced) > 10
+
+
+def test_am_score_matches_formula_random():
+    gen = torch.Generator().manual_seed(3)
+    p, r = _random_probs(13, 4, gen), _random_probs(21, 4, gen)
+    ent = np.mean([-sum(x * math.log(x) for x in row.tolist()) for row in p])
+    expected = _kl(r.mean(0).tolist(), p.mean(0).tolist()) + ent
+    assert am_score(p, r) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fid_identical_sets_and_shift():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(200, 8, generator=gen, dtype=torch.float64) @ torch.randn(8, 8, generator=gen,
+                                                                                 dtype=torch.float64)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
+    shift = torch.randn(8, generator=gen, dtype=torch.float64)
+    assert frechet_distance(x, x + shift) == pytest.approx(float(shift.pow(2).sum()), rel=1e-8, abs=1e-8)
+
+
+def test_fid_gaussians_population_formula():
+    # independent large samples of N(0, diag(a)) and N(m, diag(b)): FID -> |m|² + Σ (sqrt a - sqrt b)²
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.tensor([1.0, 4.0, 0.25], dtype=torch.float64), torch.tensor([4.0, 1.0, 0.25], dtype=torch.float64)
+    m = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    xa = torch.randn(200_000, 3, generator=gen, dtype=torch.float64) * a.sqrt()
+    xb = torch.randn(200_000, 3, generator=gen, dtype=torch.float64) * b.sqrt() + m
+    expected = float(m.pow(2).sum() + (a.sqrt() - b.sqrt()).pow(2).sum())
+    assert frechet_distance(xa, xb) == pytest.approx(expected, rel=0.02)
+
+
+def test_fid_matches_scipy_sqrtm():
+    gen = torch.Generator().manual_seed(6)
+    xa = torch.randn(64, 12, generator=gen, dtype=torch.float64) @ torch.randn(12, 12, generator=gen,
+                                                                                  dtype=torch.float64)
+    xb = torch.randn(80, 12, generator=gen, dtype=torch.float64) @ torch.randn(12, 12, generator=gen,
+                                                                                  dtype=torch.float64) + 0.3
+    a, b = xa.numpy(), xb.numpy()
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s_a @ s_b).real
+    expected = float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a + s_b - 2 * covmean))
+    assert frechet_distance(xa, xb) == pytest.approx(expected, rel=1e-7)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="probs"):
+        inception_score(torch.tensor([[0.5, 0.6]]))
+    with pytest.raises(ValueError, match="frechet_distance"):
+        frechet_distance(torch.zeros(5, 3), torch.zeros(5, 4))
+
+
+def _tiny_classifier(bidirectional):
+    torch.manual_seed(0)
+    return build_model("classifier_small", **{"backbone.d_model": 8, "backbone.n_blocks": [0, 1, 1],
+                                              "backbone.bidirectional": bidirectional, "n_classes": 3})
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_classifier_outputs_features_feed_the_head(bidirectional):
+    clf = _tiny_classifier(bidirectional).eval()
+    gen = torch.Generator().manual_seed(7)
+    waves = [0.3 * torch.randn(n, generator=gen) for n in (200, 128, 256, 64)]
+    out = classifier_outputs(clf, waves, batch_size=3)
+    assert out.probs.shape == (4, 3) and out.features.shape == (4, 8)
+    # the features are the head's input: its linear layer maps them to the same logits as classify() per clip
+    logits = clf.head.linear(out.features.float()).double()
+    assert torch.allclose(torch.softmax(logits, 1), out.probs, atol=1e-5)
+    for i, w in enumerate(waves):
+        alone = torch.softmax(clf.classify(w[None]).double(), 1)[0]
+        assert torch.allclose(alone, out.probs[i], atol=1e-5)
+
+
+def test_evaluate_generation_same_set():
+    clf = _tiny_classifier(True).eval()
+    gen = torch.Generator().manual_seed(8)
+    waves = 0.3 * torch.randn(12, 192, generator=gen)
+    res = evaluate_generation(clf, waves, waves, batch_size=5, reference_labels=torch.zeros(12))
+    assert res["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert res["is"] == pytest.approx(res["reference_is"], rel=1e-9)
+    assert sum(res["class_histogram"]) == 12 and 0 <= res["reference_accuracy"] <= 1
+
+
+def test_generation_scores_keys():
+    gen = torch.Generator().manual_seed(9)
+    a = ClassifierOutputs(_random_probs(10, 3, gen), torch.randn(10, 4, dtype=torch.float64, generator=gen))
+    b = ClassifierOutputs(_random_probs(10, 3, gen), torch.randn(10, 4, dtype=torch.float64, generator=gen))
+    res = generation_scores(a, b)
+    assert {"is", "mis", "am", "fid", "class_histogram"} <= res.keys()
+
+
+def test_nll_bits_per_sample_matches_manual():
+    torch.manual_seed(0)
+    lm = build_model("sc09_small", **{"backbone.d_model": 8, "backbone.n_blocks": [1],
+                                      "backbone.mixer_options.mamba1.d_state": 4}).eval()
+    gen = torch.Generator().manual_seed(10)
+    tokens = torch.randint(0, 256, (3, 48), generator=gen)
+    mask = torch.rand(3, 48, generator=gen) > 0.3
+    res = nll_bits_per_sample(lm, [{"tokens": tokens[:2], "mask": mask[:2]}, {"tokens": tokens[2:], "mask": mask[2:]}])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm(tokens)[0].double(), -1)  # (B, L, V)
+    picked = logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    w = mask[:, 1:].double()
+    expected = float(-(picked * w).sum() / w.sum() / math.log(2))
+    assert res["bits_per_sample"] == pytest.approx(expected, rel=1e-5)
+    assert res["n_samples"] == int(w.sum())
+    # an untrained model is near-uniform: about 8 bits per 8-bit sample
+    assert 7 < nll_bits_per_sample(lm, [tokens])["bits_per_sample"] < 9

@@ -36,8 +36,10 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
-# Programs wanted in flight before time is cut into parallel segments (about 4 per SM on an H200).
-_TARGET_PROGRAMS = int(os.environ.get("AUDIOMAMBA_SCAN_TARGET_PROGRAMS", "512"))
+# Warps wanted in flight before time is cut into parallel segments (about 16 per SM on an H200).
+_TARGET_WARPS = int(os.environ.get("AUDIOMAMBA_SCAN_TARGET_WARPS", "2048"))
+# Keyword overrides of ``_config`` (tests and the benchmark use them to reach every code path / tune).
+_CONFIG_OVERRIDES: dict = {}
 
 
 # ---------------------------------------------------------------- device helpers
@@ -63,7 +65,7 @@ def _load_dt(dt_ptr, off, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constex
     """Raw Δ tile (+bias) and the Δ actually used (softplus'd, zero where masked)."""
     raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if HAS_DTB:
-        raw = raw + dtb[:, None]
+        raw = raw + dtb  # broadcast by the caller
     if SOFTPLUS:
         dt = _softplus(raw)
     else:
@@ -107,8 +109,8 @@ def _ss_fwd_kernel(
     e = g * EG + e_loc  # [BE]
     n = tl.arange(0, NP)
     n_mask = n < N
-    en_mask = e_mask[:, None] & n_mask[None, :]
-    A2 = tl.load(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
+    A2 = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)
     A2 = A2 * 1.4426950408889634
     if HAS_DTB:
         dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
@@ -116,11 +118,11 @@ def _ss_fwd_kernel(
         dtb = tl.zeros([BE], tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    st_off = ((b * E + e[:, None]) * NSEG + pid_s) * N + n[None, :]  # into (B, E, NSEG, N)
+    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]  # into (B, E, NSEG, N)
     if HAS_H0 and not LOCAL:
         h = tl.load(hs_ptr + st_off, mask=en_mask, other=0.0)
     else:
-        h = tl.zeros([BE, NP], tl.float32)
+        h = tl.zeros([NP, BE], tl.float32)
     dt_sum = tl.zeros([BE], tl.float32)
     tt = tl.arange(0, T)
     last = (tt == T - 1)[None, None, :]
@@ -132,23 +134,23 @@ def _ss_fwd_kernel(
         t_mask = t < L
         m2 = e_mask[:, None] & t_mask[None, :]
         if STORE_CK:
-            tl.store(ck_ptr + ((b * E + e[:, None]) * NCK + t0 // T) * N + n[None, :], h, mask=en_mask)
+            tl.store(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // T) * N + n[:, None], h, mask=en_mask)
         u = tl.load(u_ptr + b * s_ub + e[:, None] * s_ue + t[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        _, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2, dtb, HAS_DTB, SOFTPLUS)
+        _, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2, dtb[:, None], HAS_DTB, SOFTPLUS)
         nt_mask = n_mask[:, None] & t_mask[None, :]
         Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + t[None, :] * s_Bl,
                      mask=nt_mask, other=0.0).to(tl.float32)  # [NP, T]
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # [BE, NP, T]
-        bx = (dt * u)[:, None, :] * Bt[None, :, :]  # [BE, NP, T]
+        a = tl.exp2(dt[None, :, :] * A2[:, :, None])  # [NP, BE, T]
+        bx = (dt * u)[None, :, :] * Bt[:, None, :]  # [NP, BE, T]
         acum, hs = tl.associative_scan((a, bx), axis=2, combine_fn=_pair_combine)
         hs = hs + acum * h[:, :, None]  # states after each step
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # [BE, NP], state after the chunk
+        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # [NP, BE], state after the chunk
         if LOCAL:
             dt_sum += tl.sum(dt, axis=1)
         else:
             Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[:, None] * s_Cn + t[None, :] * s_Cl,
                          mask=nt_mask, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[None, :, :], axis=1)  # [BE, T]
+            y = tl.sum(hs * Ct[:, None, :], axis=0)  # [BE, T]
             if HAS_D:
                 y += Dv[:, None] * u
             if HAS_Z:
@@ -159,10 +161,104 @@ def _ss_fwd_kernel(
                      y.to(y_ptr.dtype.element_ty), mask=m2)
     if LOCAL:
         tl.store(S_ptr + st_off, h, mask=en_mask)
-        tl.store(P_ptr + st_off, tl.exp2(A2 * dt_sum[:, None]), mask=en_mask)
+        tl.store(P_ptr + st_off, tl.exp2(A2 * dt_sum[None, :]), mask=en_mask)
     else:
         if pid_s == NSEG - 1:
-            tl.store(hT_ptr + (b * E + e[:, None]) * N + n[None, :], h, mask=en_mask)
+            tl.store(hT_ptr + (b * E + e[None, :]) * N + n[:, None], h, mask=en_mask)
+
+
+@triton.jit
+def _ss_fwd_seq_kernel(
+    # pointers
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr,
+    hs_ptr, ck_ptr, hT_ptr, S_ptr, P_ptr,
+    # sizes
+    E, L, EG, NEB, SEG, NSEG, NCK,
+    # strides
+    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_zb, s_ze, s_zl, s_yb, s_ye, s_yl,
+    # meta
+    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr,
+):
+    """Same contract as ``_ss_fwd_kernel`` (checkpoints every CK steps), with time kept inside each thread.
+
+    Tiles are [T, NP, BE] with channels fastest, so a warp's lanes own 32 channels and each thread walks
+    time for all N states of its channel: the scan over the T steps of a chunk is a sequential in-register
+    loop (no shuffles), the C readout is an in-thread sum over N, and per-(channel, step) work (softplus,
+    gate) is done once, not once per state. The carried state enters as part of the first step's input.
+    """
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = pid_r // (NEB * (E // EG))
+    rem = pid_r % (NEB * (E // EG))
+    g = rem // NEB
+    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
+    e_mask = e_loc < EG
+    e = g * EG + e_loc  # [BE]
+    n = tl.arange(0, NP)
+    n_mask = n < N
+    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
+    A2 = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BE], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]  # into (B, E, NSEG, N)
+    if HAS_H0 and not LOCAL:
+        h = tl.load(hs_ptr + st_off, mask=en_mask, other=0.0)
+    else:
+        h = tl.zeros([NP, BE], tl.float32)
+    dt_sum = tl.zeros([BE], tl.float32)
+    tt = tl.arange(0, T)
+    first = (tt == 0)[:, None, None]
+    last = (tt == T - 1)[:, None, None]
+    t_begin = pid_s * SEG
+    n_chunks = tl.cdiv(tl.minimum(SEG, L - t_begin), T)
+    for c in range(0, n_chunks):
+        t0 = t_begin + c * T
+        t = t0 + tt
+        t_mask = t < L
+        m2 = t_mask[:, None] & e_mask[None, :]  # [T, BE]
+        if STORE_CK:
+            if t0 % CK == 0:
+                tl.store(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // CK) * N + n[:, None], h, mask=en_mask)
+        u = tl.load(u_ptr + b * s_ub + e[None, :] * s_ue + t[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
+        _, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
+                         HAS_DTB, SOFTPLUS)
+        tn_mask = t_mask[:, None] & n_mask[None, :]
+        Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl,
+                     mask=tn_mask, other=0.0).to(tl.float32)  # [T, NP]
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [T, NP, BE]
+        bx = (dt * u)[:, None, :] * Bt[:, :, None]  # [T, NP, BE]
+        bx = tl.where(first, bx + a * h[None, :, :], bx)
+        _, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # [NP, BE], state after the chunk
+        if LOCAL:
+            dt_sum += tl.sum(dt, axis=0)
+        else:
+            Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl,
+                         mask=tn_mask, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct[:, :, None], axis=1)  # [T, BE]
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                zz = tl.load(z_ptr + b * s_zb + e[None, :] * s_ze + t[:, None] * s_zl, mask=m2, other=0.0)
+                zz = zz.to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(y_ptr + b * s_yb + e[None, :] * s_ye + t[:, None] * s_yl,
+                     y.to(y_ptr.dtype.element_ty), mask=m2)
+    if LOCAL:
+        tl.store(S_ptr + st_off, h, mask=en_mask)
+        tl.store(P_ptr + st_off, tl.exp2(A2 * dt_sum[None, :]), mask=en_mask)
+    else:
+        if pid_s == NSEG - 1:
+            tl.store(hT_ptr + (b * E + e[None, :]) * N + n[:, None], h, mask=en_mask)
 
 
 @triton.jit
@@ -227,8 +323,8 @@ def _ss_bwd_kernel(
     e = g * EG + e_loc
     n = tl.arange(0, NP)
     n_mask = n < N
-    en_mask = e_mask[:, None] & n_mask[None, :]
-    A = tl.load(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
+    A = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     if HAS_DTB:
         dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
@@ -236,12 +332,12 @@ def _ss_bwd_kernel(
         dtb = tl.zeros([BE], tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    st_off = ((b * E + e[:, None]) * NSEG + pid_s) * N + n[None, :]
+    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]
     if HAS_GC and not LOCAL:
         carry = tl.load(gc_ptr + st_off, mask=en_mask, other=0.0)
     else:
-        carry = tl.zeros([BE, NP], tl.float32)
-    dA_acc = tl.zeros([BE, NP], tl.float32)
+        carry = tl.zeros([NP, BE], tl.float32)
+    dA_acc = tl.zeros([NP, BE], tl.float32)
     dD_acc = tl.zeros([BE], tl.float32)
     ddtb_acc = tl.zeros([BE], tl.float32)
     dtn_sum = tl.zeros([BE], tl.float32)
@@ -257,9 +353,9 @@ def _ss_bwd_kernel(
         nt_mask = n_mask[:, None] & t_mask[None, :]
         # Δ one step ahead: a_{t+1} couples the adjoint of step t to step t+1 (1 past the end).
         mn = e_mask[:, None] & (t + 1 < L)[None, :]
-        _, dtn = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + (t + 1)[None, :] * s_dl, mn, dtb,
+        _, dtn = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + (t + 1)[None, :] * s_dl, mn, dtb[:, None],
                           HAS_DTB, SOFTPLUS)
-        an = tl.exp2(dtn[:, None, :] * A2[:, :, None])  # [BE, NP, T]
+        an = tl.exp2(dtn[None, :, :] * A2[:, :, None])  # [NP, BE, T]
         dout = tl.load(dy_ptr + b * s_gb + e[:, None] * s_ge + t[None, :] * s_gl, mask=m2, other=0.0)
         dout = dout.to(tl.float32)
         Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[:, None] * s_Cn + t[None, :] * s_Cl,
@@ -271,7 +367,7 @@ def _ss_bwd_kernel(
             dyv = dout * zz * zsig
         else:
             dyv = dout
-        cc = Ct[None, :, :] * dyv[:, None, :]
+        cc = Ct[:, None, :] * dyv[None, :, :]
         pc, gs = tl.associative_scan((an, cc), axis=2, combine_fn=_pair_combine, reverse=True)
         gg = gs + pc * carry[:, :, None]  # adjoint of h_t
         carry = tl.sum(tl.where(first, gg, 0.0), axis=2)
@@ -280,36 +376,36 @@ def _ss_bwd_kernel(
         else:
             u = tl.load(u_ptr + b * s_ub + e[:, None] * s_ue + t[None, :] * s_ul, mask=m2, other=0.0)
             u = u.to(tl.float32)
-            raw, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2, dtb,
-                               HAS_DTB, SOFTPLUS)
+            raw, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2,
+                               dtb[:, None], HAS_DTB, SOFTPLUS)
             Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + t[None, :] * s_Bl,
                          mask=nt_mask, other=0.0).to(tl.float32)
-            h0 = tl.load(ck_ptr + ((b * E + e[:, None]) * NCK + t0 // T) * N + n[None, :], mask=en_mask,
+            h0 = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // T) * N + n[:, None], mask=en_mask,
                          other=0.0)
-            a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+            a = tl.exp2(dt[None, :, :] * A2[:, :, None])
             x = dt * u
-            bx = x[:, None, :] * Bt[None, :, :]
+            bx = x[None, :, :] * Bt[:, None, :]
             acum, hs = tl.associative_scan((a, bx), axis=2, combine_fn=_pair_combine)
             hs = hs + acum * h0[:, :, None]
             if NEED_DH0:
                 if t0 == 0:
                     dh0 = tl.sum(tl.where(first, a * gg, 0.0), axis=2)
-                    tl.store(dh0_ptr + (b * E + e[:, None]) * N + n[None, :], dh0, mask=en_mask)
+                    tl.store(dh0_ptr + (b * E + e[None, :]) * N + n[:, None], dh0, mask=en_mask)
             if HAS_Z:
-                yp = tl.sum(hs * Ct[None, :, :], axis=1)
+                yp = tl.sum(hs * Ct[:, None, :], axis=0)
                 if HAS_D:
                     yp += Dv[:, None] * u
                 dz = dout * yp * zsig * (1.0 + zz * (1.0 - zsig))
                 tl.store(dz_ptr + b * s_dzb + e[:, None] * s_dze + t[None, :] * s_dzl,
                          dz.to(dz_ptr.dtype.element_ty), mask=m2)
             ghp = gg * (hs - bx)  # g_t a_t h_{t-1}
-            gB = tl.sum(gg * Bt[None, :, :], axis=1)  # [BE, T]
-            ddt = tl.sum(ghp * A[:, :, None], axis=1) + u * gB
+            gB = tl.sum(gg * Bt[:, None, :], axis=0)  # [BE, T]
+            ddt = tl.sum(ghp * A[:, :, None], axis=0) + u * gB
             du = dt * gB
             if HAS_D:
                 du += Dv[:, None] * dyv
                 dD_acc += tl.sum(dyv * u, axis=1)
-            dA_acc += tl.sum(ghp * dt[:, None, :], axis=2)
+            dA_acc += tl.sum(ghp * dt[None, :, :], axis=2)
             if SOFTPLUS:
                 ddt = ddt * tl.sigmoid(raw)
             ddt = tl.where(m2, ddt, 0.0)
@@ -319,13 +415,13 @@ def _ss_bwd_kernel(
             tl.store(ddt_ptr + b * s_ddb + e[:, None] * s_dde + t[None, :] * s_ddl,
                      ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
             bc_off = ((b * G + g) * NP + n[:, None]) * L + t[None, :]  # into (B, G, NP, L) float32
-            tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[:, None, :], axis=0), mask=nt_mask, sem="relaxed")
-            tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * dyv[:, None, :], axis=0), mask=nt_mask, sem="relaxed")
+            tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[None, :, :], axis=1), mask=nt_mask, sem="relaxed")
+            tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * dyv[None, :, :], axis=1), mask=nt_mask, sem="relaxed")
     if LOCAL:
         tl.store(Gl_ptr + st_off, carry, mask=en_mask)
-        tl.store(Q_ptr + st_off, tl.exp2(A2 * dtn_sum[:, None]), mask=en_mask)
+        tl.store(Q_ptr + st_off, tl.exp2(A2 * dtn_sum[None, :]), mask=en_mask)
     else:
-        tl.atomic_add(dA_ptr + e[:, None] * N + n[None, :], dA_acc, mask=en_mask, sem="relaxed")
+        tl.atomic_add(dA_ptr + e[None, :] * N + n[:, None], dA_acc, mask=en_mask, sem="relaxed")
         if HAS_D:
             tl.atomic_add(dD_ptr + e, dD_acc, mask=e_mask, sem="relaxed")
         if HAS_DTB:
@@ -340,26 +436,51 @@ def _as_grouped(M: torch.Tensor) -> torch.Tensor:
     return M.unsqueeze(1) if M.dim() == 3 else M
 
 
-def _config(batch, channels, groups, length, n, bwd=False):
-    """(BE, T, num_warps, segment length, number of segments) for a problem size."""
+def _segments(rows, warps_per_program, length, step, target_warps):
+    """(segment length, number of segments): cut time so that rows × segments × warps ≈ target_warps."""
+    nsteps = max(1, triton.cdiv(length, step))
+    want = max(1, min(nsteps, triton.cdiv(target_warps, max(rows * warps_per_program, 1))))
+    seg = triton.cdiv(nsteps, want) * step
+    return seg, (triton.cdiv(length, seg) if length > 0 else 1)
+
+
+def _config(batch, channels, groups, length, n, fwd_variant=None, fwd_target=None, bwd_target=None,
+            fwd_block=None, fwd_chunk=None, bwd_block=None, ck=None):
+    """Launch configuration for a problem size (every field can be overridden, e.g. by the benchmark)."""
+    if _CONFIG_OVERRIDES:
+        over = dict(fwd_variant=fwd_variant, fwd_target=fwd_target, bwd_target=bwd_target, fwd_block=fwd_block,
+                    fwd_chunk=fwd_chunk, bwd_block=bwd_block, ck=ck)
+        over.update({k: v for k, v in _CONFIG_OVERRIDES.items() if over.get(k) is None})
+        fwd_variant, fwd_target, bwd_target, fwd_block, fwd_chunk, bwd_block, ck = (
+            over["fwd_variant"], over["fwd_target"], over["bwd_target"], over["fwd_block"], over["fwd_chunk"],
+            over["bwd_block"], over["ck"])
     np2 = triton.next_power_of_2(n)
-    T = 32 if np2 <= 16 else 16
-    BE = max(1, min(triton.next_power_of_2(channels // groups), (8 if bwd else 16) * 16 // np2))
-    num_warps = 4
-    neb = triton.cdiv(channels // groups, BE)
-    rows = batch * groups * neb
-    nck = triton.cdiv(length, T)
-    want = max(1, min(nck, _TARGET_PROGRAMS // max(rows, 1)))
-    seg_chunks = triton.cdiv(nck, want)
-    seg = seg_chunks * T
-    nseg = triton.cdiv(length, seg) if length > 0 else 1
-    return BE, T, num_warps, seg, nseg
+    eg = channels // groups
+    cfg = {"CK": ck or (32 if np2 <= 16 else 16)}
+    variant = fwd_variant or os.environ.get("AUDIOMAMBA_SCAN_FWD", "seq")
+    if variant == "seq":
+        be = fwd_block or min(32 * (4 if np2 <= 16 else 1), max(1, triton.next_power_of_2(eg)))
+        be = min(be, max(1, triton.next_power_of_2(eg)))
+        T = fwd_chunk or (2 if np2 <= 16 else 1)
+        nw = max(1, be // 32)
+    else:
+        be = fwd_block or max(1, min(triton.next_power_of_2(eg), 16 * 16 // np2))
+        T = cfg["CK"]
+        nw = 4
+    rows = batch * groups * triton.cdiv(eg, be)
+    seg, nseg = _segments(rows, nw, length, cfg["CK"], fwd_target or _TARGET_WARPS)
+    cfg.update(fwd_variant=variant, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg, fwd_nseg=nseg)
+    be = bwd_block or max(1, min(triton.next_power_of_2(eg), 8 * 16 // np2))
+    rows = batch * groups * triton.cdiv(eg, be)
+    seg, nseg = _segments(rows, 4, length, cfg["CK"], bwd_target or _TARGET_WARPS)
+    cfg.update(bwd_BE=be, bwd_warps=4, bwd_seg=seg, bwd_nseg=nseg)
+    return cfg
 
 
 def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                         initial_state=None, store_checkpoints=False, config=None):
     """Launch the forward. Returns (y (B, E, L) in u's dtype, final_state (B, E, N) float32,
-    checkpoints (B, E, ceil(L/T), N) float32 or None, config)."""
+    checkpoints (B, E, ceil(L/CK), N) float32 or None, config)."""
     batch, channels, length = u.shape
     n = A.shape[1]
     Bg, Cg = _as_grouped(B), _as_grouped(C)
@@ -367,31 +488,40 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     if Cg.shape[1] != groups:
         raise ValueError(f"B and C: expected the same number of groups, got {Bg.shape[1]} and {Cg.shape[1]}")
     eg = channels // groups
-    BE, T, num_warps, seg, nseg = config or _config(batch, channels, groups, length, n)
+    cfg = config or _config(batch, channels, groups, length, n)
+    BE, T, seg, nseg, CK = cfg["fwd_BE"], cfg["fwd_T"], cfg["fwd_seg"], cfg["fwd_nseg"], cfg["CK"]
     np2 = triton.next_power_of_2(n)
     neb = triton.cdiv(eg, BE)
-    nck = max(1, triton.cdiv(length, T))
+    nck = max(1, triton.cdiv(length, CK))
     dev = u.device
     y = torch.empty_like(u)
     hT = torch.empty(batch, channels, n, device=dev, dtype=torch.float32)
     ck = (torch.empty(batch, channels, nck, n, device=dev, dtype=torch.float32) if store_checkpoints
           else hT)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
-    z_ = z if z is not None else u
-    grid = (batch * groups * neb, nseg)
-    common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
-                  HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
-    strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *y.stride())
-    dummy = hT
     if length == 0:
         hT.copy_(h0 if h0 is not None else torch.zeros_like(hT))
-        return y, hT, (ck if store_checkpoints else None), (BE, T, num_warps, seg, nseg)
+        return y, hT, (ck if store_checkpoints else None), cfg
+    z_ = z if z is not None else u
+    grid = (batch * groups * neb, nseg)
+    if cfg["fwd_variant"] == "seq":
+        kernel, extra = _ss_fwd_seq_kernel, {"CK": CK}
+    else:
+        if T != CK:
+            raise ValueError(f"config: the 'scan' forward needs fwd_T == CK, got {T} and {CK}")
+        kernel, extra = _ss_fwd_kernel, {}
+    common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
+                  HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=cfg["fwd_warps"],
+                  **extra)
+    strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *y.stride())
+    dummy = hT
+    Dp = D if D is not None else dummy
+    dtbp = delta_bias if delta_bias is not None else dummy
     if nseg > 1:
         S = torch.empty(batch, channels, nseg, n, device=dev, dtype=torch.float32)
         P = torch.empty_like(S)
-        _ss_fwd_kernel[grid](
-            u, delta, A, Bg, Cg, D if D is not None else dummy, z_, delta_bias if delta_bias is not None else dummy,
-            y, dummy, dummy, dummy, S, P,
+        kernel[grid](
+            u, delta, A, Bg, Cg, Dp, z_, dtbp, y, dummy, dummy, dummy, S, P,
             channels, length, eg, neb, seg, nseg, nck, *strides,
             LOCAL=True, HAS_H0=False, STORE_CK=False, **common,
         )
@@ -405,28 +535,26 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     else:
         hs = h0 if h0 is not None else dummy
         has_h0 = h0 is not None
-    _ss_fwd_kernel[grid](
-        u, delta, A, Bg, Cg, D if D is not None else dummy, z_, delta_bias if delta_bias is not None else dummy,
-        y, hs, ck, hT, dummy, dummy,
+    kernel[grid](
+        u, delta, A, Bg, Cg, Dp, z_, dtbp, y, hs, ck, hT, dummy, dummy,
         channels, length, eg, neb, seg, nseg, nck, *strides,
         LOCAL=False, HAS_H0=has_h0, STORE_CK=store_checkpoints, **common,
     )
-    return y, hT, (ck if store_checkpoints else None), (BE, T, num_warps, seg, nseg)
+    return y, hT, (ck if store_checkpoints else None), cfg
 
 
 def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints,
-                        need_dh0, fwd_config, config=None):
-    """Launch the backward. Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, d_initial_state);
-    entries for absent inputs are None."""
+                        need_dh0, config):
+    """Launch the backward (``config`` from the forward: the checkpoint spacing CK is the chunk here).
+    Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, d_initial_state); entries for absent inputs are
+    None."""
     batch, channels, length = u.shape
     n = A.shape[1]
     Bg, Cg = _as_grouped(B), _as_grouped(C)
     groups = Bg.shape[1]
     eg = channels // groups
-    T = fwd_config[1]
-    BE, Tb, num_warps, seg, nseg = config or _config(batch, channels, groups, length, n, bwd=True)
-    if Tb != T:
-        raise ValueError(f"config: backward chunk {Tb} must equal the forward chunk {T} (checkpoint spacing)")
+    T, BE, num_warps, seg, nseg = config["CK"], config["bwd_BE"], config["bwd_warps"], config["bwd_seg"], \
+        config["bwd_nseg"]
     np2 = triton.next_power_of_2(n)
     neb = triton.cdiv(eg, BE)
     nck = max(1, triton.cdiv(length, T))

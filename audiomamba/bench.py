@@ -1,12 +1,128 @@
 """Benchmarks behind ``audiomamba bench ...``.
 
 ``bench_kernels`` (``audiomamba bench kernels``) lives with the kernels in ``audiomamba.kernels.bench`` and is
-re-exported here. NOTE for the author of ``bench_generate`` / ``bench_stream``: at 20:42 UTC a write collision
-on this file replaced your uncommitted text with the kernel benchmark (commit c97d6ad holds the kernel code under
-your message); please re-add your functions below. The kernel benchmark now lives in kernels/bench.py so that
-this file only needs the import line below from the kernel side.
+re-exported here. ``bench_generate`` (``audiomamba bench generate``: AudioLM sampling rate) and ``bench_stream``
+(``audiomamba bench stream``: CPU streaming real-time factor and per-chunk latency) are below.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+
+import torch
+
 from audiomamba.kernels.bench import bench_kernels, bench_scan, bench_ssd  # noqa: F401
+
+# ---------------------------------------------------------------------------------------------- generation
+
+GENERATE_TARGETS = {1: 16_000.0, 64: 1_000_000.0}  # aggregate samples/s on the H200 (16 kHz real time at B=1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_generate(
+    preset: str = "sc09_small", batch_sizes: tuple[int, ...] = (1, 64), num_steps: int | None = None,
+    device: str | None = None, dtype: str = "float32", cuda_graphs: bool | None = None, seed: int = 0,
+) -> list[dict]:
+    """Samples per second of ``AudioLM.generate`` (16 kHz 8-bit mu-law: V = 256), untrained weights.
+
+    Two runs per batch size, of n and 2n steps: ``steady`` = B·n / (t(2n) - t(n)) is the stepping rate without
+    the one-off set-up of a call (state allocation, CUDA-graph capture), ``end_to_end`` = B·2n / t(2n).
+
+    Args:
+        preset: model preset. batch_sizes: B values. num_steps: n (default 16000 on CUDA, 256 on CPU).
+        device: default CUDA when available. dtype: model dtype. cuda_graphs: default on for CUDA.
+    """
+    from .models import build_model
+
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    n = num_steps if num_steps is not None else (16_000 if dev.type == "cuda" else 256)
+    torch.manual_seed(seed)
+    model = build_model(preset).to(dev, getattr(torch, dtype)).eval()
+    rows = []
+    for batch in batch_sizes:
+        model.generate(batch, min(n, 64), seed=seed, progress=False, cuda_graphs=cuda_graphs)  # compile, warm up
+        times = {}
+        for steps in (n, 2 * n):
+            _sync(dev)
+            start = time.perf_counter()
+            model.generate(batch, steps, seed=seed, progress=False, cuda_graphs=cuda_graphs)
+            _sync(dev)
+            times[steps] = time.perf_counter() - start
+        steady = batch * n / max(times[2 * n] - times[n], 1e-9)
+        rows.append({
+            "preset": preset, "device": str(dev), "dtype": dtype, "batch": batch, "steps": 2 * n,
+            "steady_samples_per_s": steady, "end_to_end_samples_per_s": batch * 2 * n / times[2 * n],
+            "target": GENERATE_TARGETS.get(batch) if dev.type == "cuda" else None,
+        })
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    graphs = cuda_graphs if cuda_graphs is not None else dev.type == "cuda"
+    print(f"generate: {preset} ({model.num_parameters() / 1e6:.1f}M params), {name}, {dtype}, "
+          f"CUDA graphs {'on' if graphs else 'off'}")
+    print(f"{'batch':>5} {'steps':>7} {'steady samples/s':>17} {'end-to-end':>12} {'target':>10}  ok")
+    for r in rows:
+        target = r["target"]
+        ok = "-" if target is None else ("yes" if r["steady_samples_per_s"] >= target else "NO")
+        print(f"{r['batch']:>5} {r['steps']:>7} {r['steady_samples_per_s']:>17,.0f} "
+              f"{r['end_to_end_samples_per_s']:>12,.0f} {'' if target is None else f'{target:,.0f}':>10}  {ok}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+STREAM_TARGETS = {"rtf": 0.05, "ms_per_chunk": 2.0}  # one CPU thread, 20 ms chunks at 16 kHz
+
+
+def bench_stream(
+    preset: str = "classifier_small", sample_rate: int = 16_000, chunk_ms: float = 20.0, seconds: float = 10.0,
+    threads: int = 1, batch_size: int = 1, device: str = "cpu", seed: int = 0,
+) -> dict:
+    """Real-time factor and per-chunk latency of ``Stream.push`` (a classifier's running prediction).
+
+    RTF = compute time / audio duration. Latency percentiles are over the chunks of ``seconds`` of audio,
+    after 10 warm-up chunks.
+    """
+    from .models import build_model
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        model = build_model(preset).to(device).eval()
+        chunk = int(round(sample_rate * chunk_ms / 1000))
+        n_chunks = max(1, int(seconds * sample_rate) // chunk)
+        audio = torch.randn(batch_size, (n_chunks + 10) * chunk, device=device) * 0.1
+        stream = model.stream(batch_size)
+        for i in range(10):
+            stream.push(audio[:, i * chunk : (i + 1) * chunk])
+        lat = []
+        for i in range(10, n_chunks + 10):
+            x = audio[:, i * chunk : (i + 1) * chunk]
+            start = time.perf_counter()
+            stream.push(x)
+            if device != "cpu":
+                _sync(torch.device(device))
+            lat.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+    ms = sorted(x * 1e3 for x in lat)
+    result = {
+        "preset": preset, "params": model.num_parameters(), "chunk_samples": chunk, "chunks": n_chunks,
+        "threads": threads, "batch": batch_size, "rtf": sum(lat) / (n_chunks * chunk / sample_rate),
+        "ms_median": statistics.median(ms), "ms_p90": ms[int(0.9 * (len(ms) - 1))], "ms_max": ms[-1],
+    }
+    print(f"stream: {preset} ({result['params'] / 1e6:.2f}M params), {chunk_ms:g} ms chunks ({chunk} samples at "
+          f"{sample_rate} Hz), batch {batch_size}, {threads} thread(s), {device}, {n_chunks} chunks")
+    print(f"{'metric':<18} {'value':>9} {'target':>8}  ok")
+    rows = [("real-time factor", result["rtf"], STREAM_TARGETS["rtf"]),
+            ("ms/chunk median", result["ms_median"], STREAM_TARGETS["ms_per_chunk"]),
+            ("ms/chunk p90", result["ms_p90"], STREAM_TARGETS["ms_per_chunk"]),
+            ("ms/chunk max", result["ms_max"], None)]
+    for name, value, target in rows:
+        ok = "-" if target is None else ("yes" if value <= target else "NO")
+        print(f"{name:<18} {value:>9.3f} {'' if target is None else f'{target:g}':>8}  {ok}")
+    return result

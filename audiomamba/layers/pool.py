@@ -40,10 +40,11 @@ class UpPoolState:
 
 def _phase_of(phase: torch.Tensor, name: str) -> int:
     """The common phase of a batch of streams as a Python int (one host sync)."""
-    lo, hi = torch.stack([phase.min(), phase.max()]).tolist()
+    values = phase.tolist()
+    lo, hi = min(values), max(values)
     if lo != hi:
         raise ValueError(f"{name}: rows of a batch must share one phase (one time axis), got phases {lo}..{hi}")
-    return int(lo)
+    return lo
 
 
 class DownPool(nn.Module):

@@ -8,6 +8,7 @@ roofline floor, and the peak memory of forward+backward. Imports only torch, tri
 
 from __future__ import annotations
 
+import importlib
 import time
 
 import torch
@@ -60,11 +61,11 @@ def measure_exp_rate() -> float:
     return n * iters * 4 / (ms * 1e-3)
 
 
-def _scan_inputs(batch, channels, length, n, dtype, channel_last, requires_grad, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
+def _scan_inputs(batch, channels, length, n, dtype, channel_last, requires_grad, seed=0, device="cuda"):
+    g = torch.Generator(device=device).manual_seed(seed)
 
     def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, device="cuda", generator=g) * scale
+        return torch.randn(*shape, device=device, generator=g) * scale
 
     def act(scale=1.0):  # (B, E, L) logical, physical (B, L, E) when channel_last
         t = rnd(batch, length, channels, scale=scale).transpose(1, 2) if channel_last else \
@@ -132,7 +133,7 @@ def _fmt(x, digits=3):
 def bench_scan(shapes=SCAN_SHAPES, dtype=torch.bfloat16, layouts=("channel-first", "channel-last"),
                reference=True, mamba=True, config=None, copy_bw=None, exp_rate=None, print_fn=print):
     """Time the selective scan; returns a list of row dicts (also printed as a table)."""
-    from audiomamba.kernels import selective_scan as ss_mod
+    ss_mod = importlib.import_module("audiomamba.kernels.selective_scan")
     from audiomamba.kernels.reference import selective_scan_chunked_ref
     from audiomamba.kernels.selective_scan import selective_scan_triton
 

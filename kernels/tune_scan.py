@@ -1,0 +1,150 @@
+"""Development sweep for the selective-scan kernels (run on a GPU: ``python -m audiomamba.kernels.tune_scan``).
+
+Checks correctness at real sizes first, then times forward and backward launch configurations on the issue's
+shapes in both physical layouts, and prints a short table last. Details go to $OUT/tune_scan.json if set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import os
+import sys
+import time
+
+import torch
+import triton.testing
+from audiomamba.kernels.bench import (
+    SCAN_SHAPES,
+    _scan_inputs,
+    measure_copy_bandwidth,
+    measure_exp_rate,
+    scan_floor_ms,
+)
+from audiomamba.kernels.reference import selective_scan_chunked_ref
+
+S = importlib.import_module("audiomamba.kernels.selective_scan")
+
+KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+DEVICE = os.environ.get("TUNE_DEVICE", "cuda")
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def check(shape, dtype, channel_last, cfg_kw, tol):
+    batch, channels, length, n = shape
+    inp = _scan_inputs(batch, channels, length, n, dtype, channel_last, requires_grad=True, seed=1, device=DEVICE)
+    h0 = torch.randn(batch, channels, n, device=DEVICE, requires_grad=True)
+    ref_in = {k: v.detach().float().requires_grad_(True) for k, v in inp.items()}
+    h0r = h0.detach().clone().requires_grad_(True)
+    S._CONFIG_OVERRIDES.clear()
+    S._CONFIG_OVERRIDES.update(cfg_kw)
+    y, hT = S.selective_scan_triton(*[inp[k] for k in KEYS], True, h0, True)
+    S._CONFIG_OVERRIDES.clear()
+    yr, hTr = selective_scan_chunked_ref(*[ref_in[k] for k in KEYS], True, h0r, True)
+    gy = torch.randn_like(yr)
+    gh = torch.randn_like(hTr)
+    ((y.float() * gy).sum() + (hT * gh).sum()).backward()
+    ((yr * gy).sum() + (hTr * gh).sum()).backward()
+    errs = {"y": rel(y, yr), "hT": rel(hT, hTr), "dh0": rel(h0.grad, h0r.grad)}
+    for k in KEYS:
+        errs["d" + k] = rel(inp[k].grad, ref_in[k].grad)
+    worst = max(errs.values())
+    ok = worst <= tol and all(v == v for v in errs.values())
+    return ok, worst, errs
+
+
+def bench_cfg(shape, channel_last, cfg_kw, do_bwd=True):
+    batch, channels, length, n = shape
+    inp = _scan_inputs(batch, channels, length, n, torch.bfloat16, channel_last, requires_grad=False)
+    args = [inp[k] for k in KEYS]
+    cfg = S._config(batch, channels, 1, length, n, **cfg_kw)
+    t_f = triton.testing.do_bench(lambda: S._selective_scan_fwd(*args, True, None, store_checkpoints=True,
+                                                                config=cfg), return_mode="median")
+    t_b = None
+    if do_bwd:
+        y, hT, ck, _ = S._selective_scan_fwd(*args, True, None, store_checkpoints=True, config=cfg)
+        dy = torch.randn_like(y)
+        t_b = triton.testing.do_bench(lambda: S._selective_scan_bwd(dy, None, *args, True, ck, False, cfg),
+                                      return_mode="median")
+    return t_f, t_b, cfg
+
+
+def main():
+    out = os.environ.get("OUT")
+    t_start = time.time()
+    results = {"checks": [], "sweep": []}
+    # 1. correctness at real sizes (float32 vs the reference in float32; bf16 against float32 reference)
+    checks = [
+        ((2, 192, 777, 16), torch.float32, False, {}, 1e-4),
+        ((2, 192, 777, 16), torch.float32, True, {"fwd_target": 1, "bwd_target": 1}, 1e-4),
+        ((2, 192, 777, 16), torch.float32, False, {"fwd_variant": "scan"}, 1e-4),
+        ((4, 768, 2048, 16), torch.bfloat16, False, {}, 1e-2),
+        ((4, 768, 2048, 16), torch.bfloat16, True, {}, 1e-2),
+        ((2, 64, 4096, 16), torch.bfloat16, True, {"fwd_target": 8192, "bwd_target": 8192}, 1e-2),
+    ]
+    all_ok = True
+    for shape, dtype, cl, kw, tol in checks:
+        ok, worst, errs = check(shape, dtype, cl, kw, tol)
+        all_ok &= ok
+        results["checks"].append(dict(shape=shape, dtype=str(dtype), cl=cl, cfg=kw, ok=ok, errs=errs))
+        print(f"check {shape} {dtype} cl={cl} {kw}: {'OK' if ok else 'FAIL'} worst={worst:.2e}", flush=True)
+        if not ok:
+            print("   ", {k: f"{v:.2e}" for k, v in errs.items()}, flush=True)
+    torch.cuda.empty_cache()
+    # 2. sweep
+    copy_bw, exp_rate = measure_copy_bandwidth(), measure_exp_rate()
+    print(f"copy {copy_bw / 1e12:.2f} TB/s, exp2 {exp_rate / 1e12:.2f} T/s", flush=True)
+    fwd_cfgs = [dict(fwd_variant="scan", fwd_target=t) for t in (1, 4096)]
+    fwd_cfgs += [dict(fwd_variant="seq", fwd_block=be, fwd_chunk=T, fwd_target=tg)
+                 for be, T, tg in itertools.product((32, 64, 128), (2, 4), (1, 2048, 8192))]
+    bwd_cfgs = [dict(bwd_block=be, bwd_target=tg) for be, tg in itertools.product((8, 16), (1, 4096, 16384))]
+    budget = float(os.environ.get("TUNE_BUDGET_S", "330"))
+    rows = []
+    for shape in SCAN_SHAPES:
+        floor = scan_floor_ms(*shape, 2, copy_bw, exp_rate)
+        for cl in (False, True):
+            for kw in fwd_cfgs:
+                if time.time() - t_start > budget:
+                    break
+                try:
+                    t_f, _, cfg = bench_cfg(shape, cl, kw, do_bwd=False)
+                except Exception as e:  # noqa: BLE001 - a failing config is a result too
+                    print("fwd config failed", shape, cl, kw, repr(e)[:200], flush=True)
+                    continue
+                rows.append(dict(kind="fwd", shape=shape, cl=cl, cfg=kw, ms=t_f, x_floor=t_f / floor,
+                                 nseg=cfg["fwd_nseg"]))
+            for kw in bwd_cfgs:
+                if time.time() - t_start > budget:
+                    break
+                try:
+                    _, t_b, cfg = bench_cfg(shape, cl, kw)
+                except Exception as e:  # noqa: BLE001
+                    print("bwd config failed", shape, cl, kw, repr(e)[:200], flush=True)
+                    continue
+                rows.append(dict(kind="bwd", shape=shape, cl=cl, cfg=kw, ms=t_b, nseg=cfg["bwd_nseg"]))
+            torch.cuda.empty_cache()
+    results["sweep"] = rows
+    if out:
+        with open(os.path.join(out, "tune_scan.json"), "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    for r in rows:
+        print(f"{r['kind']} {str(r['shape']):<22} cl={int(r['cl'])} {json.dumps(r['cfg']):<70} nseg={r['nseg']:<4} "
+              f"{r['ms']:.3f} ms" + (f"  x{r['x_floor']:.2f}" if 'x_floor' in r else ""))
+    best = {}
+    for r in rows:
+        key = (r["kind"], r["shape"], r["cl"])
+        if key not in best or r["ms"] < best[key]["ms"]:
+            best[key] = r
+    print("BEST")
+    for key, r in best.items():
+        print(f"{key[0]} {str(key[1]):<22} cl={int(key[2])} {r['ms']:.3f} ms {json.dumps(r['cfg'])} nseg={r['nseg']}")
+    print("checks", "ALL OK" if all_ok else "FAILED", f"elapsed {time.time() - t_start:.0f}s")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

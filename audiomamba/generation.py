@@ -15,12 +15,13 @@ step functions run eagerly.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .state import flatten_state
+from .state import flatten_state, map_state
 
 
 @dataclass
@@ -49,7 +50,7 @@ def sample_from_logits(
     """
     if temperature == 0 or gumbel is None:
         return logits.argmax(dim=-1)
-    scores = logits / temperature
+    scores = logits / temperature if temperature != 1.0 else logits
     if top_k is not None and top_k < scores.shape[-1]:
         kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -105,6 +106,7 @@ class _Stepper:
         cfg = model.config
         B, K, V = token.shape[0], cfg.n_codebooks, cfg.vocab_size
         device = token.device
+        state = map_state(lambda t: t.detach().clone(memory_format=torch.contiguous_format), state)  # own buffers
         self.model, self.state, self.token = model, state, token  # token: (B, 1, K) int64
         self.temperature, self.top_k, self.top_p, self.generator = temperature, top_k, top_p, generator
         self.rows, self.period = rows, period
@@ -271,7 +273,12 @@ def generate(
         stepper.refill_noise()
         if use_graphs:
             depths = sorted({backbone.step_depth(t) for t in range(t0, t0 + min(num_steps, period_len))})
-            stepper.capture(depths)
+            try:
+                stepper.capture(depths)
+            except RuntimeError as err:  # e.g. an op with a host sync inside a mixer: run the same steps eagerly
+                torch.cuda.synchronize(device)
+                stepper.graphs.clear()
+                warnings.warn(f"generate: CUDA graph capture failed, stepping without graphs ({err})", stacklevel=2)
         tokens = torch.empty(batch_size, num_steps, K, dtype=torch.long, device=device)
         logits = torch.empty(batch_size, num_steps, K, V, device=device) if return_logits else None
         done = filled = 0  # steps run; rows of the current block used

@@ -204,5 +204,8 @@ def load_model(directory: str | Path, device: torch.device | str | None = None) 
             raise FileNotFoundError(f"load_model: {directory / name} not found (expected a model.save directory)")
     model = build_model(directory / CONFIG_FILE)
     weights = load_file(str(directory / WEIGHTS_FILE))
+    float_dtypes = {v.dtype for v in weights.values() if v.is_floating_point()}
+    if len(float_dtypes) == 1:
+        model.to(float_dtypes.pop())  # saved in bfloat16 (say): restore in bfloat16, not upcast
     model.load_state_dict(weights, strict=True)
     return model.to(device) if device is not None else model

@@ -69,6 +69,14 @@ def test_save_load_round_trip(name, tmp_path):
         assert torch.equal(model(x)[0], loaded(x)[0])
 
 
+def test_save_load_keeps_dtype(tmp_path):
+    model = tiny("sc09_small").to(torch.bfloat16)
+    model.save(tmp_path)
+    loaded = load_model(tmp_path)
+    assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters()))
+
+
 def test_load_model_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         load_model(tmp_path)

@@ -58,7 +58,7 @@ class Stream:
         self.state = self.model.init_state(self.batch_size, self.device, self.dtype)
         self.position = 0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def push(self, chunk: torch.Tensor) -> torch.Tensor:
         """Feed n new samples per stream, chunk (B, n[, K]); returns the outputs (B, n, ...) for them."""
         if chunk.shape[0] != self.batch_size:

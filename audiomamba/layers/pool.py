@@ -86,7 +86,10 @@ class DownPool(nn.Module):
         full = torch.cat([state.buffer[:, P - 1 - r0 :], x], dim=1) if r0 else x  # (B, r0 + L, D)
         m = (r0 + length) // P
         frames = self._frames(full[:, : m * P])  # (B, M, D_out)
-        window = torch.cat([state.buffer, x], dim=1)[:, -(P - 1) :]  # (B, P-1, D): last P-1 inputs
+        if length >= P - 1:
+            window = x[:, length - (P - 1) :]  # (B, P-1, D): the last P-1 inputs
+        else:
+            window = torch.cat([state.buffer[:, length:], x], dim=1)
         return frames, DownPoolState(buffer=window, phase=(state.phase + length) % P)
 
     def step(self, x: torch.Tensor, state: DownPoolState, complete: bool):

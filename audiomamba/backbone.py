@@ -113,6 +113,8 @@ class MultiResolutionBackbone(nn.Module):
             return self.norm(self._full_stage(0, x)[:, :length]), None
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        if x.shape[1] == 0:  # nothing new: the state stays
+            return self.norm(x), state
         new = BackboneState(list(state.down), list(state.up), [list(b) for b in state.blocks])
         y = self._chunk_stage(0, x, state, new)
         return self.norm(y), new

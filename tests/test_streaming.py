@@ -48,6 +48,7 @@ def test_stream_equals_offline(spec):
         start += n
     assert stream.position == 53
     assert rel_err(torch.cat(outs, 1), full) < TOL
+    assert stream.push(x[:, :0]).shape[:2] == (2, 0)  # an empty chunk changes nothing
     stream.reset()
     assert stream.position == 0
     assert rel_err(stream.push(x[:, :9]), full[:, :9]) < TOL

@@ -13,7 +13,7 @@ import importlib.resources
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -255,3 +255,307 @@ def model_config_to_yaml(config: ModelConfig) -> str:
     """The resolved config as YAML (saved beside weights and printed by the CLI)."""
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data, optimization, trainer and experiment schemas (training section). An experiment YAML may name presets in
+# a ``defaults`` mapping ({model: sc09_small, data: synthetic, trainer: cpu}); precedence is
+# schema defaults < presets < the experiment file < command-line dotlist overrides.
+# ----------------------------------------------------------------------------------------------------------------
+
+TASKS = ("lm", "classify")
+DATA_SOURCES = ("synthetic", "folder", "tokens")
+WAVE_TOKENIZERS = ("mulaw", "linear", "none")
+CODEC_PATTERNS = ("parallel", "delay", "flatten")
+SPLIT_RULES = ("random", "fsdd", "folders")
+LABEL_SOURCES = ("folder", "csv", "regex", "none")
+SYNTHETIC_CLASSES = ("note", "chirp", "pulses", "noise", "tremolo", "bell")
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic set (audiomamba.data.synthetic): sizes of the splits, seed, classes."""
+
+    train_size: int = 768
+    val_size: int = 96
+    test_size: int = 192
+    seed: int = 0
+    classes: list[str] = field(default_factory=lambda: list(SYNTHETIC_CLASSES))
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "val_size", "test_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.synthetic.{name} must be >= 1, got {getattr(self, name)}")
+        bad = [c for c in self.classes if c not in SYNTHETIC_CLASSES]
+        if bad or len(self.classes) < 2:
+            raise ValueError(f"data.synthetic.classes: need >= 2 of {list(SYNTHETIC_CLASSES)}, "
+                             f"got {list(self.classes)}")
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how they are cut, tokenized and batched.
+
+    Attributes:
+        source: "synthetic" (built-in, no files) | "folder" (audio files under ``root``) | "tokens" (.npy/.pt
+            arrays [K, T] under ``root``).
+        sample_rate: audio rate; files are resampled to it.
+        length: samples (audio) or frames (tokens) per training example; crop/pad to it (None: whole files).
+        tokenizer: waveform -> tokens for token models: "mulaw" | "linear" | "none" (raw float input).
+        bits: tokenizer width; V = 2**bits.
+        pattern: codec token interleaving for source "tokens": "parallel" | "delay" | "flatten".
+        n_codebooks: K of the token files (source "tokens").
+        codebook_size: codes per codebook of the token files; the delay pattern's filler token is this value.
+        labels, label_regex, csv_path: label source for files (see AudioFolder).
+        split: "random" (seeded fractions) | "fsdd" (take index 0-4 = test) | "folders" (train/ val/ test/).
+        trim_db, loudness_db: optional trim (dB below peak) and RMS normalization (dBFS) of files.
+        skip_bad_files: skip and count unreadable files instead of failing.
+    """
+
+    source: str = "synthetic"
+    root: Optional[str] = None
+    sample_rate: int = 8000
+    length: Optional[int] = 4096
+    tokenizer: str = "mulaw"
+    bits: int = 8
+    pattern: str = "parallel"
+    n_codebooks: Optional[int] = None
+    codebook_size: Optional[int] = None
+    labels: str = "folder"
+    label_regex: Optional[str] = None
+    csv_path: Optional[str] = None
+    extensions: list[str] = field(default_factory=list)
+    split: str = "random"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    random_crop: bool = True
+    trim_db: Optional[float] = None
+    loudness_db: Optional[float] = None
+    skip_bad_files: bool = False
+    batch_size: int = 16
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        choices = {"source": DATA_SOURCES, "tokenizer": WAVE_TOKENIZERS, "pattern": CODEC_PATTERNS,
+                   "split": SPLIT_RULES, "labels": LABEL_SOURCES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"data.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.source != "synthetic" and not self.root:
+            raise ValueError(f"data.root is required for data.source={self.source!r}")
+        if self.length is not None and self.length < 2:
+            raise ValueError(f"data.length must be >= 2 (or null), got {self.length}")
+        if not 2 <= self.bits <= 16:
+            raise ValueError(f"data.bits must be in [2, 16], got {self.bits}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
+            raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1)")
+        if self.source == "tokens" and self.pattern == "delay" and self.codebook_size is None:
+            raise ValueError("data.pattern 'delay' needs data.codebook_size (its filler token)")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``; gradient clipping; optional EMA."""
+
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: Optional[float] = 1.0
+    ema_decay: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas needs 2 entries, got {list(self.betas)}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"optim.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings plus checkpointing, logging and sampling.
+
+    Attributes:
+        devices, strategy, accelerator, num_nodes: as in lightning.Trainer (DDP: devices=2, strategy=ddp).
+        precision: "auto" = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string.
+        val_every_n_steps: validate every N training steps (None: once per epoch).
+        ckpt_every_n_steps: also save a checkpoint every N steps (0: only at validation).
+        sample_every_n_epochs: log generated WAVs + spectrogram PNGs every N epochs (0: never; LM only).
+        output_dir: runs go to ``output_dir/run_name`` (run_name defaults to the experiment name).
+    """
+
+    max_steps: int = 1000
+    max_epochs: Optional[int] = None
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    accumulate_grad_batches: int = 1
+    val_every_n_steps: Optional[int] = None
+    limit_val_batches: float = 1.0
+    limit_test_batches: float = 1.0
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 10
+    ckpt_every_n_steps: int = 0
+    save_top_k: int = 1
+    sample_every_n_epochs: int = 0
+    n_samples: int = 2
+    sample_length: int = 8000
+    output_dir: str = "outputs"
+    run_name: Optional[str] = None
+    seed: int = 0
+    deterministic: bool = False
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 and (self.max_epochs is None or self.max_epochs < 1):
+            raise ValueError("set trainer.max_steps >= 1 or trainer.max_epochs >= 1")
+        if self.ckpt_every_n_steps < 0 or self.sample_every_n_epochs < 0:
+            raise ValueError("trainer.ckpt_every_n_steps and trainer.sample_every_n_epochs must be >= 0")
+
+
+@dataclass
+class ExperimentConfig:
+    """One training run: task, model, data, optimizer, trainer.
+
+    Attributes:
+        task: "lm" (next-token prediction, NLL in bits) or "classify" (cross-entropy, accuracy).
+    """
+
+    name: str = "experiment"
+    task: str = "lm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        m, d = self.model, self.data
+        want = "lm" if self.task == "lm" else "classifier"
+        if m.kind != want:
+            raise ValueError(f"task {self.task!r} needs model.kind {want!r}, got {m.kind!r}")
+        if d.source == "tokens":
+            k = 1 if d.pattern == "flatten" else d.n_codebooks
+            if k is not None and m.n_codebooks != k:
+                raise ValueError(f"model.n_codebooks={m.n_codebooks} but the {d.pattern} token stream has K={k}")
+            if d.codebook_size is not None:
+                need = d.codebook_size + (1 if d.pattern == "delay" else 0)
+                if m.vocab_size < need:
+                    raise ValueError(f"model.vocab_size={m.vocab_size} < {need} needed by data.codebook_size "
+                                     f"{d.codebook_size} with pattern {d.pattern!r}")
+        elif m.input == "tokens":
+            if d.tokenizer == "none":
+                raise ValueError("a token model on audio needs data.tokenizer 'mulaw' or 'linear', not 'none'")
+            if m.vocab_size != 2**d.bits:
+                raise ValueError(f"model.vocab_size={m.vocab_size} must equal 2**data.bits={2**d.bits}")
+            if m.n_codebooks != 1:
+                raise ValueError(f"audio tokenized by data.tokenizer is one stream: model.n_codebooks must be 1, "
+                                 f"got {m.n_codebooks}")
+        if self.task == "classify" and d.source == "synthetic" and m.n_classes != len(d.synthetic.classes):
+            raise ValueError(f"model.n_classes={m.n_classes} but data.synthetic.classes has "
+                             f"{len(d.synthetic.classes)} classes")
+
+
+def _config_root():
+    return importlib.resources.files("audiomamba.configs")
+
+
+def config_names(group: str) -> list[str]:
+    """Names of the YAML presets of a group shipped in ``audiomamba.configs`` (e.g. "experiment")."""
+    root = _config_root() / group
+    if not root.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_group(group: str, spec: str) -> tuple[dict, str]:
+    """A group preset (name or YAML path) as a plain dict, with a description of its source."""
+    if group == "model":
+        return _read_spec(spec)
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"{group} config file not found: {path}")
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True), str(path)
+    resource = _config_root() / group / f"{spec}.yaml"
+    if not resource.is_file():
+        raise ValueError(f"unknown {group} preset {spec!r}; presets: {config_names(group)} (or pass a YAML path)")
+    return OmegaConf.to_container(OmegaConf.create(resource.read_text()), resolve=True), f"{group} preset {spec!r}"
+
+
+def _merge_layer(base: DictConfig, layer: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except ConfigKeyError as err:
+        raise ValueError(f"unknown config key {err.full_key!r} (from {source})") from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        raise ValueError(f"invalid config value for {key!r} (from {source}): {err.msg.splitlines()[0]}") from None
+
+
+def load_experiment_config(spec: Any = None, overrides: Sequence[str] | None = None) -> ExperimentConfig:
+    """Build a validated :class:`ExperimentConfig`.
+
+    Args:
+        spec: an experiment preset name ("quickstart_lm"), a YAML path, a mapping, or None (schema defaults).
+            The YAML may hold ``defaults: {model: NAME_OR_PATH, data: ..., optim: ..., trainer: ...}``.
+        overrides: dotlist strings, e.g. ``["trainer.max_steps=100", "model.backbone.d_model=32"]``.
+
+    Raises:
+        ValueError: an unknown key (named with its full path and source) or an inconsistent value.
+    """
+    if spec is None:
+        tree, source = {}, "defaults"
+    elif isinstance(spec, Mapping):
+        tree, source = dict(spec), "a mapping"
+    elif isinstance(spec, DictConfig):
+        tree, source = OmegaConf.to_container(spec, resolve=True), "a DictConfig"
+    else:
+        tree, source = _read_group("experiment", str(spec))
+    if not isinstance(tree, dict):
+        raise ValueError(f"experiment config from {source} must be a mapping, got {type(tree).__name__}")
+    defaults = tree.pop("defaults", None) or {}
+    if not isinstance(defaults, Mapping):
+        raise ValueError(f"'defaults' in {source} must be a mapping like {{model: sc09_small, data: synthetic}}")
+    cfg = OmegaConf.structured(ExperimentConfig)
+    for group, name in defaults.items():
+        if group not in ("model", "data", "optim", "trainer"):
+            raise ValueError(f"unknown defaults group {group!r} in {source}; use model, data, optim or trainer")
+        part, part_source = _read_group(group, str(name))
+        if group == "model":
+            part = _lists_from_scalars(part)
+        cfg = _merge_layer(cfg, {group: part}, part_source)
+    if isinstance(tree.get("model"), dict):
+        tree["model"] = _lists_from_scalars(tree["model"])
+    cfg = _merge_layer(cfg, tree, source)
+    if overrides:
+        try:
+            dotlist = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as err:
+            raise ValueError(f"bad override in {list(overrides)}: {err}") from None
+        dot = OmegaConf.to_container(dotlist)
+        if isinstance(dot.get("model"), dict):
+            dot["model"] = _lists_from_scalars(dot["model"])
+        cfg = _merge_layer(cfg, dot, "command-line overrides")
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ValueError(f"invalid config: {err.msg.splitlines()[0]}") from None
+
+
+def experiment_config_to_yaml(config: ExperimentConfig) -> str:
+    """The resolved experiment config as YAML (printed at the start of a run and saved with checkpoints)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

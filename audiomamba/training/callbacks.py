@@ -1,0 +1,94 @@
+"""Callbacks: data-loader progress for exact resume, and periodic generated samples (WAV + spectrogram PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import soundfile as sf
+import torch
+
+
+class LoaderProgress(L.Callback):
+    """Tells the resumable batch sampler, before each step, how many batches of the epoch are consumed, so the
+    loader state saved in a checkpoint points exactly at the next unseen batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        dm = trainer.datamodule
+        sampler = getattr(dm, "train_batch_sampler", None) if dm is not None else None
+        if sampler is not None:
+            sampler.mark(trainer.current_epoch, batch_idx + 1)
+
+
+def save_spectrogram_png(wave: np.ndarray, sample_rate: int, path: Path, title: str = "") -> Path:
+    """A log-magnitude STFT spectrogram of (L,) ``wave`` as a PNG (librosa + matplotlib, headless)."""
+    import librosa
+    import librosa.display
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_fft = 512 if len(wave) >= 512 else max(16, 2 ** int(np.log2(max(len(wave), 16))))
+    spec = np.abs(librosa.stft(wave.astype(np.float32), n_fft=n_fft, hop_length=n_fft // 4))
+    db = librosa.amplitude_to_db(spec, ref=np.max)
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    img = librosa.display.specshow(db, sr=sample_rate, hop_length=n_fft // 4, x_axis="time", y_axis="hz", ax=ax)
+    fig.colorbar(img, ax=ax, format="%+2.0f dB")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_samples(waves: torch.Tensor, sample_rate: int, out_dir: Path, prefix: str) -> list[Path]:
+    """Write (B, L) waveforms as 16-bit WAVs plus one spectrogram PNG of the first; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, w in enumerate(waves.float().cpu().numpy()):
+        p = out_dir / f"{prefix}_{i}.wav"
+        sf.write(str(p), np.clip(w, -1, 1), sample_rate, subtype="PCM_16")
+        paths.append(p)
+    paths.append(save_spectrogram_png(waves[0].float().cpu().numpy(), sample_rate, out_dir / f"{prefix}_0.png",
+                                      title=prefix))
+    return paths
+
+
+def generate_waveforms(task, n: int, length: int, seed: int, progress: bool = False) -> torch.Tensor:
+    """Sample ``n`` clips of ``length`` tokens from an LM task's (EMA) model and decode them: (n, length)."""
+    model = task.eval_model
+    was_training = model.training
+    tokens = model.generate(batch_size=n, num_steps=length, seed=seed, progress=progress)  # (n, length)
+    model.train(was_training)
+    return task.tokenizer.decode(tokens.cpu())
+
+
+class SampleCallback(L.Callback):
+    """Every ``every_n_epochs`` epochs: generate ``n_samples`` clips, write WAVs + a spectrogram PNG under
+    ``out_dir/epoch_XXXX/`` and add them to TensorBoard when a TensorBoard logger is attached. LM on waveform
+    tokens only (codec tokens need their codec to decode)."""
+
+    def __init__(self, out_dir: Path, every_n_epochs: int, n_samples: int, length: int, sample_rate: int,
+                 seed: int = 0):
+        self.out_dir, self.every, self.n, self.length = Path(out_dir), every_n_epochs, n_samples, length
+        self.sample_rate, self.seed = sample_rate, seed
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.every <= 0 or (trainer.current_epoch + 1) % self.every or not trainer.is_global_zero:
+            return
+        if pl_module.tokenizer is None or pl_module.cfg.data.source == "tokens":
+            return
+        waves = generate_waveforms(pl_module, self.n, self.length, seed=self.seed + trainer.current_epoch)
+        paths = write_samples(waves, self.sample_rate, self.out_dir / f"epoch_{trainer.current_epoch:04d}", "sample")
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if exp is not None and hasattr(exp, "add_audio"):
+                for i, w in enumerate(waves):
+                    exp.add_audio(f"samples/{i}", w[None].float(), trainer.global_step, self.sample_rate)
+                import matplotlib.image
+
+                exp.add_image("samples/spectrogram", matplotlib.image.imread(paths[-1])[..., :3],
+                              trainer.global_step, dataformats="HWC")

@@ -263,7 +263,7 @@ def model_config_to_yaml(config: ModelConfig) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 TASKS = ("lm", "classify")
-DATA_SOURCES = ("synthetic", "folder", "tokens")
+DATA_SOURCES = ("synthetic", "folder", "tokens", "selective_copying")
 WAVE_TOKENIZERS = ("mulaw", "linear", "none")
 CODEC_PATTERNS = ("parallel", "delay", "flatten")
 SPLIT_RULES = ("random", "fsdd", "folders")
@@ -289,6 +289,28 @@ class SyntheticConfig:
         if bad or len(self.classes) < 2:
             raise ValueError(f"data.synthetic.classes: need >= 2 of {list(SYNTHETIC_CLASSES)}, "
                              f"got {list(self.classes)}")
+
+
+@dataclass
+class SelectiveCopyingConfig:
+    """The selective-copying task (audiomamba.data.selective_copying; Mamba paper Table 1): C context positions
+    holding M data tokens among blanks, a separator, then the M tokens to copy; vocabulary V (blank 0, SEP V-1)."""
+
+    context_length: int = 256
+    n_tokens: int = 16
+    vocab_size: int = 16
+    train_size: int = 1_000_000
+    val_size: int = 512
+    test_size: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < 4 or not 1 <= self.n_tokens <= self.context_length:
+            raise ValueError("data.selective_copying needs vocab_size >= 4 and 1 <= n_tokens <= context_length, "
+                             f"got {self.vocab_size}, {self.n_tokens}, {self.context_length}")
+        for name in ("train_size", "val_size", "test_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.selective_copying.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -336,6 +358,7 @@ class DataConfig:
     eval_batch_size: Optional[int] = None
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    selective_copying: SelectiveCopyingConfig = field(default_factory=SelectiveCopyingConfig)
 
     def __post_init__(self) -> None:
         choices = {"source": DATA_SOURCES, "tokenizer": WAVE_TOKENIZERS, "pattern": CODEC_PATTERNS,
@@ -343,7 +366,7 @@ class DataConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"data.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if self.source != "synthetic" and not self.root:
+        if self.source in ("folder", "tokens") and not self.root:
             raise ValueError(f"data.root is required for data.source={self.source!r}")
         if self.length is not None and self.length < 2:
             raise ValueError(f"data.length must be >= 2 (or null), got {self.length}")
@@ -447,7 +470,13 @@ class ExperimentConfig:
         want = "lm" if self.task == "lm" else "classifier"
         if m.kind != want:
             raise ValueError(f"task {self.task!r} needs model.kind {want!r}, got {m.kind!r}")
-        if d.source == "tokens":
+        if d.source == "selective_copying":
+            if self.task != "lm" or m.input != "tokens" or m.n_codebooks != 1:
+                raise ValueError("data.source 'selective_copying' needs task 'lm' with one token stream")
+            if m.vocab_size != d.selective_copying.vocab_size:
+                raise ValueError(f"model.vocab_size={m.vocab_size} must equal data.selective_copying.vocab_size="
+                                 f"{d.selective_copying.vocab_size}")
+        elif d.source == "tokens":
             k = 1 if d.pattern == "flatten" else d.n_codebooks
             if k is not None and m.n_codebooks != k:
                 raise ValueError(f"model.n_codebooks={m.n_codebooks} but the {d.pattern} token stream has K={k}")

@@ -19,7 +19,7 @@ from audiomamba.data.audio_folder import AUDIO_EXTENSIONS, FSDD_REGEX, AudioFold
 from audiomamba.data.synthetic import SyntheticAudio
 from audiomamba.data.tokens import TOKEN_EXTENSIONS, TokenFolder
 
-SOURCES = ("synthetic", "folder", "tokens")
+SOURCES = ("synthetic", "folder", "tokens", "selective_copying")
 SPLITS = ("random", "fsdd", "folders")
 
 
@@ -161,6 +161,15 @@ class AudioDataModule(L.LightningDataModule):
             self.train_set = SyntheticAudio(size=s.train_size, seed=s.seed, **kw)
             self.val_set = SyntheticAudio(size=s.val_size, seed=s.seed + 1, **kw)
             self.test_set = SyntheticAudio(size=s.test_size, seed=s.seed + 2, **kw)
+            return
+        if c.source == "selective_copying":
+            from audiomamba.data.selective_copying import SelectiveCopying
+
+            s = c.selective_copying
+            kw = dict(context_length=s.context_length, n_tokens=s.n_tokens, vocab_size=s.vocab_size)
+            self.train_set = SelectiveCopying(s.train_size, seed=s.seed, **kw)
+            self.val_set = SelectiveCopying(s.val_size, seed=s.seed + 1, **kw)
+            self.test_set = SelectiveCopying(s.test_size, seed=s.seed + 2, **kw)
             return
         if not c.root:
             raise ValueError(f"data.source={c.source!r} needs data.root (the folder with the files)")

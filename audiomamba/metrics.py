@@ -298,3 +298,210 @@ def read_waves(paths: Sequence[str | Path], sample_rate: int, loudness_db: float
     ds = AudioFolder(paths[0].parent, sample_rate=sample_rate, length=length, labels="none", files=paths,
                      random_crop=False, loudness_db=loudness_db)
     return [ds[i]["audio"] for i in range(len(ds))]
+
+
+# ------------------------------------------------------------------------------ experiment-level evaluation
+
+
+def split_segments(cfg, split: str = "test") -> list[tuple[torch.Tensor, Path]]:
+    """The audio of a data split cut into consecutive segments: [(wave (L_i,) float32, file)], L_i <= length.
+
+    ``cfg`` is an ExperimentConfig (or DataConfig) with data.source "folder". Each file is read whole (mono,
+    resampled, trimmed and loudness-normalized as the data config says) and cut into pieces of ``data.length``
+    samples; the last piece of a file may be shorter. No padding: every sample is real audio.
+    """
+    from audiomamba.data import AudioDataModule
+
+    data = getattr(cfg, "data", cfg)
+    if data.source != "folder":
+        raise ValueError(f"split_segments reads audio files: data.source must be 'folder', got {data.source!r}")
+    dm = AudioDataModule(data)
+    dm.setup()
+    ds = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}[split]
+    out = []
+    for f in ds.files:
+        wave = ds.read(f)
+        step = data.length or wave.shape[0]
+        out.extend((wave[s : s + step], f) for s in range(0, wave.shape[0], step) if wave.shape[0] - s >= 2)
+    return out
+
+
+@torch.no_grad()
+def segment_nll_bits(model, cfg, split: str = "test", batch_size: int = 16, device=None) -> dict:
+    """NLL of a causal AudioLM in bits per real sample over the audio of a split (see :func:`split_segments`).
+
+    Segments are batched by zero-padding on the right and masking the padded targets; for a causal model this
+    is exact (a position never sees the padding after it). Unlike the training loop's test NLL, which scores
+    clips padded (or cropped) to ``data.length`` and so counts digital silence after short clips, this counts
+    only recorded samples. Returns {"bits_per_sample", "nats_per_sample", "n_samples", "n_segments"}.
+    """
+    from audiomamba.tokenizers import build_tokenizer
+
+    if not model.causal:
+        raise ValueError("segment_nll_bits needs a causal model")
+    data = cfg.data
+    tokenizer = build_tokenizer(data.tokenizer, data.bits)
+    segments = sorted(split_segments(cfg, split), key=lambda s: -s[0].shape[0])  # similar lengths together
+
+    def batches():
+        for start in range(0, len(segments), batch_size):
+            waves = [w for w, _ in segments[start : start + batch_size]]
+            length = max(w.shape[0] for w in waves)
+            audio = torch.zeros(len(waves), length)
+            mask = torch.zeros(len(waves), length, dtype=torch.bool)
+            for i, w in enumerate(waves):
+                audio[i, : w.shape[0]], mask[i, : w.shape[0]] = w, True
+            yield {"tokens": tokenizer.encode(audio), "mask": mask}
+
+    out = nll_bits_per_sample(model, batches(), device=device)
+    out["n_segments"] = len(segments)
+    return out
+
+
+def _group_of(path: Path, cfg) -> str | None:
+    """The "speaker" group of a file name under the data's label regex (FSDD: {digit}_{speaker}_{index})."""
+    import re
+
+    if cfg.data.labels != "regex" or not cfg.data.label_regex:
+        return None
+    m = re.compile(cfg.data.label_regex).search(path.name)
+    return m.group("speaker") if m is not None and "speaker" in m.groupdict() else None
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier, cfg, split: str = "test", batch_size: int = 32, device=None) -> dict:
+    """Accuracy of a classifier on a split, overall and per speaker (when the label regex names a "speaker").
+
+    Clips are prepared exactly as in training (the DataModule's evaluation loader: center crop or zero-pad to
+    ``data.length``). Returns {"accuracy", "n", "per_speaker": {name: accuracy}, "confusion": C x C counts}.
+    """
+    from audiomamba.data import AudioDataModule
+    from audiomamba.tokenizers import build_tokenizer
+
+    device = device if device is not None else next(classifier.parameters()).device
+    dm = AudioDataModule(cfg.data)
+    dm.setup()
+    ds = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}[split]
+    tokenizer = build_tokenizer(cfg.data.tokenizer, cfg.data.bits) if cfg.model.input == "tokens" else None
+    C = classifier.config.n_classes
+    confusion = torch.zeros(C, C, dtype=torch.long)
+    per_group: dict[str, list[int]] = {}
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        for start in range(0, len(ds), batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            x = torch.stack([it["audio"] for it in items])
+            if tokenizer is not None:
+                x = tokenizer.encode(x)
+            pred = classifier.classify(x.to(device)).argmax(-1).cpu()
+            for it, p in zip(items, pred.tolist()):
+                label = int(it["label"])
+                confusion[label, p] += 1
+                files = getattr(ds, "files", None)
+                group = _group_of(files[int(it["index"])], cfg) if files is not None else None
+                if group is not None:
+                    per_group.setdefault(group, [0, 0])
+                    per_group[group][0] += int(p == label)
+                    per_group[group][1] += 1
+    finally:
+        classifier.train(was_training)
+    n = int(confusion.sum())
+    return {"accuracy": float(confusion.diag().sum()) / max(n, 1), "n": n,
+            "per_speaker": {g: c / t for g, (c, t) in sorted(per_group.items())},
+            "confusion": confusion.tolist()}
+
+
+def _classifier_view(waves: Sequence[torch.Tensor], cfg, normalize: bool = True) -> list[torch.Tensor]:
+    """Clips as a classifier's data config prepares them: loudness-normalized (``normalize``), center-cropped or
+    zero-padded to its length."""
+    from audiomamba.data.audio_folder import crop_or_pad, normalize_loudness
+
+    out = []
+    for w in waves:
+        w = w.float()
+        if normalize and cfg.data.loudness_db is not None:
+            w = normalize_loudness(w, cfg.data.loudness_db)
+        if cfg.data.length is not None:
+            w = crop_or_pad(w, cfg.data.length, None)
+        out.append(w)
+    return out
+
+
+@torch.no_grad()
+def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_samples: int = 64,
+                           sample_length: int | None = None, out_dir: str | Path | None = None, seed: int = 0,
+                           temperature: float = 1.0, batch_size: int = 64, reference_split: str = "train",
+                           max_reference: int | None = 2000, device=None, progress: bool = False) -> dict:
+    """Generate clips from an AudioLM, write them as WAVs, and score them with a trained classifier.
+
+    Args:
+        model: a causal AudioLM on waveform tokens; cfg: its ExperimentConfig (tokenizer, sample rate).
+        classifier, classifier_cfg: a trained AudioClassifier and its ExperimentConfig (for its data: the real
+            reference clips and how clips are prepared). Without them only the WAVs are written.
+        n_samples: clips to generate (in batches of ``batch_size``); sample_length: samples per clip (default
+            ``cfg.data.length``); temperature: sampling temperature; seed: sampling seed.
+        out_dir: where ``sample_XXX.wav`` go (None: not written).
+        reference_split: the classifier data split used as real data (AM's p_real(y), FID's statistics),
+            at most ``max_reference`` clips of it.
+
+    Returns:
+        {"n_samples", "sample_length", "wav_dir", "seconds_generating"} plus, with a classifier, the scores of
+        :func:`evaluate_generation` ("is", "mis", "am", "fid", "class_histogram", "reference_is",
+        "reference_accuracy").
+    """
+    import time
+
+    import soundfile as sf
+
+    from audiomamba.tokenizers import build_tokenizer
+
+    data = cfg.data
+    tokenizer = build_tokenizer(data.tokenizer, data.bits)
+    length = sample_length or data.length
+    if not length:
+        raise ValueError("evaluate_lm_generation: give sample_length (data.length is not set)")
+    start = time.perf_counter()
+    waves = []
+    for b in range(0, n_samples, batch_size):
+        n = min(batch_size, n_samples - b)
+        tokens = model.generate(batch_size=n, num_steps=length, seed=seed + b, temperature=temperature,
+                                progress=progress)
+        waves.append(tokenizer.decode(tokens.cpu()))  # (n, length)
+    waves = torch.cat(waves)
+    out = {"n_samples": n_samples, "sample_length": length, "seconds_generating": time.perf_counter() - start,
+           "wav_dir": None}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, w in enumerate(waves.numpy()):
+            sf.write(str(out_dir / f"sample_{i:03d}.wav"), np.clip(w, -1, 1), data.sample_rate, subtype="PCM_16")
+        out["wav_dir"] = str(out_dir)
+    if classifier is None:
+        return out
+    if classifier_cfg is None:
+        raise ValueError("evaluate_lm_generation: a classifier needs its experiment config (classifier_cfg)")
+    if classifier_cfg.data.sample_rate != data.sample_rate:
+        import torchaudio.functional as AF
+
+        waves = AF.resample(waves, data.sample_rate, classifier_cfg.data.sample_rate)
+    from audiomamba.data import AudioDataModule
+
+    dm = AudioDataModule(classifier_cfg.data)
+    dm.setup()
+    ref_set = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}[reference_split]
+    n_ref = len(ref_set) if max_reference is None else min(len(ref_set), max_reference)
+    idx = torch.randperm(len(ref_set), generator=torch.Generator().manual_seed(0))[:n_ref].sort().values
+    ref_items = [ref_set[int(i)] for i in idx]  # center crop / pad as in evaluation
+    ref_waves = [it["audio"] for it in ref_items]
+    ref_labels = torch.stack([it["label"] for it in ref_items])
+    tok = None
+    if classifier.config.input == "tokens":
+        tok = build_tokenizer(classifier_cfg.data.tokenizer, classifier_cfg.data.bits)
+    # an LM trained on data normalized like the classifier's generates at that level already; renormalizing
+    # whole padded clips would not match how the real clips were normalized (before padding)
+    renormalize = classifier_cfg.data.loudness_db != data.loudness_db
+    scores = evaluate_generation(classifier, _classifier_view(list(waves), classifier_cfg, renormalize), ref_waves,
+                                 batch_size=batch_size, tokenizer=tok, device=device, reference_labels=ref_labels)
+    out.update(scores)
+    return out

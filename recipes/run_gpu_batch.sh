@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The recipes' GPU batch: eight training runs at once on the two GPUs of an nvidia-h200-x2 machine, then their
+# evaluation, in about 8 minutes of wall-clock time. Writes under $OUT (6 files): results.json, table.md,
+# logs.txt, the generated FSDD digits of both models as two WAVs (8 clips each), classifiers.tar (the two
+# trained FSDD classifiers, for `audiomamba evaluate --classifier` elsewhere). Prints a table last.
+#
+#   GPU 0: fsdd_classification_causal, fsdd_classification_bidirectional, selective_copying_mamba, _s4d
+#   GPU 1: fsdd_generation_mamba, fsdd_generation_s4d, music_mamba, music_s4d
+#
+# Each run gets TRAIN_BUDGET seconds (default 300) all included; it fits its step count to that budget after
+# measuring its own speed, and the two runs of a Mamba-vs-S4D pair agree on the same number of steps.
+#
+# Data travels in .gpu_data/ (git-ignored), made here by:   bash recipes/prepare_gpu_data.sh
+# Wheels travel in .whl/ (made by ../shared/tools/gpu-wheels.sh). Device call (from the repo root):
+#   run(kind="nvidia-h200-x2", carry=[".whl", ".gpu_data"], timeout_s=600,
+#       command="bash recipes/run_gpu_batch.sh")
+# A CPU smoke test of the whole pipeline (tiny models, a few steps):  SMOKE=1 bash recipes/run_gpu_batch.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+T0=$(date +%s)
+OUT=${OUT:-outputs/gpu_batch}
+RUNS=${RUNS:-/tmp/audiomamba_runs}
+DATA=${GPU_DATA:-.gpu_data}
+BUDGET=${TRAIN_BUDGET:-300}
+SMOKE=${SMOKE:-0}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+if [ "$SMOKE" = 1 ]; then
+  PY=${PY:-.venv/bin/python}
+  GPU0=""; GPU1=""
+  BUDGET=${TRAIN_BUDGET:-150}
+else
+  PY=python3
+  GPU0=0; GPU1=1
+  if ! $PY -c "import omegaconf, soundfile, librosa" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+  fi
+  # the package (kernels/ and configs/ are mapped into audiomamba.kernels / audiomamba.configs by pyproject)
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/am . || exit 1
+  export PYTHONPATH=/tmp/am:${PYTHONPATH:-}
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+fi
+echo "[batch] setup done at +$(( $(date +%s) - T0 )) s"
+
+# Triton kernels compile once here (cached for the runs); if they fail, every run uses the PyTorch reference.
+if [ "$SMOKE" != 1 ]; then
+  if ! CUDA_VISIBLE_DEVICES=0 $PY - <<'EOF'
+import torch
+from audiomamba.models import build_model
+m = build_model("sc09_small", **{"backbone.n_blocks": [1]}).cuda()
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    y, _ = m(torch.randint(0, 256, (2, 4096), device="cuda"))
+y.float().mean().backward()
+torch.cuda.synchronize()
+print("[batch] triton kernels ok")
+EOF
+  then
+    echo "[batch] triton path failed: falling back to AUDIOMAMBA_BACKEND=reference"
+    export AUDIOMAMBA_BACKEND=reference
+  fi
+fi
+echo "[batch] preflight done at +$(( $(date +%s) - T0 )) s"
+
+TINY_CLS=(); TINY_LM=(); TINY_SC=()
+if [ "$SMOKE" = 1 ]; then
+  TINY_CLS=(model.backbone.d_model=8 "model.backbone.n_blocks=[0,1,1]" data.batch_size=4 data.num_workers=0
+            trainer.val_every_n_steps=4 trainer.limit_val_batches=2 trainer.limit_test_batches=2
+            trainer.accelerator=cpu trainer.precision=32-true)
+  TINY_LM=(model.backbone.d_model=8 "model.backbone.n_blocks=[1]" model.backbone.mixer_options.mamba1.d_state=4
+           model.backbone.mixer_options.s4d.d_state=4 data.batch_size=2 data.length=512 data.num_workers=0
+           trainer.val_every_n_steps=4 trainer.limit_val_batches=2 trainer.limit_test_batches=2
+           trainer.accelerator=cpu trainer.precision=32-true)
+  TINY_SC=(model.backbone.d_model=8 data.selective_copying.context_length=16 data.selective_copying.n_tokens=4
+           data.batch_size=4 trainer.val_every_n_steps=4 trainer.limit_val_batches=1 trainer.accelerator=cpu
+           trainer.precision=32-true)
+  PROBE=(--warm 1 --probe 2)
+else
+  PROBE=()
+fi
+
+job() {  # job GPU NAME PAIR PARTNER [overrides...]: one training run in the background, logged under $RUNS
+  local gpu=$1 name=$2 pair=$3 partner=$4; shift 4
+  CUDA_VISIBLE_DEVICES=$gpu $PY recipes/gpu_batch.py train --runs "$RUNS" --budget "$BUDGET" "${PROBE[@]}" \
+    ${pair:+--pair "$pair" --partner "$partner"} "$name" "$@" > "$RUNS/$name.log" 2>&1 &
+}
+SC_GPU=(trainer.accelerator=gpu trainer.precision=bf16-mixed)
+[ "$SMOKE" = 1 ] && SC_GPU=()
+job "$GPU0" fsdd_classification_causal "" "" data.root=$DATA/fsdd "${TINY_CLS[@]}"
+job "$GPU0" fsdd_classification_bidirectional "" "" data.root=$DATA/fsdd "${TINY_CLS[@]}"
+job "$GPU0" selective_copying_mamba copy selective_copying_s4d "${SC_GPU[@]}" "${TINY_SC[@]}"
+job "$GPU0" selective_copying_s4d copy selective_copying_mamba "${SC_GPU[@]}" "${TINY_SC[@]}"
+job "$GPU1" fsdd_generation_mamba fsddgen fsdd_generation_s4d data.root=$DATA/fsdd "${TINY_LM[@]}"
+job "$GPU1" fsdd_generation_s4d fsddgen fsdd_generation_mamba data.root=$DATA/fsdd "${TINY_LM[@]}"
+job "$GPU1" music_mamba music music_s4d data.root=$DATA/bach_piano "${TINY_LM[@]}"
+job "$GPU1" music_s4d music music_mamba data.root=$DATA/bach_piano "${TINY_LM[@]}"
+wait
+echo "[batch] training done at +$(( $(date +%s) - T0 )) s"
+
+ev() {  # ev GPU LOGNAME PART [args...]
+  local gpu=$1 log=$2; shift 2
+  CUDA_VISIBLE_DEVICES=$gpu $PY recipes/gpu_batch.py eval "$@" --runs "$RUNS" --out "$OUT" > "$RUNS/eval_$log.log" 2>&1
+}
+NS=256; [ "$SMOKE" = 1 ] && NS=16
+( ev "$GPU0" classify classify; ev "$GPU0" copy copy
+  ev "$GPU0" gen_mamba fsdd_gen --models fsdd_generation_mamba --n-samples $NS ) &
+( ev "$GPU1" music music; ev "$GPU1" gen_s4d fsdd_gen --models fsdd_generation_s4d --n-samples $NS ) &
+wait
+echo "[batch] evaluation done at +$(( $(date +%s) - T0 )) s"
+
+for f in "$RUNS"/*.log; do echo "===== $(basename "$f")"; grep -v "Warning\|warnings.warn\|^ *$" "$f" | tail -n 25; done \
+  > "$OUT/logs.txt" 2>&1
+for name in fsdd_classification_causal fsdd_classification_bidirectional; do
+  [ -d "$RUNS/$name/model" ] && tar -C "$RUNS" -rf "$OUT/classifiers.tar" "$name/model" "$name/config.yaml"
+done
+$PY recipes/gpu_batch.py table --runs "$RUNS" --out "$OUT"
+echo "[batch] all done at +$(( $(date +%s) - T0 )) s"

@@ -119,9 +119,13 @@ class MultiResolutionBackbone(nn.Module):
         y = self._chunk_stage(0, x, state, new)
         return self.norm(y), new
 
-    def _run_blocks(self, s: int, h0: torch.Tensor, state: BackboneState | None, new: BackboneState | None):
+    def _run_blocks(self, s: int, h0: torch.Tensor, state: BackboneState | None, new: BackboneState | None,
+                    inplace: bool = False):
         h = h0
         for i, block in enumerate(self.stages[s]):
+            if inplace and block.fused_step:  # one step, the block's state tensors overwritten
+                h = block.step_(h, state.blocks[s][i])
+                continue
             h, block_state = block(h, None if state is None else state.blocks[s][i])
             if new is not None:
                 new.blocks[s][i] = block_state
@@ -145,24 +149,29 @@ class MultiResolutionBackbone(nn.Module):
 
     # ------------------------------------------------------------------ causal, one step
 
-    def step(self, x: torch.Tensor, state: BackboneState, depth: int) -> tuple[torch.Tensor, BackboneState]:
+    def step(
+        self, x: torch.Tensor, state: BackboneState, depth: int, inplace: bool = False
+    ) -> tuple[torch.Tensor, BackboneState]:
         """One fine step x: (B, 1, D) → (B, 1, D), new state.
 
         ``depth`` = ``step_depth(t)`` for the step's time index t: stages 1..depth complete a frame and run,
         deeper ones only read their buffers. Entries of the returned state that did not change are the very
         tensors of ``state``. Equals ``forward`` on a chunk of length 1; makes no host sync.
+        ``inplace``: blocks with a fused step (``ResidualBlock.fused_step``: causal Mamba-1 blocks without MLP)
+        overwrite their state tensors in ``state`` (generation's fixed buffers) and keep them in the result.
         """
         if self.bidirectional:
             raise ValueError("a bidirectional backbone cannot step (it is not causal)")
         new = BackboneState(list(state.down), list(state.up), [list(b) for b in state.blocks])
-        return self.norm(self._step_stage(0, x, state, new, depth)), new
+        return self.norm(self._step_stage(0, x, state, new, depth, inplace)), new
 
-    def _step_stage(self, s: int, x: torch.Tensor, state: BackboneState, new: BackboneState, depth: int):
+    def _step_stage(self, s: int, x: torch.Tensor, state: BackboneState, new: BackboneState, depth: int,
+                    inplace: bool = False):
         if s < len(self.pools):
             complete = s < depth
             coarse, new.down[s] = self.down[s].step(x, state.down[s], complete)  # (B, 1, D_{s+1}) or None
             if complete:
-                coarse = self._step_stage(s + 1, coarse, state, new, depth)
+                coarse = self._step_stage(s + 1, coarse, state, new, depth, inplace)
             up, new.up[s] = self.up[s].step(coarse, state.up[s])  # (B, 1, D_s)
             x = up + x
-        return self._run_blocks(s, x, state, new)
+        return self._run_blocks(s, x, state, new, inplace)

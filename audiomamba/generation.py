@@ -7,7 +7,8 @@ chunked forward (parallel scans, any length) and generation continues from its s
 
 Per-step work reuses preallocated buffers: the recurrent state, the current token, a block of Gumbel noise
 (drawn from a seeded generator every ``rows`` steps, outside the step) and a block of output tokens. A step
-computes the new state functionally and copies it back into the buffers with one ``torch._foreach_copy_``.
+computes the new state functionally and copies it back into the buffers with one ``torch._foreach_copy_``;
+fused Mamba-1 blocks (one kernel per block and step) overwrite their state buffers in place instead.
 On CUDA each step program is captured once as a CUDA graph (one per depth, plus one graph covering a whole
 period of ``pool_product`` steps), so that a step costs one graph launch and no Python. On the CPU the same
 step functions run eagerly.
@@ -128,7 +129,8 @@ class _Stepper:
 
     def step(self, depth: int) -> None:
         """One step: read token and state buffers, write the next token, the new state and the outputs."""
-        logits, new_state = self.model.step(self.token, self.state, depth)  # (B, 1, K, V)
+        # fused Mamba-1 blocks update their state buffers in place; the other pieces return new tensors
+        logits, new_state = self.model.step(self.token, self.state, depth, inplace=True)  # (B, 1, K, V)
         logits = logits[:, 0].float()  # (B, K, V)
         gumbel = None if self.noise is None else self.noise.index_select(0, self.pos)[0]  # (B, K, V)
         nxt = sample_from_logits(logits, gumbel, self.temperature, self.top_k, self.top_p)  # (B, K)

@@ -118,10 +118,10 @@ class AudioLM(_AudioModel):
         """The backbone's output (B, L, D) and new state, without the head (prompt consumption)."""
         return self.backbone(self._embed_tokens(tokens), state)
 
-    def step(self, tokens: torch.Tensor, state: BackboneState, depth: int):
+    def step(self, tokens: torch.Tensor, state: BackboneState, depth: int, inplace: bool = False):
         """One step for generation: tokens (B, 1, K) int64 → logits (B, 1, K, V), new state. No checks, no
-        host sync; ``depth`` = ``self.backbone.step_depth(t)``."""
-        h, state = self.backbone.step(self.embed(tokens), state, depth)
+        host sync; ``depth`` = ``self.backbone.step_depth(t)``; ``inplace``: see ``MultiResolutionBackbone.step``."""
+        h, state = self.backbone.step(self.embed(tokens), state, depth, inplace)
         return self.head(h), state
 
     def generate(self, batch_size: int = 1, num_steps: int = 16000, prompt: torch.Tensor | None = None, **kwargs):

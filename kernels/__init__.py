@@ -15,6 +15,7 @@ import torch
 
 from .reference import (
     causal_conv1d_ref,
+    mamba1_block_step_ref,
     selective_scan_chunked_ref,
     selective_scan_ref,
     ssd_scan_chunked_ref,
@@ -25,6 +26,8 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_ref",
     "get_backend",
+    "mamba1_block_step",
+    "mamba1_block_step_ref",
     "selective_scan",
     "selective_scan_chunked_ref",
     "selective_scan_ref",
@@ -119,6 +122,35 @@ def _check_conv(x, weight, bias, initial_state, activation):
         raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
 
 
+def _check_block_step(x, conv_state, ssm_state, norm_weight, norm_bias, in_proj_weight, in_proj_bias, conv_weight,
+                      conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight,
+                      out_proj_bias, norm):
+    _check_tensor("x", x, (None, None))
+    (batch, width), dev = x.shape, x.device
+    _check_tensor("conv_weight", conv_weight, (None, None), device=dev)
+    inner, taps = conv_weight.shape
+    if taps < 2:
+        raise ValueError(f"conv_weight: expected a width W >= 2, got {taps}")
+    _check_tensor("A_log", A_log, (inner, None), device=dev)
+    _check_tensor("dt_proj_weight", dt_proj_weight, (inner, None), device=dev)
+    n, rank = A_log.shape[1], dt_proj_weight.shape[1]
+    _check_tensor("conv_state", conv_state, (batch, inner, taps - 1), device=dev)
+    _check_tensor("ssm_state", ssm_state, (batch, inner, n), (torch.float32,), device=dev)
+    for name, t, shape in (
+        ("norm_weight", norm_weight, (width,)), ("norm_bias", norm_bias, (width,)),
+        ("in_proj_weight", in_proj_weight, (2 * inner, width)), ("in_proj_bias", in_proj_bias, (2 * inner,)),
+        ("conv_bias", conv_bias, (inner,)), ("x_proj_weight", x_proj_weight, (rank + 2 * n, inner)),
+        ("dt_proj_bias", dt_proj_bias, (inner,)), ("D", D, (inner,)),
+        ("out_proj_weight", out_proj_weight, (width, inner)), ("out_proj_bias", out_proj_bias, (width,)),
+    ):
+        optional = name in ("norm_weight", "norm_bias", "in_proj_bias", "conv_bias", "D", "out_proj_bias")
+        _check_tensor(name, t, shape, device=dev, optional=optional)
+    if norm not in ("layernorm", "rmsnorm"):
+        raise ValueError(f"norm: expected 'layernorm' or 'rmsnorm', got {norm!r}")
+    if norm == "rmsnorm" and norm_bias is not None:
+        raise ValueError("norm_bias: an RMSNorm has no bias; pass None")
+
+
 # ---------------------------------------------------------------- public ops
 
 
@@ -172,3 +204,24 @@ def ssd_scan(
 
         return ssd_scan_triton(*args)
     return ssd_scan_chunked_ref(*args)
+
+
+def mamba1_block_step(
+    x, conv_state, ssm_state, norm_weight, norm_bias, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
+    x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, out_proj_bias, norm="layernorm",
+    eps=1e-5,
+):
+    """One generation step of a pre-norm residual block with a Mamba-1 mixer, states updated in place;
+    contract of ``mamba1_block_step_ref`` (one fused kernel per block on the Triton backend).
+
+    x: (B, D); conv_state: (B, E, W-1); ssm_state: (B, E, N) float32; weights of the norm, in_proj, conv,
+    x_proj, dt_proj, A_log, D and out_proj (optional ones may be None). Returns out (B, D) = x + mixer output.
+    """
+    args = (x, conv_state, ssm_state, norm_weight, norm_bias, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
+            x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, out_proj_bias, norm)
+    _check_block_step(*args)
+    if get_backend(x) == "triton":
+        from .block_step import mamba1_block_step_triton
+
+        return mamba1_block_step_triton(*args, eps)
+    return mamba1_block_step_ref(*args, eps)

@@ -259,3 +259,60 @@ def ssd_scan_chunked_ref(
     y = torch.cat(ys, dim=1) if ys else x32.new_zeros(x.shape)  # (B, L, H, P)
     y = _ssd_output(y, x, D, z, x.dtype)
     return (y, h) if return_final_state else y
+
+
+def mamba1_block_step_ref(
+    x, conv_state, ssm_state, norm_weight, norm_bias, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
+    x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, out_proj_bias, norm="layernorm",
+    eps=1e-5,
+):
+    """One step of a pre-norm residual block with a Mamba-1 mixer: out = x + Mamba1(Norm(x)), states in place.
+
+        h = Norm(x);  (u, z) = in_proj(h);  c = SiLU(conv(conv_state, u));  (δ, B, C) = x_proj(c)
+        Δ = softplus(dt_proj_weight δ + dt_proj_bias);  ssm = exp(Δ A) ssm + Δ c B  (A = -exp(A_log))
+        out = x + out_proj((C · ssm + D c) SiLU(z))
+    The new conv input u is rounded to conv_state's dtype before the convolution (the value the state keeps).
+
+    Args:
+        x: (B, D). conv_state: (B, E, W-1) last W-1 conv inputs; ssm_state: (B, E, N) float32. Both are
+            updated in place.
+        norm_weight, norm_bias: (D,) or None (an RMSNorm has no bias). in_proj_weight: (2E, D),
+        in_proj_bias: (2E,) or None. conv_weight: (E, W), conv_bias: (E,) or None. x_proj_weight: (R + 2N, E).
+        dt_proj_weight: (E, R), dt_proj_bias: (E,). A_log: (E, N). D: (E,) or None. out_proj_weight: (D, E),
+        out_proj_bias: (D,) or None.
+        norm: "layernorm" or "rmsnorm". eps: the norm's epsilon.
+
+    Returns:
+        out: (B, D) in x's dtype. All arithmetic in float32 (float64 for float64 inputs).
+    """
+    acc = _acc(x.dtype)
+
+    def f(t):
+        return None if t is None else t.to(acc)
+
+    x32 = x.to(acc)
+    rank, n = dt_proj_weight.shape[1], A_log.shape[1]
+    if norm == "layernorm":
+        h = F.layer_norm(x32, x32.shape[-1:], f(norm_weight), f(norm_bias), eps)
+    elif norm == "rmsnorm":
+        h = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        h = h if norm_weight is None else h * f(norm_weight)
+    else:
+        raise ValueError(f"norm: expected 'layernorm' or 'rmsnorm', got {norm!r}")
+    u, z = F.linear(h, f(in_proj_weight), f(in_proj_bias)).chunk(2, dim=-1)  # (B, E) each
+    u = u.to(conv_state.dtype)
+    window = torch.cat([conv_state, u[:, :, None]], dim=-1)  # (B, E, W)
+    c = (window.to(acc) * f(conv_weight)).sum(-1)
+    c = F.silu(c if conv_bias is None else c + f(conv_bias))  # (B, E)
+    dlow, Bv, Cv = F.linear(c, f(x_proj_weight)).split([rank, n, n], dim=-1)  # (B, R), (B, N), (B, N)
+    dt = F.softplus(F.linear(dlow, f(dt_proj_weight), f(dt_proj_bias)))  # (B, E)
+    A = -torch.exp(A_log.to(acc))  # (E, N)
+    ssm = torch.exp(dt[:, :, None] * A) * ssm_state.to(acc) + (dt * c)[:, :, None] * Bv[:, None, :]  # (B, E, N)
+    y = (ssm * Cv[:, None, :]).sum(-1)  # (B, E)
+    if D is not None:
+        y = y + f(D) * c
+    y = y * F.silu(z)
+    out = x32 + F.linear(y, f(out_proj_weight), f(out_proj_bias))  # (B, D)
+    conv_state.copy_(window[:, :, 1:])
+    ssm_state.copy_(ssm)
+    return out.to(x.dtype)

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..state import flatten_state
+from .mamba1 import Mamba1Mixer
+
 
 def make_norm(kind: str, d_model: int, eps: float = 1e-5) -> nn.Module:
     """"layernorm" or "rmsnorm" over the last dimension D."""
@@ -97,3 +100,22 @@ class ResidualBlock(nn.Module):
         if self.mlp is not None:
             x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         return x, state
+
+    @property
+    def fused_step(self) -> bool:
+        """Whether ``step_`` runs as one fused kernel call: a causal Mamba-1 block without MLP or active dropout."""
+        return (isinstance(self.mixer, Mamba1Mixer) and not self.bidirectional and self.mlp is None
+                and not (self.training and self.dropout.p > 0))
+
+    def step_(self, x: torch.Tensor, state: Any) -> torch.Tensor:
+        """One step x: (B, 1, D) → (B, 1, D) that overwrites ``state`` (the mixer's) with the new state: fixed
+        buffers, as CUDA graphs need. Equals ``forward`` on a chunk of length 1."""
+        if self.fused_step:
+            norm = self.norm
+            kind = "rmsnorm" if isinstance(norm, nn.RMSNorm) else "layernorm"
+            eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+            out = self.mixer.residual_step_(x[:, 0], state, kind, norm.weight, getattr(norm, "bias", None), eps)
+            return out[:, None]  # (B, 1, D)
+        y, new = self(x, state)
+        torch._foreach_copy_(list(flatten_state(state).values()), list(flatten_state(new).values()))
+        return y

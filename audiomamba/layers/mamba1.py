@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from audiomamba.kernels import causal_conv1d, selective_scan
+from audiomamba.kernels import causal_conv1d, mamba1_block_step, selective_scan
 
 
 @dataclass
@@ -105,3 +105,15 @@ class Mamba1Mixer(nn.Module):
         out = self.out_proj(y.transpose(1, 2))  # (B, L, D)
         return out, Mamba1State(conv=conv_state, ssm=ssm_state)
 
+    def residual_step_(self, x: torch.Tensor, state: Mamba1State, norm: str, norm_weight: torch.Tensor | None,
+                       norm_bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+        """x + self(Norm(x)) for one step, fused (one kernel per step on CUDA); ``state`` updated in place.
+
+        x: (B, D) → (B, D). norm: "layernorm" or "rmsnorm", with its weight (D,), bias (D,) and eps; a None
+        weight or bias is left out. Equals the pre-norm residual block's forward on a chunk of length 1.
+        """
+        return mamba1_block_step(
+            x, state.conv, state.ssm, norm_weight, norm_bias, self.in_proj.weight, self.in_proj.bias,
+            self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+            self.A_log, self.D, self.out_proj.weight, self.out_proj.bias, norm, eps,
+        )

@@ -1,0 +1,193 @@
+"""The fused Mamba-1 block step: Triton kernel vs reference (states included), the residual block's in-place step
+vs its forward on one sample, and generation through the fused step vs the teacher-forced forward.
+
+Without CUDA the Triton kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before the kernel is
+defined), at small sizes; with CUDA it runs natively and bfloat16 is checked too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+INTERPRET = not torch.cuda.is_available()
+if INTERPRET:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before block_step's kernel is defined (lazy import)
+
+from audiomamba.kernels import mamba1_block_step, mamba1_block_step_ref  # noqa: E402
+from helpers import rel_err  # noqa: E402
+
+from audiomamba import build_model  # noqa: E402
+from audiomamba.layers.block import ResidualBlock  # noqa: E402
+
+torch.set_num_threads(1)
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+needs_interpreter = pytest.mark.skipif(
+    INTERPRET and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="TRITON_INTERPRET was set to something other than 1 before this module",
+)
+
+
+def _params(d, e, n, r, w, norm, biases, gen):
+    def g(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=gen) * scale + shift
+
+    return {
+        "norm_weight": g(d, scale=0.2, shift=1.0),
+        "norm_bias": g(d, scale=0.2) if norm == "layernorm" else None,
+        "in_proj_weight": g(2 * e, d, scale=d**-0.5),
+        "in_proj_bias": g(2 * e, scale=0.2) if biases else None,
+        "conv_weight": g(e, w, scale=w**-0.5),
+        "conv_bias": g(e, scale=0.2) if biases else None,
+        "x_proj_weight": g(r + 2 * n, e, scale=e**-0.5),
+        "dt_proj_weight": g(e, r, scale=r**-0.5),
+        "dt_proj_bias": g(e, scale=1.5, shift=-4.0),  # Δ from ~1e-4 to ~0.5, as after the paper's init
+        "A_log": torch.rand(e, n, generator=gen) * 3.0,
+        "D": g(e) if biases else None,
+        "out_proj_weight": g(d, e, scale=e**-0.5),
+        "out_proj_bias": g(d, scale=0.2) if biases else None,
+    }
+
+
+# (B, D, E, N, R, W, norm, biases): E, N, R not powers of two; chunked loops over D and N (E·chunk > 4096)
+SHAPES = [
+    (3, 8, 16, 4, 2, 4, "layernorm", True),
+    (2, 12, 24, 6, 3, 3, "rmsnorm", False),
+    (2, 16, 48, 5, 1, 2, "layernorm", False),
+    (1, 40, 160, 64, 3, 4, "rmsnorm", True),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + f"-{s[6]}-{s[7]}")
+def test_kernel_matches_reference(monkeypatch, shape, dtype):
+    batch, d, e, n, r, w, norm, biases = shape
+    gen = torch.Generator().manual_seed(hash(shape) % 2**31)
+    p = {k: None if v is None else v.to(DEVICE, dtype) for k, v in _params(d, e, n, r, w, norm, biases, gen).items()}
+    p["A_log"] = p["A_log"].float()
+    conv = torch.randn(batch, e, w - 1, generator=gen).to(DEVICE, dtype)
+    ssm = torch.randn(batch, e, n, generator=gen).to(DEVICE)
+    conv_ref, ssm_ref = conv.clone(), ssm.clone()
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+    for step in range(3):  # chained steps: the in-place states feed the next step
+        x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+        out = mamba1_block_step(x, conv, ssm, *p.values(), norm=norm, eps=1e-5)
+        ref = mamba1_block_step_ref(x, conv_ref, ssm_ref, *p.values(), norm=norm, eps=1e-5)
+        assert out.shape == x.shape and out.dtype == dtype
+        assert rel_err(out, ref) < TOL[dtype], step
+        assert rel_err(conv, conv_ref) < TOL[dtype], step
+        assert rel_err(ssm, ssm_ref) < TOL[dtype], step
+
+
+def _random_block(norm, d=8, n=4, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    block = ResidualBlock(d, "mamba1", {"d_state": n}, norm=norm, **kwargs).to(DEVICE).eval()
+    with torch.no_grad():  # move every parameter off its initial value (norm weight/bias, D, biases, ...)
+        for prm in block.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    return block
+
+
+@needs_interpreter
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_block_step_equals_forward_on_one_sample(monkeypatch, norm, backend):
+    block = _random_block(norm, seed=1 if norm == "layernorm" else 2)
+    assert block.fused_step
+    batch = 3
+    state = block.init_state(batch)
+    state.ssm.normal_()
+    state.conv.normal_()
+    fused = block.init_state(batch)
+    fused.conv.copy_(state.conv)
+    fused.ssm.copy_(state.ssm)
+    conv_buf, ssm_buf = fused.conv, fused.ssm
+    with torch.no_grad():
+        for step in range(4):
+            x = torch.randn(batch, 1, 8, device=DEVICE)
+            monkeypatch.setenv("AUDIOMAMBA_BACKEND", "reference")
+            want, state = block(x, state)
+            monkeypatch.setenv("AUDIOMAMBA_BACKEND", backend)
+            got = block.step_(x, fused)
+            assert got.shape == (batch, 1, 8)
+            assert rel_err(got, want) < 1e-5, step
+            assert rel_err(fused.ssm, state.ssm) < 1e-5 and rel_err(fused.conv, state.conv) < 1e-5, step
+    assert fused.conv is conv_buf and fused.ssm is ssm_buf  # the same buffers, overwritten
+
+
+def test_fused_step_only_where_it_is_exact():
+    torch.manual_seed(0)
+    assert not ResidualBlock(8, "mamba1", {"d_state": 4}, mlp_expand=2).fused_step
+    assert not ResidualBlock(8, "s4d", {"d_state": 4}).fused_step
+    dropping = ResidualBlock(8, "mamba1", {"d_state": 4}, dropout=0.1)
+    assert not dropping.fused_step and dropping.eval().fused_step
+    # the general in-place step (forward + copy into the buffers) for blocks without a fused kernel
+    block = ResidualBlock(8, "s4d", {"d_state": 4}, mlp_expand=2).eval()
+    x, buf = torch.randn(2, 1, 8), block.init_state(2)
+    with torch.no_grad():
+        want, new = block(x, block.init_state(2))
+        got = block.step_(x, buf)
+    assert rel_err(got, want) < 1e-6
+    for a, b in zip(vars(buf).values(), vars(new).values()):
+        assert rel_err(a, b) < 1e-6
+
+
+def test_block_step_checks_arguments():
+    p = _params(8, 16, 4, 1, 4, "layernorm", True, torch.Generator().manual_seed(0))
+    x, conv, ssm = torch.randn(2, 8), torch.zeros(2, 16, 3), torch.zeros(2, 16, 4)
+    with pytest.raises(ValueError, match="ssm_state"):
+        mamba1_block_step(x, conv, ssm.double(), *p.values())
+    with pytest.raises(ValueError, match="conv_state"):
+        mamba1_block_step(x, conv[:, :, :2], ssm, *p.values())
+    with pytest.raises(ValueError, match="out_proj_weight"):
+        mamba1_block_step(x, conv, ssm, *list(p.values())[:-2], p["out_proj_weight"].t(), None)
+    with pytest.raises(ValueError, match="norm_bias"):
+        mamba1_block_step(x, conv, ssm, *p.values(), norm="rmsnorm")
+
+
+TINY = {
+    "vocab_size": 32,
+    "backbone.d_model": 8,
+    "backbone.n_blocks": [2],
+    "backbone.pool": [2, 3],
+    "backbone.mixer_options": {"mamba1": {"d_state": 4}},
+}
+
+
+@needs_interpreter
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_generation_through_the_fused_kernel_equals_teacher_forcing(monkeypatch, norm):
+    torch.manual_seed(0)
+    model = build_model("sc09_small", **TINY, **{"backbone.norm": norm}).to(DEVICE)
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+    out = model.generate(2, 14, seed=4, progress=False, return_logits=True, cuda_graphs=False)
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "reference")
+    inputs = torch.cat([torch.full((2, 1), model.config.first_token, device=DEVICE), out.tokens[:, :-1]], dim=1)
+    with torch.no_grad():
+        forced, _ = model(inputs)  # (2, 14, V), chunked forward with the reference ops
+    assert rel_err(out.logits, forced) < 1e-5
+
+
+@needs_interpreter
+def test_inplace_backbone_step_equals_functional_step(monkeypatch):
+    torch.manual_seed(1)
+    model = build_model("sc09_small", **TINY).to(DEVICE).eval()
+    bb = model.backbone
+    ref_state, buf = model.init_state(2, DEVICE), model.init_state(2, DEVICE)
+    block_states = [s for stage in buf.blocks for s in stage]
+    with torch.no_grad():
+        for t in range(7):  # every step depth, twice for depth 1
+            tok = torch.randint(0, 32, (2, 1, 1), device=DEVICE)
+            monkeypatch.setenv("AUDIOMAMBA_BACKEND", "reference")
+            want, ref_state = model.step(tok, ref_state, bb.step_depth(t))
+            monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+            got, buf = model.step(tok, buf, bb.step_depth(t), inplace=True)
+            assert rel_err(got, want) < 1e-5, t
+    assert [s for stage in buf.blocks for s in stage] == block_states  # the very state objects
+    for a, b in zip([s for st in buf.blocks for s in st], [s for st in ref_state.blocks for s in st]):
+        assert rel_err(a.ssm, b.ssm) < 1e-5 and rel_err(a.conv, b.conv) < 1e-5

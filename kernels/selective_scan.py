@@ -52,6 +52,31 @@ def _pair_combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _exp2(x, FAST: tl.constexpr):
+    # FAST: one MUFU.EX2 (flush-to-zero) instead of the range-fixed sequence of tl.exp2; GPU only.
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _row(x, tt, t: tl.constexpr):
+    """x[t] of a [T, ...] tile whose first axis lives in registers (folds to a register pick)."""
+    return tl.max(tl.where(tt == t, x, float("-inf")), axis=0)
+
+
+@triton.jit
+def _shift_up(x, nxt, tt, T: tl.constexpr):
+    """y[t] = x[t + 1] for t < T - 1 and y[T - 1] = nxt[0], for a [T, NP, BE] tile and a [1, NP, BE] nxt."""
+    y = tl.where(tt == T - 1, nxt, x)
+    for t in tl.static_range(T - 1):
+        y = tl.where(tt == t, _row(x, tt, t + 1)[None, :, :], y)
+    return y
+
+
+@triton.jit
 def _softplus(x):
     # log(1 + e^x), accurate for very negative x (log1p through the u = 1 + e trick), linear above 20.
     e = tl.exp(x)
@@ -181,7 +206,7 @@ def _ss_fwd_seq_kernel(
     # meta
     N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
     LOCAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """Same contract as ``_ss_fwd_kernel`` (checkpoints every CK steps), with time kept inside each thread.
 
@@ -229,15 +254,15 @@ def _ss_fwd_seq_kernel(
             if t0 % CK == 0:
                 tl.store(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // CK) * N + n[:, None], h, mask=en_mask)
         u = tl.load(u_ptr + b * s_ub + e[None, :] * s_ue + t[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        _, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
+        raw, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
                          HAS_DTB, SOFTPLUS)
         tn_mask = t_mask[:, None] & n_mask[None, :]
         Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl,
                      mask=tn_mask, other=0.0).to(tl.float32)  # [T, NP]
-        a = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [T, NP, BE]
+        a = _exp2(dt[:, None, :] * A2[None, :, :], FAST_EXP)  # [T, NP, BE]
         bx = (dt * u)[:, None, :] * Bt[:, :, None]  # [T, NP, BE]
         bx = tl.where(first, bx + a * h[None, :, :], bx)
-        _, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
+        acum, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)  # [NP, BE], state after the chunk
         if LOCAL:
             dt_sum += tl.sum(dt, axis=0)
@@ -255,7 +280,7 @@ def _ss_fwd_seq_kernel(
                      y.to(y_ptr.dtype.element_ty), mask=m2)
     if LOCAL:
         tl.store(S_ptr + st_off, h, mask=en_mask)
-        tl.store(P_ptr + st_off, tl.exp2(A2 * dt_sum[None, :]), mask=en_mask)
+        tl.store(P_ptr + st_off, _exp2(A2 * dt_sum[None, :], FAST_EXP), mask=en_mask)
     else:
         if pid_s == NSEG - 1:
             tl.store(hT_ptr + (b * E + e[None, :]) * N + n[:, None], h, mask=en_mask)
@@ -428,6 +453,178 @@ def _ss_bwd_kernel(
             tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
 
 
+@triton.jit
+def _ss_bwd_seq_kernel(
+    # pointers
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
+    ck_ptr, gc_ptr, Gl_ptr, Q_ptr, scr_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
+    # sizes
+    E, L, G, EG, NEB, SEG, NSEG, NCK,
+    # strides
+    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl,
+    s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+    # meta
+    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
+):
+    """Backward with time inside each thread (tiles [T, NP, BE], channels in lanes); same contract as
+    ``_ss_bwd_kernel``. Per checkpoint interval of CK steps (walked last to first): phase A reruns the
+    forward from the checkpoint and parks the state at each T-step sub-chunk start in a small per-program
+    scratch (L1/L2 resident); phase B walks the sub-chunks in reverse, recomputes their states from the
+    scratch, and runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers, carrying (g, a) of the step
+    after the sub-chunk. a_{t+1} inside a sub-chunk is a register shift of a_t, so no exponential is redone.
+    """
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = pid_r // (NEB * G)
+    rem = pid_r % (NEB * G)
+    g = rem // NEB
+    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
+    e_mask = e_loc < EG
+    e = g * EG + e_loc
+    n = tl.arange(0, NP)
+    n_mask = n < N
+    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
+    # Values carried from step to step are kept as [1, NP, BE] tiles (the layout of the [T, NP, BE] work), so
+    # that no layout conversion happens inside the loops.
+    A = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)[None, :, :]
+    A2 = A * 1.4426950408889634
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BE], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]
+    t_begin = pid_s * SEG
+    t_end = tl.minimum(t_begin + SEG, L)
+    # carry: adjoint of the state at step t_end and a_{t_end} (1 past the sequence end)
+    raw_after, dt_after = _load_dt(dt_ptr, b * s_db + e * s_de + t_end * s_dl, e_mask & (t_end < L), dtb,
+                           HAS_DTB, SOFTPLUS)
+    a_next = _exp2(A2 * dt_after[None, None, :], FAST_EXP)  # [1, NP, BE]
+    if HAS_GC and not LOCAL:
+        g_next = tl.load(gc_ptr + st_off, mask=en_mask, other=0.0)[None, :, :]
+    else:
+        g_next = tl.zeros([1, NP, BE], tl.float32)
+    dA_acc = tl.zeros([1, NP, BE], tl.float32)
+    dD_acc = tl.zeros([BE], tl.float32)
+    ddtb_acc = tl.zeros([BE], tl.float32)
+    dt_sum = tl.zeros([BE], tl.float32)
+    dt_first = tl.zeros([BE], tl.float32)
+    tt1 = tl.arange(0, T)
+    tt = tt1[:, None, None]
+    NSUB: tl.constexpr = CK // T
+    scr = scr_ptr + ((pid_r * NSEG + pid_s) * NSUB) * NP * BE + n[:, None] * BE + tl.arange(0, BE)[None, :]
+    n_ck = tl.cdiv(t_end - t_begin, CK)
+    for i in range(0, n_ck):
+        k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
+        n_sub = tl.cdiv(tl.minimum(CK, L - k0), T)
+        if not LOCAL:
+            # phase A: states at sub-chunk starts
+            h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask,
+                        other=0.0)[None, :, :]
+            for j in range(0, n_sub):
+                tl.store(scr[None, :, :] + j * NP * BE, h)
+                t = k0 + j * T + tt1
+                m2 = (t < L)[:, None] & e_mask[None, :]
+                u = tl.load(u_ptr + b * s_ub + e[None, :] * s_ue + t[:, None] * s_ul, mask=m2, other=0.0)
+                u = u.to(tl.float32)
+                raw_a, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
+                                 HAS_DTB, SOFTPLUS)
+                Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl,
+                             mask=(t < L)[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+                a = _exp2(dt[:, None, :] * A2, FAST_EXP)
+                bx = (dt * u)[:, None, :] * Bt[:, :, None]
+                bx = tl.where(tt == 0, bx + a * h, bx)
+                acum_a, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
+                h = _row(hs, tt, T - 1)[None, :, :]
+        # phase B: sub-chunks in reverse
+        for jj in range(0, n_sub):
+            j = n_sub - 1 - jj
+            t = k0 + j * T + tt1
+            t_mask = t < L
+            m2 = t_mask[:, None] & e_mask[None, :]
+            tn_mask = t_mask[:, None] & n_mask[None, :]
+            raw, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
+                               HAS_DTB, SOFTPLUS)
+            a = _exp2(dt[:, None, :] * A2, FAST_EXP)  # [T, NP, BE]
+            dout = tl.load(dy_ptr + b * s_gb + e[None, :] * s_ge + t[:, None] * s_gl, mask=m2, other=0.0)
+            dout = dout.to(tl.float32)
+            Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl,
+                         mask=tn_mask, other=0.0).to(tl.float32)  # [T, NP]
+            if HAS_Z:
+                zz = tl.load(z_ptr + b * s_zb + e[None, :] * s_ze + t[:, None] * s_zl, mask=m2, other=0.0)
+                zz = zz.to(tl.float32)
+                zsig = tl.sigmoid(zz)
+                dyv = dout * zz * zsig
+            else:
+                dyv = dout
+            an = _shift_up(a, a_next, tt, T)
+            cc = Ct[:, :, None] * dyv[:, None, :]
+            cc = tl.where(tt == T - 1, cc + an * g_next, cc)
+            pcum, gg = tl.associative_scan((an, cc), axis=0, combine_fn=_pair_combine, reverse=True)
+            g_next = _row(gg, tt, 0)[None, :, :]
+            a_next = _row(a, tt, 0)[None, :, :]
+            if LOCAL:
+                dt_sum += tl.sum(dt, axis=0)
+                dt_first = _row(dt, tt1[:, None], 0)
+            else:
+                h0 = tl.load(scr + j * NP * BE)[None, :, :]
+                u = tl.load(u_ptr + b * s_ub + e[None, :] * s_ue + t[:, None] * s_ul, mask=m2, other=0.0)
+                u = u.to(tl.float32)
+                Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl,
+                             mask=tn_mask, other=0.0).to(tl.float32)
+                x = dt * u
+                bx0 = x[:, None, :] * Bt[:, :, None]
+                bx = tl.where(tt == 0, bx0 + a * h0, bx0)
+                acum_b, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
+                if HAS_Z:
+                    yp = tl.sum(hs * Ct[:, :, None], axis=1)  # [T, BE]
+                    if HAS_D:
+                        yp += Dv[None, :] * u
+                    dz = dout * yp * zsig * (1.0 + zz * (1.0 - zsig))
+                    tl.store(dz_ptr + b * s_dzb + e[None, :] * s_dze + t[:, None] * s_dzl,
+                             dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                ghp = gg * (hs - bx0)  # g_t a_t h_{t-1}
+                gB = tl.sum(gg * Bt[:, :, None], axis=1)  # [T, BE]
+                ddt = tl.sum(ghp * A, axis=1) + u * gB
+                du = dt * gB
+                if HAS_D:
+                    du += Dv[None, :] * dyv
+                    dD_acc += tl.sum(dyv * u, axis=0)
+                dA_acc += tl.sum(ghp * dt[:, None, :], axis=0)[None, :, :]
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(raw)
+                ddt = tl.where(m2, ddt, 0.0)
+                ddtb_acc += tl.sum(ddt, axis=0)
+                tl.store(du_ptr + b * s_dub + e[None, :] * s_due + t[:, None] * s_dul,
+                         du.to(du_ptr.dtype.element_ty), mask=m2)
+                tl.store(ddt_ptr + b * s_ddb + e[None, :] * s_dde + t[:, None] * s_ddl,
+                         ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+                bc_off = ((b * G + g) * NP + n[None, :]) * L + t[:, None]  # into (B, G, NP, L) float32
+                tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[:, None, :], axis=2), mask=tn_mask, sem="relaxed")
+                tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * dyv[:, None, :], axis=2), mask=tn_mask, sem="relaxed")
+    if LOCAL:
+        tl.store(Gl_ptr + st_off[None, :, :], g_next, mask=en_mask[None, :, :])
+        tl.store(Q_ptr + st_off[None, :, :], _exp2(A2 * (dt_sum - dt_first + dt_after)[None, None, :], FAST_EXP),
+                 mask=en_mask[None, :, :])
+    else:
+        if NEED_DH0:
+            if pid_s == 0:
+                tl.store(dh0_ptr + ((b * E + e[None, :]) * N + n[:, None])[None, :, :], a_next * g_next,
+                         mask=en_mask[None, :, :])
+        tl.atomic_add(dA_ptr + (e[None, :] * N + n[:, None])[None, :, :], dA_acc, mask=en_mask[None, :, :],
+                      sem="relaxed")
+        if HAS_D:
+            tl.atomic_add(dD_ptr + e, dD_acc, mask=e_mask, sem="relaxed")
+        if HAS_DTB:
+            tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
+
+
 # ---------------------------------------------------------------- launchers
 
 
@@ -444,36 +641,45 @@ def _segments(rows, warps_per_program, length, step, target_warps):
     return seg, (triton.cdiv(length, seg) if length > 0 else 1)
 
 
-def _config(batch, channels, groups, length, n, fwd_variant=None, fwd_target=None, bwd_target=None,
-            fwd_block=None, fwd_chunk=None, bwd_block=None, ck=None):
-    """Launch configuration for a problem size (every field can be overridden, e.g. by the benchmark)."""
-    if _CONFIG_OVERRIDES:
-        over = dict(fwd_variant=fwd_variant, fwd_target=fwd_target, bwd_target=bwd_target, fwd_block=fwd_block,
-                    fwd_chunk=fwd_chunk, bwd_block=bwd_block, ck=ck)
-        over.update({k: v for k, v in _CONFIG_OVERRIDES.items() if over.get(k) is None})
-        fwd_variant, fwd_target, bwd_target, fwd_block, fwd_chunk, bwd_block, ck = (
-            over["fwd_variant"], over["fwd_target"], over["bwd_target"], over["fwd_block"], over["fwd_chunk"],
-            over["bwd_block"], over["ck"])
+def _fast_exp(t: torch.Tensor) -> bool:
+    """Use the single-instruction exp2 (inline PTX) on real GPUs; the interpreter has no PTX."""
+    return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+def _config(batch, channels, groups, length, n, **kw):
+    """Launch configuration for a problem size. Keywords (or ``_CONFIG_OVERRIDES``) override the choices:
+    fwd_variant/bwd_variant ("seq" | "scan"), fwd_block/bwd_block (channels per program), fwd_chunk/bwd_chunk
+    (steps per register tile of the "seq" kernels), fwd_target/bwd_target (warps wanted before time is cut
+    into segments), ck (checkpoint spacing = the "scan" chunk)."""
+    kw = {**_CONFIG_OVERRIDES, **{k: v for k, v in kw.items() if v is not None}}
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
-    cfg = {"CK": ck or (32 if np2 <= 16 else 16)}
-    variant = fwd_variant or os.environ.get("AUDIOMAMBA_SCAN_FWD", "seq")
+    eg2 = max(1, triton.next_power_of_2(eg))
+    cfg = {"CK": kw.get("ck") or (32 if np2 <= 16 else 16)}
+    variant = kw.get("fwd_variant") or os.environ.get("AUDIOMAMBA_SCAN_FWD", "seq")
     if variant == "seq":
-        be = fwd_block or min(32 * (4 if np2 <= 16 else 1), max(1, triton.next_power_of_2(eg)))
-        be = min(be, max(1, triton.next_power_of_2(eg)))
-        T = fwd_chunk or (2 if np2 <= 16 else 1)
+        be = min(kw.get("fwd_block") or 32, eg2)
+        T = kw.get("fwd_chunk") or (4 if np2 <= 16 else 1)
         nw = max(1, be // 32)
     else:
-        be = fwd_block or max(1, min(triton.next_power_of_2(eg), 16 * 16 // np2))
+        be = kw.get("fwd_block") or min(eg2, 16 * 16 // np2)
         T = cfg["CK"]
         nw = 4
     rows = batch * groups * triton.cdiv(eg, be)
-    seg, nseg = _segments(rows, nw, length, cfg["CK"], fwd_target or _TARGET_WARPS)
+    seg, nseg = _segments(rows, nw, length, cfg["CK"], kw.get("fwd_target") or _TARGET_WARPS)
     cfg.update(fwd_variant=variant, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg, fwd_nseg=nseg)
-    be = bwd_block or max(1, min(triton.next_power_of_2(eg), 8 * 16 // np2))
+    variant = kw.get("bwd_variant") or os.environ.get("AUDIOMAMBA_SCAN_BWD", "seq")
+    if variant == "seq":
+        be = min(kw.get("bwd_block") or 32, eg2)
+        T = kw.get("bwd_chunk") or (2 if np2 <= 16 else 1)
+        nw = max(1, be // 32)
+    else:
+        be = kw.get("bwd_block") or min(eg2, 8 * 16 // np2)
+        T = cfg["CK"]
+        nw = 4
     rows = batch * groups * triton.cdiv(eg, be)
-    seg, nseg = _segments(rows, 4, length, cfg["CK"], bwd_target or _TARGET_WARPS)
-    cfg.update(bwd_BE=be, bwd_warps=4, bwd_seg=seg, bwd_nseg=nseg)
+    seg, nseg = _segments(rows, nw, length, cfg["CK"], kw.get("bwd_target") or _TARGET_WARPS)
+    cfg.update(bwd_variant=variant, bwd_BE=be, bwd_T=T, bwd_warps=nw, bwd_seg=seg, bwd_nseg=nseg)
     return cfg
 
 
@@ -505,7 +711,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     z_ = z if z is not None else u
     grid = (batch * groups * neb, nseg)
     if cfg["fwd_variant"] == "seq":
-        kernel, extra = _ss_fwd_seq_kernel, {"CK": CK}
+        kernel, extra = _ss_fwd_seq_kernel, {"CK": CK, "FAST_EXP": _fast_exp(u)}
     else:
         if T != CK:
             raise ValueError(f"config: the 'scan' forward needs fwd_T == CK, got {T} and {CK}")
@@ -553,11 +759,12 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
     Bg, Cg = _as_grouped(B), _as_grouped(C)
     groups = Bg.shape[1]
     eg = channels // groups
-    T, BE, num_warps, seg, nseg = config["CK"], config["bwd_BE"], config["bwd_warps"], config["bwd_seg"], \
+    CK, BE, num_warps, seg, nseg = config["CK"], config["bwd_BE"], config["bwd_warps"], config["bwd_seg"], \
         config["bwd_nseg"]
+    T = config["bwd_T"]
     np2 = triton.next_power_of_2(n)
     neb = triton.cdiv(eg, BE)
-    nck = max(1, triton.cdiv(length, T))
+    nck = max(1, triton.cdiv(length, CK))
     dev = u.device
     f32 = torch.float32
     du = torch.empty_like(u)
@@ -578,14 +785,25 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
     grid = (batch * groups * neb, nseg)
     common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
                   HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
+    if config["bwd_variant"] == "seq":
+        if CK % T:
+            raise ValueError(f"config: bwd_T {T} must divide the checkpoint spacing {CK}")
+        kernel = _ss_bwd_seq_kernel
+        common.update(CK=CK, FAST_EXP=_fast_exp(u))
+        scratch = (torch.empty(grid[0] * nseg * (CK // T) * np2 * BE, device=dev, dtype=f32),)
+    else:
+        if T != CK:
+            raise ValueError(f"config: the 'scan' backward needs bwd_T == CK, got {T} and {CK}")
+        kernel = _ss_bwd_kernel
+        scratch = ()
     if length > 0:
+        Dp = D if D is not None else dummy
+        dtbp = delta_bias if delta_bias is not None else dummy
         if nseg > 1:
             Gl = torch.empty(batch, channels, nseg, n, device=dev, dtype=f32)
             Q = torch.empty_like(Gl)
-            _ss_bwd_kernel[grid](
-                u, delta, A, Bg, Cg, D if D is not None else dummy, z_,
-                delta_bias if delta_bias is not None else dummy, dy,
-                dummy, dummy, Gl, Q,
+            kernel[grid](
+                u, delta, A, Bg, Cg, Dp, z_, dtbp, dy, dummy, dummy, Gl, Q, *scratch,
                 du, ddelta, dz_, dA, dBf, dCf, dummy, dummy, dummy,
                 channels, length, groups, eg, neb, seg, nseg, nck, *strides,
                 LOCAL=True, HAS_GC=False, NEED_DH0=False, **common,
@@ -600,10 +818,8 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
         else:
             gc = dT if dT is not None else dummy
             has_gc = dT is not None
-        _ss_bwd_kernel[grid](
-            u, delta, A, Bg, Cg, D if D is not None else dummy, z_,
-            delta_bias if delta_bias is not None else dummy, dy,
-            checkpoints, gc, dummy, dummy,
+        kernel[grid](
+            u, delta, A, Bg, Cg, Dp, z_, dtbp, dy, checkpoints, gc, dummy, dummy, *scratch,
             du, ddelta, dz_, dA, dBf, dCf, dD if dD is not None else dummy,
             ddtb if ddtb is not None else dummy, dh0 if dh0 is not None else dummy,
             channels, length, groups, eg, neb, seg, nseg, nck, *strides,

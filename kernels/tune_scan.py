@@ -81,7 +81,8 @@ def main():
     checks = [
         ((2, 192, 777, 16), torch.float32, False, {}, 1e-4),
         ((2, 192, 777, 16), torch.float32, True, {"fwd_target": 1, "bwd_target": 1}, 1e-4),
-        ((2, 192, 777, 16), torch.float32, False, {"fwd_variant": "scan"}, 1e-4),
+        ((2, 192, 777, 16), torch.float32, False, {"fwd_variant": "scan", "bwd_variant": "scan"}, 1e-4),
+        ((2, 192, 777, 16), torch.float32, True, {"bwd_chunk": 1, "bwd_block": 64, "bwd_target": 100000}, 1e-4),
         ((4, 768, 2048, 16), torch.bfloat16, False, {}, 1e-2),
         ((4, 768, 2048, 16), torch.bfloat16, True, {}, 1e-2),
         ((2, 64, 4096, 16), torch.bfloat16, True, {"fwd_target": 8192, "bwd_target": 8192}, 1e-2),
@@ -98,10 +99,11 @@ def main():
     # 2. sweep
     copy_bw, exp_rate = measure_copy_bandwidth(), measure_exp_rate()
     print(f"copy {copy_bw / 1e12:.2f} TB/s, exp2 {exp_rate / 1e12:.2f} T/s", flush=True)
-    fwd_cfgs = [dict(fwd_variant="scan", fwd_target=t) for t in (1, 4096)]
-    fwd_cfgs += [dict(fwd_variant="seq", fwd_block=be, fwd_chunk=T, fwd_target=tg)
-                 for be, T, tg in itertools.product((32, 64, 128), (2, 4), (1, 2048, 8192))]
-    bwd_cfgs = [dict(bwd_block=be, bwd_target=tg) for be, tg in itertools.product((8, 16), (1, 4096, 16384))]
+    fwd_cfgs = [dict(fwd_variant="seq", fwd_block=be, fwd_chunk=T, fwd_target=tg)
+                for be, T, tg in ((32, 4, 1), (32, 4, 2048), (32, 4, 8192), (64, 4, 2048), (64, 4, 8192),
+                                  (32, 2, 8192), (128, 4, 8192))]
+    bwd_cfgs = [dict(bwd_variant="seq", bwd_block=be, bwd_chunk=T, bwd_target=tg)
+                for be, T, tg in itertools.product((16, 32, 64), (1, 2), (1, 4096, 16384))]
     budget = float(os.environ.get("TUNE_BUDGET_S", "330"))
     rows = []
     for shape in SCAN_SHAPES:

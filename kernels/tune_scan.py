@@ -7,7 +7,6 @@ shapes in both physical layouts, and prints a short table last. Details go to $O
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import os
 import sys
@@ -81,9 +80,7 @@ def main():
     checks = [
         ((2, 192, 777, 16), torch.float32, False, {}, 1e-4),
         ((2, 192, 777, 16), torch.float32, True, {"fwd_target": 1, "bwd_target": 1}, 1e-4),
-        ((2, 192, 777, 16), torch.float32, False, {"fwd_variant": "scan", "bwd_variant": "scan"}, 1e-4),
         ((2, 192, 777, 16), torch.float32, True, {"bwd_chunk": 1, "bwd_block": 64, "bwd_target": 100000}, 1e-4),
-        ((4, 768, 2048, 16), torch.bfloat16, False, {}, 1e-2),
         ((4, 768, 2048, 16), torch.bfloat16, True, {}, 1e-2),
         ((2, 64, 4096, 16), torch.bfloat16, True, {"fwd_target": 8192, "bwd_target": 8192}, 1e-2),
     ]
@@ -100,15 +97,15 @@ def main():
     copy_bw, exp_rate = measure_copy_bandwidth(), measure_exp_rate()
     print(f"copy {copy_bw / 1e12:.2f} TB/s, exp2 {exp_rate / 1e12:.2f} T/s", flush=True)
     fwd_cfgs = [dict(fwd_variant="seq", fwd_block=be, fwd_chunk=T, fwd_target=tg)
-                for be, T, tg in ((32, 4, 1), (32, 4, 2048), (32, 4, 8192), (64, 4, 2048), (64, 4, 8192),
-                                  (32, 2, 8192), (128, 4, 8192))]
+                for be, T, tg in ((32, 4, 1), (32, 4, 2048), (32, 4, 8192), (64, 4, 8192), (32, 2, 8192))]
     bwd_cfgs = [dict(bwd_variant="seq", bwd_block=be, bwd_chunk=T, bwd_target=tg)
-                for be, T, tg in itertools.product((16, 32, 64), (1, 2), (1, 4096, 16384))]
+                for be, T, tg in ((32, 2, 1), (32, 1, 1), (16, 2, 1), (64, 1, 1), (32, 2, 4096), (16, 2, 8192),
+                                  (64, 1, 4096))]
     budget = float(os.environ.get("TUNE_BUDGET_S", "330"))
     rows = []
     for shape in SCAN_SHAPES:
         floor = scan_floor_ms(*shape, 2, copy_bw, exp_rate)
-        for cl in (False, True):
+        for cl in ((False, True) if shape == SCAN_SHAPES[0] else (False,)):
             for kw in fwd_cfgs:
                 if time.time() - t_start > budget:
                     break

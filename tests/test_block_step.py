@@ -60,11 +60,23 @@ SHAPES = [
     (2, 16, 48, 5, 1, 2, "layernorm", False),
     (1, 40, 160, 64, 3, 4, "rmsnorm", True),
 ]
+# real sizes, on CUDA only: sc09_small's stages (D = 64, 128, 256), sc09_large's first stage (D = 96)
+REAL = [
+    (1, 64, 128, 64, 4, 4, "layernorm", False),
+    (64, 64, 128, 64, 4, 4, "layernorm", False),
+    (64, 128, 256, 64, 8, 4, "rmsnorm", True),
+    (7, 256, 512, 64, 16, 4, "layernorm", False),
+    (5, 96, 192, 64, 6, 4, "layernorm", True),
+]
+
+
+def _shape_id(shape):
+    return "x".join(map(str, shape[:6])) + f"-{shape[6]}-{'bias' if shape[7] else 'nobias'}"
 
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + f"-{s[6]}-{s[7]}")
+@pytest.mark.parametrize("shape", SHAPES + ([] if INTERPRET else REAL), ids=_shape_id)
 def test_kernel_matches_reference(monkeypatch, shape, dtype):
     batch, d, e, n, r, w, norm, biases = shape
     gen = torch.Generator().manual_seed(hash(shape) % 2**31)
@@ -160,12 +172,13 @@ TINY = {
 
 
 @needs_interpreter
+@pytest.mark.parametrize("graphs", [False] if INTERPRET else [False, True], ids=lambda g: f"graphs={g}")
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-def test_generation_through_the_fused_kernel_equals_teacher_forcing(monkeypatch, norm):
+def test_generation_through_the_fused_kernel_equals_teacher_forcing(monkeypatch, norm, graphs):
     torch.manual_seed(0)
     model = build_model("sc09_small", **TINY, **{"backbone.norm": norm}).to(DEVICE)
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
-    out = model.generate(2, 14, seed=4, progress=False, return_logits=True, cuda_graphs=False)
+    out = model.generate(2, 14, seed=4, progress=False, return_logits=True, cuda_graphs=graphs)
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "reference")
     inputs = torch.cat([torch.full((2, 1), model.config.first_token, device=DEVICE), out.tokens[:, :-1]], dim=1)
     with torch.no_grad():

@@ -17,6 +17,9 @@ from audiomamba.data import AudioDataModule
 from audiomamba.training.callbacks import LoaderProgress, SampleCallback
 from audiomamba.training.tasks import build_task
 
+EXPERIMENT_FILE = "experiment.yaml"
+TASK_FILE = "task.json"
+
 
 def resolve_precision(cfg: ExperimentConfig) -> str:
     """The Lightning precision: trainer.precision, where "auto" is bf16 mixed precision on GPU, else float32."""
@@ -54,7 +57,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks=(), quiet: boo
         val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None if t.val_every_n_steps else 1,
         limit_val_batches=t.limit_val_batches, limit_test_batches=t.limit_test_batches,
         num_sanity_val_steps=t.num_sanity_val_steps, log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.progress_bar and not quiet, enable_model_summary=not quiet,
+        enable_progress_bar=t.progress_bar, enable_model_summary=not quiet,
         deterministic=t.deterministic, use_distributed_sampler=False, default_root_dir=run_dir,
         callbacks=cbs, logger=loggers,
     )
@@ -64,8 +67,9 @@ def train(cfg: ExperimentConfig, resume: str | None = None, callbacks=(), test: 
           quiet: bool = False) -> dict:
     """Fit (optionally resuming from a Lightning checkpoint), test the best checkpoint, export the model.
 
-    Writes under ``output_dir/run_name``: config.yaml, checkpoints/, logs/metrics.csv, tb/, model/
-    (safetensors, via ``model.save``), metrics.json. Returns {"run_dir", "checkpoint", "model_dir", "metrics"}.
+    ``quiet`` skips printing the resolved config, the model summary and the test table (progress bars follow
+    ``trainer.progress_bar``). Writes under ``output_dir/run_name``: config.yaml, checkpoints/, logs/, tb/,
+    model/ (safetensors, experiment.yaml, task.json), metrics.json. Returns run_dir, checkpoint, model_dir, metrics.
     """
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=not quiet)
     run_dir = run_dir_of(cfg)
@@ -76,6 +80,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None, callbacks=(), test: 
         print(f"# resolved config ({run_dir / 'config.yaml'})\n{text}", flush=True)
     dm = AudioDataModule(cfg.data, seed=cfg.trainer.seed)
     task = build_task(cfg)
+    if cfg.data.source == "synthetic" or cfg.data.labels != "none":
+        task.classes = dm.classes
     trainer = build_trainer(cfg, run_dir, callbacks, quiet=quiet)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -90,13 +96,25 @@ def train(cfg: ExperimentConfig, resume: str | None = None, callbacks=(), test: 
             metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     out = {"run_dir": str(run_dir), "checkpoint": best, "model_dir": None, "metrics": metrics}
     if trainer.is_global_zero:
-        model_dir = run_dir / "model"
-        task.eval_model.save(model_dir)
+        model_dir = export_model(task, run_dir / "model")
         out["model_dir"] = str(model_dir)
         metrics["steps"] = trainer.global_step
         metrics["parameters"] = task.model.num_parameters()
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def export_model(task, out_dir: str | Path) -> Path:
+    """Save the task's (EMA) model with ``model.save`` plus what inference needs beside the weights:
+    ``experiment.yaml`` (the resolved experiment config: tokenizer, sample rate, data) and ``task.json``."""
+    out_dir = Path(out_dir)
+    task.eval_model.save(out_dir)
+    (out_dir / EXPERIMENT_FILE).write_text(experiment_config_to_yaml(task.cfg))
+    d = task.cfg.data
+    info = {"task": task.cfg.task, "sample_rate": d.sample_rate, "tokenizer": d.tokenizer, "bits": d.bits,
+            "length": d.length, "classes": list(task.classes)}
+    (out_dir / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir
 
 
 def load_task(checkpoint: str | Path, map_location: str | torch.device = "cpu"):
@@ -110,4 +128,5 @@ def load_task(checkpoint: str | Path, map_location: str | torch.device = "cpu"):
     cfg = load_experiment_config(OmegaConf.create(ckpt["audiomamba_config"]))
     task = build_task(cfg)
     task.load_state_dict(ckpt["state_dict"])
+    task.classes = list(ckpt.get("audiomamba_classes", []))
     return task.eval(), cfg

@@ -56,6 +56,7 @@ class _Task(L.LightningModule):
             self.ema.requires_grad_(False)
         d = cfg.data
         self.tokenizer = build_tokenizer(d.tokenizer, d.bits) if d.tokenizer != "none" else None
+        self.classes: list[str] = []  # label names in index order (set by the run; saved in checkpoints)
 
     @property
     def eval_model(self):
@@ -76,8 +77,10 @@ class _Task(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["audiomamba_config"] = experiment_config_to_yaml(self.cfg)
         checkpoint["rng_states"] = _rng_states()
+        checkpoint["audiomamba_classes"] = list(self.classes)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.classes = list(checkpoint.get("audiomamba_classes", []))
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
 
@@ -98,7 +101,7 @@ class LMTask(_Task):
         super().__init__(cfg)
         d = cfg.data
         self.pattern = None
-        if d.source == "tokens":
+        if d.source in ("tokens", "selective_copying"):  # token streams with a validity mask
             K = d.n_codebooks if d.n_codebooks is not None else cfg.model.n_codebooks
             special = d.codebook_size if d.codebook_size is not None else 0
             self.pattern = CodebookPattern(d.pattern, K, special_token=special)

@@ -1,0 +1,514 @@
+"""The ``audiomamba`` command line: quickstart, train, generate, classify, stream, evaluate, export, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  audiomamba quickstart                                   # ~5 min on a laptop CPU: classifier + LM, samples
+  audiomamba train quickstart_lm trainer.max_steps=300    # an experiment preset (or a YAML path) + overrides
+  audiomamba train configs/experiment/quickstart_classifier.yaml data.batch_size=32 --resume last
+  audiomamba generate outputs/quickstart_lm --n 4 --seconds 2 --temperature 0.9 --out samples/
+  audiomamba classify outputs/quickstart_classifier clip1.wav clip2.flac
+  audiomamba stream outputs/quickstart_classifier clip.wav --chunk-ms 20
+  audiomamba evaluate outputs/quickstart_lm/checkpoints/last.ckpt
+  audiomamba export outputs/quickstart_lm/checkpoints/last.ckpt my_model/
+  audiomamba bench stream
+
+MODEL is a model directory written by `export` or `model.save` (config.yaml + model.safetensors), a run
+directory (its model/ subfolder is used), or a Lightning checkpoint (.ckpt) written by `train`.
+"""
+
+
+class CLIError(Exception):
+    """A bad input: reported as one line on stderr with a non-zero exit code."""
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+    warnings.filterwarnings("ignore", message=".*weight_norm.*")
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*does not have many workers.*")
+
+
+# ---------------------------------------------------------------------------------------------- model loading
+
+
+def load_any(spec: str, device: str = "cpu"):
+    """(model, info) from a model directory, a run directory or a training checkpoint.
+
+    info: {"task", "sample_rate", "tokenizer", "bits", "classes", "experiment" (ExperimentConfig or None)}.
+    """
+    from audiomamba.config import load_experiment_config
+    from audiomamba.models import CONFIG_FILE, WEIGHTS_FILE, load_model
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CLIError(f"model not found: {path}")
+    if path.is_file():
+        if path.suffix != ".ckpt":
+            raise CLIError(f"{path}: expected a model directory, a run directory or a .ckpt checkpoint")
+        from audiomamba.training import load_task
+
+        task, cfg = load_task(path)
+        d = cfg.data
+        info = {"task": cfg.task, "sample_rate": d.sample_rate, "tokenizer": d.tokenizer, "bits": d.bits,
+                "classes": list(task.classes), "experiment": cfg}
+        return task.eval_model.to(device).eval(), info
+    if not (path / WEIGHTS_FILE).is_file() and (path / "model" / WEIGHTS_FILE).is_file():
+        path = path / "model"
+    if not (path / WEIGHTS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
+        raise CLIError(f"{path}: no {WEIGHTS_FILE} + {CONFIG_FILE} inside (not a model directory)")
+    model = load_model(path, device=device).eval()
+    info = {"task": "lm" if model.config.kind == "lm" else "classify", "sample_rate": 16000,
+            "tokenizer": "mulaw" if model.config.input == "tokens" else "none", "bits": 8, "classes": [],
+            "experiment": None}
+    if (path / "task.json").is_file():
+        info.update(json.loads((path / "task.json").read_text()))
+    if (path / "experiment.yaml").is_file():
+        info["experiment"] = load_experiment_config(str(path / "experiment.yaml"))
+    return model, info
+
+
+def _tokenizer(info):
+    from audiomamba.tokenizers import build_tokenizer
+
+    return None if info["tokenizer"] == "none" else build_tokenizer(info["tokenizer"], info["bits"])
+
+
+def _read_audio(path: str, sample_rate: int):
+    from audiomamba.data.audio_folder import AudioFolder, BadFileError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CLIError(f"audio file not found: {p}")
+    reader = AudioFolder.__new__(AudioFolder)  # only its file reader: no folder scan
+    reader.sample_rate, reader.trim_db, reader.loudness_db = sample_rate, None, None
+    try:
+        reader.check_file(p)
+        return reader.read(p)
+    except BadFileError as e:
+        raise CLIError(str(e)) from None
+
+
+def _model_input(model, info, wave):
+    """(L,) waveform -> (1, L) model input (tokens when the model takes tokens)."""
+    tok = _tokenizer(info)
+    if model.config.input == "tokens" or model.config.kind == "lm":
+        if tok is None:
+            raise CLIError("this model takes tokens but its tokenizer is unknown (no task.json beside it)")
+        return tok.encode(wave[None])
+    return wave[None]
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from audiomamba.config import load_experiment_config
+    from audiomamba.training import run_dir_of, train
+
+    cfg = load_experiment_config(args.config, args.overrides)
+    resume = args.resume
+    if resume == "last":
+        resume = str(run_dir_of(cfg) / "checkpoints" / "last.ckpt")
+        if not Path(resume).is_file():
+            raise CLIError(f"--resume last: no checkpoint at {resume}")
+    elif resume is not None and not Path(resume).is_file():
+        raise CLIError(f"--resume: checkpoint not found: {resume}")
+    out = train(cfg, resume=resume)
+    if out["model_dir"] is not None:
+        print(json.dumps(out["metrics"], indent=2, sort_keys=True))
+        print(f"run directory: {out['run_dir']}\nmodel: {out['model_dir']}\nbest checkpoint: {out['checkpoint']}")
+    return 0
+
+
+def _generate_to(model, info, n, steps, out_dir: Path, seed, temperature, top_k, top_p, prefix="sample",
+                 prompt=None) -> list[Path]:
+    from audiomamba.training.callbacks import write_samples
+
+    tok = _tokenizer(info)
+    if tok is None:
+        raise CLIError("generate needs a waveform tokenizer (mulaw or linear) to decode tokens to audio")
+    tokens = model.generate(batch_size=n, num_steps=steps, prompt=prompt, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, progress=True)
+    if prompt is not None:  # write the prompt followed by its continuation
+        import torch
+
+        tokens = torch.cat([prompt.expand(n, -1).to(tokens.device), tokens], dim=1)
+    waves = tok.decode(tokens.cpu())
+    return write_samples(waves, info["sample_rate"], out_dir, prefix)
+
+
+def cmd_generate(args) -> int:
+    model, info = load_any(args.model, args.device)
+    if model.config.kind != "lm":
+        raise CLIError(f"{args.model} is a classifier; generate needs a language model (task lm)")
+    steps = args.steps if args.steps is not None else int(round(args.seconds * info["sample_rate"]))
+    if steps < 1:
+        raise CLIError("--seconds/--steps must give at least one sample")
+    prompt = None
+    if args.prompt:
+        wave = _read_audio(args.prompt, info["sample_rate"])
+        prompt = _model_input(model, info, wave).to(args.device)
+    paths = _generate_to(model, info, args.n, steps, Path(args.out), args.seed, args.temperature, args.top_k,
+                         args.top_p, prompt=prompt)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import torch
+
+    model, info = load_any(args.model, args.device)
+    if model.config.kind != "classifier":
+        raise CLIError(f"{args.model} is a language model; classify needs a classifier")
+    classes = info.get("classes") or [str(i) for i in range(model.config.n_classes)]
+    sr = args.sample_rate or info["sample_rate"]
+    for f in args.files:
+        wave = _read_audio(f, sr)
+        with torch.no_grad():
+            probs = model.classify(_model_input(model, info, wave).to(args.device)).float().softmax(-1)[0]
+        top = probs.topk(min(args.top, probs.numel()))
+        ranked = ", ".join(f"{classes[int(i)]} {float(p):.3f}" for p, i in zip(top.values, top.indices))
+        print(f"{f}\t{classes[int(top.indices[0])]}\t({ranked})")
+    return 0
+
+
+def cmd_stream(args) -> int:
+    import math
+
+    import torch
+
+    model, info = load_any(args.model, args.device)
+    sr = args.sample_rate or info["sample_rate"]
+    wave = _read_audio(args.file, sr)
+    x = _model_input(model, info, wave).to(args.device)  # (1, L)
+    chunk = max(1, int(round(sr * args.chunk_ms / 1000)))
+    try:
+        stream = model.stream(1)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    n_chunks = math.ceil(x.shape[1] / chunk)
+    every = max(1, int(round(args.print_every_ms / args.chunk_ms)))
+    classes = info.get("classes") or [str(i) for i in range(getattr(model.config, "n_classes", 0))]
+    total_bits, count, start = 0.0, 0, time.perf_counter()
+    print(f"streaming {args.file}: {x.shape[1] / sr:.2f} s in {n_chunks} chunks of {chunk} samples "
+          f"({args.chunk_ms:g} ms)")
+    prev_last = None
+    for i in range(n_chunks):
+        piece = x[:, i * chunk : (i + 1) * chunk]
+        with torch.no_grad():
+            out = stream.push(piece)
+        t_audio = min((i + 1) * chunk, x.shape[1]) / sr
+        if model.config.kind == "classifier":
+            probs = out[0, -1].float().softmax(-1)
+            line = f"{t_audio:7.2f} s  {classes[int(probs.argmax())]:<12} p={float(probs.max()):.3f}"
+        else:
+            # the logits at position t predict token t + 1: score this chunk's tokens with the previous logits
+            logp = out[0].float().log_softmax(-1)  # (n, V)
+            targets = piece[0]
+            if prev_last is not None:
+                total_bits -= float(prev_last[targets[0]]) / math.log(2)
+                count += 1
+            if targets.numel() > 1:
+                total_bits -= float(logp[:-1].gather(-1, targets[1:, None]).sum()) / math.log(2)
+                count += targets.numel() - 1
+            prev_last = logp[-1]
+            line = f"{t_audio:7.2f} s  running NLL {total_bits / max(count, 1):.3f} bits/sample"
+        if (i + 1) % every == 0 or i == n_chunks - 1:
+            print(line, flush=True)
+    elapsed = time.perf_counter() - start
+    print(f"done: {elapsed:.2f} s compute for {x.shape[1] / sr:.2f} s audio "
+          f"(real-time factor {elapsed / (x.shape[1] / sr):.3f})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import math
+
+    import torch
+    from tqdm import tqdm
+
+    from audiomamba.config import load_experiment_config
+    from audiomamba.data import AudioDataModule
+    from audiomamba.training import build_task
+
+    model, info = load_any(args.model, args.device)
+    cfg = info["experiment"]
+    if cfg is None:
+        raise CLIError(f"{args.model}: no experiment config beside the model; pass --config")
+    if args.config or args.overrides:
+        from omegaconf import OmegaConf
+
+        base = OmegaConf.to_container(OmegaConf.structured(cfg))
+        cfg = load_experiment_config(args.config or base, args.overrides)
+    dm = AudioDataModule(cfg.data, seed=cfg.trainer.seed)
+    dm.setup("test")
+    split = {"test": dm.test_set, "val": dm.val_set, "train": dm.train_set}[args.split]
+    loader = dm._eval_loader(split)
+    task = build_task(cfg)
+    task.model = model  # evaluate these weights with the task's loss
+    task.ema = None
+    model.eval()
+    sums = {"nll": 0.0, "count": 0.0, "correct": 0.0, "n": 0.0}
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=f"evaluate {args.split}", leave=False):
+            batch = {k: v.to(args.device) for k, v in batch.items()}
+            if cfg.task == "lm":
+                total, count = task.nll(model, batch)
+                sums["nll"] += float(total)
+                sums["count"] += float(count)
+            else:
+                logits = model.classify(task.inputs(batch)).float()
+                sums["nll"] += float(torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum"))
+                sums["count"] += batch["label"].numel()
+                sums["correct"] += float((logits.argmax(-1) == batch["label"]).sum())
+    result = {"split": args.split, "items": len(split)}
+    result["nll_nats"] = sums["nll"] / max(sums["count"], 1)
+    if cfg.task == "lm":
+        result["nll_bits_per_token"] = result["nll_nats"] / math.log(2)
+    else:
+        result["accuracy"] = sums["correct"] / max(sums["count"], 1)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from audiomamba.training import load_task
+    from audiomamba.training.run import export_model
+
+    if not Path(args.checkpoint).is_file():
+        raise CLIError(f"checkpoint not found: {args.checkpoint}")
+    task, _ = load_task(args.checkpoint)
+    out = export_model(task, args.out)
+    print(f"exported {args.checkpoint} -> {out} ({task.model.num_parameters():,} parameters)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from audiomamba import bench
+
+    if args.what == "kernels":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("bench kernels needs a CUDA GPU")
+        bench.bench_kernels()
+    elif args.what == "generate":
+        kw = {"preset": args.preset or "sc09_small", "batch_sizes": tuple(args.batch_sizes)}
+        if args.steps:
+            kw["num_steps"] = args.steps
+        if args.device:
+            kw["device"] = args.device
+        bench.bench_generate(**kw)
+    else:
+        bench.bench_stream(preset=args.preset or "classifier_small", chunk_ms=args.chunk_ms, seconds=args.seconds,
+                           threads=args.threads, device=args.device or "cpu")
+    return 0
+
+
+def run_quickstart(out_dir: Path, classifier_steps=None, lm_steps=None, sample_seconds=1.0, n_samples=2,
+                   threads=None) -> dict:
+    """Train the two quickstart experiments, generate samples, write ``out_dir/metrics.json``; returns it."""
+    import torch
+
+    from audiomamba.config import load_experiment_config
+    from audiomamba.training import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    print(f"audiomamba quickstart: a tiny classifier and a tiny LM on synthetic sounds (6 classes, 8 kHz), "
+          f"{torch.get_num_threads()} CPU thread(s); outputs under {out_dir}/", flush=True)
+    summary: dict = {}
+    runs = (("classifier", "quickstart_classifier", classifier_steps), ("lm", "quickstart_lm", lm_steps))
+    for i, (key, name, steps) in enumerate(runs, 1):
+        overrides = [f"trainer.output_dir={out_dir}"] + ([f"trainer.max_steps={steps}"] if steps else [])
+        cfg = load_experiment_config(name, overrides)
+        what = "classifier (raw waveform -> 6 classes)" if key == "classifier" else "LM (8-bit mu-law tokens)"
+        print(f"[{i}/3] training the {what}: {cfg.trainer.max_steps} steps of batch {cfg.data.batch_size} x "
+              f"{cfg.data.length} samples", flush=True)
+        t0 = time.perf_counter()
+        res = train(cfg, quiet=True)
+        m = res["metrics"]
+        entry = {"model_dir": res["model_dir"], "parameters": m.get("parameters"), "steps": m.get("steps"),
+                 "train_seconds": round(time.perf_counter() - t0, 1), "test_loss": m.get("test/loss")}
+        if key == "classifier":
+            entry["test_accuracy"] = m.get("test/acc")
+            entry["chance_accuracy"] = 1 / cfg.model.n_classes
+            print(f"      test accuracy {entry['test_accuracy']:.3f} (chance {entry['chance_accuracy']:.3f}), "
+                  f"{entry['parameters']:,} parameters, {entry['train_seconds']:.0f} s", flush=True)
+        else:
+            entry["test_nll_bits_per_sample"] = m.get("test/bits")
+            entry["uniform_bits_per_sample"] = float(cfg.data.bits)
+            print(f"      test NLL {entry['test_nll_bits_per_sample']:.3f} bits/sample (uniform: {cfg.data.bits}), "
+                  f"{entry['parameters']:,} parameters, {entry['train_seconds']:.0f} s", flush=True)
+        summary[key] = entry
+    model, info = load_any(summary["lm"]["model_dir"])
+    steps = int(round(sample_seconds * info["sample_rate"]))
+    print(f"[3/3] generating {n_samples} x {sample_seconds:g} s ({steps} samples each, one step per sample)",
+          flush=True)
+    t0 = time.perf_counter()
+    paths = _generate_to(model, info, n_samples, steps, Path(out_dir) / "samples", seed=0, temperature=1.0,
+                         top_k=None, top_p=None)
+    summary["samples"] = {"files": [str(p) for p in paths], "seconds": round(time.perf_counter() - t0, 1)}
+    summary["total_seconds"] = round(time.perf_counter() - start, 1)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    metrics_path = Path(out_dir) / "metrics.json"
+    metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
+    c, lm = summary["classifier"], summary["lm"]
+    print(f"\nquickstart done in {summary['total_seconds']:.0f} s")
+    print(f"  classifier  test accuracy {c['test_accuracy']:.3f} (chance {c['chance_accuracy']:.3f})"
+          f"  -> {c['model_dir']}")
+    print(f"  LM          test NLL {lm['test_nll_bits_per_sample']:.3f} bits/sample (uniform 8)  -> {lm['model_dir']}")
+    print(f"  samples     {', '.join(summary['samples']['files'])}")
+    print(f"  metrics     {metrics_path}")
+    print(f"next: audiomamba classify {c['model_dir']} {paths[0]}   |   audiomamba stream {c['model_dir']} {paths[0]}")
+    return summary
+
+
+def cmd_quickstart(args) -> int:
+    run_quickstart(out_dir=Path(args.out), classifier_steps=args.classifier_steps, lm_steps=args.lm_steps,
+                   sample_seconds=args.seconds, n_samples=args.n, threads=args.threads)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="audiomamba", formatter_class=fmt, epilog=EPILOG,
+                                description="Mamba state space models for raw audio and codec tokens.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("quickstart", formatter_class=fmt, help="train a tiny classifier and LM on synthetic audio",
+                       description="Train a tiny classifier and a tiny LM on the built-in synthetic sounds (CPU, "
+                       "a few minutes), print test accuracy and NLL, write WAVs, a spectrogram PNG and "
+                       "metrics.json.", epilog="example:\n  audiomamba quickstart --out outputs/quickstart")
+    q.add_argument("--out", default="outputs/quickstart", help="output folder (default: %(default)s)")
+    q.add_argument("--classifier-steps", type=int, default=None, help="override the classifier's max_steps")
+    q.add_argument("--lm-steps", type=int, default=None, help="override the LM's max_steps")
+    q.add_argument("--seconds", type=float, default=1.0, help="length of each generated sample (default: 1)")
+    q.add_argument("--n", type=int, default=2, help="samples to generate (default: 2)")
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    q.set_defaults(fn=cmd_quickstart)
+
+    t = sub.add_parser("train", formatter_class=fmt, help="train from an experiment config",
+                       description="Train from an experiment preset name or YAML path, with dotlist overrides "
+                       "(defaults < presets < file < overrides). The resolved config is printed and saved.",
+                       epilog="examples:\n  audiomamba train quickstart_lm trainer.max_steps=300\n"
+                       "  audiomamba train my_exp.yaml data.root=/data/fsdd trainer.devices=2 trainer.strategy=ddp\n"
+                       "  audiomamba train quickstart_lm --resume last")
+    t.add_argument("config", help="experiment preset (e.g. quickstart_lm) or YAML path")
+    t.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. trainer.max_steps=100")
+    t.add_argument("--resume", default=None, help="checkpoint to resume from, or 'last' (the run's last.ckpt)")
+    t.set_defaults(fn=cmd_train)
+
+    g = sub.add_parser("generate", formatter_class=fmt, help="sample audio from a language model",
+                       epilog="examples:\n  audiomamba generate outputs/quickstart/quickstart_lm --n 4 --seconds 2\n"
+                       "  audiomamba generate my_model/ --prompt start.wav --seconds 3 --top-p 0.95")
+    g.add_argument("model", help="model directory, run directory or .ckpt")
+    g.add_argument("--n", type=int, default=2, help="number of samples (default: 2)")
+    g.add_argument("--seconds", type=float, default=1.0, help="length of each sample in seconds (default: 1)")
+    g.add_argument("--steps", type=int, default=None, help="length in tokens (overrides --seconds)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompt", default=None, help="an audio file to continue")
+    g.add_argument("--out", default="outputs/generated", help="output folder (default: %(default)s)")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(fn=cmd_generate)
+
+    c = sub.add_parser("classify", formatter_class=fmt, help="classify audio files",
+                       epilog="example:\n  audiomamba classify outputs/quickstart/quickstart_classifier a.wav b.flac")
+    c.add_argument("model")
+    c.add_argument("files", nargs="+")
+    c.add_argument("--top", type=int, default=3, help="classes shown per file (default: 3)")
+    c.add_argument("--sample-rate", type=int, default=None, help="model rate (default: from the model)")
+    c.add_argument("--device", default="cpu")
+    c.set_defaults(fn=cmd_classify)
+
+    s = sub.add_parser("stream", formatter_class=fmt, help="run a file through a causal model chunk by chunk",
+                       description="Push a file through the streaming module in chunks; print the running "
+                       "prediction (classifier) or running NLL (LM).",
+                       epilog="example:\n  audiomamba stream outputs/quickstart/quickstart_classifier clip.wav "
+                       "--chunk-ms 20 --print-every-ms 100")
+    s.add_argument("model")
+    s.add_argument("file")
+    s.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length in ms (default: 20)")
+    s.add_argument("--print-every-ms", type=float, default=100.0, help="print a line every ... ms of audio")
+    s.add_argument("--sample-rate", type=int, default=None)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(fn=cmd_stream)
+
+    e = sub.add_parser("evaluate", formatter_class=fmt, help="NLL (LM) or accuracy (classifier) on a data split",
+                       epilog="examples:\n  audiomamba evaluate outputs/quickstart/quickstart_lm\n"
+                       "  audiomamba evaluate run/checkpoints/last.ckpt --split val data.batch_size=4")
+    e.add_argument("model")
+    e.add_argument("overrides", nargs="*", help="dotlist overrides of the experiment config (e.g. data.root=...)")
+    e.add_argument("--config", default=None, help="experiment config to take the data from instead")
+    e.add_argument("--split", choices=("test", "val", "train"), default="test")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(fn=cmd_evaluate)
+
+    x = sub.add_parser("export", formatter_class=fmt, help="Lightning checkpoint -> safetensors model directory",
+                       epilog="example:\n  audiomamba export outputs/quickstart/quickstart_lm/checkpoints/last.ckpt "
+                       "my_lm/")
+    x.add_argument("checkpoint")
+    x.add_argument("out")
+    x.set_defaults(fn=cmd_export)
+
+    b = sub.add_parser("bench", formatter_class=fmt, help="benchmarks: kernels (GPU), generate, stream",
+                       epilog="examples:\n  audiomamba bench kernels\n  audiomamba bench generate --batch-sizes 1 64\n"
+                       "  audiomamba bench stream --chunk-ms 20 --threads 1")
+    b.add_argument("what", choices=("kernels", "generate", "stream"))
+    b.add_argument("--preset", default=None, help="model preset (default: sc09_small / classifier_small)")
+    b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    b.add_argument("--steps", type=int, default=None)
+    b.add_argument("--chunk-ms", type=float, default=20.0)
+    b.add_argument("--seconds", type=float, default=10.0)
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--device", default=None)
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "fn", None) is None:
+        parser.print_help()
+        return 2
+    _quiet_lightning()
+    os.environ.setdefault("TQDM_MININTERVAL", "0.5")
+    from audiomamba.data.audio_folder import BadFileError
+
+    try:
+        return args.fn(args)
+    except CLIError as e:
+        print(f"audiomamba {args.command}: error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, BadFileError, ImportError, RuntimeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"audiomamba {args.command}: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"audiomamba {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

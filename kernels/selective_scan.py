@@ -99,6 +99,31 @@ def _load_dt(dt_ptr, off, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constex
     return raw, dt
 
 
+@triton.jit
+def _dt_from_raw(raw, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """(raw Δ + bias, Δ used: softplus'd and zero where masked) from a loaded tile."""
+    raw = raw.to(tl.float32)
+    if HAS_DTB:
+        raw = raw + dtb  # broadcast by the caller
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    return raw, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _tile_te(ptr, b, e, t, sb, se, sl, mask):
+    """[T, BE] tile at (b, e, t) in the input dtype (zeros where masked)."""
+    return tl.load(ptr + b * sb + e[None, :] * se + t[:, None] * sl, mask=mask, other=0.0)
+
+
+@triton.jit
+def _tile_tn(ptr, b, g, n, t, sb, sg, sn, sl, mask):
+    """[T, NP] tile of B or C at (b, g, n, t) in the input dtype."""
+    return tl.load(ptr + b * sb + g * sg + n[None, :] * sn + t[:, None] * sl, mask=mask, other=0.0)
+
+
 # ---------------------------------------------------------------- forward
 
 
@@ -245,6 +270,24 @@ def _ss_fwd_seq_kernel(
     last = (tt == T - 1)[:, None, None]
     t_begin = pid_s * SEG
     n_chunks = tl.cdiv(tl.minimum(SEG, L - t_begin), T)
+    # Software prefetch: the tiles of chunk c + 1 are requested before chunk c is computed, so the memory
+    # latency overlaps the exponentials (masked past the segment, so nothing extra is read).
+    t_lim = tl.minimum(L, t_begin + SEG)
+    t = t_begin + tt
+    pm = (t < t_lim)[:, None] & e_mask[None, :]
+    pn = (t < t_lim)[:, None] & n_mask[None, :]
+    u_n = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, pm)
+    d_n = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, pm)
+    B_n = _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, pn)
+    if LOCAL:
+        C_n = B_n
+        z_n = u_n
+    else:
+        C_n = _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, pn)
+        if HAS_Z:
+            z_n = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, pm)
+        else:
+            z_n = u_n
     for c in range(0, n_chunks):
         t0 = t_begin + c * T
         t = t0 + tt
@@ -253,12 +296,24 @@ def _ss_fwd_seq_kernel(
         if STORE_CK:
             if t0 % CK == 0:
                 tl.store(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // CK) * N + n[:, None], h, mask=en_mask)
-        u = tl.load(u_ptr + b * s_ub + e[None, :] * s_ue + t[:, None] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        raw, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
-                         HAS_DTB, SOFTPLUS)
-        tn_mask = t_mask[:, None] & n_mask[None, :]
-        Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl,
-                     mask=tn_mask, other=0.0).to(tl.float32)  # [T, NP]
+        u_c = u_n
+        d_c = d_n
+        B_c = B_n
+        C_c = C_n
+        z_c = z_n
+        tq = t + T
+        pm = (tq < t_lim)[:, None] & e_mask[None, :]
+        pn = (tq < t_lim)[:, None] & n_mask[None, :]
+        u_n = _tile_te(u_ptr, b, e, tq, s_ub, s_ue, s_ul, pm)
+        d_n = _tile_te(dt_ptr, b, e, tq, s_db, s_de, s_dl, pm)
+        B_n = _tile_tn(B_ptr, b, g, n, tq, s_Bb, s_Bg, s_Bn, s_Bl, pn)
+        if not LOCAL:
+            C_n = _tile_tn(C_ptr, b, g, n, tq, s_Cb, s_Cg, s_Cn, s_Cl, pn)
+            if HAS_Z:
+                z_n = _tile_te(z_ptr, b, e, tq, s_zb, s_ze, s_zl, pm)
+        u = u_c.to(tl.float32)
+        raw, dt = _dt_from_raw(d_c, m2, dtb[None, :], HAS_DTB, SOFTPLUS)
+        Bt = B_c.to(tl.float32)  # [T, NP]
         a = _exp2(dt[:, None, :] * A2[None, :, :], FAST_EXP)  # [T, NP, BE]
         bx = (dt * u)[:, None, :] * Bt[:, :, None]  # [T, NP, BE]
         bx = tl.where(first, bx + a * h[None, :, :], bx)
@@ -267,14 +322,12 @@ def _ss_fwd_seq_kernel(
         if LOCAL:
             dt_sum += tl.sum(dt, axis=0)
         else:
-            Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl,
-                         mask=tn_mask, other=0.0).to(tl.float32)
+            Ct = C_c.to(tl.float32)
             y = tl.sum(hs * Ct[:, :, None], axis=1)  # [T, BE]
             if HAS_D:
                 y += Dv[None, :] * u
             if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + e[None, :] * s_ze + t[:, None] * s_zl, mask=m2, other=0.0)
-                zz = zz.to(tl.float32)
+                zz = z_c.to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(y_ptr + b * s_yb + e[None, :] * s_ye + t[:, None] * s_yl,
                      y.to(y_ptr.dtype.element_ty), mask=m2)

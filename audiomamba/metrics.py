@@ -505,3 +505,28 @@ def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_s
                                  batch_size=batch_size, tokenizer=tok, device=device, reference_labels=ref_labels)
     out.update(scores)
     return out
+
+
+def evaluate_extras(model, cfg, split: str = "test", classifier=None, classifier_cfg=None, n_samples: int = 0,
+                    out_dir: str | Path | None = None, seed: int = 0, temperature: float = 1.0,
+                    device=None) -> dict:
+    """What ``audiomamba evaluate`` adds to the loss on a split (the CLI calls this):
+
+    - classifier on a folder with speakers in its label regex (FSDD): ``per_speaker`` accuracy;
+    - causal LM on an audio folder: ``nll_bits_per_real_sample`` over every recorded sample of the split
+      (no padding; see :func:`segment_nll_bits`);
+    - LM with ``n_samples`` > 0: generated WAVs under ``out_dir`` and, with a ``classifier`` (and its
+      ``classifier_cfg``), their IS, mIS, FID and AM (:func:`evaluate_lm_generation`) under "generation".
+    """
+    out: dict = {}
+    if cfg.task == "classify" and cfg.data.source == "folder" and cfg.data.labels == "regex":
+        acc = classifier_accuracy(model, cfg, split, device=device)
+        if acc["per_speaker"]:
+            out["per_speaker"] = acc["per_speaker"]
+    if cfg.task == "lm" and cfg.data.source == "folder":
+        out["nll_bits_per_real_sample"] = segment_nll_bits(model, cfg, split, device=device)["bits_per_sample"]
+    if cfg.task == "lm" and (n_samples > 0 or classifier is not None):
+        out["generation"] = evaluate_lm_generation(
+            model, cfg, classifier=classifier, classifier_cfg=classifier_cfg, n_samples=n_samples or 64,
+            out_dir=out_dir, seed=seed, temperature=temperature, batch_size=64, device=device, progress=True)
+    return out

@@ -64,14 +64,15 @@ def fit_to_budget(*args, **kwargs):
                     feasible = min(feasible, json.loads(Path(self.partner_file).read_text())["feasible"])
             total = max(self.val_every, min(self.cap, feasible) // self.val_every * self.val_every)
             self.planned = total
-            trainer.fit_loop.max_steps = total
+            trainer.fit_loop.epoch_loop.max_steps = total
             from audiomamba.training.optim import warmup_cosine
 
             optim = pl_module.cfg.optim
-            for config in trainer.lr_scheduler_configs:
-                config.scheduler.lr_lambdas = [
-                    lambda s, w=optim.warmup_steps, t=total, r=optim.min_lr_ratio: warmup_cosine(s, w, t, r)
-                ]
+            def schedule(s, w=optim.warmup_steps, t=total, r=optim.min_lr_ratio):
+                return warmup_cosine(s, w, t, r)
+
+            for config in trainer.lr_scheduler_configs:  # one LambdaLR, one lambda per parameter group
+                config.scheduler.lr_lambdas = [schedule] * len(config.scheduler.lr_lambdas)
             print(f"[fit-to-budget] {self.seconds_per_step * 1000:.1f} ms/step -> {total} steps", flush=True)
 
     return _Fit(*args, **kwargs)

@@ -63,18 +63,19 @@ EOF
 fi
 echo "[batch] preflight done at +$(( $(date +%s) - T0 )) s"
 
-TINY_CLS=(); TINY_LM=(); TINY_SC=()
+TINY_CLS=(); TINY_LM=(); TINY_SC=(); TINY_MUSIC=()
 if [ "$SMOKE" = 1 ]; then
   TINY_CLS=(model.backbone.d_model=8 "model.backbone.n_blocks=[0,1,1]" data.batch_size=4 data.num_workers=0
-            trainer.val_every_n_steps=4 trainer.limit_val_batches=2 trainer.limit_test_batches=2
+            trainer.val_every_n_steps=4 trainer.limit_val_batches=0.03 trainer.limit_test_batches=0.03
             trainer.accelerator=cpu trainer.precision=32-true)
   TINY_LM=(model.backbone.d_model=8 "model.backbone.n_blocks=[1]" model.backbone.mixer_options.mamba1.d_state=4
            model.backbone.mixer_options.s4d.d_state=4 data.batch_size=2 data.length=512 data.num_workers=0
-           trainer.val_every_n_steps=4 trainer.limit_val_batches=2 trainer.limit_test_batches=2
+           trainer.val_every_n_steps=4 trainer.limit_val_batches=0.03 trainer.limit_test_batches=0.03
            trainer.accelerator=cpu trainer.precision=32-true)
   TINY_SC=(model.backbone.d_model=8 data.selective_copying.context_length=16 data.selective_copying.n_tokens=4
-           data.batch_size=4 trainer.val_every_n_steps=4 trainer.limit_val_batches=1 trainer.accelerator=cpu
-           trainer.precision=32-true)
+           data.batch_size=4 data.selective_copying.val_size=8 data.selective_copying.test_size=8
+           trainer.val_every_n_steps=4 trainer.accelerator=cpu trainer.precision=32-true)
+  TINY_MUSIC=("${TINY_LM[@]}" trainer.limit_val_batches=1.0 trainer.limit_test_batches=1.0)
   PROBE=(--warm 1 --probe 2)
 else
   PROBE=()
@@ -93,8 +94,8 @@ job "$GPU0" selective_copying_mamba copy selective_copying_s4d "${SC_GPU[@]}" "$
 job "$GPU0" selective_copying_s4d copy selective_copying_mamba "${SC_GPU[@]}" "${TINY_SC[@]}"
 job "$GPU1" fsdd_generation_mamba fsddgen fsdd_generation_s4d data.root=$DATA/fsdd "${TINY_LM[@]}"
 job "$GPU1" fsdd_generation_s4d fsddgen fsdd_generation_mamba data.root=$DATA/fsdd "${TINY_LM[@]}"
-job "$GPU1" music_mamba music music_s4d data.root=$DATA/bach_piano "${TINY_LM[@]}"
-job "$GPU1" music_s4d music music_mamba data.root=$DATA/bach_piano "${TINY_LM[@]}"
+job "$GPU1" music_mamba music music_s4d data.root=$DATA/bach_piano "${TINY_MUSIC[@]}"
+job "$GPU1" music_s4d music music_mamba data.root=$DATA/bach_piano "${TINY_MUSIC[@]}"
 wait
 echo "[batch] training done at +$(( $(date +%s) - T0 )) s"
 

@@ -281,6 +281,17 @@ def cmd_evaluate(args) -> int:
         result["nll_bits_per_token"] = result["nll_nats"] / math.log(2)
     else:
         result["accuracy"] = sums["correct"] / max(sums["count"], 1)
+    # per-speaker accuracy, NLL over real samples only, generated WAVs and classifier scores (audiomamba.metrics)
+    from audiomamba.metrics import evaluate_extras
+
+    clf = clf_cfg = None
+    if args.classifier:
+        clf, clf_info = load_any(args.classifier, args.device)
+        clf_cfg = clf_info["experiment"]
+        if clf.config.kind != "classifier" or clf_cfg is None:
+            raise CLIError(f"--classifier {args.classifier}: expected a trained classifier run (with its config)")
+    result.update(evaluate_extras(model, cfg, args.split, clf, clf_cfg, args.n_samples, args.out, args.seed,
+                                  args.temperature, args.device))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -457,11 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", formatter_class=fmt, help="NLL (LM) or accuracy (classifier) on a data split",
                        epilog="examples:\n  audiomamba evaluate outputs/quickstart/quickstart_lm\n"
-                       "  audiomamba evaluate run/checkpoints/last.ckpt --split val data.batch_size=4")
+                       "  audiomamba evaluate run/checkpoints/last.ckpt --split val data.batch_size=4\n"
+                       "  audiomamba evaluate outputs/fsdd_generation_mamba --classifier "
+                       "outputs/fsdd_classification_bidirectional --n-samples 256 --out samples/")
     e.add_argument("model")
     e.add_argument("overrides", nargs="*", help="dotlist overrides of the experiment config (e.g. data.root=...)")
     e.add_argument("--config", default=None, help="experiment config to take the data from instead")
     e.add_argument("--split", choices=("test", "val", "train"), default="test")
+    e.add_argument("--classifier", default=None, help="LM: score generated clips with this classifier "
+                   "(IS, mIS, FID, AM)")
+    e.add_argument("--n-samples", type=int, default=0, help="LM: clips to generate (default 64 with --classifier)")
+    e.add_argument("--out", default=None, help="LM: folder for the generated WAVs")
+    e.add_argument("--seed", type=int, default=0, help="LM: sampling seed")
+    e.add_argument("--temperature", type=float, default=1.0, help="LM: sampling temperature")
     e.add_argument("--device", default="cpu")
     e.set_defaults(fn=cmd_evaluate)
 

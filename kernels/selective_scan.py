@@ -576,42 +576,88 @@ def _ss_bwd_seq_kernel(
     for i in range(0, n_ck):
         k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
         n_sub = tl.cdiv(tl.minimum(CK, L - k0), T)
+        k_lim = tl.minimum(L, k0 + CK)
         if not LOCAL:
-            # phase A: states at sub-chunk starts
+            # phase A: states at sub-chunk starts (tiles of sub-chunk j + 1 prefetched while j computes)
             h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask,
                         other=0.0)[None, :, :]
+            t = k0 + tt1
+            pm = (t < k_lim)[:, None] & e_mask[None, :]
+            u_n = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, pm)
+            d_n = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, pm)
+            B_n = _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, (t < k_lim)[:, None] & n_mask[None, :])
             for j in range(0, n_sub):
                 tl.store(scr[None, :, :] + j * NP * BE, h)
                 t = k0 + j * T + tt1
                 m2 = (t < L)[:, None] & e_mask[None, :]
-                u = tl.load(u_ptr + b * s_ub + e[None, :] * s_ue + t[:, None] * s_ul, mask=m2, other=0.0)
-                u = u.to(tl.float32)
-                raw_a, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
-                                 HAS_DTB, SOFTPLUS)
-                Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl,
-                             mask=(t < L)[:, None] & n_mask[None, :], other=0.0).to(tl.float32)
+                u_c = u_n
+                d_c = d_n
+                B_c = B_n
+                tq = t + T
+                pm = (tq < k_lim)[:, None] & e_mask[None, :]
+                u_n = _tile_te(u_ptr, b, e, tq, s_ub, s_ue, s_ul, pm)
+                d_n = _tile_te(dt_ptr, b, e, tq, s_db, s_de, s_dl, pm)
+                B_n = _tile_tn(B_ptr, b, g, n, tq, s_Bb, s_Bg, s_Bn, s_Bl, (tq < k_lim)[:, None] & n_mask[None, :])
+                u = u_c.to(tl.float32)
+                raw_a, dt = _dt_from_raw(d_c, m2, dtb[None, :], HAS_DTB, SOFTPLUS)
+                Bt = B_c.to(tl.float32)
                 a = _exp2(dt[:, None, :] * A2, FAST_EXP)
                 bx = (dt * u)[:, None, :] * Bt[:, :, None]
                 bx = tl.where(tt == 0, bx + a * h, bx)
                 acum_a, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
                 h = _row(hs, tt, T - 1)[None, :, :]
-        # phase B: sub-chunks in reverse
+        # phase B: sub-chunks in reverse (tiles of sub-chunk j - 1 prefetched while j computes)
+        t = k0 + (n_sub - 1) * T + tt1
+        pm = (t < L)[:, None] & e_mask[None, :]
+        pn = (t < L)[:, None] & n_mask[None, :]
+        d_n = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, pm)
+        o_n = _tile_te(dy_ptr, b, e, t, s_gb, s_ge, s_gl, pm)
+        C_n = _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, pn)
+        if HAS_Z:
+            z_n = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, pm)
+        else:
+            z_n = o_n
+        if LOCAL:
+            u_n = o_n
+            B_n = C_n
+            h_n = tl.zeros([NP, BE], tl.float32)
+        else:
+            u_n = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, pm)
+            B_n = _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, pn)
+            h_n = tl.load(scr + (n_sub - 1) * NP * BE)
         for jj in range(0, n_sub):
             j = n_sub - 1 - jj
             t = k0 + j * T + tt1
             t_mask = t < L
             m2 = t_mask[:, None] & e_mask[None, :]
             tn_mask = t_mask[:, None] & n_mask[None, :]
-            raw, dt = _load_dt(dt_ptr, b * s_db + e[None, :] * s_de + t[:, None] * s_dl, m2, dtb[None, :],
-                               HAS_DTB, SOFTPLUS)
-            a = _exp2(dt[:, None, :] * A2, FAST_EXP)  # [T, NP, BE]
-            dout = tl.load(dy_ptr + b * s_gb + e[None, :] * s_ge + t[:, None] * s_gl, mask=m2, other=0.0)
-            dout = dout.to(tl.float32)
-            Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[None, :] * s_Cn + t[:, None] * s_Cl,
-                         mask=tn_mask, other=0.0).to(tl.float32)  # [T, NP]
+            d_c = d_n
+            o_c = o_n
+            C_c = C_n
+            z_c = z_n
+            u_c = u_n
+            B_c = B_n
+            h_c = h_n
+            tq = t - T
+            ok = jj + 1 < n_sub
+            pm = ((tq >= k0) & ok)[:, None] & e_mask[None, :]
+            pn = ((tq >= k0) & ok)[:, None] & n_mask[None, :]
+            d_n = _tile_te(dt_ptr, b, e, tq, s_db, s_de, s_dl, pm)
+            o_n = _tile_te(dy_ptr, b, e, tq, s_gb, s_ge, s_gl, pm)
+            C_n = _tile_tn(C_ptr, b, g, n, tq, s_Cb, s_Cg, s_Cn, s_Cl, pn)
             if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + e[None, :] * s_ze + t[:, None] * s_zl, mask=m2, other=0.0)
-                zz = zz.to(tl.float32)
+                z_n = _tile_te(z_ptr, b, e, tq, s_zb, s_ze, s_zl, pm)
+            if not LOCAL:
+                u_n = _tile_te(u_ptr, b, e, tq, s_ub, s_ue, s_ul, pm)
+                B_n = _tile_tn(B_ptr, b, g, n, tq, s_Bb, s_Bg, s_Bn, s_Bl, pn)
+                h_n = tl.load(scr + (j - 1) * NP * BE, mask=(tl.zeros([NP, BE], tl.int32) + jj + 1) < n_sub,
+                              other=0.0)
+            raw, dt = _dt_from_raw(d_c, m2, dtb[None, :], HAS_DTB, SOFTPLUS)
+            a = _exp2(dt[:, None, :] * A2, FAST_EXP)  # [T, NP, BE]
+            dout = o_c.to(tl.float32)
+            Ct = C_c.to(tl.float32)  # [T, NP]
+            if HAS_Z:
+                zz = z_c.to(tl.float32)
                 zsig = tl.sigmoid(zz)
                 dyv = dout * zz * zsig
             else:
@@ -626,11 +672,9 @@ def _ss_bwd_seq_kernel(
                 dt_sum += tl.sum(dt, axis=0)
                 dt_first = _row(dt, tt1[:, None], 0)
             else:
-                h0 = tl.load(scr + j * NP * BE)[None, :, :]
-                u = tl.load(u_ptr + b * s_ub + e[None, :] * s_ue + t[:, None] * s_ul, mask=m2, other=0.0)
-                u = u.to(tl.float32)
-                Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[None, :] * s_Bn + t[:, None] * s_Bl,
-                             mask=tn_mask, other=0.0).to(tl.float32)
+                h0 = h_c[None, :, :]
+                u = u_c.to(tl.float32)
+                Bt = B_c.to(tl.float32)
                 x = dt * u
                 bx0 = x[:, None, :] * Bt[:, :, None]
                 bx = tl.where(tt == 0, bx0 + a * h0, bx0)

@@ -573,8 +573,9 @@ def load_experiment_config(spec: Any = None, overrides: Sequence[str] | None = N
     if overrides:
         try:
             dotlist = OmegaConf.from_dotlist(list(overrides))
-        except OmegaConfBaseException as err:
-            raise ValueError(f"bad override in {list(overrides)}: {err}") from None
+        except Exception as err:  # OmegaConf or YAML syntax errors
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"bad override in {list(overrides)} (write key=value): {first}") from None
         dot = OmegaConf.to_container(dotlist)
         if isinstance(dot.get("model"), dict):
             dot["model"] = _lists_from_scalars(dot["model"])

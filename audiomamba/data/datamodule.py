@@ -196,12 +196,16 @@ class AudioDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         self.train_batch_sampler = ResumableBatchSampler(len(self.train_set), self.cfg.batch_size, seed=self.seed)
+        # loaders get their own generators: creating an iterator must not draw from the global RNG (dropout's),
+        # or a resumed run would see different random numbers than the uninterrupted one
         return ResumableDataLoader(self.train_set, batch_sampler=self.train_batch_sampler,
-                                   num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+                                   num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0,
+                                   generator=torch.Generator().manual_seed(self.seed))
 
     def _eval_loader(self, ds):
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        return DataLoader(ds, batch_size=bs, shuffle=False, num_workers=self.cfg.num_workers)
+        return DataLoader(ds, batch_size=bs, shuffle=False, num_workers=self.cfg.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self):
         return self._eval_loader(self.val_set)

@@ -316,3 +316,82 @@ def mamba1_block_step_ref(
     conv_state.copy_(window[:, :, 1:])
     ssm_state.copy_(ssm)
     return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------- single-step (decode) twins of decode_step.py
+
+
+def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
+    """One conv step: y = act(bias + Σ_k weight[:, k] · [conv_state, x][:, k]); conv_state ← last W-1 inputs.
+
+    Args:
+        x: (B, E); conv_state: (B, E, W-1), updated in place; weight: (E, W); bias: (E,); activation None|"silu".
+
+    Returns:
+        y: (B, E) in x's dtype (float32 arithmetic).
+    """
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    window = torch.cat([conv_state, x.to(conv_state.dtype).unsqueeze(-1)], dim=-1)  # (B, E, W)
+    y = (window.float() * weight.float()).sum(-1)  # (B, E)
+    if bias is not None:
+        y = y + bias.float()
+    if activation == "silu":
+        y = F.silu(y)
+    conv_state.copy_(window[:, :, 1:])
+    return y.to(x.dtype)
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One selective-scan step: h ← exp(Δ A) h + Δ B x;  y = C·h + D x;  y *= silu(z).
+
+    Args:
+        state: (B, E, N) float32, updated in place; x, dt, z: (B, E); A: (E, N); B, C: (B, N) or (B, G, N);
+        D, dt_bias: (E,); Δ = softplus(dt + dt_bias) when ``dt_softplus``.
+
+    Returns:
+        y: (B, E) in x's dtype.
+    """
+    channels = x.shape[1]
+
+    def per_channel(M):  # (B, N) | (B, G, N) -> (B, E, N)
+        M = M.float()
+        if M.dim() == 2:
+            return M.unsqueeze(1)
+        return M.repeat_interleave(channels // M.shape[1], dim=1)
+
+    d = dt.float() + (0.0 if dt_bias is None else dt_bias.float())
+    if dt_softplus:
+        d = F.softplus(d)
+    x32 = x.float()
+    h = torch.exp(d.unsqueeze(-1) * A.float()) * state.float() + (d * x32).unsqueeze(-1) * per_channel(B)
+    y = (h * per_channel(C)).sum(-1)  # (B, E)
+    if D is not None:
+        y = y + D.float() * x32
+    if z is not None:
+        y = y * F.silu(z.float())
+    state.copy_(h)
+    return y.to(x.dtype)
+
+
+def mamba1_decode_step_ref(x, z, conv_state, ssm_state, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+                           dt_proj_bias, A, D):
+    """One Mamba-1 mixer step between in_proj and out_proj, states in place:
+
+        c = SiLU(conv(conv_state, x));  (δ, B, C) = x_proj(c);  Δ = softplus(dt_proj_weight δ + dt_proj_bias)
+        ssm ← exp(Δ A) ssm + Δ c B;  y = (C·ssm + D c) SiLU(z)
+
+    Args:
+        x, z: (B, E); conv_state: (B, E, W-1); ssm_state: (B, E, N) float32; conv_weight: (E, W);
+        conv_bias: (E,) or None; x_proj_weight: (R + 2N, E); dt_proj_weight: (E, R); dt_proj_bias: (E,);
+        A: (E, N); D: (E,) or None.
+
+    Returns:
+        y: (B, E) in x's dtype.
+    """
+    n, rank = A.shape[1], dt_proj_weight.shape[1]
+    c = causal_conv1d_update_ref(x, conv_state, conv_weight, conv_bias, "silu")  # (B, E)
+    x_dbl = c @ x_proj_weight.t()  # (B, R + 2N)
+    dt_low, Bm, Cm = x_dbl.split([rank, n, n], dim=-1)
+    dt = dt_low @ dt_proj_weight.t()  # (B, E)
+    return selective_state_update_ref(ssm_state, c, dt, A, Bm, Cm, D, z, dt_proj_bias, True)

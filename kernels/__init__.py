@@ -167,7 +167,7 @@ def selective_scan(
     _check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
     if get_backend(u) == "triton":
-        from .selective_scan import selective_scan_triton
+        from .mamba1_scan import selective_scan_triton
 
         return selective_scan_triton(*args)
     return selective_scan_chunked_ref(*args)

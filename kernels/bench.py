@@ -8,7 +8,6 @@ roofline floor, and the peak memory of forward+backward. Imports only torch, tri
 
 from __future__ import annotations
 
-import importlib
 import time
 
 import torch
@@ -133,9 +132,9 @@ def _fmt(x, digits=3):
 def bench_scan(shapes=SCAN_SHAPES, dtype=torch.bfloat16, layouts=("channel-first", "channel-last"),
                reference=True, mamba=True, config=None, copy_bw=None, exp_rate=None, print_fn=print):
     """Time the selective scan; returns a list of row dicts (also printed as a table)."""
-    ss_mod = importlib.import_module("audiomamba.kernels.selective_scan")
+    from audiomamba.kernels import mamba1_scan as ss_mod
+    from audiomamba.kernels.mamba1_scan import selective_scan_triton
     from audiomamba.kernels.reference import selective_scan_chunked_ref
-    from audiomamba.kernels.selective_scan import selective_scan_triton
 
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as mamba_scan

@@ -1,5 +1,8 @@
 """Mamba-1 selective scan (S6) in Triton: forward and backward, with initial state in and final state out.
 
+(Module name: ``mamba1_scan``, not ``selective_scan``, so that importing it never shadows the package's
+``audiomamba.kernels.selective_scan`` function with a submodule of the same name.)
+
 The three ideas of the paper's hardware-aware algorithm, as they appear here:
 
 * Kernel fusion. One program owns (batch row, block of ``BE`` channels of one group, all N states) for a

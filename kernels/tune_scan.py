@@ -23,7 +23,7 @@ from audiomamba.kernels.bench import (
 )
 from audiomamba.kernels.reference import selective_scan_chunked_ref
 
-S = importlib.import_module("audiomamba.kernels.selective_scan")
+S = importlib.import_module("audiomamba.kernels.mamba1_scan")
 
 KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 DEVICE = os.environ.get("TUNE_DEVICE", "cuda")

@@ -38,8 +38,8 @@ def _bc(b, groups, n, length, channel_last, dtype):
 @pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("shape", [(2, 192, 1000, 16, 1), (4, 768, 2048, 16, 1), (2, 128, 3000, 8, 2)])
 def test_selective_scan_gpu(dtype, channel_last, shape):
+    from audiomamba.kernels.mamba1_scan import selective_scan_triton
     from audiomamba.kernels.reference import selective_scan_chunked_ref
-    from audiomamba.kernels.selective_scan import selective_scan_triton
 
     torch.manual_seed(0)
     b, e, length, n, groups = shape

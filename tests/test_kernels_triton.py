@@ -1,0 +1,220 @@
+"""Triton kernels against the PyTorch references, on CPU through Triton's interpreter (small sizes).
+
+Every case draws fresh random inputs and compares the forward output, the final state and every gradient
+(initial state included) with relative error <= 1e-4 in float32. Shapes include lengths that are not multiples
+of any block, grouped B/C, channel-last memory, and launch configurations that force each code path (one time
+segment or several, both forward and both backward kernels). On a CUDA machine these run compiled on the GPU
+instead (tests/test_kernels_gpu.py has the real-size cases).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported (they import lazily)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="no CUDA and TRITON_INTERPRET was set to something other than 1 before this module",
+)
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+
+
+def _ss():
+    return importlib.import_module("audiomamba.kernels.mamba1_scan")
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _scan_case(batch, channels, length, n, groups=None, z=True, D=True, bias=True, softplus=True, h0=True,
+               channel_last=False, dtype=torch.float32, config=None, seed=0):
+    """Run ours and the sequential reference on the same fresh inputs; return {name: rel err}."""
+    from audiomamba.kernels.reference import selective_scan_ref
+
+    ss = _ss()
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).float()
+
+    def act(scale=1.0):
+        t = rnd(batch, length, channels, scale=scale).transpose(1, 2) if channel_last else \
+            rnd(batch, channels, length, scale=scale)
+        return t.to(dtype)
+
+    def bc():
+        shape = (batch, n, length) if groups is None else (batch, groups, n, length)
+        if channel_last:
+            t = rnd(*shape[:-2], length, n).transpose(-1, -2)
+        else:
+            t = rnd(*shape)
+        return t.to(dtype)
+
+    inputs = {
+        "u": act(), "delta": act(0.5), "A": -(torch.rand(channels, n, generator=g) * 2 + 0.1),
+        "B": bc(), "C": bc(), "D": rnd(channels) if D else None, "z": act() if z else None,
+        "delta_bias": rnd(channels, scale=0.3) if bias else None, "h0": rnd(batch, channels, n) if h0 else None,
+    }
+    ours = {k: None if v is None else v.to(DEVICE).clone().requires_grad_(True) for k, v in inputs.items()}
+    ref = {k: None if v is None else v.detach().double().clone().requires_grad_(True) for k, v in inputs.items()}
+    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    ss._CONFIG_OVERRIDES.clear()
+    ss._CONFIG_OVERRIDES.update(config or {})
+    try:
+        y, hT = ss.selective_scan_triton(*[ours[k] for k in order], softplus, ours["h0"], True)
+    finally:
+        ss._CONFIG_OVERRIDES.clear()
+    yr, hTr = selective_scan_ref(*[ref[k] for k in order], softplus, ref["h0"], True)
+    gy = torch.randn(yr.shape, generator=g, dtype=torch.float64)
+    gh = torch.randn(hTr.shape, generator=g, dtype=torch.float64)
+    ((y.double().cpu() * gy).sum() + (hT.double().cpu() * gh).sum()).backward()
+    ((yr * gy).sum() + (hTr * gh).sum()).backward()
+    errs = {"y": _rel(y.cpu(), yr), "final_state": _rel(hT.cpu(), hTr)}
+    for k in ours:
+        if ours[k] is not None:
+            errs["d" + k] = _rel(ours[k].grad.cpu(), ref[k].grad)
+    return errs
+
+
+def _assert_close(errs, tol):
+    bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+ONE_SEG = {"fwd_target": 1, "bwd_target": 1}
+MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs, config",
+    [
+        ((2, 6, 37, 5), {}, ONE_SEG),
+        ((2, 6, 37, 5), {}, MANY_SEG),
+        ((1, 8, 70, 4), {"groups": 2, "channel_last": True}, MANY_SEG),
+        ((2, 8, 45, 3), {"groups": 2, "z": False, "D": False, "bias": False, "softplus": False, "h0": False}, ONE_SEG),
+        ((1, 5, 33, 4), {"z": False, "h0": False}, {**MANY_SEG, "fwd_chunk": 2, "bwd_chunk": 1}),
+        ((1, 4, 1, 4), {}, ONE_SEG),
+        ((1, 3, 64, 2), {"channel_last": True}, {**ONE_SEG, "bwd_chunk": 4, "fwd_chunk": 1}),
+        ((1, 6, 40, 4), {"groups": 3}, {**MANY_SEG, "fwd_variant": "scan", "bwd_variant": "scan"}),
+    ],
+)
+def test_selective_scan_matches_reference(shape, kwargs, config):
+    _assert_close(_scan_case(*shape, config=config, **kwargs), TOL[torch.float32])
+
+
+def test_selective_scan_bf16_inputs():
+    _assert_close(_scan_case(1, 6, 40, 4, dtype=torch.bfloat16, config=MANY_SEG), TOL[torch.bfloat16])
+
+
+def test_selective_scan_chunked_calls_equal_one_call():
+    """Passing the final state into the next call equals one call over the whole sequence."""
+    ss = _ss()
+    torch.manual_seed(1)
+    b, e, length, n = 1, 4, 29, 3
+    u, delta = torch.randn(b, e, length, device=DEVICE), torch.randn(b, e, length, device=DEVICE) * 0.5
+    A = -torch.rand(e, n, device=DEVICE) - 0.1
+    B, C, z = (torch.randn(b, n, length, device=DEVICE), torch.randn(b, n, length, device=DEVICE),
+               torch.randn(b, e, length, device=DEVICE))
+    y_all, h_all = ss.selective_scan_triton(u, delta, A, B, C, None, z, None, True, None, True)
+    cut = 11
+    y1, h1 = ss.selective_scan_triton(u[..., :cut], delta[..., :cut], A, B[..., :cut], C[..., :cut], None,
+                                      z[..., :cut], None, True, None, True)
+    y2, h2 = ss.selective_scan_triton(u[..., cut:], delta[..., cut:], A, B[..., cut:], C[..., cut:], None,
+                                      z[..., cut:], None, True, h1, True)
+    assert _rel(torch.cat([y1, y2], -1), y_all) <= 1e-5 and _rel(h2, h_all) <= 1e-5
+
+
+def test_dispatcher_uses_triton_when_forced(monkeypatch):
+    from audiomamba.kernels import selective_scan
+    from audiomamba.kernels.reference import selective_scan_ref
+
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+    torch.manual_seed(2)
+    u, delta = torch.randn(1, 4, 21, device=DEVICE), torch.randn(1, 4, 21, device=DEVICE)
+    A = -torch.rand(4, 3, device=DEVICE)
+    B, C = torch.randn(1, 3, 21, device=DEVICE), torch.randn(1, 3, 21, device=DEVICE)
+    y = selective_scan(u, delta, A, B, C, delta_softplus=True)
+    assert _rel(y, selective_scan_ref(u, delta, A, B, C, delta_softplus=True)) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "batch, channels, length, width, activation, bias, state, channel_last",
+    [
+        (2, 5, 37, 4, "silu", True, True, False),
+        (2, 70, 300, 4, None, False, False, True),
+        (1, 3, 2, 4, "silu", True, True, False),
+        (2, 9, 5, 3, None, True, True, True),
+    ],
+)
+def test_causal_conv1d_matches_reference(batch, channels, length, width, activation, bias, state, channel_last):
+    from audiomamba.kernels.conv1d import causal_conv1d_triton
+    from audiomamba.kernels.reference import causal_conv1d_ref
+
+    g = torch.Generator().manual_seed(length + channels)
+    x = (torch.randn(batch, length, channels, generator=g).transpose(1, 2) if channel_last
+         else torch.randn(batch, channels, length, generator=g))
+    inputs = [x, torch.randn(channels, width, generator=g), torch.randn(channels, generator=g) if bias else None,
+              torch.randn(batch, channels, width - 1, generator=g) if state else None]
+    ours = [None if t is None else t.to(DEVICE).clone().requires_grad_(True) for t in inputs]
+    ref = [None if t is None else t.double().clone().requires_grad_(True) for t in inputs]
+    y, s = causal_conv1d_triton(*ours, True, activation)
+    yr, sr = causal_conv1d_ref(*ref, True, activation)
+    gy, gs = torch.randn(yr.shape, dtype=torch.float64), torch.randn(sr.shape, dtype=torch.float64)
+    ((y.double().cpu() * gy).sum() + (s.double().cpu() * gs).sum()).backward()
+    ((yr * gy).sum() + (sr * gs).sum()).backward()
+    errs = {"y": _rel(y.cpu(), yr), "final_state": _rel(s.cpu(), sr)}
+    for name, a, r in zip(("x", "weight", "bias", "initial_state"), ours, ref):
+        if a is not None:
+            errs["d" + name] = _rel(a.grad.cpu(), r.grad)
+    _assert_close(errs, TOL[torch.float32])
+
+
+def test_decode_step_matches_reference_and_sequence_ops(monkeypatch):
+    from audiomamba.kernels import decode_step as ds
+    from audiomamba.kernels.reference import (
+        causal_conv1d_ref,
+        mamba1_decode_step_ref,
+        selective_scan_ref,
+        selective_state_update_ref,
+    )
+
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+    torch.manual_seed(3)
+    b, e, n, w, r = 2, 10, 5, 4, 3
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, device=DEVICE) * scale
+
+    x, z, conv_state, ssm_state = rnd(b, e), rnd(b, e), rnd(b, e, w - 1), rnd(b, e, n)
+    conv_w, conv_b, x_proj = rnd(e, w), rnd(e), rnd(r + 2 * n, e, scale=0.3)
+    dt_w, dt_b, A, D = rnd(e, r, scale=0.3), rnd(e, scale=0.3), -torch.rand(e, n, device=DEVICE) - 0.1, rnd(e)
+    cs1, ss1, cs2, ss2 = conv_state.clone(), ssm_state.clone(), conv_state.clone(), ssm_state.clone()
+    y1 = ds.mamba1_decode_step(x, z, cs1, ss1, conv_w, conv_b, x_proj, dt_w, dt_b, A, D)
+    y2 = mamba1_decode_step_ref(x, z, cs2, ss2, conv_w, conv_b, x_proj, dt_w, dt_b, A, D)
+    assert _rel(y1, y2) <= 1e-5 and _rel(cs1, cs2) <= 1e-6 and _rel(ss1, ss2) <= 1e-5
+    # grouped B/C in the state update
+    Bm, Cm, dt = rnd(b, 2, n), rnd(b, 2, n), rnd(b, e)
+    s1, s2 = ssm_state.clone(), ssm_state.clone()
+    ya = ds.selective_state_update(s1, x, dt, A, Bm, Cm, None, None, None, True)
+    yb = selective_state_update_ref(s2, x, dt, A, Bm, Cm, None, None, None, True)
+    assert _rel(ya, yb) <= 1e-5 and _rel(s1, s2) <= 1e-5
+    # L single steps equal the sequence ops over L samples
+    length = 4
+    xs, us, dts = rnd(b, e, length), rnd(b, e, length), rnd(b, e, length)
+    Bs, Cs = rnd(b, n, length), rnd(b, n, length)
+    st, h = conv_state.clone(), ssm_state.clone()
+    yc = torch.stack([ds.causal_conv1d_update(xs[..., t], st, conv_w, conv_b, "silu") for t in range(length)], -1)
+    yc_ref, st_ref = causal_conv1d_ref(xs, conv_w, conv_b, conv_state, True, "silu")
+    ys = torch.stack([ds.selective_state_update(h, us[..., t], dts[..., t], A, Bs[..., t], Cs[..., t], D, None,
+                                                dt_b, True) for t in range(length)], -1)
+    ys_ref, h_ref = selective_scan_ref(us, dts, A, Bs, Cs, D, None, dt_b, True, ssm_state, True)
+    assert _rel(yc, yc_ref) <= 1e-5 and _rel(st, st_ref) <= 1e-6
+    assert _rel(ys, ys_ref) <= 1e-5 and _rel(h, h_ref) <= 1e-5

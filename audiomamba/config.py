@@ -541,7 +541,8 @@ def load_experiment_config(spec: Any = None, overrides: Sequence[str] | None = N
     Args:
         spec: an experiment preset name ("quickstart_lm"), a YAML path, a mapping, or None (schema defaults).
             The YAML may hold ``defaults: {model: NAME_OR_PATH, data: ..., optim: ..., trainer: ...}``.
-        overrides: dotlist strings, e.g. ``["trainer.max_steps=100", "model.backbone.d_model=32"]``.
+        overrides: dotlist strings, e.g. ``["trainer.max_steps=100", "model.backbone.d_model=32"]``;
+            ``defaults.GROUP=NAME`` swaps a preset (``defaults.trainer=ddp``).
 
     Raises:
         ValueError: an unknown key (named with its full path and source) or an inconsistent value.
@@ -559,6 +560,17 @@ def load_experiment_config(spec: Any = None, overrides: Sequence[str] | None = N
     defaults = tree.pop("defaults", None) or {}
     if not isinstance(defaults, Mapping):
         raise ValueError(f"'defaults' in {source} must be a mapping like {{model: sc09_small, data: synthetic}}")
+    defaults = dict(defaults)
+    rest = []
+    for item in overrides or []:  # "defaults.trainer=ddp" swaps a preset (applied in the presets layer)
+        if item.startswith("defaults."):
+            key, sep, value = item[len("defaults."):].partition("=")
+            if not sep or not value:
+                raise ValueError(f"bad override {item!r}: write defaults.GROUP=NAME, e.g. defaults.trainer=ddp")
+            defaults[key] = value
+        else:
+            rest.append(item)
+    overrides = rest
     cfg = OmegaConf.structured(ExperimentConfig)
     for group, name in defaults.items():
         if group not in ("model", "data", "optim", "trainer"):

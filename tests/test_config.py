@@ -37,7 +37,10 @@ def test_there_are_configs_of_every_group():
 def test_every_yaml_loads_through_its_schema(group, name):
     stem = name[: -len(".yaml")]
     if group == "experiment":
-        cfg = load_experiment_config(stem)
+        # recipes for user folders leave data.root to the command line
+        tree = OmegaConf.load(str(ROOT / group / name))
+        needs_root = "data" in tree and "root" in tree.data and tree.data.root is None
+        cfg = load_experiment_config(stem, ["data.root=/some/folder"] if needs_root else [])
         assert isinstance(cfg, ExperimentConfig)
     elif group == "model":
         load_model_config(stem)
@@ -105,6 +108,10 @@ def test_precedence_defaults_presets_file_cli(tmp_path):
                                              "model.backbone.mixer=s4d", "trainer.devices=auto"])
     assert cfg.trainer.max_steps == 9 and cfg.data.synthetic.seed == 4  # the command line beats the file
     assert cfg.model.backbone.mixer == ["s4d"] and cfg.trainer.devices == "auto"
+    cfg = load_experiment_config(str(path), ["defaults.trainer=ddp"])  # swap a preset from the command line
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2 and cfg.trainer.max_steps == 7
+    with pytest.raises(ValueError, match="unknown trainer preset 'nope'"):
+        load_experiment_config(str(path), ["defaults.trainer=nope"])
 
 
 def test_resolved_yaml_round_trips():

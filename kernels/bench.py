@@ -175,6 +175,8 @@ def bench_scan(shapes=SCAN_SHAPES, dtype=torch.bfloat16, layouts=("channel-first
                 budget = None if name != "reference" else 2.0
                 t_f = _time(fwd, budget_s=budget)
                 t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inp), budget_s=budget) if t_f is not None else None
+                for t in _grads_of(inp):
+                    t.grad = None
                 mem = _peak_mb(fwd_bwd) if t_fb is not None else None
                 row = dict(op="scan", shape=shape, layout=layout, impl=name, fwd_ms=t_f, fwd_bwd_ms=t_fb,
                            floor_ms=floor, x_floor=None if t_f is None else t_f / floor, peak_mb=mem)
@@ -244,6 +246,8 @@ def bench_ssd(shapes=SCAN_SHAPES, dtype=torch.bfloat16, reference=True, mamba=Tr
             budget = None if name != "reference" else 2.0
             t_f = _time(fwd, budget_s=budget)
             t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inp), budget_s=budget) if t_f is not None else None
+            for t in _grads_of(inp):
+                t.grad = None
             mem = _peak_mb(fwd_bwd) if t_fb is not None else None
             row = dict(op="ssd", shape=(batch, heads, length, SSD_STATE), layout="(B, L, H, P)", impl=name,
                        fwd_ms=t_f, fwd_bwd_ms=t_fb, floor_ms=None, x_floor=None, peak_mb=mem)

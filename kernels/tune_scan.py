@@ -72,6 +72,47 @@ def bench_cfg(shape, channel_last, cfg_kw, do_bwd=True):
     return t_f, t_b, cfg
 
 
+def final(budget_s=150.0):
+    """Short sweep of the launch settings, then the benchmark table with the best ones per shape and layout."""
+    from audiomamba.kernels.bench import HEADER, _row_text, bench_scan
+
+    t0 = time.time()
+    copy_bw, exp_rate = measure_copy_bandwidth(), measure_exp_rate()
+    fwd_cfgs = [dict(fwd_block=32, fwd_chunk=4, fwd_target=tg) for tg in (1, 2048, 8192)]
+    bwd_cfgs = [dict(bwd_block=be, bwd_chunk=2, bwd_target=tg) for be, tg in ((16, 1), (16, 4096), (32, 4096))]
+    best = {}
+    for shape in SCAN_SHAPES:
+        for cl in (False, True):
+            bf = bb = None
+            for kw in fwd_cfgs:
+                t_f, _, cfg = bench_cfg(shape, cl, kw, do_bwd=False)
+                print(f"fwd {shape} cl={int(cl)} {kw} nseg={cfg['fwd_nseg']} {t_f:.3f} ms", flush=True)
+                bf = (t_f, kw) if bf is None or t_f < bf[0] else bf
+            for kw in bwd_cfgs:
+                if time.time() - t0 > budget_s:
+                    break
+                _, t_b, cfg = bench_cfg(shape, cl, kw)
+                print(f"bwd {shape} cl={int(cl)} {kw} nseg={cfg['bwd_nseg']} {t_b:.3f} ms", flush=True)
+                bb = (t_b, kw) if bb is None or t_b < bb[0] else bb
+            best[(shape, cl)] = {**bf[1], **(bb[1] if bb else {})}
+            torch.cuda.empty_cache()
+    rows = []
+    print(f"copy {copy_bw / 1e12:.2f} TB/s, exp2 {exp_rate / 1e12:.2f} T/s")
+    print(HEADER)
+    for shape in SCAN_SHAPES:
+        for cl in (False, True):
+            rows += bench_scan([shape], layouts=("channel-last" if cl else "channel-first",),
+                               reference=shape == SCAN_SHAPES[0], config=best[(shape, cl)], copy_bw=copy_bw,
+                               exp_rate=exp_rate)
+    print("FINAL TABLE (bf16, z, D, delta_bias, softplus; median ms; floor = max(bytes/copy, exps/exp rate))")
+    print(HEADER)
+    for r in rows:
+        print(_row_text(r))
+    for key, cfg in best.items():
+        print("best config", key, json.dumps(cfg))
+    return rows
+
+
 def main():
     out = os.environ.get("OUT")
     t_start = time.time()
@@ -146,4 +187,7 @@ def main():
 
 
 if __name__ == "__main__":
+    if "--final" in sys.argv:
+        final(float(os.environ.get("TUNE_BUDGET_S", "150")))
+        sys.exit(0)
     sys.exit(main())

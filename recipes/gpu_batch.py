@@ -245,6 +245,90 @@ def cmd_table(args) -> int:
     return 0
 
 
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def render_results(results: dict, date: str) -> dict[str, str]:
+    """Markdown result blocks per recipe README, from the merged results of a batch."""
+    train, ev, device = results["train"], results["eval"], results["device"]
+
+    def common(name):
+        r = train.get(name, {})
+        m = r.get("metrics", {})
+        return m, [f"{m.get('parameters', '-'):,}" if isinstance(m.get("parameters"), int) else "-",
+                   m.get("steps", "-"), _fmt(r.get("ms_per_step"), 1), _fmt(r.get("wall_s"), 0)]
+
+    how = (f"Measured by `bash recipes/run_gpu_batch.sh` on {device} ({date}): eight runs trained at once on the two "
+           "GPUs of an nvidia-h200-x2 machine (four per GPU), each fitted to a wall-clock budget after measuring "
+           "its own speed; the two runs of a Mamba-vs-S4D pair train for the same number of steps. Steps, time per "
+           "step (with the GPU shared by four runs) and wall time (all included) are per run.")
+    head = ["model", "parameters", "steps", "ms/step", "wall s"]
+    blocks = {}
+    rows = [_row(head + ["copy accuracy (teacher-forced)", "greedy, per token", "greedy, whole sequences"]),
+            _row(["---"] * 8)]
+    for name in ("selective_copying_mamba", "selective_copying_s4d"):
+        if name in train:
+            _, c = common(name)
+            e = ev.get(name, {})
+            rows.append(_row([name] + c + [_fmt(e.get("token_accuracy"), 4), _fmt(e.get("generated_token_accuracy"), 4),
+                                           _fmt(e.get("sequence_accuracy"), 4)]))
+    blocks["selective_copying"] = how + f" Test: {ev.get('selective_copying_mamba', {}).get('n_examples', '-')} " \
+        "examples.\n\n" + "\n".join(rows)
+    rows = [_row(head + ["test accuracy", "per speaker"]), _row(["---"] * 7)]
+    for name in ("fsdd_classification_causal", "fsdd_classification_bidirectional"):
+        if name in train:
+            m, c = common(name)
+            per = ev.get(name, {}).get("per_speaker", {})
+            rows.append(_row([name] + c + [_fmt(m.get("test/acc"), 4),
+                                           ", ".join(f"{k} {v:.2f}" for k, v in per.items()) or "-"]))
+    blocks["fsdd_classification"] = how + " Test: the 250 clips of take index 0-4.\n\n" + "\n".join(rows)
+    rows = [_row(head + ["test NLL, real samples (bits)", "test NLL, padded clips", "IS", "mIS", "FID", "AM"]),
+            _row(["---"] * 11)]
+    ref = {}
+    for name in ("fsdd_generation_mamba", "fsdd_generation_s4d"):
+        if name in train:
+            m, c = common(name)
+            e = ev.get(name, {})
+            g = e.get("generation", {})
+            ref = g if "reference_is" in g else ref
+            rows.append(_row([name] + c + [_fmt(e.get("test_real_samples", {}).get("bits_per_sample")),
+                                           _fmt(m.get("test/bits")), _fmt(g.get("is"), 2), _fmt(g.get("mis"), 2),
+                                           _fmt(g.get("fid"), 2), _fmt(g.get("am"), 2)]))
+    scorer = ev.get("fsdd_generation_mamba", {}).get("scorer", "-")
+    blocks["fsdd_generation"] = (how + f" Generation: {ref.get('n_generated', '-')} clips of 1 s per model at "
+                                 f"temperature 1, scored by `{scorer}` against {ref.get('n_reference', '-')} real "
+                                 f"training clips (real clips: IS {_fmt(ref.get('reference_is'), 2)}, classifier "
+                                 f"accuracy {_fmt(ref.get('reference_accuracy'), 3)}).\n\n" + "\n".join(rows))
+    rows = [_row(head + ["val NLL, all val audio (bits/sample)", "val NLL, 6 center crops"]), _row(["---"] * 7)]
+    for name in ("music_mamba", "music_s4d"):
+        if name in train:
+            m, c = common(name)
+            e = ev.get(name, {})
+            rows.append(_row([name] + c + [_fmt(e.get("bits_per_sample")), _fmt(m.get("test/bits"))]))
+    blocks["music"] = how + " Data: bach_piano, split as its README says.\n\n" + "\n".join(rows)
+    return blocks
+
+
+def cmd_readme(args) -> int:
+    """Write the result blocks into the recipes' READMEs (between <!-- results:NAME --> markers)."""
+    import re
+
+    results = json.loads(Path(args.results).read_text())
+    blocks = render_results(results, args.date)
+    root = Path(__file__).resolve().parent
+    for name, text in blocks.items():
+        readme = root / name / "README.md"
+        old = readme.read_text()
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
+        if not pattern.search(old):
+            print(f"{readme}: no results markers", file=sys.stderr)
+            continue
+        readme.write_text(pattern.sub(lambda m, t=text: m.group(1) + t + m.group(2), old))
+        print(f"updated {readme}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -272,6 +356,10 @@ def main(argv=None) -> int:
     b.add_argument("--runs", required=True)
     b.add_argument("--out", required=True)
     b.set_defaults(fn=cmd_table)
+    r = sub.add_parser("readme", help="write a batch's results.json into the recipes' READMEs")
+    r.add_argument("--results", required=True)
+    r.add_argument("--date", default=time.strftime("%Y-%m-%d"))
+    r.set_defaults(fn=cmd_readme)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -86,16 +86,17 @@ job() {  # job GPU NAME PAIR PARTNER [overrides...]: one training run in the bac
   CUDA_VISIBLE_DEVICES=$gpu $PY recipes/gpu_batch.py train --runs "$RUNS" --budget "$BUDGET" "${PROBE[@]}" \
     ${pair:+--pair "$pair" --partner "$partner"} "$name" "$@" > "$RUNS/$name.log" 2>&1 &
 }
-SC_GPU=(trainer.accelerator=gpu trainer.precision=bf16-mixed)
-[ "$SMOKE" = 1 ] && SC_GPU=()
+SC_GPU=(trainer.accelerator=gpu trainer.precision=bf16-mixed data.num_workers=2)
+LM_GPU=(trainer.val_every_n_steps=200)  # a validation (and best checkpoint) early, even on a slow run
+[ "$SMOKE" = 1 ] && SC_GPU=() && LM_GPU=()
 job "$GPU0" fsdd_classification_causal "" "" data.root=$DATA/fsdd "${TINY_CLS[@]}"
 job "$GPU0" fsdd_classification_bidirectional "" "" data.root=$DATA/fsdd "${TINY_CLS[@]}"
 job "$GPU0" selective_copying_mamba copy selective_copying_s4d "${SC_GPU[@]}" "${TINY_SC[@]}"
 job "$GPU0" selective_copying_s4d copy selective_copying_mamba "${SC_GPU[@]}" "${TINY_SC[@]}"
-job "$GPU1" fsdd_generation_mamba fsddgen fsdd_generation_s4d data.root=$DATA/fsdd "${TINY_LM[@]}"
-job "$GPU1" fsdd_generation_s4d fsddgen fsdd_generation_mamba data.root=$DATA/fsdd "${TINY_LM[@]}"
-job "$GPU1" music_mamba music music_s4d data.root=$DATA/bach_piano "${TINY_MUSIC[@]}"
-job "$GPU1" music_s4d music music_mamba data.root=$DATA/bach_piano "${TINY_MUSIC[@]}"
+job "$GPU1" fsdd_generation_mamba fsddgen fsdd_generation_s4d data.root=$DATA/fsdd "${LM_GPU[@]}" "${TINY_LM[@]}"
+job "$GPU1" fsdd_generation_s4d fsddgen fsdd_generation_mamba data.root=$DATA/fsdd "${LM_GPU[@]}" "${TINY_LM[@]}"
+job "$GPU1" music_mamba music music_s4d data.root=$DATA/bach_piano "${LM_GPU[@]}" "${TINY_MUSIC[@]}"
+job "$GPU1" music_s4d music music_mamba data.root=$DATA/bach_piano "${LM_GPU[@]}" "${TINY_MUSIC[@]}"
 wait
 echo "[batch] training done at +$(( $(date +%s) - T0 )) s"
 

@@ -40,7 +40,7 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 
 # Warps wanted in flight before time is cut into parallel segments (about 16 per SM on an H200).
-_TARGET_WARPS = int(os.environ.get("AUDIOMAMBA_SCAN_TARGET_WARPS", "2048"))
+_TARGET_WARPS = int(os.environ.get("AUDIOMAMBA_SCAN_TARGET_WARPS", "8192"))
 # Keyword overrides of ``_config`` (tests and the benchmark use them to reach every code path / tune).
 _CONFIG_OVERRIDES: dict = {}
 
@@ -746,11 +746,15 @@ def _fast_exp(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-def _config(batch, channels, groups, length, n, **kw):
+def _config(batch, channels, groups, length, n, channel_first=True, **kw):
     """Launch configuration for a problem size. Keywords (or ``_CONFIG_OVERRIDES``) override the choices:
     fwd_variant/bwd_variant ("seq" | "scan"), fwd_block/bwd_block (channels per program), fwd_chunk/bwd_chunk
     (steps per register tile of the "seq" kernels), fwd_target/bwd_target (warps wanted before time is cut
-    into segments), ck (checkpoint spacing = the "scan" chunk)."""
+    into segments), ck (checkpoint spacing = the "scan" chunk).
+
+    Defaults from the H200 sweeps in NOTES.md: forward [T=4, N, 32] tiles; one time segment when the channel
+    blocks alone give >= 384 warps and memory is channel-first (L1 then serves 16 steps per sector), else
+    segments up to 8192 warps; backward [T=2, N, 16] tiles, one segment from 768 warps up, else 4096."""
     kw = {**_CONFIG_OVERRIDES, **{k: v for k, v in kw.items() if v is not None}}
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
@@ -766,11 +770,12 @@ def _config(batch, channels, groups, length, n, **kw):
         T = cfg["CK"]
         nw = 4
     rows = batch * groups * triton.cdiv(eg, be)
-    seg, nseg = _segments(rows, nw, length, cfg["CK"], kw.get("fwd_target") or _TARGET_WARPS)
+    target = kw.get("fwd_target") or (1 if channel_first and rows * nw >= 384 else _TARGET_WARPS)
+    seg, nseg = _segments(rows, nw, length, cfg["CK"], target)
     cfg.update(fwd_variant=variant, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg, fwd_nseg=nseg)
     variant = kw.get("bwd_variant") or os.environ.get("AUDIOMAMBA_SCAN_BWD", "seq")
     if variant == "seq":
-        be = min(kw.get("bwd_block") or 32, eg2)
+        be = min(kw.get("bwd_block") or 16, eg2)
         T = kw.get("bwd_chunk") or (2 if np2 <= 16 else 1)
         nw = max(1, be // 32)
     else:
@@ -778,7 +783,8 @@ def _config(batch, channels, groups, length, n, **kw):
         T = cfg["CK"]
         nw = 4
     rows = batch * groups * triton.cdiv(eg, be)
-    seg, nseg = _segments(rows, nw, length, cfg["CK"], kw.get("bwd_target") or _TARGET_WARPS)
+    target = kw.get("bwd_target") or (1 if rows * nw >= 768 else _TARGET_WARPS // 2)
+    seg, nseg = _segments(rows, nw, length, cfg["CK"], target)
     cfg.update(bwd_variant=variant, bwd_BE=be, bwd_T=T, bwd_warps=nw, bwd_seg=seg, bwd_nseg=nseg)
     return cfg
 
@@ -794,7 +800,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     if Cg.shape[1] != groups:
         raise ValueError(f"B and C: expected the same number of groups, got {Bg.shape[1]} and {Cg.shape[1]}")
     eg = channels // groups
-    cfg = config or _config(batch, channels, groups, length, n)
+    cfg = config or _config(batch, channels, groups, length, n, channel_first=u.stride(-1) == 1)
     BE, T, seg, nseg, CK = cfg["fwd_BE"], cfg["fwd_T"], cfg["fwd_seg"], cfg["fwd_nseg"], cfg["CK"]
     np2 = triton.next_power_of_2(n)
     neb = triton.cdiv(eg, BE)

@@ -203,7 +203,8 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     BP = max(16, triton.next_power_of_2(headdim))
     BN = max(16, triton.next_power_of_2(n))
     BK = max(16, min(64, triton.next_power_of_2(Q)))
-    BT = max(16, min(64, triton.next_power_of_2(Q)))
+    # float32 products run as exact FMA loops (no tf32): smaller row blocks keep them in registers.
+    BT = max(16, min(32 if ieee else 64, triton.next_power_of_2(Q)))
     cum = torch.empty(batch, heads, length, device=dev, dtype=f32)
     dtp = torch.empty_like(cum)
     st = torch.empty(batch, nc, heads, headdim, n, device=dev, dtype=f32)

@@ -218,3 +218,40 @@ def test_decode_step_matches_reference_and_sequence_ops(monkeypatch):
     ys_ref, h_ref = selective_scan_ref(us, dts, A, Bs, Cs, D, None, dt_b, True, ssm_state, True)
     assert _rel(yc, yc_ref) <= 1e-5 and _rel(st, st_ref) <= 1e-6
     assert _rel(ys, ys_ref) <= 1e-5 and _rel(h, h_ref) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "batch, length, heads, headdim, groups, n, chunk, D_per_channel, z, bias, softplus, h0",
+    [
+        (1, 37, 2, 4, 1, 4, 16, False, True, True, True, True),
+        (2, 50, 4, 3, 2, 5, 8, True, False, False, False, False),
+        (1, 20, 2, 4, 1, 4, 32, False, True, True, True, False),
+    ],
+)
+def test_ssd_matches_reference(batch, length, heads, headdim, groups, n, chunk, D_per_channel, z, bias, softplus,
+                               h0):
+    from audiomamba.kernels.reference import ssd_scan_ref
+    from audiomamba.kernels.ssd import ssd_scan_triton
+
+    g = torch.Generator().manual_seed(length + heads)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    inputs = [rnd(batch, length, heads, headdim), rnd(batch, length, heads, scale=0.5),
+              -torch.rand(heads, generator=g) - 0.1,
+              rnd(batch, length, groups, n), rnd(batch, length, groups, n),
+              rnd(heads, headdim) if D_per_channel else rnd(heads), rnd(batch, length, heads, headdim) if z else None,
+              rnd(heads, scale=0.3) if bias else None, rnd(batch, heads, headdim, n) if h0 else None]
+    ours = [None if t is None else t.to(DEVICE).clone().requires_grad_(True) for t in inputs]
+    ref = [None if t is None else t.double().clone().requires_grad_(True) for t in inputs]
+    y, hT = ssd_scan_triton(*ours[:5], chunk, *ours[5:8], softplus, ours[8], True)
+    yr, hTr = ssd_scan_ref(*ref[:5], chunk, *ref[5:8], softplus, ref[8], True)
+    gy, gh = torch.randn(yr.shape, dtype=torch.float64), torch.randn(hTr.shape, dtype=torch.float64)
+    ((y.double().cpu() * gy).sum() + (hT.double().cpu() * gh).sum()).backward()
+    ((yr * gy).sum() + (hTr * gh).sum()).backward()
+    errs = {"y": _rel(y.cpu(), yr), "final_state": _rel(hT.cpu(), hTr)}
+    for name, a, r in zip(("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"), ours, ref):
+        if a is not None:
+            errs["d" + name] = _rel(a.grad.cpu(), r.grad)
+    _assert_close(errs, TOL[torch.float32])

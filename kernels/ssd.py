@@ -11,9 +11,10 @@ y_t = h_t C_t is evaluated in chunks of Q steps (S_t = cumulative Δ A inside th
    + Σ_{s≤t} (C_t·B_s) exp(S_t - S_s) Δ_s x_s, the second term as masked [T, T] blocks and two matrix products
    (the quadratic "attention" form inside the chunk), then + D x and × SiLU(z).
 
-Backward: ``SSDScanFn.backward`` recomputes the chunked PyTorch reference (``ssd_scan_chunked_ref``) under
-autograd and differentiates it: exact gradients (initial and final state included) but with the reference's
-speed and memory (it materializes (B, L, Q, H) decay blocks). A Triton backward is not written yet.
+Backward: ``SSDScanFn.backward`` recomputes the forward with ``_ssd_torch`` (the same chunked algorithm in
+plain PyTorch, vectorized over all chunks: no Python loop over time) under autograd and differentiates it:
+exact gradients, initial and final state included, at PyTorch speed and with (B, H, L/Q, Q, Q) float32 blocks
+in memory. A Triton backward is not written yet.
 
 Shapes: x (B, L, H, P), dt (B, L, H), A (H,), B, C (B, L, G, N), D (H,) or (H, P), z (B, L, H, P),
 dt_bias (H,), states (B, H, P, N) float32. Any strides.
@@ -22,10 +23,9 @@ dt_bias (H,), states (B, H, P, N) float32. Any strides.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
-
-from .reference import ssd_scan_chunked_ref
 
 
 @triton.jit
@@ -236,8 +236,62 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     return y, hT
 
 
+def _ssd_torch(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, initial_state=None):
+    """The chunked SSD in PyTorch, vectorized over chunks (differentiable; float32 or float64 arithmetic).
+
+    Same contract as ``ssd_scan_ref`` with return_final_state=True. The length is padded to a multiple of the
+    chunk with Δ = 0 steps, which leave the state unchanged.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    batch, length, heads, headdim = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    Q = int(chunk_size)
+    nc = max(1, -(-length // Q))
+    pad = nc * Q - length
+    d = dt.to(acc)
+    if dt_bias is not None:
+        d = d + dt_bias.to(acc)
+    if dt_softplus:
+        d = F.softplus(d)
+    xa = x.to(acc)
+    X = xa * d[..., None]  # (B, L, H, P) inputs Δ x
+    Bh = B.to(acc).repeat_interleave(heads // groups, dim=2)  # (B, L, H, N)
+    Ch = C.to(acc).repeat_interleave(heads // groups, dim=2)
+    dA = d * A.to(acc)  # (B, L, H)
+    if pad:
+        X, Bh, Ch = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (X, Bh, Ch))
+        dA = F.pad(dA, (0, 0, 0, pad))
+    X = X.reshape(batch, nc, Q, heads, headdim)  # (B, c, Q, H, P)
+    Bh = Bh.reshape(batch, nc, Q, heads, n)
+    Ch = Ch.reshape(batch, nc, Q, heads, n)
+    S = torch.cumsum(dA.reshape(batch, nc, Q, heads).permute(0, 3, 1, 2), dim=-1)  # (B, H, c, Q)
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp((S[..., :, None] - S[..., None, :]).masked_fill(~causal, float("-inf")))  # (B, H, c, Q, Q)
+    scores = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh) * decay
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, X)  # inside each chunk
+    to_end = torch.exp(S[..., -1:] - S)  # (B, H, c, Q)
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, to_end, X)  # (B, c, H, P, N) from zero
+    h0 = (torch.zeros(batch, heads, headdim, n, dtype=acc, device=x.device) if initial_state is None
+          else initial_state.to(acc))
+    states = torch.cat([h0[:, None], states], dim=1)  # (B, c+1, H, P, N)
+    ends = F.pad(S[..., -1], (1, 0))  # (B, H, c+1): log decay of each chunk (0 for the initial state)
+    cum_end = torch.cumsum(ends, dim=-1)
+    cmask = torch.ones(nc + 1, nc + 1, dtype=torch.bool, device=x.device).tril()
+    chain = torch.exp((cum_end[..., :, None] - cum_end[..., None, :]).masked_fill(~cmask, float("-inf")))
+    states = torch.einsum("bhzc,bchpn->bzhpn", chain, states)  # state after each chunk boundary
+    entering, final = states[:, :-1], states[:, -1]
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, entering, torch.exp(S))
+    y = y.reshape(batch, nc * Q, heads, headdim)[:, :length]
+    if D is not None:
+        Df = D.to(acc)
+        y = y + (Df[:, None] if Df.dim() == 1 else Df) * xa
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    return y.to(x.dtype), final
+
+
 class SSDScanFn(torch.autograd.Function):
-    """Triton forward; backward by differentiating the chunked PyTorch reference (recomputed)."""
+    """Triton forward; backward by differentiating ``_ssd_torch`` (the forward recomputed in PyTorch)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state):
@@ -251,7 +305,7 @@ class SSDScanFn(torch.autograd.Function):
         inputs = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in saved]
         x, dt, A, B, C, D, z, dt_bias, h0 = inputs
         with torch.enable_grad():
-            y, hT = ssd_scan_chunked_ref(x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, ctx.dt_softplus, h0, True)
+            y, hT = _ssd_torch(x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, ctx.dt_softplus, h0)
             outs, grads = [y], [dy if dy is not None else torch.zeros_like(y)]
             if dhT is not None:
                 outs.append(hT)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
     DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
     reason="no CUDA and TRITON_INTERPRET was set to something other than 1 before this module",
 )
-TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
 def _ss():
@@ -110,8 +110,9 @@ def test_selective_scan_matches_reference(shape, kwargs, config):
     _assert_close(_scan_case(*shape, config=config, **kwargs), TOL[torch.float32])
 
 
-def test_selective_scan_bf16_inputs():
-    _assert_close(_scan_case(1, 6, 40, 4, dtype=torch.bfloat16, config=MANY_SEG), TOL[torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_half_inputs(dtype):
+    _assert_close(_scan_case(1, 6, 40, 4, dtype=dtype, config=MANY_SEG), TOL[dtype])
 
 
 def test_selective_scan_chunked_calls_equal_one_call():

@@ -3,22 +3,26 @@
 (Module name: ``mamba1_scan``, not ``selective_scan``, so that importing it never shadows the package's
 ``audiomamba.kernels.selective_scan`` function with a submodule of the same name.)
 
-The three ideas of the paper's hardware-aware algorithm, as they appear here:
+The three ideas of the paper's hardware-aware algorithm, as they appear in the default ("seq") kernels:
 
-* Kernel fusion. One program owns (batch row, block of ``BE`` channels of one group, all N states) for a
-  segment of time. For each chunk of ``T`` steps it loads tiles of u, Δ, z (``[BE, T]``) and B, C
-  (``[N, T]``), applies bias + softplus, discretizes (``exp(Δ A)`` through exp2 with A·log2 e, ``Δ B u``),
-  scans, reads out with C, adds the D skip and applies the SiLU(z) gate before storing y. The state
-  ``[BE, N]`` stays in registers from chunk to chunk; nothing of size (B, E, L, N) touches memory.
-* Parallel scan. Inside a chunk the recurrence h_t = a_t h_{t-1} + b_t runs as ``tl.associative_scan`` over
-  the pair (a, b) along time; the carried state enters as h_t = scan_b_t + (Π a)_t h_start. Across the
-  sequence, when batch × channel blocks alone cannot fill the GPU, time is cut into segments run in
-  parallel: a first pass computes each segment's end state from zero and its total decay, a tiny pass chains
-  the segments' start states, and the full pass reruns each segment from its true start.
-* Recomputation. The forward keeps only the state at the start of every chunk, (B, E, L/T, N) float32.
-  The backward walks chunks in reverse, recomputes the chunk's states from its checkpoint, and runs the
-  adjoint recurrence g_t = C_t dy_t + a_{t+1} g_{t+1} as a reverse associative scan (segments are chained
-  the same way as in the forward). dB and dC are summed over the channel block and added atomically.
+* Kernel fusion. One program (one warp) owns (batch row, 32 channels of one group (16 in the backward), all
+  N states) for a segment of time. For each chunk of T steps (4 forward, 2 backward) it loads tiles of u, Δ, z
+  ([T, BE]) and B, C ([T, N]) — the next chunk's tiles are requested before the current one is computed —
+  applies bias + softplus, discretizes (exp(Δ A) as one ex2 with A·log2 e, Δ B u), scans, reads out with C,
+  adds the D skip and applies the SiLU(z) gate before storing y. The state [N, BE] stays in registers from
+  chunk to chunk; nothing of size (B, E, L, N) touches memory.
+* Parallel scan. Channels are spread over the lanes and time and states sit in registers ([T, N, BE] tiles),
+  so the scan inside a chunk is a sequential in-register ``tl.associative_scan`` (no shuffles) and the C
+  readout an in-thread sum. Parallelism over time comes from segments: when batch × channel blocks alone
+  cannot fill the GPU, a first pass computes each segment's end state from zero and its total decay, a tiny
+  kernel chains the segments' start states, and the full pass reruns each segment from its true start.
+  (The "scan" variant, ``fwd_variant="scan"``/``bwd_variant="scan"``, runs the chunk scan across the lanes
+  instead: 3× slower on the H200, see NOTES.md; kept and tested.)
+* Recomputation. The forward keeps only the state every CK = 32 steps, (B, E, L/32, N) float32. The backward
+  walks these intervals in reverse: it reruns the interval's forward parking the state at each 2-step
+  sub-chunk in a small per-program scratch, then walks the sub-chunks backwards, recomputing their states and
+  running the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} is a register shift of a_t;
+  segments are chained as in the forward). dB and dC are summed over the channel block and added atomically.
 
 Gradients (with a_t h_{t-1} = h_t - b_t, so no shifted state is needed):
     dΔ_t = Σ_n g_t (h_t - b_t) A + u_t Σ_n g_t B_t ;  du_t = Δ_t Σ_n g_t B_t + D dy_t

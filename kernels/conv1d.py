@@ -39,7 +39,7 @@ def _conv_fwd_kernel(
     W: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     e = tl.program_id(1) * BE + tl.arange(0, BE)
     t = tl.program_id(2) * BT + tl.arange(0, BT)
     e_mask = e < E
@@ -66,7 +66,7 @@ def _conv_bwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
 ):
     """One program: (b, BE channels, BT positions p of x̃). Writes dx̃ there; adds its dw, dbias share."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     e = tl.program_id(1) * BE + tl.arange(0, BE)
     p = tl.program_id(2) * BT + tl.arange(0, BT)
     e_mask = e < E

@@ -158,7 +158,7 @@ def _ss_fwd_kernel(
     """
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
-    b = pid_r // (NEB * (E // EG))
+    b = (pid_r // (NEB * (E // EG))).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
     rem = pid_r % (NEB * (E // EG))
     g = rem // NEB
     e_loc = (rem % NEB) * BE + tl.arange(0, BE)
@@ -249,7 +249,7 @@ def _ss_fwd_seq_kernel(
     """
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
-    b = pid_r // (NEB * (E // EG))
+    b = (pid_r // (NEB * (E // EG))).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
     rem = pid_r % (NEB * (E // EG))
     g = rem // NEB
     e_loc = (rem % NEB) * BE + tl.arange(0, BE)
@@ -400,7 +400,7 @@ def _ss_bwd_kernel(
     """
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
-    b = pid_r // (NEB * G)
+    b = (pid_r // (NEB * G)).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
     rem = pid_r % (NEB * G)
     g = rem // NEB
     e_loc = (rem % NEB) * BE + tl.arange(0, BE)
@@ -540,7 +540,7 @@ def _ss_bwd_seq_kernel(
     """
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
-    b = pid_r // (NEB * G)
+    b = (pid_r // (NEB * G)).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
     rem = pid_r % (NEB * G)
     g = rem // NEB
     e_loc = (rem % NEB) * BE + tl.arange(0, BE)

@@ -56,7 +56,7 @@ def _ssd_chunk_state_kernel(
     """Writes cum (B, H, L) = S, dtp (B, H, L) = Δ, st (B, NC, H, P, N) chunk states, tot (B, H, NC) = S_end."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
-    b = pid // H
+    b = (pid // H).to(tl.int64)
     h = pid % H
     g = h // HG
     A = tl.load(A_ptr + h).to(tl.float32)
@@ -105,7 +105,7 @@ def _ssd_state_pass_kernel(st_ptr, tot_ptr, h0_ptr, hs_ptr, hT_ptr, H, NC, M,
                            HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
     """hs (B, NC, H, P·N): state entering each chunk; hT (B, H, P·N): final state."""
     pid = tl.program_id(0)
-    b = pid // H
+    b = (pid // H).to(tl.int64)
     h = pid % H
     m = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = m < M
@@ -132,7 +132,7 @@ def _ssd_chunk_scan_kernel(
     pid = tl.program_id(0)
     c = tl.program_id(1)
     tb = tl.program_id(2)
-    b = pid // H
+    b = (pid // H).to(tl.int64)
     h = pid % H
     g = h // HG
     p = tl.arange(0, BP)

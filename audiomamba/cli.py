@@ -33,6 +33,8 @@ class CLIError(Exception):
 
 
 def _quiet_lightning() -> None:
+    import lightning  # noqa: F401  (it sets its loggers' levels on import: set ours after)
+
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -348,7 +350,7 @@ def run_quickstart(out_dir: Path, classifier_steps=None, lm_steps=None, sample_s
     for i, (key, name, steps) in enumerate(runs, 1):
         overrides = [f"trainer.output_dir={out_dir}"] + ([f"trainer.max_steps={steps}"] if steps else [])
         cfg = load_experiment_config(name, overrides)
-        what = "classifier (raw waveform -> 6 classes)" if key == "classifier" else "LM (8-bit mu-law tokens)"
+        what = "classifier (mu-law tokens -> 6 classes)" if key == "classifier" else "LM (next mu-law token)"
         print(f"[{i}/3] training the {what}: {cfg.trainer.max_steps} steps of batch {cfg.data.batch_size} x "
               f"{cfg.data.length} samples", flush=True)
         t0 = time.perf_counter()

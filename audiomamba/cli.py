@@ -333,8 +333,10 @@ def cmd_bench(args) -> int:
 
 
 def run_quickstart(out_dir: Path, classifier_steps=None, lm_steps=None, sample_seconds=1.0, n_samples=2,
-                   threads=None) -> dict:
-    """Train the two quickstart experiments, generate samples, write ``out_dir/metrics.json``; returns it."""
+                   threads=None, overrides=()) -> dict:
+    """Train the two quickstart experiments, generate samples, write ``out_dir/metrics.json``; returns it.
+
+    ``overrides`` (dotlist) apply to both experiments, e.g. ``["data.synthetic.train_size=256"]``."""
     import torch
 
     from audiomamba.config import load_experiment_config
@@ -348,8 +350,8 @@ def run_quickstart(out_dir: Path, classifier_steps=None, lm_steps=None, sample_s
     summary: dict = {}
     runs = (("classifier", "quickstart_classifier", classifier_steps), ("lm", "quickstart_lm", lm_steps))
     for i, (key, name, steps) in enumerate(runs, 1):
-        overrides = [f"trainer.output_dir={out_dir}"] + ([f"trainer.max_steps={steps}"] if steps else [])
-        cfg = load_experiment_config(name, overrides)
+        extra = [f"trainer.output_dir={out_dir}"] + ([f"trainer.max_steps={steps}"] if steps else [])
+        cfg = load_experiment_config(name, list(overrides) + extra)
         what = "classifier (mu-law tokens -> 6 classes)" if key == "classifier" else "LM (next mu-law token)"
         print(f"[{i}/3] training the {what}: {cfg.trainer.max_steps} steps of batch {cfg.data.batch_size} x "
               f"{cfg.data.length} samples", flush=True)
@@ -394,7 +396,7 @@ def run_quickstart(out_dir: Path, classifier_steps=None, lm_steps=None, sample_s
 
 def cmd_quickstart(args) -> int:
     run_quickstart(out_dir=Path(args.out), classifier_steps=args.classifier_steps, lm_steps=args.lm_steps,
-                   sample_seconds=args.seconds, n_samples=args.n, threads=args.threads)
+                   sample_seconds=args.seconds, n_samples=args.n, threads=args.threads, overrides=args.overrides)
     return 0
 
 
@@ -410,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", formatter_class=fmt, help="train a tiny classifier and LM on synthetic audio",
                        description="Train a tiny classifier and a tiny LM on the built-in synthetic sounds (CPU, "
                        "a few minutes), print test accuracy and NLL, write WAVs, a spectrogram PNG and "
-                       "metrics.json.", epilog="example:\n  audiomamba quickstart --out outputs/quickstart")
+                       "metrics.json.", epilog="examples:\n  audiomamba quickstart --out outputs/quickstart\n"
+                       "  audiomamba quickstart --lm-steps 600 data.synthetic.train_size=2048   # longer, bigger")
+    q.add_argument("overrides", nargs="*", help="dotlist overrides for both experiments, e.g. data.batch_size=8")
     q.add_argument("--out", default="outputs/quickstart", help="output folder (default: %(default)s)")
     q.add_argument("--classifier-steps", type=int, default=None, help="override the classifier's max_steps")
     q.add_argument("--lm-steps", type=int, default=None, help="override the LM's max_steps")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -119,11 +118,18 @@ def test_lm_generate_stream_evaluate(capsys, tmp_path):
 
 
 def test_quickstart_end_to_end_small(capsys, tmp_path):
-    np.random.seed(0)
-    assert main(["quickstart", "--out", str(tmp_path), "--classifier-steps", "2", "--lm-steps", "2",
+    small = ["data.synthetic.val_size=8", "data.synthetic.test_size=12", "data.length=256",
+             "trainer.progress_bar=false"]
+    assert main(["quickstart", *small, "--out", str(tmp_path), "--classifier-steps", "2", "--lm-steps", "2",
                  "--seconds", "0.01", "--n", "1"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "bits/sample" in out and "quickstart done" in out
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= summary["classifier"]["test_accuracy"] <= 1 and summary["lm"]["test_nll_bits_per_sample"] > 0
     assert (tmp_path / "samples" / "sample_0.wav").is_file() and (tmp_path / "samples" / "sample_0.png").is_file()
+    assert summary["classifier"]["steps"] == 2 and summary["lm"]["steps"] == 2
+
+
+def test_bench_stream_runs(capsys):
+    assert main(["bench", "stream", "--seconds", "0.1"]) == 0
+    assert "real-time factor" in capsys.readouterr().out

@@ -327,13 +327,15 @@ def split_segments(cfg, split: str = "test") -> list[tuple[torch.Tensor, Path]]:
 
 
 @torch.no_grad()
-def segment_nll_bits(model, cfg, split: str = "test", batch_size: int = 16, device=None) -> dict:
+def segment_nll_bits(model, cfg, split: str = "test", batch_size: int = 16, device=None,
+                     max_segments: int | None = None) -> dict:
     """NLL of a causal AudioLM in bits per real sample over the audio of a split (see :func:`split_segments`).
 
     Segments are batched by zero-padding on the right and masking the padded targets; for a causal model this
     is exact (a position never sees the padding after it). Unlike the training loop's test NLL, which scores
     clips padded (or cropped) to ``data.length`` and so counts digital silence after short clips, this counts
-    only recorded samples. Returns {"bits_per_sample", "nats_per_sample", "n_samples", "n_segments"}.
+    only recorded samples. ``max_segments`` keeps only the first segments (quick checks).
+    Returns {"bits_per_sample", "nats_per_sample", "n_samples", "n_segments"}.
     """
     from audiomamba.tokenizers import build_tokenizer
 
@@ -341,7 +343,8 @@ def segment_nll_bits(model, cfg, split: str = "test", batch_size: int = 16, devi
         raise ValueError("segment_nll_bits needs a causal model")
     data = cfg.data
     tokenizer = build_tokenizer(data.tokenizer, data.bits)
-    segments = sorted(split_segments(cfg, split), key=lambda s: -s[0].shape[0])  # similar lengths together
+    segments = split_segments(cfg, split)[:max_segments]
+    segments.sort(key=lambda s: -s[0].shape[0])  # similar lengths together
 
     def batches():
         for start in range(0, len(segments), batch_size):

@@ -161,7 +161,8 @@ def cmd_eval(args) -> int:
         for name in ("music_mamba", "music_s4d"):
             if (runs / name / "model").is_dir():
                 model, cfg = _load_run(runs, name)
-                res[name] = _safe(metrics.segment_nll_bits, model, cfg, "val", batch_size=8)
+                res[name] = _safe(metrics.segment_nll_bits, model, cfg, "val", batch_size=8,
+                                  max_segments=args.max_segments)
     elif args.part == "fsdd_gen":
         clf_name = _best_classifier(runs)
         clf, clf_cfg = _load_run(runs, clf_name) if clf_name else (None, None)
@@ -169,10 +170,12 @@ def cmd_eval(args) -> int:
             if not (runs / name / "model").is_dir():
                 continue
             model, cfg = _load_run(runs, name)
-            entry = {"test_real_samples": _safe(metrics.segment_nll_bits, model, cfg, "test", batch_size=16)}
+            entry = {"test_real_samples": _safe(metrics.segment_nll_bits, model, cfg, "test", batch_size=16,
+                                                max_segments=args.max_segments)}
             wav_dir = runs / name / "samples"
             gen = _safe(metrics.evaluate_lm_generation, model, cfg, classifier=clf, classifier_cfg=clf_cfg,
-                        n_samples=args.n_samples, out_dir=wav_dir, seed=0, batch_size=args.n_samples)
+                        n_samples=args.n_samples, out_dir=wav_dir, seed=0, batch_size=args.n_samples,
+                        max_reference=args.max_reference)
             entry["generation"], entry["scorer"] = gen, clf_name
             res[name] = entry
             if "error" not in gen:
@@ -351,6 +354,8 @@ def main(argv=None) -> int:
     e.add_argument("--models", nargs="*", default=[])
     e.add_argument("--n-samples", type=int, default=256)
     e.add_argument("--n-copy", type=int, default=2048)
+    e.add_argument("--max-segments", type=int, default=None, help="NLL on the first segments only (smoke test)")
+    e.add_argument("--max-reference", type=int, default=2000, help="real clips for FID / AM")
     e.set_defaults(fn=cmd_eval)
     b = sub.add_parser("table")
     b.add_argument("--runs", required=True)

@@ -7,7 +7,7 @@
 #   GPU 0: fsdd_classification_causal, fsdd_classification_bidirectional, selective_copying_mamba, _s4d
 #   GPU 1: fsdd_generation_mamba, fsdd_generation_s4d, music_mamba, music_s4d
 #
-# Each run gets TRAIN_BUDGET seconds (default 300) all included; it fits its step count to that budget after
+# Each run gets TRAIN_BUDGET seconds (default 270) all included; it fits its step count to that budget after
 # measuring its own speed, and the two runs of a Mamba-vs-S4D pair agree on the same number of steps.
 #
 # Data travels in .gpu_data/ (git-ignored), made here by:   bash recipes/prepare_gpu_data.sh
@@ -21,7 +21,8 @@ T0=$(date +%s)
 OUT=${OUT:-outputs/gpu_batch}
 RUNS=${RUNS:-/tmp/audiomamba_runs}
 DATA=${GPU_DATA:-.gpu_data}
-BUDGET=${TRAIN_BUDGET:-300}
+BUDGET=${TRAIN_BUDGET:-270}
+LIMIT=${BATCH_LIMIT:-570}   # seconds: evaluation is cut off so that the whole script ends by then
 SMOKE=${SMOKE:-0}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -37,8 +38,9 @@ else
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site
   fi
-  # the package (kernels/ and configs/ are mapped into audiomamba.kernels / audiomamba.configs by pyproject)
-  $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/am . || exit 1
+  # the package as pyproject lays it out: kernels/ -> audiomamba.kernels, configs/ -> audiomamba.configs
+  rm -rf /tmp/am && mkdir -p /tmp/am && cp -r audiomamba /tmp/am/ && cp -r kernels /tmp/am/audiomamba/kernels \
+    && cp -r configs /tmp/am/audiomamba/configs || exit 1
   export PYTHONPATH=/tmp/am:${PYTHONPATH:-}
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 fi
@@ -77,13 +79,16 @@ if [ "$SMOKE" = 1 ]; then
            trainer.val_every_n_steps=4 trainer.accelerator=cpu trainer.precision=32-true)
   TINY_MUSIC=("${TINY_LM[@]}" trainer.limit_val_batches=1.0 trainer.limit_test_batches=1.0)
   PROBE=(--warm 1 --probe 2)
+  GRACE=900
 else
   PROBE=()
+  GRACE=60
 fi
 
 job() {  # job GPU NAME PAIR PARTNER [overrides...]: one training run in the background, logged under $RUNS
   local gpu=$1 name=$2 pair=$3 partner=$4; shift 4
-  CUDA_VISIBLE_DEVICES=$gpu $PY recipes/gpu_batch.py train --runs "$RUNS" --budget "$BUDGET" "${PROBE[@]}" \
+  CUDA_VISIBLE_DEVICES=$gpu timeout $(( BUDGET + GRACE )) $PY recipes/gpu_batch.py train --runs "$RUNS" \
+    --budget "$BUDGET" "${PROBE[@]}" \
     ${pair:+--pair "$pair" --partner "$partner"} "$name" "$@" > "$RUNS/$name.log" 2>&1 &
 }
 SC_GPU=(trainer.accelerator=gpu trainer.precision=bf16-mixed data.num_workers=2)
@@ -99,15 +104,22 @@ job "$GPU1" music_mamba music music_s4d data.root=$DATA/bach_piano "${LM_GPU[@]}
 job "$GPU1" music_s4d music music_mamba data.root=$DATA/bach_piano "${LM_GPU[@]}" "${TINY_MUSIC[@]}"
 wait
 echo "[batch] training done at +$(( $(date +%s) - T0 )) s"
+$PY recipes/gpu_batch.py table --runs "$RUNS" --out "$OUT" > /dev/null 2>&1   # training results, in case
+echo "[batch] evaluation until +$(( LIMIT - 20 )) s at the latest"
 
-ev() {  # ev GPU LOGNAME PART [args...]
+ev() {  # ev GPU LOGNAME PART [args...]: one evaluation, cut off at the batch's deadline
   local gpu=$1 log=$2; shift 2
-  CUDA_VISIBLE_DEVICES=$gpu $PY recipes/gpu_batch.py eval "$@" --runs "$RUNS" --out "$OUT" > "$RUNS/eval_$log.log" 2>&1
+  local left=$(( LIMIT - 20 - ($(date +%s) - T0) ))
+  [ "$SMOKE" = 1 ] && left=3600
+  [ "$left" -gt 5 ] || { echo "[batch] no time left for eval $log"; return; }
+  CUDA_VISIBLE_DEVICES=$gpu timeout "$left" $PY recipes/gpu_batch.py eval "$@" --runs "$RUNS" --out "$OUT" \
+    > "$RUNS/eval_$log.log" 2>&1
 }
-NS=256; [ "$SMOKE" = 1 ] && NS=16
-( ev "$GPU0" classify classify; ev "$GPU0" copy copy
-  ev "$GPU0" gen_mamba fsdd_gen --models fsdd_generation_mamba --n-samples $NS ) &
-( ev "$GPU1" music music; ev "$GPU1" gen_s4d fsdd_gen --models fsdd_generation_s4d --n-samples $NS ) &
+NS=256; NC=2048; SEG=(); [ "$SMOKE" = 1 ] && NS=16 && NC=32 && SEG=(--max-segments 16 --max-reference 64)
+( ev "$GPU0" classify classify; ev "$GPU0" copy copy --n-copy $NC
+  ev "$GPU0" gen_mamba fsdd_gen --models fsdd_generation_mamba --n-samples $NS "${SEG[@]}" ) &
+( ev "$GPU1" music music "${SEG[@]}"
+  ev "$GPU1" gen_s4d fsdd_gen --models fsdd_generation_s4d --n-samples $NS "${SEG[@]}" ) &
 wait
 echo "[batch] evaluation done at +$(( $(date +%s) - T0 )) s"
 

@@ -89,16 +89,13 @@ def _tokenizer(info):
 
 
 def _read_audio(path: str, sample_rate: int):
-    from audiomamba.data.audio_folder import AudioFolder, BadFileError
+    from audiomamba.data.audio_folder import BadFileError, read_audio
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise CLIError(f"audio file not found: {p}")
-    reader = AudioFolder.__new__(AudioFolder)  # only its file reader: no folder scan
-    reader.sample_rate, reader.trim_db, reader.loudness_db = sample_rate, None, None
     try:
-        reader.check_file(p)
-        return reader.read(p)
+        return read_audio(p, sample_rate, check=True)
     except BadFileError as e:
         raise CLIError(str(e)) from None
 

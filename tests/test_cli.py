@@ -89,6 +89,9 @@ def test_classifier_train_classify_stream_evaluate_export(capsys, tmp_path):
         assert torch.equal(a, b), name
     _one_line_error(capsys, ["generate", str(run)], "classifier")
     _one_line_error(capsys, ["classify", str(run), str(tmp_path / "nothing.wav")], "nothing.wav")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(wav.read_bytes()[:2000])  # a truncated WAV: the header promises more audio than the file holds
+    _one_line_error(capsys, ["classify", str(run), str(cut)], "truncated WAV file", "cut.wav")
 
 
 def test_lm_generate_stream_evaluate(capsys, tmp_path):

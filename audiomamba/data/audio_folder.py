@@ -221,30 +221,43 @@ class AudioFolder(FileDataset):
 
     def read(self, path: Path) -> torch.Tensor:
         """The whole file as (L,) float32 mono at ``sample_rate``, trimmed and normalized as configured."""
-        try:
-            data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
-        except Exception as e:
-            raise BadFileError(f"cannot read audio file {path}: {e}") from None
-        if data.shape[0] == 0:
-            raise BadFileError(f"empty audio file {path} (0 frames)")
-        wave = torch.from_numpy(data.mean(axis=1))  # (L,) mono mix
-        if sr != self.sample_rate:
-            wave = AF.resample(wave, sr, self.sample_rate)
-        if self.trim_db is not None:
-            import librosa
-
-            trimmed, _ = librosa.effects.trim(wave.numpy(), top_db=self.trim_db, frame_length=1024, hop_length=256)
-            if trimmed.size:
-                wave = torch.from_numpy(np.ascontiguousarray(trimmed))
-        if self.loudness_db is not None:
-            wave = normalize_loudness(wave, self.loudness_db)
-        return wave.float()
+        return read_audio(path, self.sample_rate, self.trim_db, self.loudness_db)
 
     def load(self, path: Path, crop_seed: int | None) -> dict:
         wave = self.read(path)
         if self.length is not None:
             wave = crop_or_pad(wave, self.length, crop_seed if self.random_crop else None)
         return {"audio": wave}
+
+
+def read_audio(path, sample_rate: int, trim_db: float | None = None, loudness_db: float | None = None,
+               check: bool = False) -> torch.Tensor:
+    """One audio file as (L,) float32: soundfile -> mono mix -> torchaudio resample to ``sample_rate`` ->
+    optional trim (``trim_db`` below peak, librosa) -> optional RMS normalization to ``loudness_db`` dBFS.
+
+    Raises BadFileError naming the file when it cannot be read, is empty, or (``check``) is a truncated WAV.
+    """
+    path = Path(path)
+    if check and path.suffix.lower() == ".wav":
+        check_wav_complete(path)
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
+    except Exception as e:
+        raise BadFileError(f"cannot read audio file {path}: {e}") from None
+    if data.shape[0] == 0:
+        raise BadFileError(f"empty audio file {path} (0 frames)")
+    wave = torch.from_numpy(data.mean(axis=1))  # (L,) mono mix
+    if sr != sample_rate:
+        wave = AF.resample(wave, sr, sample_rate)
+    if trim_db is not None:
+        import librosa
+
+        trimmed, _ = librosa.effects.trim(wave.numpy(), top_db=trim_db, frame_length=1024, hop_length=256)
+        if trimmed.size:
+            wave = torch.from_numpy(np.ascontiguousarray(trimmed))
+    if loudness_db is not None:
+        wave = normalize_loudness(wave, loudness_db)
+    return wave.float()
 
 
 def normalize_loudness(wave: torch.Tensor, target_db: float, peak: float = 0.99) -> torch.Tensor:

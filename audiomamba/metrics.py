@@ -435,7 +435,8 @@ def _classifier_view(waves: Sequence[torch.Tensor], cfg, normalize: bool = True)
 def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_samples: int = 64,
                            sample_length: int | None = None, out_dir: str | Path | None = None, seed: int = 0,
                            temperature: float = 1.0, batch_size: int = 64, reference_split: str = "train",
-                           max_reference: int | None = 2000, device=None, progress: bool = False) -> dict:
+                           max_reference: int | None = 2000, device=None, progress: bool = False,
+                           cuda_graphs: bool | None = None) -> dict:
     """Generate clips from an AudioLM, write them as WAVs, and score them with a trained classifier.
 
     Args:
@@ -447,6 +448,7 @@ def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_s
         out_dir: where ``sample_XXX.wav`` go (None: not written).
         reference_split: the classifier data split used as real data (AM's p_real(y), FID's statistics),
             at most ``max_reference`` clips of it.
+        cuda_graphs: passed to ``generate`` (None: on for CUDA models).
 
     Returns:
         {"n_samples", "sample_length", "wav_dir", "seconds_generating"} plus, with a classifier, the scores of
@@ -469,7 +471,7 @@ def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_s
     for b in range(0, n_samples, batch_size):
         n = min(batch_size, n_samples - b)
         tokens = model.generate(batch_size=n, num_steps=length, seed=seed + b, temperature=temperature,
-                                progress=progress)
+                                progress=progress, cuda_graphs=cuda_graphs)
         waves.append(tokenizer.decode(tokens.cpu()))  # (n, length)
     waves = torch.cat(waves)
     out = {"n_samples": n_samples, "sample_length": length, "seconds_generating": time.perf_counter() - start,

@@ -176,6 +176,11 @@ def cmd_eval(args) -> int:
             gen = _safe(metrics.evaluate_lm_generation, model, cfg, classifier=clf, classifier_cfg=clf_cfg,
                         n_samples=args.n_samples, out_dir=wav_dir, seed=0, batch_size=args.n_samples,
                         max_reference=args.max_reference)
+            if "error" in gen and torch.cuda.is_available():  # once more without CUDA graphs, fewer clips
+                gen = _safe(metrics.evaluate_lm_generation, model, cfg, classifier=clf, classifier_cfg=clf_cfg,
+                            n_samples=min(64, args.n_samples), out_dir=wav_dir, seed=0, batch_size=64,
+                            max_reference=args.max_reference, cuda_graphs=False)
+                gen["note"] = "generated without CUDA graphs after an error with them (see logs.txt)"
             entry["generation"], entry["scorer"] = gen, clf_name
             res[name] = entry
             if "error" not in gen:

@@ -30,6 +30,13 @@ import torch
 PAIRS_WAIT_S = 60.0
 
 
+def _write_atomic(path, feasible: int) -> None:
+    """Write {"feasible": n} so that a reader never sees a half-written file."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps({"feasible": int(feasible)}))
+    tmp.replace(path)
+
+
 def fit_to_budget(*args, **kwargs):
     """A Lightning callback that fits max_steps and the LR schedule to a wall-clock deadline, from the step time
     measured over steps [warm, warm + probe). Arguments: see ``_Fit.__init__``."""
@@ -41,39 +48,61 @@ def fit_to_budget(*args, **kwargs):
             self.deadline, self.reserve, self.val_every, self.cap = deadline, reserve_s, val_every, cap
             self.pair_file, self.partner_file = pair_file, partner_file
             self.warm, self.probe, self.t_warm, self.planned = warm, probe, None, None
-            self.seconds_per_step = None
+            self.seconds_per_step, self.feasible = None, None
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            step = trainer.global_step
-            if step == self.warm:
-                self.t_warm = time.time()
-            if self.planned is not None or step != self.warm + self.probe or self.t_warm is None:
-                return
-            # validation costs time too: measure it into the rate by a margin of 10%
-            self.seconds_per_step = (time.time() - self.t_warm) / self.probe * 1.1
-            left = self.deadline - self.reserve - time.time()
-            feasible = step + int(left / self.seconds_per_step)
-            if self.pair_file is not None:
-                Path(self.pair_file).write_text(json.dumps({"feasible": feasible}))
-                t0 = time.time()
-                while not Path(self.partner_file).exists() and time.time() - t0 < PAIRS_WAIT_S:
-                    time.sleep(1.0)
-                # the wait used some of this run's time: count again, then take the smaller of the two
-                feasible = step + int((self.deadline - self.reserve - time.time()) / self.seconds_per_step)
-                if Path(self.partner_file).exists():
-                    feasible = min(feasible, json.loads(Path(self.partner_file).read_text())["feasible"])
-            total = max(self.val_every, min(self.cap, feasible) // self.val_every * self.val_every)
-            self.planned = total
-            trainer.fit_loop.epoch_loop.max_steps = total
+        def _partner(self):
+            if self.partner_file is None or not Path(self.partner_file).exists():
+                return None
+            try:
+                return int(json.loads(Path(self.partner_file).read_text())["feasible"])
+            except (OSError, ValueError, KeyError):
+                return None
+
+        def _plan(self, trainer, pl_module, feasible: int) -> None:
+            """Set max_steps and the cosine schedule's length for ``feasible`` steps (rounded down)."""
             from audiomamba.training.optim import warmup_cosine
 
+            total = max(self.val_every, min(self.cap, feasible) // self.val_every * self.val_every)
+            total = max(total, trainer.global_step + 1)
+            self.feasible, self.planned = feasible, total
+            trainer.fit_loop.epoch_loop.max_steps = total
             optim = pl_module.cfg.optim
+
             def schedule(s, w=optim.warmup_steps, t=total, r=optim.min_lr_ratio):
                 return warmup_cosine(s, w, t, r)
 
             for config in trainer.lr_scheduler_configs:  # one LambdaLR, one lambda per parameter group
                 config.scheduler.lr_lambdas = [schedule] * len(config.scheduler.lr_lambdas)
             print(f"[fit-to-budget] {self.seconds_per_step * 1000:.1f} ms/step -> {total} steps", flush=True)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            step = trainer.global_step
+            if step == self.warm:
+                self.t_warm = time.time()
+            if self.planned is not None:
+                # both runs keep lowering their count to the other's: they end at the same, smallest one
+                if self.pair_file is not None and step % 10 == 0:
+                    other = self._partner()
+                    if other is not None and other < self.feasible:
+                        self._plan(trainer, pl_module, other)
+                        _write_atomic(self.pair_file, other)
+                return
+            if step != self.warm + self.probe or self.t_warm is None:
+                return
+            # validation costs time too: count it in with a margin of 10%
+            self.seconds_per_step = (time.time() - self.t_warm) / self.probe * 1.1
+            feasible = step + int((self.deadline - self.reserve - time.time()) / self.seconds_per_step)
+            if self.pair_file is not None:
+                _write_atomic(self.pair_file, feasible)
+                t0 = time.time()
+                while not Path(self.partner_file).exists() and time.time() - t0 < PAIRS_WAIT_S:
+                    time.sleep(1.0)
+                # the wait used some of this run's time: count again, then take the smaller of the two
+                feasible = step + int((self.deadline - self.reserve - time.time()) / self.seconds_per_step)
+                other = self._partner()
+                feasible = feasible if other is None else min(feasible, other)
+                _write_atomic(self.pair_file, feasible)
+            self._plan(trainer, pl_module, feasible)
 
     return _Fit(*args, **kwargs)
 

@@ -352,7 +352,12 @@ def cmd_readme(args) -> int:
     import re
 
     results = json.loads(Path(args.results).read_text())
+    import textwrap
+
     blocks = render_results(results, args.date)
+    for name, text in blocks.items():  # wrap the prose paragraph, keep the table lines
+        prose, _, table = text.partition("\n\n")
+        blocks[name] = textwrap.fill(prose, 110) + "\n\n" + table
     root = Path(__file__).resolve().parent
     for name, text in blocks.items():
         readme = root / name / "README.md"

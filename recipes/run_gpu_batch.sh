@@ -48,7 +48,9 @@ echo "[batch] setup done at +$(( $(date +%s) - T0 )) s"
 
 # Triton kernels compile once here (cached for the runs); if they fail, every run uses the PyTorch reference.
 if [ "$SMOKE" != 1 ]; then
-  if ! CUDA_VISIBLE_DEVICES=0 $PY - <<'EOF'
+  # (from /tmp: a script read from stdin puts the current folder first on sys.path, and ./audiomamba lacks
+  # audiomamba.kernels, which lives in kernels/)
+  if ! (cd /tmp && CUDA_VISIBLE_DEVICES=0 $PY -) <<'EOF'
 import torch
 from audiomamba.models import build_model
 m = build_model("sc09_small", **{"backbone.n_blocks": [1]}).cuda()

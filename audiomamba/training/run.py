@@ -49,7 +49,9 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks=(), quiet: boo
         cbs.append(SampleCallback(run_dir / "samples", t.sample_every_n_epochs, t.n_samples, t.sample_length,
                                   cfg.data.sample_rate, seed=t.seed))
     cbs.extend(callbacks)
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
+    # one version folder per launch (logs/version_0, version_1 after a resume, ...): a resumed run must not
+    # overwrite the metrics its first launch wrote
+    loggers = [CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tb")]
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
         strategy=t.strategy, num_nodes=t.num_nodes, precision=resolve_precision(cfg),
@@ -68,8 +70,9 @@ def train(cfg: ExperimentConfig, resume: str | None = None, callbacks=(), test: 
     """Fit (optionally resuming from a Lightning checkpoint), test the best checkpoint, export the model.
 
     ``quiet`` skips printing the resolved config, the model summary and the test table (progress bars follow
-    ``trainer.progress_bar``). Writes under ``output_dir/run_name``: config.yaml, checkpoints/, logs/, tb/,
-    model/ (safetensors, experiment.yaml, task.json), metrics.json. Returns run_dir, checkpoint, model_dir, metrics.
+    ``trainer.progress_bar``). Writes under ``output_dir/run_name``: config.yaml, checkpoints/, logs/version_N/,
+    tb/version_N/, model/ (safetensors, experiment.yaml, task.json), metrics.json. Returns run_dir, checkpoint,
+    model_dir, metrics.
     """
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=not quiet)
     run_dir = run_dir_of(cfg)

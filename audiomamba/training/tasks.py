@@ -70,7 +70,10 @@ class _Task(L.LightningModule):
         opt, sched = build_optimizer(self.model, self.cfg.optim, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # right after the weights change, before any callback (a checkpoint saved at the end of this batch holds
+        # the EMA that includes this step, so a resumed run continues it exactly)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 

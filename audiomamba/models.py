@@ -143,7 +143,9 @@ class AudioClassifier(_AudioModel):
             raise ValueError(f"AudioClassifier needs config.kind 'classifier', got {config.kind!r}")
         super().__init__(config)
         if config.input == "waveform":
-            self.embed = nn.Linear(1, self.d_model)  # one sample → (D,)
+            # one sample → (D,), without a bias: a bias (init ±1) would swamp samples of RMS ~0.1, and after the
+            # per-step norms the features would hardly depend on the input (bf16 training then stays at chance)
+            self.embed = nn.Linear(1, self.d_model, bias=False)
         else:
             self.embed = TokenEmbedding(config.vocab_size, config.n_codebooks, self.d_model)
         self.head = ClassifierHead(self.d_model, config.n_classes, config.pooling, causal=self.causal)

@@ -15,6 +15,8 @@
 #   run(kind="nvidia-h200-x2", carry=[".whl", ".gpu_data"], timeout_s=600,
 #       command="bash recipes/run_gpu_batch.sh")
 # A CPU smoke test of the whole pipeline (tiny models, a few steps):  SMOKE=1 bash recipes/run_gpu_batch.sh
+# A subset of the runs (their evaluations follow; parts whose runs are missing report so and are skipped):
+#   ONLY="fsdd_classification_causal fsdd_generation_mamba" bash recipes/run_gpu_batch.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -89,6 +91,7 @@ fi
 
 job() {  # job GPU NAME PAIR PARTNER [overrides...]: one training run in the background, logged under $RUNS
   local gpu=$1 name=$2 pair=$3 partner=$4; shift 4
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi  # ONLY="name ...": a subset
   CUDA_VISIBLE_DEVICES=$gpu timeout $(( BUDGET + GRACE )) $PY recipes/gpu_batch.py train --runs "$RUNS" \
     --budget "$BUDGET" "${PROBE[@]}" \
     ${pair:+--pair "$pair" --partner "$partner"} "$name" "$@" > "$RUNS/$name.log" 2>&1 &

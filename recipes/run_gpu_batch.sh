@@ -36,6 +36,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   PY=python3
   GPU0=0; GPU1=1
+  [ "$(nvidia-smi -L | wc -l)" -ge 2 ] || GPU1=0   # one GPU: all runs share it
   if ! $PY -c "import omegaconf, soundfile, librosa" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site

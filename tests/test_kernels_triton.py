@@ -221,38 +221,117 @@ def test_decode_step_matches_reference_and_sequence_ops(monkeypatch):
     assert _rel(ys, ys_ref) <= 1e-5 and _rel(h, h_ref) <= 1e-5
 
 
-@pytest.mark.parametrize(
-    "batch, length, heads, headdim, groups, n, chunk, D_per_channel, z, bias, softplus, h0",
-    [
-        (1, 37, 2, 4, 1, 4, 16, False, True, True, True, True),
-        (2, 50, 4, 3, 2, 5, 8, True, False, False, False, False),
-        (1, 20, 2, 4, 1, 4, 32, False, True, True, True, False),
-    ],
-)
-def test_ssd_matches_reference(batch, length, heads, headdim, groups, n, chunk, D_per_channel, z, bias, softplus,
-                               h0):
+SSD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+
+def _ssd_case(batch, length, heads, headdim, groups, n, chunk, D="head", z=True, bias=True,
+              softplus=True, h0=True, strided=False, outputs=("y", "final_state"), frozen=(), seed=0):
+    """Triton SSD (Triton forward and backward) against the sequential reference on fresh inputs: {name: rel err}.
+
+    ``D``: "head" (H,), "channel" (H, P) or None; ``strided``: x, z and B are views of transposed storage;
+    ``outputs``: which outputs the loss uses (the reference leaves None for inputs the loss does not reach);
+    ``frozen``: inputs that do not require grad.
+    """
     from audiomamba.kernels.reference import ssd_scan_ref
     from audiomamba.kernels.ssd import ssd_scan_triton
 
-    g = torch.Generator().manual_seed(length + heads)
+    g = torch.Generator().manual_seed(seed * 1000 + length + heads)
 
     def rnd(*shape, scale=1.0):
         return torch.randn(*shape, generator=g) * scale
 
-    inputs = [rnd(batch, length, heads, headdim), rnd(batch, length, heads, scale=0.5),
+    def act(*shape):  # (B, L, H, P) or (B, L, G, N), from (B, H, L, P) storage when strided
+        if strided:
+            return rnd(shape[0], shape[2], shape[1], shape[3]).transpose(1, 2)
+        return rnd(*shape)
+
+    inputs = [act(batch, length, heads, headdim), rnd(batch, length, heads, scale=0.5),
               -torch.rand(heads, generator=g) - 0.1,
-              rnd(batch, length, groups, n), rnd(batch, length, groups, n),
-              rnd(heads, headdim) if D_per_channel else rnd(heads), rnd(batch, length, heads, headdim) if z else None,
+              act(batch, length, groups, n), rnd(batch, length, groups, n),
+              {"head": rnd(heads), "channel": rnd(heads, headdim), None: None}[D],
+              act(batch, length, heads, headdim) if z else None,
               rnd(heads, scale=0.3) if bias else None, rnd(batch, heads, headdim, n) if h0 else None]
-    ours = [None if t is None else t.to(DEVICE).clone().requires_grad_(True) for t in inputs]
-    ref = [None if t is None else t.double().clone().requires_grad_(True) for t in inputs]
+    ours, ref = [], []
+    for name, t in zip(SSD_NAMES, inputs):
+        if t is None:
+            ours.append(None)
+            ref.append(None)
+            continue
+        o = t.to(DEVICE)
+        o = o.clone() if not strided or o.dim() != 4 else o.transpose(1, 2).clone().transpose(1, 2)
+        ours.append(o.requires_grad_(name not in frozen))
+        ref.append(t.double().clone().requires_grad_(name not in frozen))
+    if strided:
+        assert not ours[0].is_contiguous()
     y, hT = ssd_scan_triton(*ours[:5], chunk, *ours[5:8], softplus, ours[8], True)
     yr, hTr = ssd_scan_ref(*ref[:5], chunk, *ref[5:8], softplus, ref[8], True)
     gy, gh = torch.randn(yr.shape, dtype=torch.float64), torch.randn(hTr.shape, dtype=torch.float64)
-    ((y.double().cpu() * gy).sum() + (hT.double().cpu() * gh).sum()).backward()
-    ((yr * gy).sum() + (hTr * gh).sum()).backward()
+    loss = sum((a.double().cpu() * w).sum() for name, a, w in (("y", y, gy), ("final_state", hT, gh))
+               if name in outputs)
+    loss_ref = sum((a * w).sum() for name, a, w in (("y", yr, gy), ("final_state", hTr, gh)) if name in outputs)
+    loss.backward()
+    loss_ref.backward()
     errs = {"y": _rel(y.cpu(), yr), "final_state": _rel(hT.cpu(), hTr)}
-    for name, a, r in zip(("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state"), ours, ref):
-        if a is not None:
-            errs["d" + name] = _rel(a.grad.cpu(), r.grad)
-    _assert_close(errs, TOL[torch.float32])
+    for name, a, r in zip(SSD_NAMES, ours, ref):
+        if a is None:
+            continue
+        if name in frozen:
+            assert a.grad is None
+        else:
+            assert a.grad.shape == a.shape and a.grad.dtype == a.dtype
+            errs["d" + name] = _rel(a.grad.cpu(), r.grad if r.grad is not None else torch.zeros_like(r))
+    return errs
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((1, 37, 2, 4, 1, 4, 16), {}),  # 3 chunks, the last one partial
+        ((1, 77, 4, 3, 2, 5, 64), {"D": "channel"}),  # 4 row blocks per chunk, groups of 2 heads
+        ((2, 50, 4, 3, 2, 5, 8), {"D": None, "z": False, "bias": False, "softplus": False, "h0": False}),
+        ((1, 20, 2, 4, 1, 4, 32), {"h0": False, "bias": False}),  # L < chunk
+        ((1, 45, 6, 5, 3, 3, 16), {"strided": True, "D": "channel"}),  # 3 groups, transposed storage
+        ((1, 1, 2, 4, 2, 4, 16), {}),
+    ],
+)
+def test_ssd_matches_reference(shape, kwargs):
+    _assert_close(_ssd_case(*shape, **kwargs), TOL[torch.float32])
+
+
+@pytest.mark.parametrize(
+    "outputs, frozen",
+    [(("y",), ()), (("final_state",), ()), (("y", "final_state"), ("x", "A", "C", "D", "initial_state"))],
+)
+def test_ssd_gradients_of_one_output_and_frozen_inputs(outputs, frozen):
+    _assert_close(_ssd_case(1, 30, 2, 4, 1, 4, 16, outputs=outputs, frozen=frozen, seed=1), TOL[torch.float32])
+
+
+def test_ssd_chunked_calls_gradients_equal_one_call():
+    """Two calls passing the state along give the output, final state and every gradient of one call."""
+    from audiomamba.kernels.ssd import ssd_scan_triton
+
+    g = torch.Generator().manual_seed(7)
+    batch, length, heads, headdim, groups, n, cut = 1, 40, 2, 4, 1, 4, 23
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE)
+
+    base = [rnd(batch, length, heads, headdim), rnd(batch, length, heads, scale=0.5),
+            -torch.rand(heads, generator=g).to(DEVICE) - 0.1, rnd(batch, length, groups, n),
+            rnd(batch, length, groups, n), rnd(heads), rnd(batch, length, heads, headdim), rnd(heads, scale=0.3),
+            rnd(batch, heads, headdim, n)]
+    gy, gh = rnd(batch, length, heads, headdim), rnd(batch, heads, headdim, n)
+    one = [t.clone().requires_grad_(True) for t in base]
+    y, hT = ssd_scan_triton(*one[:5], 16, *one[5:8], True, one[8], True)
+    ((y * gy).sum() + (hT * gh).sum()).backward()
+    two = [t.clone().requires_grad_(True) for t in base]
+    x, dt, A, B, C, D, z, dtb, h0 = two
+    y1, h1 = ssd_scan_triton(x[:, :cut], dt[:, :cut], A, B[:, :cut], C[:, :cut], 16, D, z[:, :cut], dtb, True, h0,
+                             True)
+    y2, h2 = ssd_scan_triton(x[:, cut:], dt[:, cut:], A, B[:, cut:], C[:, cut:], 16, D, z[:, cut:], dtb, True, h1,
+                             True)
+    ((torch.cat([y1, y2], 1) * gy).sum() + (h2 * gh).sum()).backward()
+    errs = {"y": _rel(torch.cat([y1, y2], 1).detach(), y.detach()), "final_state": _rel(h2.detach(), hT.detach())}
+    for name, a, b in zip(SSD_NAMES, two, one):
+        errs["d" + name] = _rel(a.grad, b.grad)
+    _assert_close(errs, 1e-5)

@@ -38,6 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .activations import softplus as _softplus
+
 # Largest register tile per program (elements) and warps per program. sm_90 builds (offline triton.compile with
 # the launch's specialisation: 16-byte aligned pointers, unit strides; ptxas -v): 8 warps with 4096-element tiles
 # use 108 / 146 / 141 registers (float32) and 90 / 114 / 119 (bfloat16) at E = 128 / 256 / 512, no spills.
@@ -50,15 +52,6 @@ CONFIG_OVERRIDES: dict = {}
 @triton.jit
 def _silu(v):
     return v * tl.sigmoid(v)
-
-
-@triton.jit
-def _softplus(v):
-    # log(1 + e^v) with log1p's accuracy for very negative v (u = 1 + e trick), v itself above 20 (as torch).
-    e = tl.exp(v)
-    one_e = 1.0 + e
-    lp = tl.where(one_e == 1.0, e, tl.log(one_e) * (e / (one_e - 1.0)))
-    return tl.where(v > 20.0, v, lp)
 
 
 @triton.jit

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .activations import softplus as _softplus
 from .reference import causal_conv1d_update_ref, mamba1_decode_step_ref, selective_state_update_ref
 
 
@@ -75,9 +76,7 @@ def _ssu_kernel(
     if HAS_DTB:
         dt += tl.load(dtb_ptr + e, mask=em, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        ex = tl.exp(dt)
-        one = 1.0 + ex
-        dt = tl.where(dt > 20.0, dt, tl.where(one == 1.0, ex, tl.log(one) * (ex / (one - 1.0))))
+        dt = _softplus(dt)
     A = tl.load(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, mask=m2, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * s_Bb + grp[:, None] * s_Bg + n[None, :] * s_Bn, mask=m2, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * s_Cb + grp[:, None] * s_Cg + n[None, :] * s_Cn, mask=m2, other=0.0).to(tl.float32)

@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .activations import softplus as _softplus
+
 LOG2E = 1.4426950408889634
 
 # Warps wanted in flight before time is cut into parallel segments (about 16 per SM on an H200).
@@ -81,15 +83,6 @@ def _shift_up(x, nxt, tt, T: tl.constexpr):
     for t in tl.static_range(T - 1):
         y = tl.where(tt == t, _row(x, tt, t + 1)[None, :, :], y)
     return y
-
-
-@triton.jit
-def _softplus(x):
-    # log(1 + e^x), accurate for very negative x (log1p through the u = 1 + e trick), linear above 20.
-    e = tl.exp(x)
-    one_e = 1.0 + e
-    lp = tl.where(one_e == 1.0, e, tl.log(one_e) * (e / (one_e - 1.0)))
-    return tl.where(x > 20.0, x, lp)
 
 
 @triton.jit

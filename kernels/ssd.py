@@ -36,12 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _softplus(x):
-    e = tl.exp(x)
-    one = 1.0 + e
-    return tl.where(x > 20.0, x, tl.where(one == 1.0, e, tl.log(one) * (e / (one - 1.0))))
+from .activations import softplus as _softplus
 
 
 @triton.jit

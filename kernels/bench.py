@@ -104,6 +104,17 @@ def _time(fn, grad_to_none=None, budget_s=None):
         return None
 
 
+def _measure(fwd, fwd_bwd, inputs, reference: bool):
+    """(forward ms, forward+backward ms, peak MB of forward+backward) of one implementation; the reference gets a
+    2 s budget per call (None where it is over budget or out of memory)."""
+    budget = 2.0 if reference else None
+    t_f = _time(fwd, budget_s=budget)
+    t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inputs), budget_s=budget) if t_f is not None else None
+    for t in _grads_of(inputs):
+        t.grad = None
+    return t_f, t_fb, (_peak_mb(fwd_bwd) if t_fb is not None else None)
+
+
 def _peak_mb(fn):
     _sync()
     torch.cuda.empty_cache()
@@ -172,12 +183,7 @@ def bench_scan(shapes=SCAN_SHAPES, dtype=torch.bfloat16, layouts=("channel-first
                 def fwd_bwd(call=call, dy=dy):
                     call().backward(dy)
 
-                budget = None if name != "reference" else 2.0
-                t_f = _time(fwd, budget_s=budget)
-                t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inp), budget_s=budget) if t_f is not None else None
-                for t in _grads_of(inp):
-                    t.grad = None
-                mem = _peak_mb(fwd_bwd) if t_fb is not None else None
+                t_f, t_fb, mem = _measure(fwd, fwd_bwd, inp, name == "reference")
                 row = dict(op="scan", shape=shape, layout=layout, impl=name, fwd_ms=t_f, fwd_bwd_ms=t_fb,
                            floor_ms=floor, x_floor=None if t_f is None else t_f / floor, peak_mb=mem)
                 rows.append(row)
@@ -243,12 +249,7 @@ def bench_ssd(shapes=SCAN_SHAPES, dtype=torch.bfloat16, reference=True, mamba=Tr
             def fwd_bwd(fn=fn, inp=inp, dy=dy):
                 fn(inp).backward(dy)
 
-            budget = None if name != "reference" else 2.0
-            t_f = _time(fwd, budget_s=budget)
-            t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inp), budget_s=budget) if t_f is not None else None
-            for t in _grads_of(inp):
-                t.grad = None
-            mem = _peak_mb(fwd_bwd) if t_fb is not None else None
+            t_f, t_fb, mem = _measure(fwd, fwd_bwd, inp, name == "reference")
             row = dict(op="ssd", shape=(batch, heads, length, SSD_STATE), layout="(B, L, H, P)", impl=name,
                        fwd_ms=t_f, fwd_bwd_ms=t_fb, floor_ms=None, x_floor=None, peak_mb=mem)
             rows.append(row)

@@ -329,6 +329,9 @@ class DataConfig:
         codebook_size: codes per codebook of the token files; the delay pattern's filler token is this value.
         labels, label_regex, csv_path: label source for files (see AudioFolder).
         split: "random" (seeded fractions) | "fsdd" (take index 0-4 = test) | "folders" (train/ val/ test/).
+        random_crop: training clips cropped at a random offset (validation/test: center crop).
+        random_pad, gain_db: training-time augmentation of audio files: short clips placed at a random offset in
+            the padded window; a random gain in [-gain_db, +gain_db] dB (see AudioFolder).
         trim_db, loudness_db: optional trim (dB below peak) and RMS normalization (dBFS) of files.
         skip_bad_files: skip and count unreadable files instead of failing.
     """
@@ -351,6 +354,8 @@ class DataConfig:
     test_fraction: float = 0.1
     split_seed: int = 0
     random_crop: bool = True
+    random_pad: bool = False
+    gain_db: float = 0.0
     trim_db: Optional[float] = None
     loudness_db: Optional[float] = None
     skip_bad_files: bool = False
@@ -370,6 +375,8 @@ class DataConfig:
             raise ValueError(f"data.root is required for data.source={self.source!r}")
         if self.length is not None and self.length < 2:
             raise ValueError(f"data.length must be >= 2 (or null), got {self.length}")
+        if self.gain_db < 0:
+            raise ValueError(f"data.gain_db must be >= 0, got {self.gain_db}")
         if not 2 <= self.bits <= 16:
             raise ValueError(f"data.bits must be in [2, 16], got {self.bits}")
         if self.batch_size < 1:

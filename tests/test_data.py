@@ -91,6 +91,30 @@ def test_audio_folder_random_crop_is_seeded(tmp_path):
         assert len(starts) == 1
 
 
+def test_audio_folder_random_pad_and_gain(tmp_path):
+    clip = np.random.default_rng().uniform(-0.3, 0.3, 600).astype(np.float32)
+    _write(tmp_path / "a" / "x.wav", clip, subtype="FLOAT")
+    plain = AudioFolder(tmp_path, sample_rate=8000, length=1000, random_crop=True)
+    assert torch.equal(plain[(0, 7)]["audio"][:600], torch.from_numpy(clip))  # default: padded at the end
+    shifted = AudioFolder(tmp_path, sample_rate=8000, length=1000, random_crop=True, random_pad=True, gain_db=6.0)
+    offsets = set()
+    for seed in range(1, 30):
+        x = shifted[(0, seed)]["audio"]
+        assert x.shape == (1000,) and torch.equal(x, shifted[(0, seed)]["audio"])
+        nz = torch.nonzero(x).flatten()
+        start = int(nz[0])
+        offsets.add(start)
+        ratio = x[start : start + 600] / torch.from_numpy(clip)
+        assert torch.allclose(ratio, ratio[0].expand(600), rtol=1e-5)  # one gain for the whole clip
+        assert 10 ** (-6 / 20) - 1e-6 <= float(ratio[0]) <= 10 ** (6 / 20) + 1e-6
+        assert not x[:start].any() and not x[start + 600 :].any()
+    assert len(offsets) > 5
+    fixed = AudioFolder(tmp_path, sample_rate=8000, length=1000, random_crop=False, random_pad=True, gain_db=6.0)
+    assert torch.equal(fixed[(0, 3)]["audio"][:600], torch.from_numpy(clip))  # evaluation sets: no augmentation
+    with pytest.raises(ValueError, match="gain_db"):
+        AudioFolder(tmp_path, sample_rate=8000, gain_db=-1.0)
+
+
 def test_labels_from_regex_and_csv(tmp_path):
     for name in ("3_theo_7.wav", "0_lucas_0.wav", "3_george_12.wav"):
         _write(tmp_path / name, _tone(200))

@@ -168,8 +168,9 @@ def _natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def crop_or_pad(x: torch.Tensor, length: int, crop_seed: int | None) -> torch.Tensor:
-    """(..., T) -> (..., length): random crop when ``crop_seed`` is given, else center crop; zero-pad at the end."""
+def crop_or_pad(x: torch.Tensor, length: int, crop_seed: int | None, random_pad: bool = False) -> torch.Tensor:
+    """(..., T) -> (..., length): random crop when ``crop_seed`` is given, else center crop. Shorter clips are
+    zero-padded at the end, or (``random_pad`` with a ``crop_seed``) placed at a random offset in the window."""
     T = x.shape[-1]
     if T > length:
         if crop_seed is None:
@@ -178,8 +179,19 @@ def crop_or_pad(x: torch.Tensor, length: int, crop_seed: int | None) -> torch.Te
             start = int(np.random.default_rng(crop_seed).integers(0, T - length + 1))
         return x[..., start : start + length]
     if T < length:
-        return torch.nn.functional.pad(x, (0, length - T))
+        before = 0
+        if random_pad and crop_seed is not None:
+            before = int(np.random.default_rng(crop_seed).integers(0, length - T + 1))
+        return torch.nn.functional.pad(x, (before, length - T - before))
     return x
+
+
+def random_gain(x: torch.Tensor, gain_db: float, seed: int) -> torch.Tensor:
+    """x scaled by a gain drawn uniformly in [-gain_db, +gain_db] dB (from ``seed``), peak-limited to 0.99."""
+    db = float(np.random.default_rng([seed, 1]).uniform(-gain_db, gain_db))
+    y = x * 10.0 ** (db / 20.0)
+    peak = float(y.abs().max()) if y.numel() else 0.0
+    return y * (0.99 / peak) if peak > 0.99 else y
 
 
 class AudioFolder(FileDataset):
@@ -193,6 +205,9 @@ class AudioFolder(FileDataset):
             root) | "regex" (``label_regex`` on the file name, group "label") | "none".
         files: restrict to these files (paths); default all audio files under root.
         random_crop: crop at a random offset (seeded per item by the sampler) instead of the center.
+        random_pad: with ``random_crop``, place clips shorter than ``length`` at a random offset in the zero-padded
+            window instead of at its start (a time-shift augmentation for short clips such as spoken digits).
+        gain_db: with ``random_crop``, scale each clip by a random gain in [-gain_db, +gain_db] dB (0: off).
         trim_db: trim leading/trailing parts quieter than this many dB below peak (librosa); None: no trim.
         loudness_db: normalize RMS to this many dBFS (peak-limited to 0.99); None: keep levels.
         skip_bad_files: skip and count unreadable files instead of failing.
@@ -202,10 +217,13 @@ class AudioFolder(FileDataset):
     def __init__(self, root, sample_rate: int = 16000, length: int | None = None, labels: str = "folder",
                  label_regex: str | None = None, csv_path: str | None = None, files=None,
                  extensions: tuple[str, ...] = AUDIO_EXTENSIONS, random_crop: bool = True,
-                 trim_db: float | None = None, loudness_db: float | None = None, skip_bad_files: bool = False,
-                 classes=None):
+                 random_pad: bool = False, gain_db: float = 0.0, trim_db: float | None = None,
+                 loudness_db: float | None = None, skip_bad_files: bool = False, classes=None):
+        if gain_db < 0:
+            raise ValueError(f"gain_db must be >= 0, got {gain_db}")
         self.sample_rate, self.length = sample_rate, length
-        self.random_crop, self.trim_db, self.loudness_db = random_crop, trim_db, loudness_db
+        self.random_crop, self.random_pad, self.gain_db = random_crop, random_pad, gain_db
+        self.trim_db, self.loudness_db = trim_db, loudness_db
         files = [Path(f) for f in files] if files is not None else list_files(root, extensions)
         super().__init__(root, files, labels, label_regex, csv_path, skip_bad_files, classes)
 
@@ -225,8 +243,11 @@ class AudioFolder(FileDataset):
 
     def load(self, path: Path, crop_seed: int | None) -> dict:
         wave = self.read(path)
+        seed = crop_seed if self.random_crop else None
         if self.length is not None:
-            wave = crop_or_pad(wave, self.length, crop_seed if self.random_crop else None)
+            wave = crop_or_pad(wave, self.length, seed, self.random_pad)
+        if self.gain_db > 0 and seed is not None:
+            wave = random_gain(wave, self.gain_db, seed)
         return {"audio": wave}
 
 

@@ -181,7 +181,8 @@ class AudioDataModule(L.LightningDataModule):
         def make(fs, crop, classes=None):
             if c.source == "folder":
                 return AudioFolder(root, sample_rate=c.sample_rate, length=c.length, files=fs, random_crop=crop,
-                                   trim_db=c.trim_db, loudness_db=c.loudness_db, classes=classes, **common)
+                                   random_pad=c.random_pad, gain_db=c.gain_db, trim_db=c.trim_db,
+                                   loudness_db=c.loudness_db, classes=classes, **common)
             return TokenFolder(root, length=c.length, n_codebooks=c.n_codebooks, files=fs, random_crop=crop,
                                classes=classes, **common)
 

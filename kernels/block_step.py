@@ -16,7 +16,7 @@ Design: one program per batch row does the whole block, so a step of a block is 
 intermediate stays in registers; the two recurrent states are read and written in place (fixed buffers, no
 allocation besides the output, no host sync: CUDA-graph friendly). Full-width vectors of E and D live in
 registers; the three matrix-vector products loop over chunks of their *reduction* or *output* dimension so that
-no tile exceeds ``_TILE`` elements per program:
+no tile exceeds the configured number of elements per program (``block_step_config``):
 
 * in_proj: over chunks of D (the reduction); the normalised input chunk is recomputed from x (mean and
   1/std are scalars), the [E, BD] weight tiles are read row-contiguous.
@@ -40,11 +40,12 @@ import triton.language as tl
 
 from .activations import softplus as _softplus
 
-# Largest register tile per program (elements) and warps per program. sm_90 builds (offline triton.compile with
-# the launch's specialisation: 16-byte aligned pointers, unit strides; ptxas -v): 8 warps with 4096-element tiles
-# use 108 / 146 / 141 registers (float32) and 90 / 114 / 119 (bfloat16) at E = 128 / 256 / 512, no spills.
-_TILE = 4096
-_WARPS = 8
+# Largest register tile per program (elements) and warps per program, from the H200 sweep of block_step_bench
+# (kernels/NOTES.md, µs per block step, float32, batch 1): 8192-element tiles over 16 warps are best up to
+# E = 256 (6.5 µs at D = 64, 12.5 at D = 128, against 6.6 / 17.0 with the earlier 4096 x 8), 16384 from E = 512
+# (32.9 µs at D = 256, against 37.3 with 8192 and 57.1 with 4096 x 8); 32 warps were slower everywhere.
+_TILE_SMALL, _TILE_LARGE, _LARGE_E = 8192, 16384, 512
+_WARPS = 16
 # Keyword overrides of ``block_step_config`` ("tile", "num_warps"), for the benchmark's sweep.
 CONFIG_OVERRIDES: dict = {}
 
@@ -189,9 +190,9 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
 def block_step_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, tile: int | None = None,
                       num_warps: int | None = None) -> dict:
     """Block sizes and warps of the kernel for a block of these sizes: every tile holds at most ``tile``
-    elements (default ``_TILE``; ``CONFIG_OVERRIDES`` may set ``tile`` and ``num_warps``)."""
-    tile = tile or CONFIG_OVERRIDES.get("tile", _TILE)
+    elements (default 8192, 16384 from E = 512; ``CONFIG_OVERRIDES`` may set ``tile`` and ``num_warps``)."""
     block_e = _p2(d_inner)
+    tile = tile or CONFIG_OVERRIDES.get("tile", _TILE_LARGE if block_e >= _LARGE_E else _TILE_SMALL)
     chunk = max(1, tile // block_e)
     return {
         "BLOCK_D": _p2(d_model), "BLOCK_E": block_e, "BLOCK_R": _p2(dt_rank), "BLOCK_W": _p2(d_conv - 1),

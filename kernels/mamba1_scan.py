@@ -23,6 +23,9 @@ The three ideas of the paper's hardware-aware algorithm, as they appear in the d
   sub-chunk in a small per-program scratch, then walks the sub-chunks backwards, recomputing their states and
   running the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} is a register shift of a_t;
   segments are chained as in the forward). dB and dC are summed over the channel block and added atomically.
+  The "lean" backward (``bwd_variant="lean"``, NOTES.md v5) has the same structure with every per-(step,
+  channel) value (softplus, gate, ...) computed once per interval in a prologue, and the 2-step sub-chunks
+  written out on [N, BE] tiles (no scans, no replicated per-channel work).
 
 Gradients (with a_t h_{t-1} = h_t - b_t, so no shifted state is needed):
     dΔ_t = Σ_n g_t (h_t - b_t) A + u_t Σ_n g_t B_t ;  du_t = Δ_t Σ_n g_t B_t + D dy_t
@@ -722,6 +725,232 @@ def _ss_bwd_seq_kernel(
             tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
 
 
+@triton.jit
+def _lean_grads(h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, t, b, g, e, n, e_mask, n_mask, L, G,
+                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
+                s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+                NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """Gradients of one step t from its state h [NP, BE], input bx = Δ B u, adjoint gg, A2 = A log2 e, B and C
+    rows [NP] and the per-channel values [BE]; stores du, dΔ, dz and adds dB, dC.
+    Returns (dA increment [NP, BE], dΔ [BE])."""
+    ghp = gg * (h - bx)  # g_t a_t h_{t-1}
+    gB = tl.sum(gg * Bt[:, None], axis=0)  # [BE]
+    ddt = dsp * (0.6931471805599453 * tl.sum(ghp * A2, axis=0) + u * gB)
+    du = dtv * gB
+    if HAS_D:
+        du += Dv * dyv
+    m = e_mask & (t < L)
+    if HAS_Z:
+        yp = tl.sum(h * Ct[:, None], axis=0)
+        if HAS_D:
+            yp += Dv * u
+        tl.store(dz_ptr + b * s_dzb + e * s_dze + t * s_dzl, (kz * yp).to(dz_ptr.dtype.element_ty), mask=m)
+    tl.store(du_ptr + b * s_dub + e * s_due + t * s_dul, du.to(du_ptr.dtype.element_ty), mask=m)
+    tl.store(ddt_ptr + b * s_ddb + e * s_dde + t * s_ddl, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
+    bc_off = ((b * G + g) * NP + n) * L + t  # into (B, G, NP, L) float32
+    nm = n_mask & (t < L)
+    tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[None, :], axis=1), mask=nm, sem="relaxed")
+    tl.atomic_add(dC_ptr + bc_off, tl.sum(h * dyv[None, :], axis=1), mask=nm, sem="relaxed")
+    return ghp * dtv[None, :], ddt
+
+
+@triton.jit
+def _ss_bwd_lean_kernel(
+    # pointers
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
+    ck_ptr, gc_ptr, Gl_ptr, Q_ptr, scr_ptr, pe_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
+    # sizes
+    E, L, G, EG, NEB, SEG, NSEG, NCK,
+    # strides
+    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl,
+    s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+    # meta
+    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CK: tl.constexpr, PT: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
+):
+    """Backward ("lean" variant), same contract as ``_ss_bwd_seq_kernel``; 2-step sub-chunks written out.
+
+    Per checkpoint interval of CK steps (walked last to first): a prologue computes every per-(step, channel)
+    value once from coalesced [CK, BE] tiles (Δ after bias and softplus, Δu, u, dy·SiLU(z), the dz factor,
+    σ of the raw Δ) into a per-program scratch pe (6, CK, BE); phase A reruns the interval's forward on
+    [NP, BE] tiles and parks the state every 2 steps in scr; phase B walks the 2-step sub-chunks in reverse,
+    recomputes their two states and runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs.
+    """
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = (pid_r // (NEB * G)).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
+    rem = pid_r % (NEB * G)
+    g = rem // NEB
+    eo = tl.arange(0, BE)
+    e_loc = (rem % NEB) * BE + eo
+    e_mask = e_loc < EG
+    e = g * EG + e_loc
+    n = tl.arange(0, NP)
+    n_mask = n < N
+    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
+    A2 = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634  # A log2(e); A itself is not kept (Σ g a h A = ln 2 · Σ g a h A2)
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BE], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([BE], tl.float32)
+    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]
+    t_begin = pid_s * SEG
+    t_end = tl.minimum(t_begin + SEG, L)
+    # carry: adjoint of the state at step t_end and a_{t_end} (1 past the sequence end)
+    _, dt_after = _load_dt(dt_ptr, b * s_db + e * s_de + t_end * s_dl, e_mask & (t_end < L), dtb, HAS_DTB, SOFTPLUS)
+    a_next = _exp2(A2 * dt_after[None, :], FAST_EXP)  # [NP, BE]
+    if HAS_GC and not LOCAL:
+        g_next = tl.load(gc_ptr + st_off, mask=en_mask, other=0.0)
+    else:
+        g_next = tl.zeros([NP, BE], tl.float32)
+    dA_acc = tl.zeros([NP, BE], tl.float32)
+    ddtb_acc = tl.zeros([BE], tl.float32)
+    dD_acc = tl.zeros([PT, BE], tl.float32)
+    dt_sum = tl.zeros([PT, BE], tl.float32)
+    prog = pid_r * NSEG + pid_s
+    # parked states n-fastest, like A, the checkpoints and the carries: one [NP, BE] layout for all state tiles
+    scr = scr_ptr + prog * ((CK // 2) * NP * BE) + n[:, None] + eo[None, :] * NP
+    pe = pe_ptr + prog * (6 * CK * BE)
+    tp = tl.arange(0, PT)
+    pe_tp = pe + tp[:, None] * BE + eo[None, :]  # [PT, BE]
+    n_ck = tl.cdiv(t_end - t_begin, CK)
+    for i in range(0, n_ck):
+        k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
+        # prologue: per-(step, channel) values, once each, PT steps at a time (few registers)
+        tl.debug_barrier()  # the previous interval's reads of pe are done
+        for q in tl.static_range(CK // PT):
+            t = k0 + q * PT + tp
+            m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
+            raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
+            if HAS_DTB:
+                raw += dtb[None, :]
+            if SOFTPLUS:
+                ex = _exp2(raw * 1.4426950408889634, FAST_EXP)
+                one_e = 1.0 + ex
+                # softplus as in activations.softplus (log1p accuracy, linear above 20), σ(raw) from the same exp
+                dtv = tl.where(raw > 20.0, raw,
+                               tl.where(one_e == 1.0, ex, tl.log(one_e) * tl.fdiv(ex, one_e - 1.0)))
+                dsp = tl.where(raw > 20.0, 1.0, tl.fdiv(ex, one_e))
+            else:
+                dtv = raw
+                dsp = tl.full([PT, BE], 1.0, tl.float32)
+            dtv = tl.where(m2, dtv, 0.0)
+            dout = _tile_te(dy_ptr, b, e, t, s_gb, s_ge, s_gl, m2).to(tl.float32)
+            if HAS_Z:
+                zz = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, m2).to(tl.float32)
+                zsig = tl.fdiv(1.0, 1.0 + _exp2(zz * -1.4426950408889634, FAST_EXP))
+                dyv = dout * zz * zsig
+                if not LOCAL:
+                    tl.store(pe_tp + (5 * CK + q * PT) * BE, dout * zsig * (1.0 + zz * (1.0 - zsig)))
+            else:
+                dyv = dout
+            tl.store(pe_tp + q * PT * BE, dtv)
+            tl.store(pe_tp + (CK + q * PT) * BE, dyv)
+            if LOCAL:
+                dt_sum += dtv
+            else:
+                u = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32)
+                tl.store(pe_tp + (2 * CK + q * PT) * BE, dtv * u)
+                tl.store(pe_tp + (3 * CK + q * PT) * BE, u)
+                tl.store(pe_tp + (4 * CK + q * PT) * BE, tl.where(m2, dsp, 0.0))
+                if HAS_D:
+                    dD_acc += dyv * u
+        tl.debug_barrier()
+        n_sub = tl.cdiv(tl.minimum(CK, L - k0), 2)
+        if not LOCAL:
+            # phase A: the interval's forward from its checkpoint; the state parked every 2 steps
+            h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask, other=0.0)
+            for j in range(0, n_sub):
+                tl.store(scr + j * (NP * BE), h)
+                for s in tl.static_range(2):
+                    r = 2 * j + s
+                    tr = k0 + r
+                    dts = tl.load(pe + r * BE + eo)
+                    xs = tl.load(pe + 2 * CK * BE + r * BE + eo)
+                    Bs = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn + tr * s_Bl, mask=n_mask & (tr < L),
+                                 other=0.0).to(tl.float32)
+                    h = _exp2(dts[None, :] * A2, FAST_EXP) * h + xs[None, :] * Bs[:, None]
+            tl.debug_barrier()
+        # phase B: 2-step sub-chunks in reverse
+        for jj in range(0, n_sub):
+            j = n_sub - 1 - jj
+            r0 = 2 * j
+            t0 = k0 + r0
+            t1 = t0 + 1
+            dt0 = tl.load(pe + r0 * BE + eo)
+            dt1 = tl.load(pe + (r0 + 1) * BE + eo)
+            dy0 = tl.load(pe + CK * BE + r0 * BE + eo)
+            dy1 = tl.load(pe + CK * BE + (r0 + 1) * BE + eo)
+            C0 = tl.load(C_ptr + b * s_Cb + g * s_Cg + n * s_Cn + t0 * s_Cl, mask=n_mask & (t0 < L),
+                         other=0.0).to(tl.float32)
+            C1 = tl.load(C_ptr + b * s_Cb + g * s_Cg + n * s_Cn + t1 * s_Cl, mask=n_mask & (t1 < L),
+                         other=0.0).to(tl.float32)
+            a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
+            a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
+            g1 = C1[:, None] * dy1[None, :] + a_next * g_next
+            if LOCAL:
+                g0 = C0[:, None] * dy0[None, :] + a1 * g1
+            else:
+                hs = tl.load(scr + j * (NP * BE))
+                x0 = tl.load(pe + 2 * CK * BE + r0 * BE + eo)
+                x1 = tl.load(pe + 2 * CK * BE + (r0 + 1) * BE + eo)
+                u0 = tl.load(pe + 3 * CK * BE + r0 * BE + eo)
+                u1 = tl.load(pe + 3 * CK * BE + (r0 + 1) * BE + eo)
+                sp0 = tl.load(pe + 4 * CK * BE + r0 * BE + eo)
+                sp1 = tl.load(pe + 4 * CK * BE + (r0 + 1) * BE + eo)
+                if HAS_Z:
+                    kz0 = tl.load(pe + 5 * CK * BE + r0 * BE + eo)
+                    kz1 = tl.load(pe + 5 * CK * BE + (r0 + 1) * BE + eo)
+                else:
+                    kz0 = dy0
+                    kz1 = dy1
+                B0 = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn + t0 * s_Bl, mask=n_mask & (t0 < L),
+                             other=0.0).to(tl.float32)
+                B1 = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn + t1 * s_Bl, mask=n_mask & (t1 < L),
+                             other=0.0).to(tl.float32)
+                bx0 = x0[None, :] * B0[:, None]
+                bx1 = x1[None, :] * B1[:, None]
+                h0 = a0 * hs + bx0
+                h1 = a1 * h0 + bx1
+                dA1, ddt1 = _lean_grads(h1, bx1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1, sp1, Dv, t1, b, g, e, n,
+                                        e_mask, n_mask, L, G, du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
+                                        s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+                                        NP, HAS_D, HAS_Z)
+                g0 = C0[:, None] * dy0[None, :] + a1 * g1
+                dA0, ddt0 = _lean_grads(h0, bx0, g0, B0, C0, A2, dt0, x0, u0, dy0, kz0, sp0, Dv, t0, b, g, e, n,
+                                        e_mask, n_mask, L, G, du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
+                                        s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+                                        NP, HAS_D, HAS_Z)
+                dA_acc += dA0 + dA1
+                ddtb_acc += ddt0 + ddt1
+            a_next = a0
+            g_next = g0
+    if LOCAL:
+        # Q = Π a_{t+1} over the segment: Δ summed over its steps but the first, plus the one after it
+        dt_first = tl.load(pe + eo)  # pe holds the segment's first interval now
+        tl.store(Gl_ptr + st_off, g_next, mask=en_mask)
+        dt_tot = tl.sum(dt_sum, axis=0) - dt_first + dt_after
+        tl.store(Q_ptr + st_off, _exp2(A2 * dt_tot[None, :], FAST_EXP), mask=en_mask)
+    else:
+        if NEED_DH0:
+            if pid_s == 0:
+                tl.store(dh0_ptr + (b * E + e[None, :]) * N + n[:, None], a_next * g_next, mask=en_mask)
+        tl.atomic_add(dA_ptr + e[None, :] * N + n[:, None], dA_acc, mask=en_mask, sem="relaxed")
+        if HAS_D:
+            tl.atomic_add(dD_ptr + e, tl.sum(dD_acc, axis=0), mask=e_mask, sem="relaxed")
+        if HAS_DTB:
+            tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
+
+
 # ---------------------------------------------------------------- launchers
 
 
@@ -745,9 +974,10 @@ def _fast_exp(t: torch.Tensor) -> bool:
 
 def _config(batch, channels, groups, length, n, channel_first=True, **kw):
     """Launch configuration for a problem size. Keywords (or ``_CONFIG_OVERRIDES``) override the choices:
-    fwd_variant/bwd_variant ("seq" | "scan"), fwd_block/bwd_block (channels per program), fwd_chunk/bwd_chunk
-    (steps per register tile of the "seq" kernels), fwd_target/bwd_target (warps wanted before time is cut
-    into segments), ck (checkpoint spacing = the "scan" chunk).
+    fwd_variant ("seq" | "scan"), bwd_variant ("seq" | "lean" | "scan"), fwd_block/bwd_block (channels per
+    program), fwd_chunk/bwd_chunk (steps per register tile of the "seq" kernels), bwd_warps (warps per "lean"
+    program), fwd_target/bwd_target (warps wanted before time is cut into segments), ck (checkpoint spacing =
+    the "scan" chunk).
 
     Defaults from the H200 sweeps in NOTES.md: forward [T=4, N, 32] tiles; one time segment when the channel
     blocks alone give >= 384 warps and memory is channel-first (L1 then serves 16 steps per sector), else
@@ -775,10 +1005,16 @@ def _config(batch, channels, groups, length, n, channel_first=True, **kw):
         be = min(kw.get("bwd_block") or 16, eg2)
         T = kw.get("bwd_chunk") or (2 if np2 <= 16 else 1)
         nw = max(1, be // 32)
-    else:
+    elif variant == "lean":
+        be = min(kw.get("bwd_block") or 16, eg2)
+        T = 2  # sub-chunks of 2 steps, written out in the kernel
+        nw = kw.get("bwd_warps") or max(1, be * np2 // 512)
+    elif variant == "scan":
         be = kw.get("bwd_block") or min(eg2, 8 * 16 // np2)
         T = cfg["CK"]
         nw = 4
+    else:
+        raise ValueError(f"bwd_variant: expected 'seq', 'lean' or 'scan', got {variant!r}")
     rows = batch * groups * triton.cdiv(eg, be)
     target = kw.get("bwd_target") or (1 if rows * nw >= 768 else _TARGET_WARPS // 2)
     seg, nseg = _segments(rows, nw, length, cfg["CK"], target)
@@ -886,18 +1122,26 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
     strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *dy.stride(),
                *du.stride(), *ddelta.stride(), *dz_.stride())
     grid = (batch * groups * neb, nseg)
-    common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
+    common = dict(N=n, NP=np2, BE=BE, HAS_D=D is not None, HAS_Z=z is not None,
                   HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
-    if config["bwd_variant"] == "seq":
+    if config["bwd_variant"] in ("seq", "lean"):
         if CK % T:
             raise ValueError(f"config: bwd_T {T} must divide the checkpoint spacing {CK}")
-        kernel = _ss_bwd_seq_kernel
+        programs = grid[0] * nseg
+        scratch = (torch.empty(programs * (CK // T) * np2 * BE, device=dev, dtype=f32),)
         common.update(CK=CK, FAST_EXP=_fast_exp(u))
-        scratch = (torch.empty(grid[0] * nseg * (CK // T) * np2 * BE, device=dev, dtype=f32),)
+        if config["bwd_variant"] == "seq":
+            kernel = _ss_bwd_seq_kernel
+            common.update(T=T)
+        else:
+            kernel = _ss_bwd_lean_kernel
+            common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0))
+            scratch += (torch.empty(programs * 6 * CK * BE, device=dev, dtype=f32),)
     else:
         if T != CK:
             raise ValueError(f"config: the 'scan' backward needs bwd_T == CK, got {T} and {CK}")
         kernel = _ss_bwd_kernel
+        common.update(T=T)
         scratch = ()
     if length > 0:
         Dp = D if D is not None else dummy

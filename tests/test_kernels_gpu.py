@@ -1,7 +1,8 @@
 """Triton kernels on the GPU at real sizes against the PyTorch references (skipped without CUDA).
 
 float32 within 1e-4 relative, bf16 within 1e-2 relative (against the float32 reference on the same bf16 inputs);
-forward, final state and every gradient, initial state included; both physical layouts.
+forward, final state and every gradient, initial state included; both physical layouts; the scan's "seq" and
+"lean" backward kernels.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ def _bc(b, groups, n, length, channel_last, dtype):
     return t
 
 
+@pytest.mark.parametrize("bwd_variant", ["seq", "lean"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("shape", [(2, 192, 1000, 16, 1), (4, 768, 2048, 16, 1), (2, 128, 3000, 8, 2)])
-def test_selective_scan_gpu(dtype, channel_last, shape):
+def test_selective_scan_gpu(dtype, channel_last, shape, bwd_variant, monkeypatch):
+    from audiomamba.kernels import mamba1_scan
     from audiomamba.kernels.mamba1_scan import selective_scan_triton
     from audiomamba.kernels.reference import selective_scan_chunked_ref
+
+    monkeypatch.setitem(mamba1_scan._CONFIG_OVERRIDES, "bwd_variant", bwd_variant)
 
     torch.manual_seed(0)
     b, e, length, n, groups = shape

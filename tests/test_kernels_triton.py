@@ -3,8 +3,8 @@
 Every case draws fresh random inputs and compares the forward output, the final state and every gradient
 (initial state included) with relative error <= 1e-4 in float32. Shapes include lengths that are not multiples
 of any block, grouped B/C, channel-last memory, and launch configurations that force each code path (one time
-segment or several, both forward and both backward kernels). On a CUDA machine these run compiled on the GPU
-instead (tests/test_kernels_gpu.py has the real-size cases).
+segment or several, both forward kernels and the three backward kernels: "seq", "lean", "scan"). On a CUDA
+machine these run compiled on the GPU instead (tests/test_kernels_gpu.py has the real-size cases).
 """
 
 from __future__ import annotations
@@ -104,15 +104,26 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
         ((1, 4, 1, 4), {}, ONE_SEG),
         ((1, 3, 64, 2), {"channel_last": True}, {**ONE_SEG, "bwd_chunk": 4, "fwd_chunk": 1}),
         ((1, 6, 40, 4), {"groups": 3}, {**MANY_SEG, "fwd_variant": "scan", "bwd_variant": "scan"}),
+        # the "lean" backward: one segment and several, grouped and channel-last, no optional inputs, L = 1,
+        # several channel blocks with a partial one, a short checkpoint spacing (CK = 8: many intervals)
+        ((2, 6, 37, 5), {}, {**ONE_SEG, "bwd_variant": "lean"}),
+        ((2, 6, 37, 5), {}, {**MANY_SEG, "bwd_variant": "lean"}),
+        ((1, 8, 70, 4), {"groups": 2, "channel_last": True}, {**MANY_SEG, "bwd_variant": "lean"}),
+        ((2, 8, 45, 3), {"groups": 2, "z": False, "D": False, "bias": False, "softplus": False, "h0": False},
+         {**ONE_SEG, "bwd_variant": "lean"}),
+        ((1, 4, 1, 4), {}, {**ONE_SEG, "bwd_variant": "lean"}),
+        ((1, 5, 45, 4), {"z": False, "h0": False}, {**MANY_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8}),
+        ((1, 6, 29, 4), {"D": False, "bias": False}, {**ONE_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8}),
     ],
 )
 def test_selective_scan_matches_reference(shape, kwargs, config):
     _assert_close(_scan_case(*shape, config=config, **kwargs), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("bwd_variant", ["seq", "lean"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_selective_scan_half_inputs(dtype):
-    _assert_close(_scan_case(1, 6, 40, 4, dtype=dtype, config=MANY_SEG), TOL[dtype])
+def test_selective_scan_half_inputs(dtype, bwd_variant):
+    _assert_close(_scan_case(1, 6, 40, 4, dtype=dtype, config={**MANY_SEG, "bwd_variant": bwd_variant}), TOL[dtype])
 
 
 def test_selective_scan_chunked_calls_equal_one_call():

@@ -976,8 +976,8 @@ def _config(batch, channels, groups, length, n, channel_first=True, **kw):
     """Launch configuration for a problem size. Keywords (or ``_CONFIG_OVERRIDES``) override the choices:
     fwd_variant ("seq" | "scan"), bwd_variant ("seq" | "lean" | "scan"), fwd_block/bwd_block (channels per
     program), fwd_chunk/bwd_chunk (steps per register tile of the "seq" kernels), bwd_warps (warps per "lean"
-    program), fwd_target/bwd_target (warps wanted before time is cut into segments), ck (checkpoint spacing =
-    the "scan" chunk).
+    program), bwd_maxnreg (register cap of the "lean" kernel), fwd_target/bwd_target (warps wanted before time
+    is cut into segments), ck (checkpoint spacing = the "scan" chunk).
 
     Defaults from the H200 sweeps in NOTES.md: forward [T=4, N, 32] tiles; one time segment when the channel
     blocks alone give >= 384 warps and memory is channel-first (L1 then serves 16 steps per sector), else
@@ -1009,6 +1009,7 @@ def _config(batch, channels, groups, length, n, channel_first=True, **kw):
         be = min(kw.get("bwd_block") or 16, eg2)
         T = 2  # sub-chunks of 2 steps, written out in the kernel
         nw = kw.get("bwd_warps") or max(1, be * np2 // 512)
+        cfg["bwd_maxnreg"] = kw.get("bwd_maxnreg")  # register cap (ptxas), None: the compiler's choice
     elif variant == "scan":
         be = kw.get("bwd_block") or min(eg2, 8 * 16 // np2)
         T = cfg["CK"]
@@ -1136,6 +1137,8 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
         else:
             kernel = _ss_bwd_lean_kernel
             common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0))
+            if config.get("bwd_maxnreg"):
+                common.update(maxnreg=config["bwd_maxnreg"])
             scratch += (torch.empty(programs * 6 * CK * BE, device=dev, dtype=f32),)
     else:
         if T != CK:

@@ -113,7 +113,8 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
          {**ONE_SEG, "bwd_variant": "lean"}),
         ((1, 4, 1, 4), {}, {**ONE_SEG, "bwd_variant": "lean"}),
         ((1, 5, 45, 4), {"z": False, "h0": False}, {**MANY_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8}),
-        ((1, 6, 29, 4), {"D": False, "bias": False}, {**ONE_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8}),
+        ((1, 6, 29, 4), {"D": False, "bias": False},
+         {**ONE_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8, "bwd_maxnreg": 128}),
     ],
 )
 def test_selective_scan_matches_reference(shape, kwargs, config):

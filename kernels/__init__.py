@@ -14,9 +14,12 @@ import os
 import torch
 
 from .reference import (
+    _needs_grad,
     causal_conv1d_ref,
+    causal_conv1d_shift_ref,
     mamba1_block_step_ref,
     selective_scan_chunked_ref,
+    selective_scan_loop_ref,
     selective_scan_ref,
     ssd_scan_chunked_ref,
     ssd_scan_ref,
@@ -25,11 +28,13 @@ from .reference import (
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_ref",
+    "causal_conv1d_shift_ref",
     "get_backend",
     "mamba1_block_step",
     "mamba1_block_step_ref",
     "selective_scan",
     "selective_scan_chunked_ref",
+    "selective_scan_loop_ref",
     "selective_scan_ref",
     "ssd_scan",
     "ssd_scan_chunked_ref",
@@ -37,6 +42,9 @@ __all__ = [
 ]
 
 _BACKENDS = ("reference", "triton")
+# Reference backend: calls of at most this many steps without autograd (streaming chunks, pooled stages) take the
+# loop / shift twins, which issue far fewer and cheaper ops there than the chunked scan and the library conv.
+SHORT_LENGTH = 64
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -170,6 +178,8 @@ def selective_scan(
         from .mamba1_scan import selective_scan_triton
 
         return selective_scan_triton(*args)
+    if u.shape[-1] <= SHORT_LENGTH and not _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        return selective_scan_loop_ref(*args)
     return selective_scan_chunked_ref(*args)
 
 
@@ -185,6 +195,8 @@ def causal_conv1d(x, weight, bias=None, initial_state=None, return_final_state=F
         from .conv1d import causal_conv1d_triton
 
         return causal_conv1d_triton(*args)
+    if x.shape[-1] <= SHORT_LENGTH and not _needs_grad(x, weight, bias, initial_state):
+        return causal_conv1d_shift_ref(*args)
     return causal_conv1d_ref(*args)
 
 

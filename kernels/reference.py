@@ -135,6 +135,75 @@ def selective_scan_chunked_ref(
     return (y, h.flatten(1, 2)) if return_final_state else y
 
 
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd records an op on these tensors (grad mode on and one of them requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+_LOG2_E = 1.0 / math.log(2.0)
+
+
+def selective_scan_loop_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False,
+):
+    """Selective scan, sequential over time with one fused multiply-add per step (same contract as
+    ``selective_scan_ref``): the fast CPU path for a few steps per call (streaming chunks, pooled stages).
+
+    Everything that does not depend on the previous state is computed for all L steps at once, in time-major
+    layouts (B, L, G, E/G, N) that are free views of the mixers' channel-last inputs:
+        dA_t = exp(Δ_t A) (as exp2(Δ_t · A log2 e), ~3x cheaper than exp on CPUs),  dBu_t = Δ_t u_t B_t
+    and then per step only h_t = dA_t h_{t-1} + dBu_t; y_t = C_t · h_t is one batched matmul over all steps.
+    Without autograd (grad mode off, or no input requires grad) the steps overwrite the dBu buffer in place;
+    with it they build a list (out-of-place, differentiable). Costs O(L) small ops, so for long L
+    ``selective_scan_chunked_ref`` is faster.
+    """
+    batch, channels, length = u.shape
+    acc = _acc(u.dtype)
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    n = A.shape[1]
+    grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    u_t = u.transpose(1, 2).to(acc)  # (B, L, E)
+    dt = delta.transpose(1, 2).to(acc)  # (B, L, E)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(acc)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    # B, C: (B, N, L) or (B, G, N, L) -> (B, L, G, N)
+    Bt = (B.unsqueeze(1) if B.dim() == 3 else B).permute(0, 3, 1, 2).to(acc)
+    Ct = (C.unsqueeze(1) if C.dim() == 3 else C).permute(0, 3, 1, 2).to(acc)
+    A2 = (A.to(acc) * _LOG2_E).unflatten(0, (groups, -1))  # (G, E/G, N)
+    dtg = dt.unflatten(2, (groups, -1)).unsqueeze(-1)  # (B, L, G, E/G, 1)
+    dA = torch.exp2(dtg * A2)  # (B, L, G, E/G, N)
+    dBu = (dt * u_t).unflatten(2, (groups, -1)).unsqueeze(-1) * Bt.unsqueeze(3)  # (B, L, G, E/G, N)
+    if initial_state is None:
+        h = u_t.new_zeros(batch, groups, channels // groups, n)
+    else:
+        h = initial_state.to(acc).unflatten(1, (groups, -1))  # (B, G, E/G, N)
+    if grad:
+        hs = []
+        for t in range(length):
+            h = torch.addcmul(dBu[:, t], dA[:, t], h)
+            hs.append(h)
+        hs = torch.stack(hs, dim=1) if hs else dBu  # (B, L, G, E/G, N)
+    else:
+        for t in range(length):
+            h = dBu[:, t].addcmul_(dA[:, t], h)  # dBu[:, t] now holds h_t
+        hs = dBu
+    y = torch.matmul(hs, Ct.unsqueeze(-1)).squeeze(-1).flatten(2, 3)  # (B, L, G, E/G, N) @ (B, L, G, N, 1) -> (B, L, E)
+    if D is not None:
+        y = y + D.to(acc) * u_t
+    if z is not None:
+        y = y * F.silu(z.transpose(1, 2).to(acc))
+    y = y.to(u.dtype).transpose(1, 2)  # (B, E, L), channel-last memory
+    if not return_final_state:
+        return y
+    h_final = h.flatten(1, 2)  # (B, E, N)
+    if length and not grad:
+        h_final = h_final.clone()  # not a view into the (B, L, E, N) buffer
+    return y, h_final
+
+
 def causal_conv1d_ref(x, weight, bias=None, initial_state=None, return_final_state=False, activation=None):
     """Causal depthwise 1-D convolution with a carried input window.
 
@@ -162,6 +231,42 @@ def causal_conv1d_ref(x, weight, bias=None, initial_state=None, return_final_sta
     y = y.to(x.dtype)
     if return_final_state:
         return y, xp[:, :, xp.shape[-1] - (width - 1):]
+    return y
+
+
+def causal_conv1d_shift_ref(x, weight, bias=None, initial_state=None, return_final_state=False, activation=None):
+    """Causal depthwise conv1d as W shifted multiply-adds over time-major (B, L, E) views (same contract as
+    ``causal_conv1d_ref``): the fast CPU path for short L, where a library convolution call costs far more
+    than its few multiply-adds. Each multiply-add runs along E, contiguous for the mixers' channel-last inputs.
+    Without autograd the accumulator is updated in place.
+
+    Returns y (B, E, L) (a view with channel-last memory), or (y, final_state (B, E, W-1)).
+    """
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    batch, channels, length = x.shape
+    width = weight.shape[1]
+    acc = _acc(x.dtype)
+    grad = _needs_grad(x, weight, bias, initial_state)
+    if initial_state is None:
+        initial_state = x.new_zeros(batch, channels, width - 1)
+    xp = torch.cat([initial_state.to(x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)  # (B, W-1+L, E)
+    xa = xp.to(acc)
+    wt = weight.to(acc).t().contiguous()  # (W, E)
+    if bias is None:
+        y = xa[:, :length] * wt[0]  # (B, L, E)
+    else:
+        y = torch.addcmul(bias.to(acc), xa[:, :length], wt[0])
+    for k in range(1, width):
+        if grad:
+            y = torch.addcmul(y, xa[:, k : k + length], wt[k])
+        else:
+            y.addcmul_(xa[:, k : k + length], wt[k])
+    if activation == "silu":
+        y = F.silu(y, inplace=not grad)
+    y = y.to(x.dtype).transpose(1, 2)  # (B, E, L)
+    if return_final_state:
+        return y, xp[:, length:].transpose(1, 2)  # (B, E, W-1): the last W-1 inputs
     return y
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 
+import audiomamba.kernels as kernels
 import pytest
 import torch
 from audiomamba.kernels import (
     causal_conv1d,
     causal_conv1d_ref,
+    causal_conv1d_shift_ref,
     selective_scan,
     selective_scan_chunked_ref,
+    selective_scan_loop_ref,
     selective_scan_ref,
     ssd_scan,
     ssd_scan_chunked_ref,
@@ -130,6 +133,95 @@ def test_selective_scan_property_any_shape_any_chunking(b, e, L, n, seed, groupe
     assert rel_err(yc, y) < TOL and rel_err(hc, h) < TOL
 
 
+def channel_last(t: torch.Tensor) -> torch.Tensor:
+    """(B, X, L) with the memory of (B, L, X), as the mixers pass their activations."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("L", [0, 1, 5, 20, 64])
+@pytest.mark.parametrize("groups", [None, 2])
+@pytest.mark.parametrize("grad", [False, True])
+def test_selective_scan_loop_matches_sequential_forward_and_grads(L, groups, grad):
+    """The loop twin against the sequential reference: y, final state and (through its out-of-place branch)
+    every gradient; without autograd its in-place branch, on channel-last inputs as the mixer passes them."""
+    t = scan_inputs(2, 6, L, 5, groups)
+    for k in ("u", "delta", "z"):
+        t[k] = channel_last(t[k])
+    if grad:
+        for v in t.values():
+            v.requires_grad_(True)
+    y1, h1 = selective_scan_ref(**t, delta_softplus=True, return_final_state=True)
+    if grad:
+        y2, h2 = selective_scan_loop_ref(**t, delta_softplus=True, return_final_state=True)
+    else:
+        with torch.inference_mode():
+            y2, h2 = selective_scan_loop_ref(**t, delta_softplus=True, return_final_state=True)
+    assert y2.shape == y1.shape and h2.shape == h1.shape
+    assert (L == 0 or rel_err(y2, y1) < TOL) and rel_err(h2, h1) < TOL
+    if grad and L:
+        gy, gh = torch.randn_like(y1), torch.randn_like(h1)
+        leaves = list(t.values())
+        g1 = torch.autograd.grad((y1 * gy).sum() + (h1 * gh).sum(), leaves)
+        g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), leaves)
+        for name, a, b in zip(t, g1, g2):
+            assert rel_err(b, a) < 1e-4, name
+
+
+@pytest.mark.parametrize("optional", [("D", "z", "delta_bias", "initial_state")])
+def test_selective_scan_loop_without_optional_inputs(optional):
+    t = scan_inputs(1, 4, 9, 3)
+    for k in optional:
+        t[k] = None
+    with torch.no_grad():
+        y1, h1 = selective_scan_ref(**t, return_final_state=True)
+        y2, h2 = selective_scan_loop_ref(**t, return_final_state=True)
+        assert rel_err(selective_scan_loop_ref(**t), y1) < TOL
+    assert rel_err(y2, y1) < TOL and rel_err(h2, h1) < TOL
+
+
+def test_selective_scan_loop_gradcheck_and_dtypes():
+    t = scan_inputs(1, 2, 4, 3, groups=1, dtype=torch.float64, requires_grad=True)
+    names = list(t)
+    assert torch.autograd.gradcheck(
+        lambda *a: selective_scan_loop_ref(**dict(zip(names, a)), delta_softplus=True, return_final_state=True),
+        tuple(t.values()))
+    t = scan_inputs(1, 2, 7, 3)
+    for k in ("u", "delta", "z", "B", "C"):
+        t[k] = t[k].bfloat16()
+    with torch.no_grad():
+        y, h = selective_scan_loop_ref(**t, delta_softplus=True, return_final_state=True)
+        y_ref, h_ref = selective_scan_ref(**t, delta_softplus=True, return_final_state=True)
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    assert rel_err(h, h_ref) < TOL and rel_err(y, y_ref) < 1e-2
+
+
+def test_selective_scan_loop_chunked_calls_equal_one_call():
+    t = scan_inputs(2, 4, 40, 5, groups=2)
+    with torch.no_grad():
+        y, h = selective_scan_ref(**t, delta_softplus=True, return_final_state=True)
+        yc, hc = split_scan(selective_scan_loop_ref, t, random_chunks(40, random.Random()))
+    assert rel_err(yc, y) < TOL and rel_err(hc, h) < TOL
+
+
+def test_short_calls_without_autograd_take_the_loop_and_shift_twins(monkeypatch):
+    """The reference backend picks the twins for L <= SHORT_LENGTH without autograd, and only then."""
+    calls = []
+    for name in ("selective_scan_loop_ref", "causal_conv1d_shift_ref"):
+        fn = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _n=name: calls.append(_n) or _fn(*a))
+    short, long = scan_inputs(1, 3, 7, 2), scan_inputs(1, 3, kernels.SHORT_LENGTH + 1, 2)
+    w = torch.randn(3, 4)
+    with torch.no_grad():
+        selective_scan(**short)
+        causal_conv1d(short["u"], w)
+        assert calls == ["selective_scan_loop_ref", "causal_conv1d_shift_ref"]
+        selective_scan(**long)
+        causal_conv1d(long["u"], w)
+    selective_scan(**dict(short, u=short["u"].requires_grad_()))
+    causal_conv1d(short["u"], w)
+    assert len(calls) == 2
+
+
 # ---------------------------------------------------------------- causal conv1d
 
 
@@ -155,6 +247,34 @@ def test_causal_conv1d_matches_direct_sum_and_gradcheck():
     assert rel_err(y, direct) < 1e-12
     args = tuple(a.requires_grad_() for a in (x, w, torch.randn(3, dtype=torch.float64), s0))
     assert torch.autograd.gradcheck(lambda *a: causal_conv1d_ref(*a, True, "silu"), args)
+
+
+@pytest.mark.parametrize("L", [1, 2, 9, 64])
+@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("grad", [False, True])
+def test_causal_conv1d_shift_matches_reference(L, width, bias, grad):
+    x = channel_last(torch.randn(2, 6, L))
+    w, b, s0 = torch.randn(6, width), torch.randn(6) if bias else None, torch.randn(2, 6, width - 1)
+    leaves = [t for t in (x, w, b, s0) if t is not None]
+    if grad:
+        for t in leaves:
+            t.requires_grad_(True)
+    for activation in (None, "silu"):
+        y1, f1 = causal_conv1d_ref(x, w, b, s0, True, activation)
+        with torch.set_grad_enabled(grad):
+            y2, f2 = causal_conv1d_shift_ref(x, w, b, s0, True, activation)
+        assert rel_err(y2, y1) < TOL and torch.equal(f2, f1)
+        assert rel_err(causal_conv1d_shift_ref(x, w, b, None, False, activation), causal_conv1d_ref(
+            x, w, b, None, False, activation)) < TOL
+        if grad:
+            gy, gf = torch.randn_like(y1), torch.randn_like(f1)
+            g1 = torch.autograd.grad((y1 * gy).sum() + (f1 * gf).sum(), leaves)
+            g2 = torch.autograd.grad((y2 * gy).sum() + (f2 * gf).sum(), leaves)
+            for a, c in zip(g1, g2):
+                assert rel_err(c, a) < 1e-5
+    with pytest.raises(ValueError, match="activation"):
+        causal_conv1d_shift_ref(x, w, activation="relu")
 
 
 # ---------------------------------------------------------------- SSD

@@ -776,7 +776,8 @@ def _ss_bwd_lean_kernel(
 
     Per checkpoint interval of CK steps (walked last to first): a prologue computes every per-(step, channel)
     value once from coalesced [CK, BE] tiles (Δ after bias and softplus, Δu, u, dy·SiLU(z), the dz factor,
-    σ of the raw Δ) into a per-program scratch pe (6, CK, BE); phase A reruns the interval's forward on
+    σ of the raw Δ) into a per-program scratch pe (6, CK, BE), followed by the B and C rows (2, CK, NP) in
+    float32; phase A reruns the interval's forward on
     [NP, BE] tiles and parks the state every 2 steps in scr; phase B walks the 2-step sub-chunks in reverse,
     recomputes their two states and runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs.
     """
@@ -819,9 +820,11 @@ def _ss_bwd_lean_kernel(
     prog = pid_r * NSEG + pid_s
     # parked states n-fastest, like A, the checkpoints and the carries: one [NP, BE] layout for all state tiles
     scr = scr_ptr + prog * ((CK // 2) * NP * BE) + n[:, None] + eo[None, :] * NP
-    pe = pe_ptr + prog * (6 * CK * BE)
+    pe = pe_ptr + prog * ((6 * BE + 2 * NP) * CK)
     tp = tl.arange(0, PT)
     pe_tp = pe + tp[:, None] * BE + eo[None, :]  # [PT, BE]
+    pbc = pe + 6 * CK * BE  # B and C rows of the interval, float32, (2, CK, NP)
+    pbc_tp = pbc + tp[:, None] * NP + n[None, :]  # [PT, NP]
     n_ck = tl.cdiv(t_end - t_begin, CK)
     for i in range(0, n_ck):
         k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
@@ -855,10 +858,15 @@ def _ss_bwd_lean_kernel(
                 dyv = dout
             tl.store(pe_tp + q * PT * BE, dtv)
             tl.store(pe_tp + (CK + q * PT) * BE, dyv)
+            tn_mask = (t < L)[:, None] & n_mask[None, :]
+            tl.store(pbc_tp + (CK + q * PT) * NP,
+                     _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, tn_mask).to(tl.float32))
             if LOCAL:
                 dt_sum += dtv
             else:
                 u = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32)
+                tl.store(pbc_tp + q * PT * NP,
+                         _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, tn_mask).to(tl.float32))
                 tl.store(pe_tp + (2 * CK + q * PT) * BE, dtv * u)
                 tl.store(pe_tp + (3 * CK + q * PT) * BE, u)
                 tl.store(pe_tp + (4 * CK + q * PT) * BE, tl.where(m2, dsp, 0.0))
@@ -873,11 +881,9 @@ def _ss_bwd_lean_kernel(
                 tl.store(scr + j * (NP * BE), h)
                 for s in tl.static_range(2):
                     r = 2 * j + s
-                    tr = k0 + r
                     dts = tl.load(pe + r * BE + eo)
                     xs = tl.load(pe + 2 * CK * BE + r * BE + eo)
-                    Bs = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn + tr * s_Bl, mask=n_mask & (tr < L),
-                                 other=0.0).to(tl.float32)
+                    Bs = tl.load(pbc + r * NP + n)
                     h = _exp2(dts[None, :] * A2, FAST_EXP) * h + xs[None, :] * Bs[:, None]
             tl.debug_barrier()
         # phase B: 2-step sub-chunks in reverse
@@ -890,10 +896,8 @@ def _ss_bwd_lean_kernel(
             dt1 = tl.load(pe + (r0 + 1) * BE + eo)
             dy0 = tl.load(pe + CK * BE + r0 * BE + eo)
             dy1 = tl.load(pe + CK * BE + (r0 + 1) * BE + eo)
-            C0 = tl.load(C_ptr + b * s_Cb + g * s_Cg + n * s_Cn + t0 * s_Cl, mask=n_mask & (t0 < L),
-                         other=0.0).to(tl.float32)
-            C1 = tl.load(C_ptr + b * s_Cb + g * s_Cg + n * s_Cn + t1 * s_Cl, mask=n_mask & (t1 < L),
-                         other=0.0).to(tl.float32)
+            C0 = tl.load(pbc + (CK + r0) * NP + n)
+            C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
             a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
             a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
             g1 = C1[:, None] * dy1[None, :] + a_next * g_next
@@ -913,10 +917,8 @@ def _ss_bwd_lean_kernel(
                 else:
                     kz0 = dy0
                     kz1 = dy1
-                B0 = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn + t0 * s_Bl, mask=n_mask & (t0 < L),
-                             other=0.0).to(tl.float32)
-                B1 = tl.load(B_ptr + b * s_Bb + g * s_Bg + n * s_Bn + t1 * s_Bl, mask=n_mask & (t1 < L),
-                             other=0.0).to(tl.float32)
+                B0 = tl.load(pbc + r0 * NP + n)
+                B1 = tl.load(pbc + (r0 + 1) * NP + n)
                 bx0 = x0[None, :] * B0[:, None]
                 bx1 = x1[None, :] * B1[:, None]
                 h0 = a0 * hs + bx0
@@ -1139,7 +1141,7 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
             common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0))
             if config.get("bwd_maxnreg"):
                 common.update(maxnreg=config["bwd_maxnreg"])
-            scratch += (torch.empty(programs * 6 * CK * BE, device=dev, dtype=f32),)
+            scratch += (torch.empty(programs * (6 * BE + 2 * np2) * CK, device=dev, dtype=f32),)
     else:
         if T != CK:
             raise ValueError(f"config: the 'scan' backward needs bwd_T == CK, got {T} and {CK}")

@@ -65,7 +65,7 @@ def load_any(spec: str, device: str = "cpu"):
         task, cfg = load_task(path)
         d = cfg.data
         info = {"task": cfg.task, "sample_rate": d.sample_rate, "tokenizer": d.tokenizer, "bits": d.bits,
-                "classes": list(task.classes), "experiment": cfg}
+                "length": d.length, "classes": list(task.classes), "experiment": cfg}
         return task.eval_model.to(device).eval(), info
     if not (path / WEIGHTS_FILE).is_file() and (path / "model" / WEIGHTS_FILE).is_file():
         path = path / "model"
@@ -88,14 +88,19 @@ def _tokenizer(info):
     return None if info["tokenizer"] == "none" else build_tokenizer(info["tokenizer"], info["bits"])
 
 
-def _read_audio(path: str, sample_rate: int):
+def _read_audio(path: str, sample_rate: int, info=None):
+    """(L,) float32 waveform at ``sample_rate``, trimmed and loudness-normalized as the model's training data was
+    (``trim_db`` / ``loudness_db`` of the experiment saved beside the model, when there is one)."""
     from audiomamba.data.audio_folder import BadFileError, read_audio
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise CLIError(f"audio file not found: {p}")
+    exp = (info or {}).get("experiment")
+    trim_db = exp.data.trim_db if exp is not None else None
+    loudness_db = exp.data.loudness_db if exp is not None else None
     try:
-        return read_audio(p, sample_rate, check=True)
+        return read_audio(p, sample_rate, trim_db, loudness_db, check=True)
     except BadFileError as e:
         raise CLIError(str(e)) from None
 
@@ -158,7 +163,7 @@ def cmd_generate(args) -> int:
         raise CLIError("--seconds/--steps must give at least one sample")
     prompt = None
     if args.prompt:
-        wave = _read_audio(args.prompt, info["sample_rate"])
+        wave = _read_audio(args.prompt, info["sample_rate"], info)
         prompt = _model_input(model, info, wave).to(args.device)
     paths = _generate_to(model, info, args.n, steps, Path(args.out), args.seed, args.temperature, args.top_k,
                          args.top_p, prompt=prompt)
@@ -175,8 +180,11 @@ def cmd_classify(args) -> int:
         raise CLIError(f"{args.model} is a language model; classify needs a classifier")
     classes = info.get("classes") or [str(i) for i in range(model.config.n_classes)]
     sr = args.sample_rate or info["sample_rate"]
+    length = info.get("length")  # clips shorter than the training length are padded with silence, as in testing
     for f in args.files:
-        wave = _read_audio(f, sr)
+        wave = _read_audio(f, sr, info)
+        if length and wave.shape[0] < length:
+            wave = torch.nn.functional.pad(wave, (0, length - wave.shape[0]))
         with torch.no_grad():
             probs = model.classify(_model_input(model, info, wave).to(args.device)).float().softmax(-1)[0]
         top = probs.topk(min(args.top, probs.numel()))
@@ -192,7 +200,7 @@ def cmd_stream(args) -> int:
 
     model, info = load_any(args.model, args.device)
     sr = args.sample_rate or info["sample_rate"]
-    wave = _read_audio(args.file, sr)
+    wave = _read_audio(args.file, sr, info)
     x = _model_input(model, info, wave).to(args.device)  # (1, L)
     chunk = max(1, int(round(sr * args.chunk_ms / 1000)))
     try:
@@ -448,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_generate)
 
     c = sub.add_parser("classify", formatter_class=fmt, help="classify audio files",
+                       description="Classify whole files. Each file is read as the model's test data was: "
+                       "resampled, trimmed and loudness-normalized as its experiment's data section says, and "
+                       "zero-padded at the end when shorter than the training length.",
                        epilog="example:\n  audiomamba classify outputs/quickstart/quickstart_classifier a.wav b.flac")
     c.add_argument("model")
     c.add_argument("files", nargs="+")
@@ -458,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("stream", formatter_class=fmt, help="run a file through a causal model chunk by chunk",
                        description="Push a file through the streaming module in chunks; print the running "
-                       "prediction (classifier) or running NLL (LM).",
+                       "prediction (classifier) or running NLL (LM). The file is resampled, trimmed and "
+                       "loudness-normalized (over the whole file) as the model's training data was.",
                        epilog="example:\n  audiomamba stream outputs/quickstart/quickstart_classifier clip.wav "
                        "--chunk-ms 20 --print-every-ms 100")
     s.add_argument("model")

@@ -94,6 +94,33 @@ def test_classifier_train_classify_stream_evaluate_export(capsys, tmp_path):
     _one_line_error(capsys, ["classify", str(run), str(cut)], "truncated WAV file", "cut.wav")
 
 
+def test_classify_preprocesses_like_the_training_data(capsys, tmp_path):
+    """classify reads a file as the test set was read: the experiment's loudness normalization, then zero padding
+    of a clip shorter than the training length."""
+    from audiomamba.data.audio_folder import normalize_loudness
+
+    argv = ["train", "quickstart_classifier", *TINY, "data.loudness_db=-20", f"trainer.output_dir={tmp_path}"]
+    assert main(argv) == 0
+    run = tmp_path / "quickstart_classifier"
+    capsys.readouterr()
+    quiet = (0.01 * torch.randn(40)).clamp(-1, 1)  # 40 samples at about -40 dBFS; the training length is 64
+    wav = tmp_path / "quiet.wav"
+    sf.write(str(wav), quiet.numpy(), 8000, subtype="FLOAT")
+    assert main(["classify", str(run), str(wav), "--top", "6"]) == 0
+    ranked = capsys.readouterr().out.strip().split("\t")[2].strip("()").split(", ")
+    printed = {name: float(p) for name, p in (r.split() for r in ranked)}
+
+    model = load_model(run / "model").eval()
+    classes = json.loads((run / "model" / "task.json").read_text())["classes"]
+    wave = normalize_loudness(torch.from_numpy(sf.read(str(wav), dtype="float32")[0]), -20.0)
+    wave = torch.nn.functional.pad(wave, (0, 64 - 40))
+    with torch.no_grad():
+        probs = model.classify(MuLawTokenizer().encode(wave[None])).softmax(-1)[0]
+    assert set(printed) == set(classes)
+    for i, name in enumerate(classes):
+        assert printed[name] == pytest.approx(float(probs[i]), abs=1.5e-3), name
+
+
 def test_lm_generate_stream_evaluate(capsys, tmp_path):
     assert main(["train", "quickstart_lm", *TINY, f"trainer.output_dir={tmp_path}"]) == 0
     capsys.readouterr()

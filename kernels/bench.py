@@ -259,6 +259,120 @@ def bench_ssd(shapes=SCAN_SHAPES, dtype=torch.bfloat16, reference=True, mamba=Tr
     return rows
 
 
+# Launch variants of the SSD backward's [T, T] kernel for 16-bit inputs (see kernels/ssd.py, _BWD_CONFIG); the
+# first is the default.
+SSD_BWD_VARIANTS = {
+    "split 64/32 8w": dict(rows=64, cols=32, warps=8, stages=2, split=True, maxnreg=None),
+    "split 64/32 4w": dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None),
+    "fused 64/32 8w": dict(rows=64, cols=32, warps=8, stages=2, split=False, maxnreg=None),
+    "split 64/32 8w r128": dict(rows=64, cols=32, warps=8, stages=2, split=True, maxnreg=128),
+    "split 64/64 8w": dict(rows=64, cols=64, warps=8, stages=2, split=True, maxnreg=None),
+}
+
+
+def check_ssd(variants=SSD_BWD_VARIANTS, print_fn=print):
+    """Every SSD output and gradient against the float32 chunked reference at a real size (B 2, L 1000, H 8, G 2,
+    P = N = 64, chunk 256, D, z, dt_bias, initial state), float32 and bf16 (bf16 for each backward variant).
+    Returns True when all are within 1e-4 (float32) / 1e-2 (bf16) relative."""
+    from audiomamba.kernels import ssd
+    from audiomamba.kernels.reference import ssd_scan_chunked_ref
+
+    torch.manual_seed(0)
+    b, length, heads, P, groups, n, chunk = 2, 1000, 8, SSD_HEADDIM, 2, SSD_STATE, SSD_CHUNK
+    base = [torch.randn(b, length, heads, P, device="cuda"), torch.randn(b, length, heads, device="cuda") * 0.5,
+            -torch.exp(torch.randn(heads, device="cuda") * 0.5), torch.randn(b, length, groups, n, device="cuda"),
+            torch.randn(b, length, groups, n, device="cuda"), torch.randn(heads, device="cuda"),
+            torch.randn(b, length, heads, P, device="cuda"), torch.randn(heads, device="cuda") * 0.5 - 2.0,
+            torch.randn(b, heads, P, n, device="cuda")]
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "h0")
+    ok = True
+    default = dict(ssd._BWD_CONFIG[False])
+    cases = [("float32", torch.float32, None)] + [("bf16 " + k, torch.bfloat16, v) for k, v in variants.items()]
+    for label, dtype, variant in cases:
+        ins = [t.to(dtype) if t.dim() >= 3 and i < 7 else t for i, t in enumerate(base)]
+        ours = [t.clone().requires_grad_(True) for t in ins]
+        ref = [t.detach().float().clone().requires_grad_(True) for t in ins]
+        try:
+            if variant is not None:
+                ssd._BWD_CONFIG[False] = dict(variant)
+            y, hT = ssd.ssd_scan_triton(*ours[:5], chunk, *ours[5:8], True, ours[8], True)
+            yr, hTr = ssd_scan_chunked_ref(*ref[:5], chunk, *ref[5:8], True, ref[8], True)
+            gy, gh = torch.randn_like(yr), torch.randn_like(hTr)
+            ((y.float() * gy).sum() + (hT * gh).sum()).backward()
+            ((yr * gy).sum() + (hTr * gh).sum()).backward()
+        except Exception as e:  # noqa: BLE001 - report the variant and go on
+            print_fn(f"ssd check {label}: FAILED to run: {type(e).__name__}: {e}")
+            ok = False
+            continue
+        finally:
+            ssd._BWD_CONFIG[False] = dict(default)
+        tol = 1e-4 if dtype == torch.float32 else 1e-2
+
+        def rel(a, r):
+            return ((a.double() - r.double()).norm() / r.double().norm().clamp_min(1e-30)).item()
+
+        errs = {"y": rel(y, yr), "final_state": rel(hT, hTr)}
+        errs.update({"d" + k: rel(a.grad, r.grad) for k, a, r in zip(names, ours, ref)})
+        bad = [k for k, v in errs.items() if not v <= tol]
+        ok = ok and not bad
+        print_fn(f"ssd check {label}: {'ok' if not bad else 'FAIL ' + ','.join(bad)} (tol {tol:g}) "
+                 + " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    return ok
+
+
+def bench_ssd_variants(shapes=SCAN_SHAPES, dtype=torch.bfloat16, variants=SSD_BWD_VARIANTS, profile=True,
+                       print_fn=print):
+    """Forward and forward+backward ms of our SSD on the bench shapes for each backward launch variant; with
+    ``profile``, the CUDA time per kernel of one forward+backward (torch.profiler, default variant)."""
+    from audiomamba.kernels import ssd
+
+    default = dict(ssd._BWD_CONFIG[False])
+    for batch, channels, length, _ in shapes:
+        heads = max(1, channels // SSD_HEADDIM)
+        inp = _ssd_inputs(batch, heads, length, dtype, True)
+        dy = torch.randn(batch, length, heads, SSD_HEADDIM, device="cuda", dtype=dtype)
+
+        def call(i=inp):
+            return ssd.ssd_scan_triton(i["x"], i["dt"], i["A"], i["B"], i["C"], SSD_CHUNK, i["D"], i["z"],
+                                       i["dt_bias"], True)
+
+        def fwd():
+            with torch.no_grad():
+                return call()
+
+        def fwd_bwd(dy=dy):
+            call().backward(dy)
+
+        t_f = _time(fwd)
+        for name, variant in variants.items():
+            ssd._BWD_CONFIG[False] = dict(variant)
+            try:
+                t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inp))
+                mem = _peak_mb(fwd_bwd)
+                print_fn(f"ssd (B, H, L) = {(batch, heads, length)} {name:<20} fwd {_fmt(t_f)} ms  "
+                         f"fwd+bwd {_fmt(t_fb)} ms  peak {_fmt(mem, 0)} MB")
+            except Exception as e:  # noqa: BLE001 - report the variant and go on
+                print_fn(f"ssd (B, H, L) = {(batch, heads, length)} {name:<20} FAILED: {type(e).__name__}: {e}")
+            finally:
+                ssd._BWD_CONFIG[False] = dict(default)
+        if profile:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+
+            fwd_bwd()
+            _sync()
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    fwd_bwd()
+                _sync()
+            rows = sorted(((e.key, e.device_time_total / 3e3) for e in prof.key_averages()), key=lambda r: -r[1])
+            print_fn("   per fwd+bwd (ms): " + ", ".join(f"{k[:40]} {v:.3f}" for k, v in rows[:8]))
+        for t in _grads_of(inp):
+            t.grad = None
+        del inp, dy
+        torch.cuda.empty_cache()
+
+
 HEADER = f"{'op':<5} {'shape':<24} {'layout':<14} {'impl':<10} {'fwd ms':>8} {'f+b ms':>8} {'floor':>7} " \
          f"{'x floor':>7} {'peak MB':>8}"
 
@@ -290,5 +404,15 @@ def bench_kernels(shapes=SCAN_SHAPES, dtype=torch.bfloat16, reference=True, mamb
     return rows
 
 
-__all__ = ["bench_kernels", "bench_scan", "bench_ssd", "measure_copy_bandwidth", "measure_exp_rate",
-           "scan_floor_ms"]
+__all__ = ["bench_kernels", "bench_scan", "bench_ssd", "bench_ssd_variants", "check_ssd", "measure_copy_bandwidth",
+           "measure_exp_rate", "scan_floor_ms"]
+
+
+if __name__ == "__main__":  # python -m audiomamba.kernels.bench ssd: SSD check at real size, then SSD timings
+    import sys
+
+    if sys.argv[1:] != ["ssd"]:
+        raise SystemExit("usage: python -m audiomamba.kernels.bench ssd  (the full table: audiomamba bench kernels)")
+    passed = check_ssd()
+    bench_ssd_variants()
+    raise SystemExit(0 if passed else 1)

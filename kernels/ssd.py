@@ -12,16 +12,17 @@ y_t = h_t C_t is evaluated in chunks of Q steps (S_t = cumulative Δ A inside th
    (the quadratic "attention" form inside the chunk), then + D x and × SiLU(z).
 
 Backward (``_ssd_scan_bwd``), by recomputation from what the forward keeps (S and Δ (B, H, L), the state
-entering each chunk (B, NC, H, P, N), the chunk log decays (B, H, NC)); g_t = dy_t SiLU(z_t):
+entering each chunk (B, NC, H, P, N), the chunk log decays (B, H, NC), with z the SSM output before D x and the gate
+(B, L, H, P)); g_t = dy_t SiLU(z_t):
 
 4. ``_ssd_bwd_chunk_dstate_kernel`` (per batch, head, chunk): Σ_t exp(S_t) g_t ⊗ C_t, what the chunk's outputs
-   send back to its start state, as [P, Q] @ [Q, N] products.
+   send back to its start state, as [P, Q] @ [Q, N] products; writes g for the [T, T] kernel.
 5. ``_ssd_bwd_state_pass_kernel``: the state pass in reverse, from the final state's gradient: the gradient at
-   each chunk's end state, the initial state's gradient, and exp(S_end) <dh_end, h_start> for S_end.
-6. ``_ssd_bwd_target_kernel`` (per batch, head, chunk, block of target rows t): dC, the target-side dS_t, and dz
-   (y recomputed) and Σ g x for dD, looping over source blocks s ≤ t with [T, T] blocks as in the forward.
-7. ``_ssd_bwd_source_kernel`` (per batch, head, chunk, block of source rows s): dx, dB, Δ's gradient through
-   Δ x, the source-side dS_s and the chunk-state terms, looping over target blocks t ≥ s.
+   each chunk's end state, the initial state's gradient, and exp(S_end) <dH_c, h_c> for S_end.
+6. ``_ssd_bwd_chunk_kernel`` (per batch, head, chunk, block i of 64 rows): the target rows of block i (dC, dz,
+   the target-side dS, Σ g x for dD; loop over source blocks ≤ i) then its source rows (dx, dB, Δ's gradient
+   through Δ x, the source-side dS and the chunk-state terms; loop over target blocks ≥ i): every program does
+   the same number of [T, T] block pairs.
 Then O(B·H·L) PyTorch: dS reverse-summed inside each chunk gives A's and Δ's gradients through S = cumsum Δ A,
 then softplus and dt_bias; B and C sum their per-head gradients over the heads of a group (no atomics).
 
@@ -126,13 +127,14 @@ def _ssd_state_pass_kernel(st_ptr, tot_ptr, h0_ptr, hs_ptr, hT_ptr, H, NC, M,
 
 @triton.jit
 def _ssd_chunk_scan_kernel(
-    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cum_ptr, dtp_ptr, hs_ptr, y_ptr,
+    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cum_ptr, dtp_ptr, hs_ptr, y_ptr, ys_ptr,
     L, H, HG, NC, Q,
     s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
     s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
     P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, STORE_YS: tl.constexpr,
 ):
+    """y (any strides); with STORE_YS also ys (B, L, H, P) float32 = the SSM part before D x and the gate."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     tb = tl.program_id(2)
@@ -178,6 +180,8 @@ def _ssd_chunk_scan_kernel(
         else:
             acc += tl.dot(sc.to(xs.dtype), xs)
     mo = mt[:, None] & (p < P)[None, :]
+    if STORE_YS:
+        tl.store(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], acc, mask=mo)
     if HAS_D:
         xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo, other=0.0)
         acc += tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=p < P, other=0.0).to(tl.float32)[None, :] * xt.to(tl.float32)
@@ -190,8 +194,9 @@ def _ssd_chunk_scan_kernel(
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    """[M, K] @ [K, N] in float32: exact FMAs for float32 inputs, tensor cores (tf32) otherwise."""
+def _mm(a, b, IEEE: tl.constexpr):
+    """[M, K] @ [K, N] with float32 accumulation: exact float32 FMAs when IEEE, else tensor cores on the
+    operands as given (the callers pass the input's 16-bit dtype)."""
     if IEEE:
         return tl.dot(a, b, input_precision="ieee")
     else:
@@ -218,13 +223,15 @@ def _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mask, s_yb, s_yl, s_yh, s_yp, s_zb
 
 @triton.jit
 def _ssd_bwd_chunk_dstate_kernel(
-    dy_ptr, z_ptr, C_ptr, cum_ptr, dhl_ptr,
+    dy_ptr, z_ptr, C_ptr, cum_ptr, dhl_ptr, g_ptr,
     L, H, HG, NC, Q,
     s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, s_Cb, s_Cl, s_Cg, s_Cn,
     P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     HAS_Z: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """dhl (B, NC, H, P, N) = Σ_t exp(S_t) g_t ⊗ C_t: the gradient that chunk c's outputs send to its start state."""
+    """dhl (B, NC, H, P, N) = Σ_t exp(S_t) g_t ⊗ C_t: the gradient that chunk c's outputs send to its start state;
+    also writes g = dy SiLU(z) to g_ptr ((B, L, H, P) contiguous, in the dtype of the [T, T] kernel's operands)."""
+    OPT: tl.constexpr = g_ptr.dtype.element_ty
     pid = tl.program_id(0)
     c = tl.program_id(1)
     b = (pid // H).to(tl.int64)
@@ -237,13 +244,15 @@ def _ssd_bwd_chunk_dstate_kernel(
     for k0 in range(0, Q, BK):
         t = c * Q + k0 + kk
         m = (k0 + kk < Q) & (t < L)
+        mo = m[:, None] & (p < P)[None, :]
         cum = tl.load(cum_ptr + (b * H + h) * L + t, mask=m, other=0.0)
-        _, g, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, m[:, None] & (p < P)[None, :],
+        _, g, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo,
                                     s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BK, BP]
+        tl.store(g_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], g.to(OPT), mask=mo)
         Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + g_ * s_Cg + n[None, :] * s_Cn,
-                     mask=m[:, None] & (n < N)[None, :], other=0.0).to(tl.float32)  # [BK, BN]
-        gw = tl.trans(g * tl.where(m, tl.exp(cum), 0.0)[:, None])  # [BP, BK]
-        acc += _dot(gw, Ct, IEEE)
+                     mask=m[:, None] & (n < N)[None, :], other=0.0).to(OPT)  # [BK, BN]
+        gw = tl.trans(g * tl.where(m, tl.exp(cum), 0.0)[:, None]).to(OPT)  # [BP, BK]
+        acc += _mm(gw, Ct, IEEE)
     pn = (p < P)[:, None] & (n < N)[None, :]
     tl.store(dhl_ptr + (((b * NC + c) * H + h) * P + p[:, None]) * N + n[None, :], acc, mask=pn)
 
@@ -273,152 +282,163 @@ def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_pt
 
 
 @triton.jit
-def _ssd_bwd_target_kernel(
-    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, cum_ptr, dtp_ptr, hs_ptr,
-    dz_ptr, dC_ptr, dSt_ptr, dD_ptr,
+def _ssd_bwd_chunk_kernel(
+    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, g_ptr, ys_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
+    dx_ptr, dz_ptr, dB_ptr, dC_ptr, dSt_ptr, dSs_ptr, dSe_ptr, ddt_ptr, dD_ptr,
     L, H, HG, NC, Q, NTB,
     s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
     s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
-    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr,
+    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, TARGET: tl.constexpr, SOURCE: tl.constexpr,
 ):
-    """Per block of target steps t of one chunk (g_t = dy_t SiLU(z_t), M_ts = (C_t·B_s) exp(S_t - S_s) Δ_s):
-    dC_t (per head) = exp(S_t) h_c g_t + Σ_{s≤t} exp(S_t - S_s) Δ_s (g_t·x_s) B_s;
-    dS_t (target side) = g_t·(exp(S_t) C_t h_c) + Σ_{s≤t} M_ts (g_t·x_s);
-    dz_t = dy_t (y0_t + D x_t) SiLU'(z_t) with y0 recomputed; partial Σ_t g_t x_t for dD."""
+    """Program (b·h, chunk c, block i): the target rows t of block i (if TARGET), then the source rows s of
+    block i (if SOURCE); with both, every program does the same work. Rows come in blocks of BT, the other side
+    of each [T, T] tile in blocks of BS (BS divides BT). With g_t = dy_t SiLU(z_t), X_s = Δ_s x_s, L_ts = exp(S_t - S_s)
+    (s ≤ t in the chunk), M_ts = (C_t·B_s) L_ts Δ_s, h_c / dH the chunk's start state / end-state gradient:
+
+    target: dC_t (per head) = exp(S_t) g_t h_c + Σ_{s≤t} L_ts Δ_s (g_t·x_s) B_s;  dS_t (target side) =
+    g_t·(exp(S_t) C_t h_c) + Σ_{s<t} M_ts (g_t·x_s);  dz_t = dy_t (y_ssm_t + D x_t) SiLU'(z_t) with y_ssm saved
+    by the forward;  Σ_t g_t x_t (dD).
+    source: dX_s = w_s dH B_s + Σ_{t≥s} (C_t·B_s) L_ts g_t (w_s = exp(S_end - S_s));  dx_s = Δ_s dX_s + D g_s;
+    dB_s (per head) = Δ_s (w_s dHᵀ x_s + Σ_{t≥s} L_ts (g_t·x_s) C_t);  x_s·dX_s (Δ's gradient through X);
+    dS_s (source side) = -Σ_{t>s} M_ts (g_t·x_s);  dSe_s = Δ_s x_s·(w_s dH B_s).
+    Both sides of dS form M_ts (g_t·x_s) from the same float32 products: in the chunk's reverse sum of dS they
+    cancel except on the rectangle that each log decay spans; with 16-bit operands, two different roundings
+    (e.g. g·y_ssm against x·dX) would leave errors of the size of the cancelled terms (dA off by ~1e-2 in fp16).
+    The diagonal s = t does not depend on S and is left out of both.
+    Dot operands are in OPT (the input's 16-bit dtype, or float32 with exact products)."""
+    OPT: tl.constexpr = g_ptr.dtype.element_ty
     pid = tl.program_id(0)
     c = tl.program_id(1)
-    tb = tl.program_id(2)
+    i = tl.program_id(2)
     b = (pid // H).to(tl.int64)
     h = pid % H
     g_ = h // HG
+    bh = b * H + h
     p = tl.arange(0, BP)
     n = tl.arange(0, BN)
-    loc_t = tb * BT + tl.arange(0, BT)
-    t = c * Q + loc_t
-    mt = (loc_t < Q) & (t < L)
-    mo = mt[:, None] & (p < P)[None, :]
-    cum_t = tl.load(cum_ptr + (b * H + h) * L + t, mask=mt, other=0.0)
-    et = tl.where(mt, tl.exp(cum_t), 0.0)
-    Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + g_ * s_Cg + n[None, :] * s_Cn,
-                 mask=mt[:, None] & (n < N)[None, :], other=0.0).to(tl.float32)  # [BT, BN]
-    dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo, s_yb, s_yl, s_yh, s_yp,
-                                    s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BT, BP]
-    hbase = hs_ptr + ((b * NC + c) * H + h) * P * N
-    hpn = (p < P)[:, None] & (n < N)[None, :]
-    hnp = (p < P)[None, :] & (n < N)[:, None]
-    h0t = tl.load(hbase + p[None, :] * N + n[:, None], mask=hnp, other=0.0)  # [BN, BP] = h^T
-    h0 = tl.load(hbase + p[:, None] * N + n[None, :], mask=hpn, other=0.0)  # [BP, BN]
-    ys = _dot(Ct, h0t, IEEE) * et[:, None]  # [BT, BP] state part of y
-    dC = _dot(g, h0, IEEE) * et[:, None]  # [BT, BN]
-    dS = tl.sum(g * ys, axis=1)  # [BT]
-    y0 = ys
-    for sb in range(0, tb + 1):
-        loc_s = sb * BT + tl.arange(0, BT)
-        s = c * Q + loc_s
-        ms = (loc_s < Q) & (s < L)
-        cum_s = tl.load(cum_ptr + (b * H + h) * L + s, mask=ms, other=0.0)
-        dt_s = tl.load(dtp_ptr + (b * H + h) * L + s, mask=ms, other=0.0)
-        Bs = tl.load(B_ptr + b * s_Bb + s[:, None] * s_Bl + g_ * s_Bg + n[None, :] * s_Bn,
-                     mask=ms[:, None] & (n < N)[None, :], other=0.0).to(tl.float32)  # [BT, BN]
-        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp,
-                     mask=ms[:, None] & (p < P)[None, :], other=0.0).to(tl.float32)  # [BT, BP]
-        causal = (loc_s[None, :] <= loc_t[:, None]) & ms[None, :] & mt[:, None]
-        w = tl.exp(tl.where(causal, cum_t[:, None] - cum_s[None, :], float("-inf"))) * dt_s[None, :]  # [BT, BT]
-        cb = _dot(Ct, tl.trans(Bs), IEEE)  # [BT, BT]
-        gx = _dot(g, tl.trans(xs), IEEE)  # [BT, BT]
-        y0 += _dot(cb * w, xs, IEEE)
-        wgx = w * gx
-        dS += tl.sum(cb * wgx, axis=1)
-        dC += _dot(wgx, Bs, IEEE)
-    xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
-                 other=0.0).to(tl.float32)
+    pm = p < P
+    nm = n < N
     if HAS_D:
-        y0 += tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=p < P, other=0.0).to(tl.float32)[None, :] * xt
-        tl.store(dD_ptr + (((b * NC + c) * NTB + tb) * H + h) * P + p, tl.sum(g * xt, axis=0), mask=p < P)
-    if HAS_Z:
-        dz = dy * y0 * sig * (1.0 + zz * (1.0 - sig))
-        tl.store(dz_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], dz, mask=mo)
-    tl.store(dC_ptr + ((b * L + t[:, None]) * H + h) * N + n[None, :], dC, mask=mt[:, None] & (n < N)[None, :])
-    tl.store(dSt_ptr + (b * H + h) * L + t, dS, mask=mt)
-
-
-@triton.jit
-def _ssd_bwd_source_kernel(
-    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, cum_ptr, dtp_ptr, tot_ptr, dH_ptr,
-    dx_ptr, dB_ptr, dSs_ptr, dSe_ptr, ddt_ptr,
-    L, H, HG, NC, Q, NTB,
-    s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
-    s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
-    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr,
-):
-    """Per block of source steps s of one chunk (dH = gradient at the chunk's end state, w_s = exp(S_end - S_s)):
-    dX_s = w_s dH B_s + Σ_{t≥s} (C_t·B_s) exp(S_t - S_s) g_t  (X_s = Δ_s x_s);  dx_s = Δ_s dX_s + D g_s;
-    dΔ_s (through X) = x_s·dX_s;  dB_s (per head) = Δ_s (w_s dHᵀ x_s + Σ_{t≥s} exp(S_t - S_s) (g_t·x_s) C_t);
-    dS_s (source side) = -Σ_{t≥s} M_ts (g_t·x_s); dSe_s = w_s Δ_s x_s·(dH B_s) (enters as +S_end, -S_s)."""
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    sb = tl.program_id(2)
-    b = (pid // H).to(tl.int64)
-    h = pid % H
-    g_ = h // HG
-    p = tl.arange(0, BP)
-    n = tl.arange(0, BN)
-    loc_s = sb * BT + tl.arange(0, BT)
-    s = c * Q + loc_s
-    ms = (loc_s < Q) & (s < L)
-    mo = ms[:, None] & (p < P)[None, :]
-    cum_s = tl.load(cum_ptr + (b * H + h) * L + s, mask=ms, other=0.0)
-    dt_s = tl.load(dtp_ptr + (b * H + h) * L + s, mask=ms, other=0.0)
-    Bs = tl.load(B_ptr + b * s_Bb + s[:, None] * s_Bl + g_ * s_Bg + n[None, :] * s_Bn,
-                 mask=ms[:, None] & (n < N)[None, :], other=0.0).to(tl.float32)  # [BT, BN]
-    xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
-                 other=0.0).to(tl.float32)  # [BT, BP]
-    dbase = dH_ptr + ((b * NC + c) * H + h) * P * N
-    hpn = (p < P)[:, None] & (n < N)[None, :]
-    hnp = (p < P)[None, :] & (n < N)[:, None]
-    dHt = tl.load(dbase + p[None, :] * N + n[:, None], mask=hnp, other=0.0)  # [BN, BP] = dH^T
-    dH = tl.load(dbase + p[:, None] * N + n[None, :], mask=hpn, other=0.0)  # [BP, BN]
-    ws = tl.where(ms, tl.exp(tl.load(tot_ptr + (b * H + h) * NC + c) - cum_s), 0.0)  # [BT]
-    dX = _dot(Bs, dHt, IEEE) * ws[:, None]  # [BT, BP]
-    dB = _dot(xs, dH, IEEE) * ws[:, None]  # [BT, BN] (× Δ_s at the end)
-    dSe = tl.sum(dX * xs, axis=1) * dt_s
-    dS = tl.zeros([BT], tl.float32)
-    for tb in range(sb, NTB):
-        loc_t = tb * BT + tl.arange(0, BT)
+        Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)
+    if TARGET:
+        # ---- target rows t = block i
+        loc_t = i * BT + tl.arange(0, BT)
         t = c * Q + loc_t
         mt = (loc_t < Q) & (t < L)
-        cum_t = tl.load(cum_ptr + (b * H + h) * L + t, mask=mt, other=0.0)
+        mo = mt[:, None] & pm[None, :]
+        cum_t = tl.load(cum_ptr + bh * L + t, mask=mt, other=0.0)
+        dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo, s_yb, s_yl, s_yh, s_yp,
+                                        s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BT, BP] float32
+        gop = g.to(OPT)
         Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + g_ * s_Cg + n[None, :] * s_Cn,
-                     mask=mt[:, None] & (n < N)[None, :], other=0.0).to(tl.float32)  # [BT, BN]
-        _, g, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mt[:, None] & (p < P)[None, :],
-                                    s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BT, BP]
-        causal = (loc_t[None, :] >= loc_s[:, None]) & mt[None, :] & ms[:, None]
-        e = tl.exp(tl.where(causal, cum_t[None, :] - cum_s[:, None], float("-inf")))  # [BT_s, BT_t]
-        bce = _dot(Bs, tl.trans(Ct), IEEE) * e  # [BT_s, BT_t]
-        xg = _dot(xs, tl.trans(g), IEEE)  # [BT_s, BT_t]
-        dX += _dot(bce, g, IEEE)
-        dS -= tl.sum(bce * xg, axis=1) * dt_s
-        dB += _dot(e * xg, Ct, IEEE)
-    dB = dB * dt_s[:, None]
-    dx = dX * dt_s[:, None]
-    if HAS_D:
-        _, gs, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, s, h, p, mo, s_yb, s_yl, s_yh, s_yp,
-                                     s_zb, s_zl, s_zh, s_zp, HAS_Z)
-        dx += tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=p < P, other=0.0).to(tl.float32)[None, :] * gs
-    tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx, mask=mo)
-    tl.store(dB_ptr + ((b * L + s[:, None]) * H + h) * N + n[None, :], dB, mask=ms[:, None] & (n < N)[None, :])
-    tl.store(dSs_ptr + (b * H + h) * L + s, dS, mask=ms)
-    tl.store(dSe_ptr + (b * H + h) * L + s, dSe, mask=ms)
-    tl.store(ddt_ptr + (b * H + h) * L + s, tl.sum(dX * xs, axis=1), mask=ms)
+                     mask=mt[:, None] & nm[None, :], other=0.0).to(OPT)  # [BT, BN]
+        et = tl.where(mt, tl.exp(cum_t), 0.0)
+        hbase = hs_ptr + (((b * NC + c) * H + h) * P) * N
+        h0 = tl.load(hbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)  # [BP, BN]
+        h0t = tl.load(hbase + p[None, :] * N + n[:, None], mask=pm[None, :] & nm[:, None], other=0.0)  # [BN, BP]
+        dC = _mm(gop, h0.to(OPT), IEEE) * et[:, None]  # [BT, BN]
+        dS = tl.sum(g * _mm(Ct, h0t.to(OPT), IEEE), axis=1) * et  # g_t·(exp(S_t) C_t h_c)
+        if HAS_D:
+            xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
+                         other=0.0).to(tl.float32)
+            tl.store(dD_ptr + (((b * NC + c) * NTB + i) * H + h) * P + p, tl.sum(g * xt, axis=0), mask=pm)
+        if HAS_Z:
+            y0 = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0)
+            if HAS_D:
+                y0 += Dv[None, :] * xt
+            dz = dy * y0 * sig * (1.0 + zz * (1.0 - sig))
+            tl.store(dz_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mo)
+        for sb in range(0, (i + 1) * (BT // BS)):
+            loc_s = sb * BS + tl.arange(0, BS)
+            s = c * Q + loc_s
+            ms = (loc_s < Q) & (s < L)
+            cum_s = tl.load(cum_ptr + bh * L + s, mask=ms, other=0.0)
+            dt_s = tl.load(dtp_ptr + bh * L + s, mask=ms, other=0.0)
+            xsT = tl.load(x_ptr + b * s_xb + s[None, :] * s_xl + h * s_xh + p[:, None] * s_xp,
+                          mask=ms[None, :] & pm[:, None], other=0.0).to(OPT)  # [BP, BS] = x_sᵀ
+            Bs = tl.load(B_ptr + b * s_Bb + s[:, None] * s_Bl + g_ * s_Bg + n[None, :] * s_Bn,
+                         mask=ms[:, None] & nm[None, :], other=0.0).to(OPT)  # [BS, BN]
+            causal = (loc_s[None, :] <= loc_t[:, None]) & ms[None, :] & mt[:, None]
+            w = tl.exp(tl.where(causal, cum_t[:, None] - cum_s[None, :], float("-inf"))) * dt_s[None, :]
+            w = w * _mm(gop, xsT, IEEE)  # [BT, BS]: L Δ (g·x)
+            dC += _mm(w.to(OPT), Bs, IEEE)
+            # dS from the same float32 products as the source side's (the two sides cancel in the chunk's reverse
+            # sum); the diagonal (s = t, no dependence on S) is left out of both
+            z_ts = tl.where(loc_s[None, :] < loc_t[:, None], _mm(Ct, tl.trans(Bs), IEEE) * w, 0.0)
+            dS += tl.sum(z_ts, axis=1)
+        tl.store(dSt_ptr + bh * L + t, dS, mask=mt)
+        tl.store(dC_ptr + ((b * L + t[:, None]) * H + h) * N + n[None, :], dC, mask=mt[:, None] & nm[None, :])
+    if SOURCE:
+        # ---- source rows s = block i
+        loc_s = i * BT + tl.arange(0, BT)
+        s = c * Q + loc_s
+        ms = (loc_s < Q) & (s < L)
+        mso = ms[:, None] & pm[None, :]
+        cum_s = tl.load(cum_ptr + bh * L + s, mask=ms, other=0.0)
+        dt_s = tl.load(dtp_ptr + bh * L + s, mask=ms, other=0.0)
+        Bs = tl.load(B_ptr + b * s_Bb + s[:, None] * s_Bl + g_ * s_Bg + n[None, :] * s_Bn,
+                     mask=ms[:, None] & nm[None, :], other=0.0).to(OPT)  # [BT, BN]
+        xop = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mso,
+                      other=0.0).to(OPT)  # [BT, BP]
+        dbase = dH_ptr + (((b * NC + c) * H + h) * P) * N
+        dHt = tl.load(dbase + p[None, :] * N + n[:, None], mask=pm[None, :] & nm[:, None], other=0.0)  # [BN, BP]
+        dH = tl.load(dbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)  # [BP, BN]
+        ws = tl.where(ms, tl.exp(tl.load(tot_ptr + bh * NC + c) - cum_s), 0.0)
+        dX = _mm(Bs, dHt.to(OPT), IEEE) * ws[:, None]  # [BT, BP]
+        dB = _mm(xop, dH.to(OPT), IEEE) * ws[:, None]  # [BT, BN] (× Δ_s at the end)
+        sE = tl.sum(dX * xop.to(tl.float32), axis=1)  # x_s·(w_s dH B_s)
+        dS = tl.zeros([BT], tl.float32)
+        for tb in range(i * (BT // BS), tl.cdiv(Q, BS)):
+            loc_u = tb * BS + tl.arange(0, BS)
+            u = c * Q + loc_u
+            mu = (loc_u < Q) & (u < L)
+            cum_u = tl.load(cum_ptr + bh * L + u, mask=mu, other=0.0)
+            CuT = tl.load(C_ptr + b * s_Cb + u[None, :] * s_Cl + g_ * s_Cg + n[:, None] * s_Cn,
+                          mask=mu[None, :] & nm[:, None], other=0.0).to(OPT)  # [BN, BS] = C_uᵀ
+            gu = tl.load(g_ptr + ((b * L + u[:, None]) * H + h) * P + p[None, :], mask=mu[:, None] & pm[None, :],
+                         other=0.0)  # [BS, BP]
+            causal = (loc_u[None, :] >= loc_s[:, None]) & mu[None, :] & ms[:, None]
+            e = tl.exp(tl.where(causal, cum_u[None, :] - cum_s[:, None], float("-inf")))  # [BT, BS]
+            cb = _mm(Bs, CuT, IEEE) * e
+            dX += _mm(cb.to(OPT), gu, IEEE)
+            xg = _mm(xop, tl.trans(gu), IEEE)
+            dB += _mm((xg * e).to(OPT), tl.trans(CuT), IEEE)
+            dS += tl.sum(tl.where(loc_u[None, :] > loc_s[:, None], cb * xg, 0.0), axis=1)  # see the target side
+        # x reloaded (from L2) rather than kept live across the loop in float32 registers
+        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mso, other=0.0)
+        xdx = tl.sum(dX * xs.to(tl.float32), axis=1)
+        dx = dX * dt_s[:, None]
+        if HAS_D:
+            _, gs, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, s, h, p, mso, s_yb, s_yl, s_yh, s_yp,
+                                         s_zb, s_zl, s_zh, s_zp, HAS_Z)
+            dx += Dv[None, :] * gs
+        tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mso)
+        tl.store(dB_ptr + ((b * L + s[:, None]) * H + h) * N + n[None, :], dB * dt_s[:, None],
+                 mask=ms[:, None] & nm[None, :])
+        tl.store(dSs_ptr + bh * L + s, -dt_s * dS, mask=ms)
+        tl.store(dSe_ptr + bh * L + s, dt_s * sE, mask=ms)
+        tl.store(ddt_ptr + bh * L + s, xdx, mask=ms)
+
+
+# Launch of the [T, T] backward kernel for 16-bit inputs (False) and float32 inputs (True): rows per block, columns
+# per block of the other side, warps, pipeline stages, target and source phases as two launches (split) or one,
+# and an optional register cap. Offline sm_90a compiles (P = N = 64; kernels/NOTES.md, "SSD backward v2"): 16-bit
+# split 64/32/8 warps 180/179 registers, no spills (4 warps: 255/255, no spills; one launch of both phases spills
+# at 4 warps and takes 255 at 8); float32 split 32/16/8 warps 255/106, no spills.
+_BWD_CONFIG = {
+    False: dict(rows=64, cols=32, warps=8, stages=2, split=True, maxnreg=None),
+    True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None),
+}
+_OFFLINE = False  # set by an offline compile (no GPU), so that maxnreg is passed with CPU tensors
 
 
 def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
                   initial_state=None, return_aux=False):
     """Triton forward. Returns (y (B, L, H, P) in x's dtype, final_state (B, H, P, N) float32), and with
     ``return_aux`` a third item for the backward: (S (B, H, L), Δ (B, H, L), states entering each chunk
-    (B, NC, H, P, N), chunk log decays S_end (B, H, NC)), all float32 (None when L = 0)."""
+    (B, NC, H, P, N), chunk log decays S_end (B, H, NC), the SSM output before D x and the gate (B, L, H, P) with z),
+    all float32 (None when L = 0)."""
     batch, length, heads, headdim = x.shape
     groups, n = B.shape[2], B.shape[3]
     dev = x.device
@@ -458,13 +478,17 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     if D is not None and D.dim() == 1:
         D = D[:, None].expand(heads, headdim)
     z_ = z if z is not None else x
+    # the backward's dz needs the SSM output before D x and the gate
+    store_ys = return_aux and z is not None
+    ys = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32) if store_ys else dummy
     _ssd_chunk_scan_kernel[(batch * heads, nc, triton.cdiv(Q, BT))](
-        x, B, C, D if D is not None else dummy, z_, cum, dtp, hs, y,
+        x, B, C, D if D is not None else dummy, z_, cum, dtp, hs, y, ys,
         length, heads, hg, nc, Q, *x.stride(), *B.stride(), *C.stride(),
         *(D.stride() if D is not None else (0, 0)), *z_.stride(), *y.stride(),
-        P=headdim, N=n, BP=BP, BN=BN, BT=BT, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee, num_warps=4,
+        P=headdim, N=n, BP=BP, BN=BN, BT=BT, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
+        STORE_YS=store_ys, num_warps=4,
     )
-    return (y, hT, (cum, dtp, hs, tot)) if return_aux else (y, hT)
+    return (y, hT, (cum, dtp, hs, tot, ys)) if return_aux else (y, hT)
 
 
 def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, aux):
@@ -489,14 +513,15 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     if length == 0:
         zeros = [torch.zeros_like(t) if t is not None else None for t in (x, dt, A, B, C, D, z, dt_bias)]
         return (*zeros, dhT.clone())
-    cum, dtp, hs, tot = aux
+    cum, dtp, hs, tot, ys = aux
     ieee = x.dtype == torch.float32 or B.dtype == torch.float32
     BP = max(16, triton.next_power_of_2(headdim))
     BN = max(16, triton.next_power_of_2(n))
-    # Offline sm_90a compiles (ptxas -v, P = N = 64): 32-row blocks or 4 warps spill in the target and source
-    # kernels (255 registers + 176-1700 bytes); 16-row blocks with 8 warps do not (174-255 registers).
     BK = max(16, min(32, triton.next_power_of_2(Q)))
-    BT = 16
+    # [T, T] kernel: 64-row blocks with 16-bit tensor-core operands; exact float32 FMAs on 32-row blocks
+    cfg = _BWD_CONFIG[ieee]
+    BT = max(16, min(cfg["rows"], triton.next_power_of_2(Q)))
+    BS = min(BT, cfg["cols"])
     ntb = triton.cdiv(Q, BT)
     M = headdim * n
     NBLK = triton.cdiv(M, 1024)
@@ -506,8 +531,9 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     dhT = dhT.to(f32).contiguous()
     dummy = tot
     dhl = torch.empty(batch, nc, heads, headdim, n, device=dev, dtype=f32)
+    gbuf = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32 if ieee else x.dtype)
     _ssd_bwd_chunk_dstate_kernel[(batch * heads, nc)](
-        dy, z_, C, cum, dhl, length, heads, hg, nc, Q, *dy.stride(), *z_.stride(), *C.stride(),
+        dy, z_, C, cum, dhl, gbuf, length, heads, hg, nc, Q, *dy.stride(), *z_.stride(), *C.stride(),
         P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_Z=z is not None, IEEE=ieee, num_warps=8,
     )
     dH = torch.empty_like(dhl)
@@ -516,25 +542,24 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     _ssd_bwd_state_pass_kernel[(batch * heads, NBLK)](
         dhl, tot, hs, dhT, dH, dh0, dtot, heads, nc, M, NBLK, BLOCK=1024, num_warps=4,
     )
-    dz = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32) if z is not None else dummy
-    dCh = torch.empty(batch, length, heads, n, device=dev, dtype=f32)
+    dx = torch.empty(batch, length, heads, headdim, device=dev, dtype=x.dtype)
+    dz = torch.empty(batch, length, heads, headdim, device=dev, dtype=z.dtype) if z is not None else dummy
+    dBh = torch.empty(batch, length, heads, n, device=dev, dtype=f32)
+    dCh = torch.empty_like(dBh)
     dS_t = torch.empty(batch, heads, length, device=dev, dtype=f32)
-    dDp = torch.empty(batch, nc, ntb, heads, headdim, device=dev, dtype=f32) if D is not None else dummy
-    strides = (*x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)), *z_.stride(),
-               *dy.stride())
-    meta = dict(P=headdim, N=n, BP=BP, BN=BN, BT=BT, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
-                num_warps=8)
-    _ssd_bwd_target_kernel[(batch * heads, nc, ntb)](
-        x, B, C, D if D is not None else dummy, z_, dy, cum, dtp, hs, dz, dCh, dS_t, dDp,
-        length, heads, hg, nc, Q, ntb, *strides, **meta,
-    )
-    dx = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32)
-    dBh = torch.empty_like(dCh)
     dS_s, dS_e, dX_dt = torch.empty_like(dS_t), torch.empty_like(dS_t), torch.empty_like(dS_t)
-    _ssd_bwd_source_kernel[(batch * heads, nc, ntb)](
-        x, B, C, D if D is not None else dummy, z_, dy, cum, dtp, tot, dH, dx, dBh, dS_s, dS_e, dX_dt,
-        length, heads, hg, nc, Q, ntb, *strides, **meta,
-    )
+    dDp = torch.empty(batch, nc, ntb, heads, headdim, device=dev, dtype=f32) if D is not None else dummy
+    for phases in ((True, False), (False, True)) if cfg["split"] else ((True, True),):
+        _ssd_bwd_chunk_kernel[(batch * heads, nc, ntb)](
+            x, B, C, D if D is not None else dummy, z_, dy, gbuf, ys, cum, dtp, hs, tot, dH,
+            dx, dz, dBh, dCh, dS_t, dS_s, dS_e, dX_dt, dDp,
+            length, heads, hg, nc, Q, ntb,
+            *x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)), *z_.stride(),
+            *dy.stride(),
+            P=headdim, N=n, BP=BP, BN=BN, BT=BT, BS=BS, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
+            TARGET=phases[0], SOURCE=phases[1], num_warps=cfg["warps"], num_stages=cfg["stages"],
+            **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
+        )
     # O(B·H·L) epilogue: S_t = Σ_{u≤t in its chunk} Δ_u A, so dΔ_u gets A × (reverse cumsum of dS in the chunk);
     # a chunk's S_end (its last step's S; padded steps have Δ = 0) also collects dS_e and the state pass's dtot.
     pad = nc * Q - length
@@ -550,11 +575,13 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     if D is not None:
         dD = dDp.sum((0, 1, 2))
         dD = (dD.sum(-1) if D_in.dim() == 1 else dD).to(D_in.dtype)
+
+    def group_sum(t, dtype):  # per-head (B, L, H, N) -> per-group (B, L, G, N), summed here (no atomics)
+        return t.to(dtype) if hg == 1 else t.view(batch, length, groups, hg, n).sum(3).to(dtype)
+
     return (
-        dx.to(x.dtype), ddelta.to(dt.dtype), dA.to(A.dtype),
-        dBh.view(batch, length, groups, hg, n).sum(3).to(B.dtype),
-        dCh.view(batch, length, groups, hg, n).sum(3).to(C.dtype),
-        dD, dz.to(z.dtype) if z is not None else None,
+        dx, ddelta.to(dt.dtype), dA.to(A.dtype), group_sum(dBh, B.dtype), group_sum(dCh, C.dtype),
+        dD, dz if z is not None else None,
         ddelta.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None, dh0,
     )
 

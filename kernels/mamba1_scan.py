@@ -726,13 +726,13 @@ def _ss_bwd_seq_kernel(
 
 
 @triton.jit
-def _lean_grads(h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, t, b, g, e, n, e_mask, n_mask, L, G,
+def _lean_grads(dA_acc, h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, t, b, g, e, n, e_mask, n_mask, L, G,
                 du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
                 s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
                 NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
     """Gradients of one step t from its state h [NP, BE], input bx = Δ B u, adjoint gg, A2 = A log2 e, B and C
     rows [NP] and the per-channel values [BE]; stores du, dΔ, dz and adds dB, dC.
-    Returns (dA increment [NP, BE], dΔ [BE])."""
+    Returns (dA_acc + this step's dA terms [NP, BE], dΔ [BE])."""
     ghp = gg * (h - bx)  # g_t a_t h_{t-1}
     gB = tl.sum(gg * Bt[:, None], axis=0)  # [BE]
     ddt = dsp * (0.6931471805599453 * tl.sum(ghp * A2, axis=0) + u * gB)
@@ -751,7 +751,7 @@ def _lean_grads(h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, t, b, g, e, 
     nm = n_mask & (t < L)
     tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[None, :], axis=1), mask=nm, sem="relaxed")
     tl.atomic_add(dC_ptr + bc_off, tl.sum(h * dyv[None, :], axis=1), mask=nm, sem="relaxed")
-    return ghp * dtv[None, :], ddt
+    return dA_acc + ghp * dtv[None, :], ddt
 
 
 @triton.jit
@@ -923,16 +923,17 @@ def _ss_bwd_lean_kernel(
                 bx1 = x1[None, :] * B1[:, None]
                 h0 = a0 * hs + bx0
                 h1 = a1 * h0 + bx1
-                dA1, ddt1 = _lean_grads(h1, bx1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1, sp1, Dv, t1, b, g, e, n,
-                                        e_mask, n_mask, L, G, du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
-                                        s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
-                                        NP, HAS_D, HAS_Z)
+                dA_acc, ddt1 = _lean_grads(dA_acc, h1, bx1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1,
+                                            sp1, Dv, t1, b, g, e, n, e_mask, n_mask, L, G,
+                                            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
+                                            s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+                                            NP, HAS_D, HAS_Z)
                 g0 = C0[:, None] * dy0[None, :] + a1 * g1
-                dA0, ddt0 = _lean_grads(h0, bx0, g0, B0, C0, A2, dt0, x0, u0, dy0, kz0, sp0, Dv, t0, b, g, e, n,
-                                        e_mask, n_mask, L, G, du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
-                                        s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
-                                        NP, HAS_D, HAS_Z)
-                dA_acc += dA0 + dA1
+                dA_acc, ddt0 = _lean_grads(dA_acc, h0, bx0, g0, B0, C0, A2, dt0, x0, u0, dy0, kz0,
+                                            sp0, Dv, t0, b, g, e, n, e_mask, n_mask, L, G,
+                                            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
+                                            s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+                                            NP, HAS_D, HAS_Z)
                 ddtb_acc += ddt0 + ddt1
             a_next = a0
             g_next = g0

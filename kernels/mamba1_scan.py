@@ -815,8 +815,8 @@ def _ss_bwd_lean_kernel(
         g_next = tl.zeros([NP, BE], tl.float32)
     dA_acc = tl.zeros([NP, BE], tl.float32)
     ddtb_acc = tl.zeros([BE], tl.float32)
-    dD_acc = tl.zeros([PT, BE], tl.float32)
-    dt_sum = tl.zeros([PT, BE], tl.float32)
+    dD_acc = tl.zeros([BE], tl.float32)
+    dt_sum = tl.zeros([BE], tl.float32)
     prog = pid_r * NSEG + pid_s
     # parked states n-fastest, like A, the checkpoints and the carries: one [NP, BE] layout for all state tiles
     scr = scr_ptr + prog * ((CK // 2) * NP * BE) + n[:, None] + eo[None, :] * NP
@@ -861,17 +861,13 @@ def _ss_bwd_lean_kernel(
             tn_mask = (t < L)[:, None] & n_mask[None, :]
             tl.store(pbc_tp + (CK + q * PT) * NP,
                      _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, tn_mask).to(tl.float32))
-            if LOCAL:
-                dt_sum += dtv
-            else:
+            if not LOCAL:
                 u = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32)
                 tl.store(pbc_tp + q * PT * NP,
                          _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, tn_mask).to(tl.float32))
                 tl.store(pe_tp + (2 * CK + q * PT) * BE, dtv * u)
                 tl.store(pe_tp + (3 * CK + q * PT) * BE, u)
                 tl.store(pe_tp + (4 * CK + q * PT) * BE, tl.where(m2, dsp, 0.0))
-                if HAS_D:
-                    dD_acc += dyv * u
         tl.debug_barrier()
         n_sub = tl.cdiv(tl.minimum(CK, L - k0), 2)
         if not LOCAL:
@@ -903,6 +899,7 @@ def _ss_bwd_lean_kernel(
             g1 = C1[:, None] * dy1[None, :] + a_next * g_next
             if LOCAL:
                 g0 = C0[:, None] * dy0[None, :] + a1 * g1
+                dt_sum += dt0 + dt1
             else:
                 hs = tl.load(scr + j * (NP * BE))
                 x0 = tl.load(pe + 2 * CK * BE + r0 * BE + eo)
@@ -935,13 +932,15 @@ def _ss_bwd_lean_kernel(
                                             s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
                                             NP, HAS_D, HAS_Z)
                 ddtb_acc += ddt0 + ddt1
+                if HAS_D:
+                    dD_acc += dy0 * u0 + dy1 * u1
             a_next = a0
             g_next = g0
     if LOCAL:
         # Q = Π a_{t+1} over the segment: Δ summed over its steps but the first, plus the one after it
         dt_first = tl.load(pe + eo)  # pe holds the segment's first interval now
         tl.store(Gl_ptr + st_off, g_next, mask=en_mask)
-        dt_tot = tl.sum(dt_sum, axis=0) - dt_first + dt_after
+        dt_tot = dt_sum - dt_first + dt_after
         tl.store(Q_ptr + st_off, _exp2(A2 * dt_tot[None, :], FAST_EXP), mask=en_mask)
     else:
         if NEED_DH0:
@@ -949,7 +948,7 @@ def _ss_bwd_lean_kernel(
                 tl.store(dh0_ptr + (b * E + e[None, :]) * N + n[:, None], a_next * g_next, mask=en_mask)
         tl.atomic_add(dA_ptr + e[None, :] * N + n[:, None], dA_acc, mask=en_mask, sem="relaxed")
         if HAS_D:
-            tl.atomic_add(dD_ptr + e, tl.sum(dD_acc, axis=0), mask=e_mask, sem="relaxed")
+            tl.atomic_add(dD_ptr + e, dD_acc, mask=e_mask, sem="relaxed")
         if HAS_DTB:
             tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
 

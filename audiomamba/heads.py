@@ -66,7 +66,7 @@ class ClassifierHead(nn.Module):
         batch, length, _ = h.shape
         if state is None:
             state = self.init_state(batch, h.device)
-        totals = state.total[:, None] + torch.cumsum(h.double(), dim=1)  # (B, L, D) float64
+        totals = torch.cumsum(h, dim=1, dtype=torch.float64).add_(state.total[:, None])  # (B, L, D) float64
         counts = state.count[:, None] + torch.arange(1, length + 1, device=h.device)  # (B, L)
         mean = (totals / counts[..., None]).to(h.dtype)  # (B, L, D)
         new = MeanPoolState(total=totals[:, -1] if length else state.total, count=state.count + length)

@@ -162,7 +162,8 @@ class AudioClassifier(_AudioModel):
             return self._embed_tokens(x)
         if x.dim() != 2 or not x.is_floating_point():
             raise ValueError(f"x: expected a float waveform (batch, length), got {tuple(x.shape)} {x.dtype}")
-        return self.embed(x[..., None].to(self.embed.weight.dtype))  # (B, L, 1) → (B, L, D)
+        weight = self.embed.weight  # (D, 1): one sample → (D,), as a broadcast product (a K = 1 matmul costs more)
+        return x[..., None].to(weight.dtype) * weight[:, 0]  # (B, L, 1) · (D,) → (B, L, D)
 
     def forward(self, x: torch.Tensor, state: ClassifierState | None = None):
         """x: (B, L) waveform or tokens ((B, L, K) for K codebooks).

@@ -24,9 +24,14 @@ def _expand_groups(M: torch.Tensor, channels: int) -> torch.Tensor:
     return M.repeat_interleave(channels // groups, dim=1)
 
 
+_ACC = {torch.float64: torch.float64, torch.float32: torch.float32, torch.bfloat16: torch.float32,
+        torch.float16: torch.float32}
+
+
 def _acc(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float32, or float64 for float64 inputs (gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
+    acc = _ACC.get(dtype)  # a dict lookup: torch.promote_types is an op dispatch, and short calls count ops
+    return acc if acc is not None else torch.promote_types(dtype, torch.float32)
 
 
 def _scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
@@ -143,6 +148,11 @@ def _needs_grad(*tensors) -> bool:
 _LOG2_E = 1.0 / math.log(2.0)
 
 
+def _to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without a dispatch when it already has that dtype (the short-call twins count ops)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def selective_scan_loop_ref(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     initial_state=None, return_final_state=False,
@@ -163,42 +173,46 @@ def selective_scan_loop_ref(
     groups = 1 if B.dim() == 3 else B.shape[1]
     n = A.shape[1]
     grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    u_t = u.transpose(1, 2).to(acc)  # (B, L, E)
-    dt = delta.transpose(1, 2).to(acc)  # (B, L, E)
+    u_t = _to(u.transpose(1, 2), acc)  # (B, L, E)
+    dt = _to(delta.transpose(1, 2), acc)  # (B, L, E)
     if delta_bias is not None:
-        dt = dt + delta_bias.to(acc)
+        dt = dt + _to(delta_bias, acc)
     if delta_softplus:
         dt = F.softplus(dt)
     # B, C: (B, N, L) or (B, G, N, L) -> (B, L, G, N)
-    Bt = (B.unsqueeze(1) if B.dim() == 3 else B).permute(0, 3, 1, 2).to(acc)
-    Ct = (C.unsqueeze(1) if C.dim() == 3 else C).permute(0, 3, 1, 2).to(acc)
-    A2 = (A.to(acc) * _LOG2_E).unflatten(0, (groups, -1))  # (G, E/G, N)
-    dtg = dt.unflatten(2, (groups, -1)).unsqueeze(-1)  # (B, L, G, E/G, 1)
-    dA = torch.exp2(dtg * A2)  # (B, L, G, E/G, N)
-    dBu = (dt * u_t).unflatten(2, (groups, -1)).unsqueeze(-1) * Bt.unsqueeze(3)  # (B, L, G, E/G, N)
+    Bt = _to((B.unsqueeze(1) if B.dim() == 3 else B).permute(0, 3, 1, 2), acc)
+    Ct = _to((C.unsqueeze(1) if C.dim() == 3 else C).permute(0, 3, 1, 2), acc)
+    A2 = (_to(A, acc) * _LOG2_E).reshape(groups, channels // groups, n)  # (G, E/G, N)
+    dtg = dt.reshape(batch, length, groups, channels // groups, 1)  # (B, L, G, E/G, 1)
+    dA = dtg * A2  # (B, L, G, E/G, N) log2 of the decays
+    dA = torch.exp2(dA) if grad else dA.exp2_()
+    dBu = (dt * u_t).reshape(batch, length, groups, channels // groups, 1) * Bt.unsqueeze(3)  # (B, L, G, E/G, N)
     if initial_state is None:
         h = u_t.new_zeros(batch, groups, channels // groups, n)
     else:
-        h = initial_state.to(acc).unflatten(1, (groups, -1))  # (B, G, E/G, N)
+        h = _to(initial_state, acc).reshape(batch, groups, channels // groups, n)  # (B, G, E/G, N)
     if grad:
         hs = []
-        for t in range(length):
-            h = torch.addcmul(dBu[:, t], dA[:, t], h)
+        for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
+            h = torch.addcmul(dBu_t, dA_t, h)
             hs.append(h)
         hs = torch.stack(hs, dim=1) if hs else dBu  # (B, L, G, E/G, N)
     else:
-        for t in range(length):
-            h = dBu[:, t].addcmul_(dA[:, t], h)  # dBu[:, t] now holds h_t
+        for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
+            h = dBu_t.addcmul_(dA_t, h)  # dBu[:, t] now holds h_t
         hs = dBu
-    y = torch.matmul(hs, Ct.unsqueeze(-1)).squeeze(-1).flatten(2, 3)  # (B, L, G, E/G, N) @ (B, L, G, N, 1) -> (B, L, E)
+    # y_t = C_t · h_t: (B·L·G, E/G, N) @ (B·L·G, N, 1) -> (B, L, E)
+    rows = batch * length * groups
+    y = torch.bmm(hs.reshape(rows, channels // groups, n), Ct.reshape(rows, n, 1)).view(batch, length, channels)
     if D is not None:
-        y = y + D.to(acc) * u_t
+        y = torch.addcmul(y, u_t, _to(D, acc)) if grad else y.addcmul_(u_t, _to(D, acc))
     if z is not None:
-        y = y * F.silu(z.transpose(1, 2).to(acc))
-    y = y.to(u.dtype).transpose(1, 2)  # (B, E, L), channel-last memory
+        gate = F.silu(_to(z.transpose(1, 2), acc))  # (B, L, E)
+        y = y * gate if grad else y.mul_(gate)
+    y = _to(y, u.dtype).transpose(1, 2)  # (B, E, L), channel-last memory
     if not return_final_state:
         return y
-    h_final = h.flatten(1, 2)  # (B, E, N)
+    h_final = h.reshape(batch, channels, n)  # (B, E, N)
     if length and not grad:
         h_final = h_final.clone()  # not a view into the (B, L, E, N) buffer
     return y, h_final
@@ -250,21 +264,21 @@ def causal_conv1d_shift_ref(x, weight, bias=None, initial_state=None, return_fin
     grad = _needs_grad(x, weight, bias, initial_state)
     if initial_state is None:
         initial_state = x.new_zeros(batch, channels, width - 1)
-    xp = torch.cat([initial_state.to(x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)  # (B, W-1+L, E)
-    xa = xp.to(acc)
-    wt = weight.to(acc).t().contiguous()  # (W, E)
+    xp = torch.cat([_to(initial_state, x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)  # (B, W-1+L, E)
+    xa = _to(xp, acc)
+    taps = _to(weight, acc).t().contiguous().unbind(0)  # W of (E,)
     if bias is None:
-        y = xa[:, :length] * wt[0]  # (B, L, E)
+        y = xa[:, :length] * taps[0]  # (B, L, E)
     else:
-        y = torch.addcmul(bias.to(acc), xa[:, :length], wt[0])
+        y = torch.addcmul(_to(bias, acc), xa[:, :length], taps[0])
     for k in range(1, width):
         if grad:
-            y = torch.addcmul(y, xa[:, k : k + length], wt[k])
+            y = torch.addcmul(y, xa[:, k : k + length], taps[k])
         else:
-            y.addcmul_(xa[:, k : k + length], wt[k])
+            y.addcmul_(xa[:, k : k + length], taps[k])
     if activation == "silu":
         y = F.silu(y, inplace=not grad)
-    y = y.to(x.dtype).transpose(1, 2)  # (B, E, L)
+    y = _to(y, x.dtype).transpose(1, 2)  # (B, E, L)
     if return_final_state:
         return y, xp[:, length:].transpose(1, 2)  # (B, E, W-1): the last W-1 inputs
     return y

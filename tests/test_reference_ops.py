@@ -145,8 +145,9 @@ def test_selective_scan_loop_matches_sequential_forward_and_grads(L, groups, gra
     """The loop twin against the sequential reference: y, final state and (through its out-of-place branch)
     every gradient; without autograd its in-place branch, on channel-last inputs as the mixer passes them."""
     t = scan_inputs(2, 6, L, 5, groups)
-    for k in ("u", "delta", "z"):
+    for k in ("u", "delta", "z", "initial_state"):
         t[k] = channel_last(t[k])
+    t["A"] = t["A"].t().contiguous().t()  # strides must not matter
     if grad:
         for v in t.values():
             v.requires_grad_(True)

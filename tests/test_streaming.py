@@ -54,6 +54,23 @@ def test_stream_equals_offline(spec):
     assert rel_err(stream.push(x[:, :9]), full[:, :9]) < TOL
 
 
+def test_classifier_small_preset_in_20_ms_chunks_equals_offline():
+    """The benchmarked configuration (the full classifier_small preset, 320-sample chunks at 16 kHz, which run
+    the short-call CPU paths), then ragged chunks, against the offline forward (the chunked scan path)."""
+    torch.manual_seed(0)
+    model = build_model("classifier_small").eval()
+    x = torch.randn(2, 12 * 320 + 1000) * 0.1
+    with torch.no_grad():
+        full, _ = model(x)
+    stream = model.stream(2)
+    sizes = [320] * 12 + random_chunks(1000, random.Random(1), max_chunk=400)
+    outs, start = [], 0
+    for n in sizes:
+        outs.append(stream.push(x[:, start : start + n]))
+        start += n
+    assert rel_err(torch.cat(outs, 1), full) < TOL
+
+
 def test_batched_streams_match_single_streams():
     model = tiny("classifier_small")
     x = torch.randn(3, 30)

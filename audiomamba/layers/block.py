@@ -96,10 +96,14 @@ class ResidualBlock(nn.Module):
             y, state = y_fwd + y_rev.flip(1), None
         else:
             y, state = self.mixer(h, state)
-        x = x + self.dropout(y)
+        x = x + self._drop(y)
         if self.mlp is not None:
-            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+            x = x + self._drop(self.mlp(self.mlp_norm(x)))
         return x, state
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        """Dropout on a residual branch; no call at all when it is the identity (eval, or p = 0)."""
+        return self.dropout(y) if self.training and self.dropout.p > 0 else y
 
     @property
     def fused_step(self) -> bool:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from audiomamba.kernels import causal_conv1d, mamba1_block_step, selective_scan
@@ -72,6 +73,19 @@ class Mamba1Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))  # (E, N)
         self.D = nn.Parameter(torch.ones(E))
         self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self._A_cache: tuple | None = None  # (key, A) for calls without autograd, see _A
+
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log): (E, N) float32. Without autograd (streaming) it is computed once and reused until
+        A_log changes (its version counter, storage, device or dtype); with autograd it is recomputed."""
+        A_log = self.A_log
+        if torch.is_grad_enabled() and A_log.requires_grad:
+            return -torch.exp(A_log.float())
+        key = (A_log._version, A_log.data_ptr(), A_log.device, A_log.dtype)
+        if self._A_cache is None or self._A_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
+                self._A_cache = (key, -torch.exp(A_log.float()))
+        return self._A_cache[1]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> Mamba1State:
         """Zero state: conv (B, E, W-1) in ``dtype``, ssm (B, E, N) float32."""
@@ -90,17 +104,21 @@ class Mamba1Mixer(nn.Module):
         xz = self.in_proj(x)  # (B, L, 2E)
         xs, z = xz.chunk(2, dim=-1)  # (B, L, E) each
         xs, z = xs.transpose(1, 2), z.transpose(1, 2)  # (B, E, L) views, channel-last memory
-        conv_state = None if state is None else state.conv.to(xs.dtype)
+        conv_state = None if state is None else state.conv
+        if conv_state is not None and conv_state.dtype != xs.dtype:
+            conv_state = conv_state.to(xs.dtype)
         xs, conv_state = causal_conv1d(
             xs, self.conv_weight, self.conv_bias, conv_state, return_final_state=True, activation="silu"
         )  # (B, E, L)
         x_dbl = self.x_proj(xs.transpose(1, 2))  # (B, L, R + 2N)
         dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt_low @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, E, L), bias added inside the scan
-        A = -torch.exp(self.A_log.float())  # (E, N)
+        delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # (B, E, L), bias added inside the scan
+        D, dt_bias = self.D, self.dt_proj.bias
         y, ssm_state = selective_scan(
-            xs, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(), z,
-            self.dt_proj.bias.float(), True, None if state is None else state.ssm, True,
+            xs, delta, self._A(), Bm.transpose(1, 2), Cm.transpose(1, 2),
+            D if D.dtype == torch.float32 else D.float(), z,
+            dt_bias if dt_bias.dtype == torch.float32 else dt_bias.float(), True,
+            None if state is None else state.ssm, True,
         )  # (B, E, L), (B, E, N)
         out = self.out_proj(y.transpose(1, 2))  # (B, L, D)
         return out, Mamba1State(conv=conv_state, ssm=ssm_state)

@@ -40,6 +40,8 @@ class UpPoolState:
 
 def _phase_of(phase: torch.Tensor, name: str) -> int:
     """The common phase of a batch of streams as a Python int (one host sync)."""
+    if phase.numel() == 1:
+        return int(phase.item())
     values = phase.tolist()
     lo, hi = min(values), max(values)
     if lo != hi:
@@ -85,12 +87,13 @@ class DownPool(nn.Module):
         r0 = _phase_of(state.phase, "DownPool state.phase")
         full = torch.cat([state.buffer[:, P - 1 - r0 :], x], dim=1) if r0 else x  # (B, r0 + L, D)
         m = (r0 + length) // P
-        frames = self._frames(full[:, : m * P])  # (B, M, D_out)
+        frames = self._frames(full if m * P == full.shape[1] else full[:, : m * P])  # (B, M, D_out)
         if length >= P - 1:
             window = x[:, length - (P - 1) :]  # (B, P-1, D): the last P-1 inputs
         else:
             window = torch.cat([state.buffer[:, length:], x], dim=1)
-        return frames, DownPoolState(buffer=window, phase=(state.phase + length) % P)
+        # every row has phase r0 (checked above), so the new phase is one number
+        return frames, DownPoolState(buffer=window, phase=torch.full_like(state.phase, (r0 + length) % P))
 
     def step(self, x: torch.Tensor, state: DownPoolState, complete: bool):
         """One input x: (B, 1, D). ``complete`` (known to the caller: phase == P-1) says that this input ends a
@@ -157,10 +160,13 @@ class UpPool(nn.Module):
             buffer = torch.cat([state.buffer[:, length:], out], dim=1)  # rotate by L
         else:
             fine = self._unfold(coarse)  # (B, M·P, D)
-            out = torch.cat([state.buffer[:, : P - r0], fine], dim=1)[:, :length]  # (B, L, D)
+            # (B, L, D): what is due from the previous frame, then the new frames' outputs (all but the r1 ... P
+            # steps of the newest frame that fall after this chunk)
+            out = torch.cat([state.buffer[:, : P - r0], fine[:, : length - (P - r0)]], dim=1)
             last = fine[:, -P:]  # (B, P, D): the newest frame's outputs, r1 of them already due
-            buffer = torch.cat([last[:, r1:], last[:, :r1]], dim=1)
-        return out, UpPoolState(buffer=buffer, phase=(state.phase + length) % P)
+            buffer = torch.cat([last[:, r1:], last[:, :r1]], dim=1) if r1 else last
+        # every row has phase r0 (checked above), so the new phase is one number
+        return out, UpPoolState(buffer=buffer, phase=torch.full_like(state.phase, r1))
 
     def step(self, coarse: torch.Tensor | None, state: UpPoolState):
         """One fine output (B, 1, D). ``coarse`` (B, 1, D_in) is the frame the paired DownPool completed at

@@ -153,10 +153,13 @@ def lean(budget_s=150.0):
                  dict(bwd_variant="lean", bwd_target=2048),
                  dict(bwd_variant="lean", bwd_maxnreg=168, bwd_target=8192)],
     }
+    # 32 channels per program in one time segment: only where that still gives >= 384 programs (shape 1)
+    one_seg_wide = dict(bwd_variant="lean", bwd_block=32, bwd_target=1)
     best = {}
     for shape in SCAN_SHAPES:
+        wide = shape[0] * shape[1] // 32 >= 384
         for variant, cfgs in sweeps.items():
-            for kw in cfgs:
+            for kw in cfgs + ([one_seg_wide] if variant == "lean" and wide else []):
                 if time.time() - t0 > budget_s and (shape, variant) in best:
                     break
                 try:

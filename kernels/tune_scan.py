@@ -146,21 +146,26 @@ def lean(budget_s=150.0):
     print(f"checks {'ALL OK' if all_ok else 'FAILED'} ({time.time() - t0:.0f}s)", flush=True)
     sweeps = {
         "seq": [dict(bwd_variant="seq")],
-        # most informative first (the budget may cut the tail): default, more segments, a register cap for
-        # more warps per SM, 32 channels per warp (fewer shuffles per element, 255 registers), fewer segments
-        "lean": [dict(bwd_variant="lean"), dict(bwd_variant="lean", bwd_target=8192),
-                 dict(bwd_variant="lean", bwd_maxnreg=168), dict(bwd_variant="lean", bwd_block=32),
-                 dict(bwd_variant="lean", bwd_target=2048),
-                 dict(bwd_variant="lean", bwd_maxnreg=168, bwd_target=8192)],
+        # most informative first (the budget may cut the tail): default; a register cap for more warps per SM;
+        # checkpoints every 16 steps (halves the per-program scratch, 32 -> 16 KB, so that it stays in L1);
+        # more segments; 32 channels per warp (fewer shuffles per element, 254 registers); fewer segments
+        "lean": [dict(bwd_variant="lean"), dict(bwd_variant="lean", bwd_maxnreg=168),
+                 dict(bwd_variant="lean", bwd_maxnreg=168, ck=16), dict(bwd_variant="lean", ck=16),
+                 dict(bwd_variant="lean", bwd_target=8192), dict(bwd_variant="lean", bwd_block=32),
+                 dict(bwd_variant="lean", bwd_maxnreg=168, bwd_target=8192),
+                 dict(bwd_variant="lean", bwd_target=2048)],
     }
     # 32 channels per program in one time segment: only where that still gives >= 384 programs (shape 1)
     one_seg_wide = dict(bwd_variant="lean", bwd_block=32, bwd_target=1)
     best = {}
-    for shape in SCAN_SHAPES:
+    t_sweep = time.time()
+    for i, shape in enumerate(SCAN_SHAPES):
+        # each shape gets an equal share of what the checks left of the budget (at least one launch per variant)
+        deadline = t_sweep + (i + 1) * max(budget_s - (t_sweep - t0), 0.0) / len(SCAN_SHAPES)
         wide = shape[0] * shape[1] // 32 >= 384
         for variant, cfgs in sweeps.items():
             for kw in cfgs + ([one_seg_wide] if variant == "lean" and wide else []):
-                if time.time() - t0 > budget_s and (shape, variant) in best:
+                if time.time() > deadline and (shape, variant) in best:
                     break
                 try:
                     t_f, t_b, cfg = bench_cfg(shape, False, kw)

@@ -134,7 +134,7 @@ def _ssd_chunk_scan_kernel(
     P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, STORE_YS: tl.constexpr,
 ):
-    """y (any strides); with STORE_YS also ys (B, L, H, P) float32 = the SSM part before D x and the gate."""
+    """y (any strides); with STORE_YS also ys (B, L, H, P) contiguous = the SSM part before D x and the gate."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     tb = tl.program_id(2)
@@ -181,7 +181,7 @@ def _ssd_chunk_scan_kernel(
             acc += tl.dot(sc.to(xs.dtype), xs)
     mo = mt[:, None] & (p < P)[None, :]
     if STORE_YS:
-        tl.store(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], acc, mask=mo)
+        tl.store(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], acc.to(ys_ptr.dtype.element_ty), mask=mo)
     if HAS_D:
         xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo, other=0.0)
         acc += tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=p < P, other=0.0).to(tl.float32)[None, :] * xt.to(tl.float32)
@@ -285,22 +285,24 @@ def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_pt
 def _ssd_bwd_chunk_kernel(
     x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, g_ptr, ys_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
     dx_ptr, dz_ptr, dB_ptr, dC_ptr, dSt_ptr, dSs_ptr, dSe_ptr, ddt_ptr, dD_ptr,
-    L, H, HG, NC, Q, NTB,
+    L, H, HG, NC, Q, NTB, HPP, NHB,
     s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
     s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
     P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, TARGET: tl.constexpr, SOURCE: tl.constexpr,
 ):
-    """Program (b·h, chunk c, block i): the target rows t of block i (if TARGET), then the source rows s of
-    block i (if SOURCE); with both, every program does the same work. Rows come in blocks of BT, the other side
-    of each [T, T] tile in blocks of BS (BS divides BT). With g_t = dy_t SiLU(z_t), X_s = Δ_s x_s, L_ts = exp(S_t - S_s)
-    (s ≤ t in the chunk), M_ts = (C_t·B_s) L_ts Δ_s, h_c / dH the chunk's start state / end-state gradient:
+    """Program (b, block of HPP heads of one group, chunk c, block i): the target rows t of block i (if TARGET),
+    then the source rows s of block i (if SOURCE); with both, every program does the same work. Rows come in
+    blocks of BT, the other side of each [T, T] tile in blocks of BS (BS divides BT). dB and dC are summed over
+    the program's heads in registers and written per block of heads, (B, L, H / HPP, N) float32.
+    With g_t = dy_t SiLU(z_t), X_s = Δ_s x_s, L_ts = exp(S_t - S_s) (s ≤ t in the chunk),
+    M_ts = (C_t·B_s) L_ts Δ_s, h_c / dH the chunk's start state / end-state gradient, per head:
 
-    target: dC_t (per head) = exp(S_t) g_t h_c + Σ_{s≤t} L_ts Δ_s (g_t·x_s) B_s;  dS_t (target side) =
+    target: dC_t = exp(S_t) g_t h_c + Σ_{s≤t} L_ts Δ_s (g_t·x_s) B_s;  dS_t (target side) =
     g_t·(exp(S_t) C_t h_c) + Σ_{s<t} M_ts (g_t·x_s);  dz_t = dy_t (y_ssm_t + D x_t) SiLU'(z_t) with y_ssm saved
     by the forward;  Σ_t g_t x_t (dD).
     source: dX_s = w_s dH B_s + Σ_{t≥s} (C_t·B_s) L_ts g_t (w_s = exp(S_end - S_s));  dx_s = Δ_s dX_s + D g_s;
-    dB_s (per head) = Δ_s (w_s dHᵀ x_s + Σ_{t≥s} L_ts (g_t·x_s) C_t);  x_s·dX_s (Δ's gradient through X);
+    dB_s = Δ_s (w_s dHᵀ x_s + Σ_{t≥s} L_ts (g_t·x_s) C_t);  x_s·dX_s (Δ's gradient through X);
     dS_s (source side) = -Σ_{t>s} M_ts (g_t·x_s);  dSe_s = Δ_s x_s·(w_s dH B_s).
     Both sides of dS form M_ts (g_t·x_s) from the same float32 products: in the chunk's reverse sum of dS they
     cancel except on the rectangle that each log decay spans; with 16-bit operands, two different roundings
@@ -311,124 +313,134 @@ def _ssd_bwd_chunk_kernel(
     pid = tl.program_id(0)
     c = tl.program_id(1)
     i = tl.program_id(2)
-    b = (pid // H).to(tl.int64)
-    h = pid % H
-    g_ = h // HG
-    bh = b * H + h
+    b = (pid // NHB).to(tl.int64)
+    hb = pid % NHB
+    g_ = (hb * HPP) // HG
     p = tl.arange(0, BP)
     n = tl.arange(0, BN)
     pm = p < P
     nm = n < N
-    if HAS_D:
-        Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)
     if TARGET:
         # ---- target rows t = block i
         loc_t = i * BT + tl.arange(0, BT)
         t = c * Q + loc_t
         mt = (loc_t < Q) & (t < L)
         mo = mt[:, None] & pm[None, :]
-        cum_t = tl.load(cum_ptr + bh * L + t, mask=mt, other=0.0)
-        dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo, s_yb, s_yl, s_yh, s_yp,
-                                        s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BT, BP] float32
-        gop = g.to(OPT)
         Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + g_ * s_Cg + n[None, :] * s_Cn,
                      mask=mt[:, None] & nm[None, :], other=0.0).to(OPT)  # [BT, BN]
-        et = tl.where(mt, tl.exp(cum_t), 0.0)
-        hbase = hs_ptr + (((b * NC + c) * H + h) * P) * N
-        h0 = tl.load(hbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)  # [BP, BN]
-        h0t = tl.load(hbase + p[None, :] * N + n[:, None], mask=pm[None, :] & nm[:, None], other=0.0)  # [BN, BP]
-        dC = _mm(gop, h0.to(OPT), IEEE) * et[:, None]  # [BT, BN]
-        dS = tl.sum(g * _mm(Ct, h0t.to(OPT), IEEE), axis=1) * et  # g_t·(exp(S_t) C_t h_c)
-        if HAS_D:
-            xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
-                         other=0.0).to(tl.float32)
-            tl.store(dD_ptr + (((b * NC + c) * NTB + i) * H + h) * P + p, tl.sum(g * xt, axis=0), mask=pm)
-        if HAS_Z:
-            y0 = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0)
+        dC = tl.zeros([BT, BN], tl.float32)
+        for hh in range(0, HPP):
+            h = hb * HPP + hh
+            bh = b * H + h
+            cum_t = tl.load(cum_ptr + bh * L + t, mask=mt, other=0.0)
+            dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo, s_yb, s_yl, s_yh, s_yp,
+                                            s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BT, BP] float32
+            gop = g.to(OPT)
+            et = tl.where(mt, tl.exp(cum_t), 0.0)
+            hbase = hs_ptr + (((b * NC + c) * H + h) * P) * N
+            h0 = tl.load(hbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)  # [BP, BN]
+            h0t = tl.load(hbase + p[None, :] * N + n[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
+            dC += _mm(gop, h0.to(OPT), IEEE) * et[:, None]  # [BT, BN]
+            dS = tl.sum(g * _mm(Ct, h0t.to(OPT), IEEE), axis=1) * et  # g_t·(exp(S_t) C_t h_c)
             if HAS_D:
-                y0 += Dv[None, :] * xt
-            dz = dy * y0 * sig * (1.0 + zz * (1.0 - sig))
-            tl.store(dz_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mo)
-        for sb in range(0, (i + 1) * (BT // BS)):
-            loc_s = sb * BS + tl.arange(0, BS)
-            s = c * Q + loc_s
-            ms = (loc_s < Q) & (s < L)
-            cum_s = tl.load(cum_ptr + bh * L + s, mask=ms, other=0.0)
-            dt_s = tl.load(dtp_ptr + bh * L + s, mask=ms, other=0.0)
-            xsT = tl.load(x_ptr + b * s_xb + s[None, :] * s_xl + h * s_xh + p[:, None] * s_xp,
-                          mask=ms[None, :] & pm[:, None], other=0.0).to(OPT)  # [BP, BS] = x_sᵀ
-            Bs = tl.load(B_ptr + b * s_Bb + s[:, None] * s_Bl + g_ * s_Bg + n[None, :] * s_Bn,
-                         mask=ms[:, None] & nm[None, :], other=0.0).to(OPT)  # [BS, BN]
-            causal = (loc_s[None, :] <= loc_t[:, None]) & ms[None, :] & mt[:, None]
-            w = tl.exp(tl.where(causal, cum_t[:, None] - cum_s[None, :], float("-inf"))) * dt_s[None, :]
-            w = w * _mm(gop, xsT, IEEE)  # [BT, BS]: L Δ (g·x)
-            dC += _mm(w.to(OPT), Bs, IEEE)
-            # dS from the same float32 products as the source side's (the two sides cancel in the chunk's reverse
-            # sum); the diagonal (s = t, no dependence on S) is left out of both
-            z_ts = tl.where(loc_s[None, :] < loc_t[:, None], _mm(Ct, tl.trans(Bs), IEEE) * w, 0.0)
-            dS += tl.sum(z_ts, axis=1)
-        tl.store(dSt_ptr + bh * L + t, dS, mask=mt)
-        tl.store(dC_ptr + ((b * L + t[:, None]) * H + h) * N + n[None, :], dC, mask=mt[:, None] & nm[None, :])
+                Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)
+                xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
+                             other=0.0).to(tl.float32)
+                tl.store(dD_ptr + (((b * NC + c) * NTB + i) * H + h) * P + p, tl.sum(g * xt, axis=0), mask=pm)
+            if HAS_Z:
+                y0 = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo,
+                             other=0.0).to(tl.float32)
+                if HAS_D:
+                    y0 += Dv[None, :] * xt
+                dz = dy * y0 * sig * (1.0 + zz * (1.0 - sig))
+                tl.store(dz_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], dz.to(dz_ptr.dtype.element_ty),
+                         mask=mo)
+            for sb in range(0, (i + 1) * (BT // BS)):
+                loc_s = sb * BS + tl.arange(0, BS)
+                s = c * Q + loc_s
+                ms = (loc_s < Q) & (s < L)
+                cum_s = tl.load(cum_ptr + bh * L + s, mask=ms, other=0.0)
+                dt_s = tl.load(dtp_ptr + bh * L + s, mask=ms, other=0.0)
+                xsT = tl.load(x_ptr + b * s_xb + s[None, :] * s_xl + h * s_xh + p[:, None] * s_xp,
+                              mask=ms[None, :] & pm[:, None], other=0.0).to(OPT)  # [BP, BS] = x_sᵀ
+                Bs = tl.load(B_ptr + b * s_Bb + s[:, None] * s_Bl + g_ * s_Bg + n[None, :] * s_Bn,
+                             mask=ms[:, None] & nm[None, :], other=0.0).to(OPT)  # [BS, BN]
+                causal = (loc_s[None, :] <= loc_t[:, None]) & ms[None, :] & mt[:, None]
+                w = tl.exp(tl.where(causal, cum_t[:, None] - cum_s[None, :], float("-inf"))) * dt_s[None, :]
+                w = w * _mm(gop, xsT, IEEE)  # [BT, BS]: L Δ (g·x)
+                dC += _mm(w.to(OPT), Bs, IEEE)
+                # dS from the same float32 products as the source side's (see above); the diagonal left out
+                z_ts = tl.where(loc_s[None, :] < loc_t[:, None], _mm(Ct, tl.trans(Bs), IEEE) * w, 0.0)
+                dS += tl.sum(z_ts, axis=1)
+            tl.store(dSt_ptr + bh * L + t, dS, mask=mt)
+        tl.store(dC_ptr + ((b * L + t[:, None]) * NHB + hb) * N + n[None, :], dC, mask=mt[:, None] & nm[None, :])
     if SOURCE:
         # ---- source rows s = block i
         loc_s = i * BT + tl.arange(0, BT)
         s = c * Q + loc_s
         ms = (loc_s < Q) & (s < L)
         mso = ms[:, None] & pm[None, :]
-        cum_s = tl.load(cum_ptr + bh * L + s, mask=ms, other=0.0)
-        dt_s = tl.load(dtp_ptr + bh * L + s, mask=ms, other=0.0)
         Bs = tl.load(B_ptr + b * s_Bb + s[:, None] * s_Bl + g_ * s_Bg + n[None, :] * s_Bn,
                      mask=ms[:, None] & nm[None, :], other=0.0).to(OPT)  # [BT, BN]
-        xop = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mso,
-                      other=0.0).to(OPT)  # [BT, BP]
-        dbase = dH_ptr + (((b * NC + c) * H + h) * P) * N
-        dHt = tl.load(dbase + p[None, :] * N + n[:, None], mask=pm[None, :] & nm[:, None], other=0.0)  # [BN, BP]
-        dH = tl.load(dbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)  # [BP, BN]
-        ws = tl.where(ms, tl.exp(tl.load(tot_ptr + bh * NC + c) - cum_s), 0.0)
-        dX = _mm(Bs, dHt.to(OPT), IEEE) * ws[:, None]  # [BT, BP]
-        dB = _mm(xop, dH.to(OPT), IEEE) * ws[:, None]  # [BT, BN] (× Δ_s at the end)
-        sE = tl.sum(dX * xop.to(tl.float32), axis=1)  # x_s·(w_s dH B_s)
-        dS = tl.zeros([BT], tl.float32)
-        for tb in range(i * (BT // BS), tl.cdiv(Q, BS)):
-            loc_u = tb * BS + tl.arange(0, BS)
-            u = c * Q + loc_u
-            mu = (loc_u < Q) & (u < L)
-            cum_u = tl.load(cum_ptr + bh * L + u, mask=mu, other=0.0)
-            CuT = tl.load(C_ptr + b * s_Cb + u[None, :] * s_Cl + g_ * s_Cg + n[:, None] * s_Cn,
-                          mask=mu[None, :] & nm[:, None], other=0.0).to(OPT)  # [BN, BS] = C_uᵀ
-            gu = tl.load(g_ptr + ((b * L + u[:, None]) * H + h) * P + p[None, :], mask=mu[:, None] & pm[None, :],
-                         other=0.0)  # [BS, BP]
-            causal = (loc_u[None, :] >= loc_s[:, None]) & mu[None, :] & ms[:, None]
-            e = tl.exp(tl.where(causal, cum_u[None, :] - cum_s[:, None], float("-inf")))  # [BT, BS]
-            cb = _mm(Bs, CuT, IEEE) * e
-            dX += _mm(cb.to(OPT), gu, IEEE)
-            xg = _mm(xop, tl.trans(gu), IEEE)
-            dB += _mm((xg * e).to(OPT), tl.trans(CuT), IEEE)
-            dS += tl.sum(tl.where(loc_u[None, :] > loc_s[:, None], cb * xg, 0.0), axis=1)  # see the target side
-        # x reloaded (from L2) rather than kept live across the loop in float32 registers
-        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mso, other=0.0)
-        xdx = tl.sum(dX * xs.to(tl.float32), axis=1)
-        dx = dX * dt_s[:, None]
-        if HAS_D:
-            _, gs, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, s, h, p, mso, s_yb, s_yl, s_yh, s_yp,
-                                         s_zb, s_zl, s_zh, s_zp, HAS_Z)
-            dx += Dv[None, :] * gs
-        tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mso)
-        tl.store(dB_ptr + ((b * L + s[:, None]) * H + h) * N + n[None, :], dB * dt_s[:, None],
-                 mask=ms[:, None] & nm[None, :])
-        tl.store(dSs_ptr + bh * L + s, -dt_s * dS, mask=ms)
-        tl.store(dSe_ptr + bh * L + s, dt_s * sE, mask=ms)
-        tl.store(ddt_ptr + bh * L + s, xdx, mask=ms)
+        dB = tl.zeros([BT, BN], tl.float32)
+        for hh in range(0, HPP):
+            h = hb * HPP + hh
+            bh = b * H + h
+            cum_s = tl.load(cum_ptr + bh * L + s, mask=ms, other=0.0)
+            dt_s = tl.load(dtp_ptr + bh * L + s, mask=ms, other=0.0)
+            xop = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mso,
+                          other=0.0).to(OPT)  # [BT, BP]
+            dbase = dH_ptr + (((b * NC + c) * H + h) * P) * N
+            dHt = tl.load(dbase + p[None, :] * N + n[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
+            dH = tl.load(dbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)
+            ws = tl.where(ms, tl.exp(tl.load(tot_ptr + bh * NC + c) - cum_s), 0.0)
+            dX = _mm(Bs, dHt.to(OPT), IEEE) * ws[:, None]  # [BT, BP]
+            dBh = _mm(xop, dH.to(OPT), IEEE) * ws[:, None]  # [BT, BN] (× Δ_s at the end)
+            sE = tl.sum(dX * xop.to(tl.float32), axis=1)  # x_s·(w_s dH B_s)
+            dS = tl.zeros([BT], tl.float32)
+            for tb in range(i * (BT // BS), tl.cdiv(Q, BS)):
+                loc_u = tb * BS + tl.arange(0, BS)
+                u = c * Q + loc_u
+                mu = (loc_u < Q) & (u < L)
+                cum_u = tl.load(cum_ptr + bh * L + u, mask=mu, other=0.0)
+                CuT = tl.load(C_ptr + b * s_Cb + u[None, :] * s_Cl + g_ * s_Cg + n[:, None] * s_Cn,
+                              mask=mu[None, :] & nm[:, None], other=0.0).to(OPT)  # [BN, BS] = C_uᵀ
+                gu = tl.load(g_ptr + ((b * L + u[:, None]) * H + h) * P + p[None, :],
+                             mask=mu[:, None] & pm[None, :], other=0.0)  # [BS, BP]
+                causal = (loc_u[None, :] >= loc_s[:, None]) & mu[None, :] & ms[:, None]
+                e = tl.exp(tl.where(causal, cum_u[None, :] - cum_s[:, None], float("-inf")))  # [BT, BS]
+                cb = _mm(Bs, CuT, IEEE) * e
+                dX += _mm(cb.to(OPT), gu, IEEE)
+                xg = _mm(xop, tl.trans(gu), IEEE)
+                dBh += _mm((xg * e).to(OPT), tl.trans(CuT), IEEE)
+                dS += tl.sum(tl.where(loc_u[None, :] > loc_s[:, None], cb * xg, 0.0), axis=1)  # see the target side
+            dB += dBh * dt_s[:, None]
+            # x reloaded (from L2) rather than kept live across the loop in float32 registers
+            xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mso, other=0.0)
+            xdx = tl.sum(dX * xs.to(tl.float32), axis=1)
+            dx = dX * dt_s[:, None]
+            if HAS_D:
+                _, gs, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, s, h, p, mso, s_yb, s_yl, s_yh, s_yp,
+                                             s_zb, s_zl, s_zh, s_zp, HAS_Z)
+                dx += tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)[None, :] * gs
+            tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx.to(dx_ptr.dtype.element_ty),
+                     mask=mso)
+            tl.store(dSs_ptr + bh * L + s, -dt_s * dS, mask=ms)
+            tl.store(dSe_ptr + bh * L + s, dt_s * sE, mask=ms)
+            tl.store(ddt_ptr + bh * L + s, xdx, mask=ms)
+        tl.store(dB_ptr + ((b * L + s[:, None]) * NHB + hb) * N + n[None, :], dB, mask=ms[:, None] & nm[None, :])
 
 
 # Launch of the [T, T] backward kernel for 16-bit inputs (False) and float32 inputs (True): rows per block, columns
-# per block of the other side, warps, pipeline stages, target and source phases as two launches (split) or one,
-# and an optional register cap. Offline sm_90a compiles (P = N = 64; kernels/NOTES.md, "SSD backward v2"): 16-bit
-# split 64/32/8 warps 180/179 registers, no spills (4 warps: 255/255, no spills; one launch of both phases spills
-# at 4 warps and takes 255 at 8); float32 split 32/16/8 warps 255/106, no spills.
+# per block of the other side, warps, pipeline stages, target and source phases as two launches (split) or one, an
+# optional register cap, and min_programs: each program takes as many heads of its group (dB, dC summed over them
+# in registers) as keep at least that many programs (None: one head per program). Offline sm_90a compiles,
+# P = N = 64 (kernels/NOTES.md, "SSD backward v2"): 16-bit 64/32, 8 warps, 2 stages, split, one head: 174/173
+# registers, no spills (a loop over heads: 255 and 60-600 bytes of spills in every launch tried); float32 32/16,
+# 8 warps, 2 stages, split: 180/180, no spills.
 _BWD_CONFIG = {
-    False: dict(rows=64, cols=32, warps=8, stages=2, split=True, maxnreg=None),
-    True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None),
+    False: dict(rows=64, cols=32, warps=8, stages=2, split=True, maxnreg=None, min_programs=None),
+    True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None, min_programs=None),
 }
 _OFFLINE = False  # set by an offline compile (no GPU), so that maxnreg is passed with CPU tensors
 
@@ -437,8 +449,8 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
                   initial_state=None, return_aux=False):
     """Triton forward. Returns (y (B, L, H, P) in x's dtype, final_state (B, H, P, N) float32), and with
     ``return_aux`` a third item for the backward: (S (B, H, L), Δ (B, H, L), states entering each chunk
-    (B, NC, H, P, N), chunk log decays S_end (B, H, NC), the SSM output before D x and the gate (B, L, H, P) with z),
-    all float32 (None when L = 0)."""
+    (B, NC, H, P, N), chunk log decays S_end (B, H, NC), all float32, and with z the SSM output before D x and the
+    gate (B, L, H, P), float32 for float32 inputs, else x's dtype) (None when L = 0)."""
     batch, length, heads, headdim = x.shape
     groups, n = B.shape[2], B.shape[3]
     dev = x.device
@@ -478,9 +490,10 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     if D is not None and D.dim() == 1:
         D = D[:, None].expand(heads, headdim)
     z_ = z if z is not None else x
-    # the backward's dz needs the SSM output before D x and the gate
+    # the backward's dz needs the SSM output before D x and the gate (x's dtype for 16-bit inputs: dz has it too)
     store_ys = return_aux and z is not None
-    ys = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32) if store_ys else dummy
+    ys = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32 if ieee else x.dtype) if store_ys \
+        else dummy
     _ssd_chunk_scan_kernel[(batch * heads, nc, triton.cdiv(Q, BT))](
         x, B, C, D if D is not None else dummy, z_, cum, dtp, hs, y, ys,
         length, heads, hg, nc, Q, *x.stride(), *B.stride(), *C.stride(),
@@ -544,16 +557,20 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     )
     dx = torch.empty(batch, length, heads, headdim, device=dev, dtype=x.dtype)
     dz = torch.empty(batch, length, heads, headdim, device=dev, dtype=z.dtype) if z is not None else dummy
-    dBh = torch.empty(batch, length, heads, n, device=dev, dtype=f32)
+    # heads per program: dB and dC summed over them in registers; as many as keep >= min_programs programs
+    hpp = max(d for d in range(1, hg + 1) if hg % d == 0 and (d == 1 or cfg["min_programs"] is not None and
+                                                               batch * nc * ntb * (heads // d) >= cfg["min_programs"]))
+    nhb = heads // hpp
+    dBh = torch.empty(batch, length, nhb, n, device=dev, dtype=f32)
     dCh = torch.empty_like(dBh)
     dS_t = torch.empty(batch, heads, length, device=dev, dtype=f32)
     dS_s, dS_e, dX_dt = torch.empty_like(dS_t), torch.empty_like(dS_t), torch.empty_like(dS_t)
     dDp = torch.empty(batch, nc, ntb, heads, headdim, device=dev, dtype=f32) if D is not None else dummy
     for phases in ((True, False), (False, True)) if cfg["split"] else ((True, True),):
-        _ssd_bwd_chunk_kernel[(batch * heads, nc, ntb)](
+        _ssd_bwd_chunk_kernel[(batch * nhb, nc, ntb)](
             x, B, C, D if D is not None else dummy, z_, dy, gbuf, ys, cum, dtp, hs, tot, dH,
             dx, dz, dBh, dCh, dS_t, dS_s, dS_e, dX_dt, dDp,
-            length, heads, hg, nc, Q, ntb,
+            length, heads, hg, nc, Q, ntb, hpp, nhb,
             *x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)), *z_.stride(),
             *dy.stride(),
             P=headdim, N=n, BP=BP, BN=BN, BT=BT, BS=BS, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
@@ -576,8 +593,8 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         dD = dDp.sum((0, 1, 2))
         dD = (dD.sum(-1) if D_in.dim() == 1 else dD).to(D_in.dtype)
 
-    def group_sum(t, dtype):  # per-head (B, L, H, N) -> per-group (B, L, G, N), summed here (no atomics)
-        return t.to(dtype) if hg == 1 else t.view(batch, length, groups, hg, n).sum(3).to(dtype)
+    def group_sum(t, dtype):  # per block of heads (B, L, H / hpp, N) -> per group (B, L, G, N), no atomics
+        return t.to(dtype) if nhb == groups else t.view(batch, length, groups, nhb // groups, n).sum(3).to(dtype)
 
     return (
         dx, ddelta.to(dt.dtype), dA.to(A.dtype), group_sum(dBh, B.dtype), group_sum(dCh, C.dtype),

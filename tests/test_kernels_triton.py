@@ -318,12 +318,14 @@ def test_ssd_gradients_of_one_output_and_frozen_inputs(outputs, frozen):
     _assert_close(_ssd_case(1, 30, 2, 4, 1, 4, 16, outputs=outputs, frozen=frozen, seed=1), TOL[torch.float32])
 
 
-@pytest.mark.parametrize("config", [dict(rows=16, cols=16, split=False), dict(rows=32, cols=32, split=True)])
-def test_ssd_backward_launch_variants(config, monkeypatch):
-    """The [T, T] backward kernel in one launch (both phases) and with square blocks gives the same gradients."""
+@pytest.mark.parametrize("config, min_programs", [(dict(rows=16, cols=16, split=False), 1),
+                                                  (dict(rows=32, cols=32, split=True), 10**9)])
+def test_ssd_backward_launch_variants(config, min_programs, monkeypatch):
+    """The [T, T] backward kernel in one launch (both phases), with square blocks, with both heads of a group in
+    one program (min_programs 1) or one head per program: the same gradients."""
     from audiomamba.kernels import ssd
 
-    monkeypatch.setitem(ssd._BWD_CONFIG, True, {**ssd._BWD_CONFIG[True], **config})
+    monkeypatch.setitem(ssd._BWD_CONFIG, True, {**ssd._BWD_CONFIG[True], **config, "min_programs": min_programs})
     _assert_close(_ssd_case(1, 77, 4, 3, 2, 5, 64, seed=2), TOL[torch.float32])
 
 

@@ -218,6 +218,61 @@ def selective_scan_loop_ref(
     return y, h_final
 
 
+# ---------------------------------------------------------------- time-major cores (no autograd)
+
+
+def causal_conv1d_time_major_(x, weight, bias, state, silu):
+    """The causal depthwise conv1d of ``causal_conv1d_ref`` on time-major tensors, without autograd (buffers
+    updated in place): what a Mamba-1 mixer's short-chunk CPU path calls between its projections, with no
+    layout changes. The W taps are one dot product over a sliding-window view (one op, not W).
+
+    Args:
+        x: (B, L, E). weight: (E, W). bias: (E,) or None. state: (B, W-1, E) the last W-1 inputs (any strides).
+        silu: apply SiLU.
+
+    Returns:
+        y: (B, L, E) and the new state (B, W-1, E) (a view of a fresh buffer), in x's dtype (float32/64).
+    """
+    length = x.shape[1]
+    xp = torch.cat([state, x], dim=1)  # (B, W-1+L, E)
+    y = torch.linalg.vecdot(xp.unfold(1, weight.shape[1], 1), weight)  # windows (B, L, E, W) · (E, W) -> (B, L, E)
+    if bias is not None:
+        y.add_(bias)
+    if silu:
+        F.silu(y, inplace=True)
+    return y, xp[:, length:]
+
+
+def selective_scan_time_major_(u, dt, A2, B, C, D, z, h):
+    """The selective scan of ``selective_scan_loop_ref`` on time-major tensors (one group), without autograd:
+    for each step h_t = exp2(Δ_t A2) h_{t-1} + Δ_t u_t B_t, y_t = (C_t · h_t + D u_t) SiLU(z_t).
+
+    The state is laid out (N, E) per step, so that every op, the readout y_t = C_t · h_t included (a (1, N) @
+    (N, E) product per step), runs along the contiguous E.
+
+    Args:
+        u: (B, L, E). dt: (B, L, E) the step sizes Δ (bias and softplus applied). A2: (N, E) = (A · log2 e)ᵀ.
+        B, C: (B, L, N) (any strides). D: (E,) or None. z: (B, L, E) or None. h: (B, N, E) the initial state
+        (any strides). All in one float dtype (float32 or float64).
+
+    Returns:
+        y: (B, L, E) and the final state (B, N, E) (a view of a fresh buffer).
+    """
+    batch, length, channels = u.shape
+    n = A2.shape[0]
+    dA = (dt.unsqueeze(2) * A2).exp2_()  # (B, L, N, E)
+    dBu = (dt * u).unsqueeze(2) * B.unsqueeze(-1)  # (B, L, N, E)
+    for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
+        h = dBu_t.addcmul_(dA_t, h)  # dBu[:, t] now holds h_t
+    rows = batch * length
+    y = torch.bmm(C.reshape(rows, 1, n), dBu.view(rows, n, channels)).view(batch, length, channels)  # C_t · h_t
+    if D is not None:
+        y.addcmul_(u, D)
+    if z is not None:
+        y.mul_(F.silu(z))
+    return y, h
+
+
 def causal_conv1d_ref(x, weight, bias=None, initial_state=None, return_final_state=False, activation=None):
     """Causal depthwise 1-D convolution with a carried input window.
 

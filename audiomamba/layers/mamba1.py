@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiomamba.kernels import causal_conv1d, mamba1_block_step, selective_scan
+from audiomamba.kernels import SHORT_LENGTH, causal_conv1d, get_backend, mamba1_block_step, selective_scan
+from audiomamba.kernels.reference import causal_conv1d_time_major_, selective_scan_time_major_
+
+_LOG2_E = 1.0 / math.log(2.0)
 
 
 @dataclass
@@ -73,19 +76,25 @@ class Mamba1Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))  # (E, N)
         self.D = nn.Parameter(torch.ones(E))
         self.out_proj = nn.Linear(E, d_model, bias=bias)
-        self._A_cache: tuple | None = None  # (key, A) for calls without autograd, see _A
+        self._cache: tuple | None = None  # (key, derived weights) for calls without autograd, see _derived
+
+    def _derived(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights derived from A_log, for calls without autograd (streaming): A = -exp(A_log) (E, N) float32
+        and (A·log2 e)ᵀ (N, E) contiguous. Computed once and reused until A_log changes (version counter,
+        storage, device or dtype)."""
+        A_log = self.A_log
+        key = (A_log._version, A_log.data_ptr(), A_log.device, A_log.dtype)
+        if self._cache is None or self._cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode
+                A = -torch.exp(A_log.float())
+                self._cache = (key, (A, (A * _LOG2_E).t().contiguous()))
+        return self._cache[1]
 
     def _A(self) -> torch.Tensor:
-        """A = -exp(A_log): (E, N) float32. Without autograd (streaming) it is computed once and reused until
-        A_log changes (its version counter, storage, device or dtype); with autograd it is recomputed."""
-        A_log = self.A_log
-        if torch.is_grad_enabled() and A_log.requires_grad:
-            return -torch.exp(A_log.float())
-        key = (A_log._version, A_log.data_ptr(), A_log.device, A_log.dtype)
-        if self._A_cache is None or self._A_cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
-                self._A_cache = (key, -torch.exp(A_log.float()))
-        return self._A_cache[1]
+        """A = -exp(A_log): (E, N) float32; cached without autograd (see ``_derived``), recomputed with it."""
+        if torch.is_grad_enabled() and self.A_log.requires_grad:
+            return -torch.exp(self.A_log.float())
+        return self._derived()[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> Mamba1State:
         """Zero state: conv (B, E, W-1) in ``dtype``, ssm (B, E, N) float32."""
@@ -101,6 +110,9 @@ class Mamba1Mixer(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
         batch, length, _ = x.shape
+        if (not torch.is_grad_enabled() and 0 < length <= SHORT_LENGTH and x.dtype == torch.float32
+                and (state is None or state.conv.dtype == torch.float32) and get_backend(x) == "reference"):
+            return self._forward_short(x, state)
         xz = self.in_proj(x)  # (B, L, 2E)
         xs, z = xz.chunk(2, dim=-1)  # (B, L, E) each
         xs, z = xs.transpose(1, 2), z.transpose(1, 2)  # (B, E, L) views, channel-last memory
@@ -122,6 +134,23 @@ class Mamba1Mixer(nn.Module):
         )  # (B, E, L), (B, E, N)
         out = self.out_proj(y.transpose(1, 2))  # (B, L, D)
         return out, Mamba1State(conv=conv_state, ssm=ssm_state)
+
+    def _forward_short(self, x: torch.Tensor, state: Mamba1State | None) -> tuple[torch.Tensor, Mamba1State]:
+        """``forward`` for a short float32 chunk without autograd on the reference (CPU) backend: streaming's
+        path. The same math, but time-major (B, L, ·) from in_proj to out_proj (no layout changes), the conv and
+        the scan as the in-place cores of the loop twins (``causal_conv1d_shift_ref``, ``selective_scan_loop_ref``),
+        derived weights cached. The returned states are views of fresh buffers."""
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
+        A2 = self._derived()[1]  # (N, E)
+        xs, z = self.in_proj(x).split(self.d_inner, dim=-1)  # (B, L, E) each
+        conv_in = state.conv.transpose(1, 2)  # (B, W-1, E)
+        xs, conv_state = causal_conv1d_time_major_(xs, self.conv_weight, self.conv_bias, conv_in, True)
+        dt_low, Bm, Cm = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(F.linear(dt_low, self.dt_proj.weight, self.dt_proj.bias))  # (B, L, E)
+        y, ssm_state = selective_scan_time_major_(xs, dt, A2, Bm, Cm, self.D, z, state.ssm.transpose(1, 2))
+        # states in the contract's shapes (B, E, W-1), (B, E, N): transposed views of the time-major buffers
+        return self.out_proj(y), Mamba1State(conv=conv_state.transpose(1, 2), ssm=ssm_state.transpose(1, 2))
 
     def residual_step_(self, x: torch.Tensor, state: Mamba1State, norm: str, norm_weight: torch.Tensor | None,
                        norm_bias: torch.Tensor | None, eps: float) -> torch.Tensor:

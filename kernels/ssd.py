@@ -118,7 +118,7 @@ def _ssd_state_pass_kernel(st_ptr, tot_ptr, h0_ptr, hs_ptr, hT_ptr, H, NC, M,
         hv = tl.load(h0_ptr + (b * H + h) * M + m, mask=mask, other=0.0).to(tl.float32)
     else:
         hv = tl.zeros([BLOCK], tl.float32)
-    for c in range(0, NC):
+    for c in tl.range(0, NC, num_stages=4):  # a chain over chunks: loads of later chunks in flight (cp.async)
         off = ((b * NC + c) * H + h) * M + m
         tl.store(hs_ptr + off, hv, mask=mask)
         hv = tl.exp(tl.load(tot_ptr + (b * H + h) * NC + c)) * hv + tl.load(st_ptr + off, mask=mask, other=0.0)
@@ -270,7 +270,7 @@ def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_pt
     m = blk * BLOCK + tl.arange(0, BLOCK)
     mask = m < M
     dh = tl.load(dhT_ptr + (b * H + h) * M + m, mask=mask, other=0.0).to(tl.float32)
-    for i in range(0, NC):
+    for i in tl.range(0, NC, num_stages=4):  # loads of later chunks in flight (cp.async)
         c = NC - 1 - i
         off = ((b * NC + c) * H + h) * M + m
         tl.store(dH_ptr + off, dh, mask=mask)

@@ -882,25 +882,38 @@ def _ss_bwd_lean_kernel(
                     Bs = tl.load(pbc + r * NP + n)
                     h = _exp2(dts[None, :] * A2, FAST_EXP) * h + xs[None, :] * Bs[:, None]
             tl.debug_barrier()
-        # phase B: 2-step sub-chunks in reverse
-        for jj in range(0, n_sub):
-            j = n_sub - 1 - jj
-            r0 = 2 * j
-            t0 = k0 + r0
-            t1 = t0 + 1
-            dt0 = tl.load(pe + r0 * BE + eo)
-            dt1 = tl.load(pe + (r0 + 1) * BE + eo)
-            dy0 = tl.load(pe + CK * BE + r0 * BE + eo)
-            dy1 = tl.load(pe + CK * BE + (r0 + 1) * BE + eo)
-            C0 = tl.load(pbc + (CK + r0) * NP + n)
-            C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
-            a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
-            a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
-            g1 = C1[:, None] * dy1[None, :] + a_next * g_next
-            if LOCAL:
-                g0 = C0[:, None] * dy0[None, :] + a1 * g1
+        if LOCAL:
+            # adjoint only, from a zero carry
+            for jj in range(0, n_sub):
+                r0 = 2 * (n_sub - 1 - jj)
+                dt0 = tl.load(pe + r0 * BE + eo)
+                dt1 = tl.load(pe + (r0 + 1) * BE + eo)
+                dy0 = tl.load(pe + (CK + r0) * BE + eo)
+                dy1 = tl.load(pe + (CK + r0 + 1) * BE + eo)
+                C0 = tl.load(pbc + (CK + r0) * NP + n)
+                C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
+                a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
+                g1 = C1[:, None] * dy1[None, :] + a_next * g_next
+                g0 = C0[:, None] * dy0[None, :] + _exp2(dt1[None, :] * A2, FAST_EXP) * g1
                 dt_sum += dt0 + dt1
-            else:
+                a_next = a0
+                g_next = g0
+        else:
+            # phase B: 2-step sub-chunks in reverse
+            for jj in range(0, n_sub):
+                j = n_sub - 1 - jj
+                r0 = 2 * j
+                t0 = k0 + r0
+                t1 = t0 + 1
+                dt0 = tl.load(pe + r0 * BE + eo)
+                dt1 = tl.load(pe + (r0 + 1) * BE + eo)
+                dy0 = tl.load(pe + CK * BE + r0 * BE + eo)
+                dy1 = tl.load(pe + CK * BE + (r0 + 1) * BE + eo)
+                C0 = tl.load(pbc + (CK + r0) * NP + n)
+                C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
+                a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
+                a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
+                g1 = C1[:, None] * dy1[None, :] + a_next * g_next
                 hs = tl.load(scr + j * (NP * BE))
                 x0 = tl.load(pe + 2 * CK * BE + r0 * BE + eo)
                 x1 = tl.load(pe + 2 * CK * BE + (r0 + 1) * BE + eo)
@@ -934,8 +947,8 @@ def _ss_bwd_lean_kernel(
                 ddtb_acc += ddt0 + ddt1
                 if HAS_D:
                     dD_acc += dy0 * u0 + dy1 * u1
-            a_next = a0
-            g_next = g0
+                a_next = a0
+                g_next = g0
     if LOCAL:
         # Q = Π a_{t+1} over the segment: Δ summed over its steps but the first, plus the one after it
         dt_first = tl.load(pe + eo)  # pe holds the segment's first interval now

@@ -84,8 +84,11 @@ def bench_stream(
     """Real-time factor and per-chunk latency of ``Stream.push`` (a classifier's running prediction).
 
     RTF = compute time / audio duration. Latency percentiles are over the chunks of ``seconds`` of audio,
-    after 10 warm-up chunks.
+    after 10 warm-up chunks. Wall-clock time is what the targets judge; the CPU time of the pushing thread is
+    printed beside it (on a machine shared with other processes, wall - cpu is time spent waiting for a core).
     """
+    import os
+
     from .models import build_model
 
     previous_threads = torch.get_num_threads()
@@ -99,30 +102,39 @@ def bench_stream(
         stream = model.stream(batch_size)
         for i in range(10):
             stream.push(audio[:, i * chunk : (i + 1) * chunk])
-        lat = []
+        lat, cpu = [], []
         for i in range(10, n_chunks + 10):
             x = audio[:, i * chunk : (i + 1) * chunk]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             stream.push(x)
             if device != "cpu":
                 _sync(torch.device(device))
             lat.append(time.perf_counter() - start)
+            cpu.append(time.thread_time() - start_cpu)
     finally:
         torch.set_num_threads(previous_threads)
-    ms = sorted(x * 1e3 for x in lat)
+    ms, cpu_ms = sorted(x * 1e3 for x in lat), sorted(x * 1e3 for x in cpu)
+    audio_s = n_chunks * chunk / sample_rate
     result = {
         "preset": preset, "params": model.num_parameters(), "chunk_samples": chunk, "chunks": n_chunks,
-        "threads": threads, "batch": batch_size, "rtf": sum(lat) / (n_chunks * chunk / sample_rate),
+        "threads": threads, "batch": batch_size, "rtf": sum(lat) / audio_s,
         "ms_median": statistics.median(ms), "ms_p90": ms[int(0.9 * (len(ms) - 1))], "ms_max": ms[-1],
+        "cpu_rtf": sum(cpu) / audio_s, "cpu_ms_median": statistics.median(cpu_ms),
+        "cpu_ms_p90": cpu_ms[int(0.9 * (len(cpu_ms) - 1))], "cpu_ms_max": cpu_ms[-1],
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     print(f"stream: {preset} ({result['params'] / 1e6:.2f}M params), {chunk_ms:g} ms chunks ({chunk} samples at "
           f"{sample_rate} Hz), batch {batch_size}, {threads} thread(s), {device}, {n_chunks} chunks")
-    print(f"{'metric':<18} {'value':>9} {'target':>8}  ok")
-    rows = [("real-time factor", result["rtf"], STREAM_TARGETS["rtf"]),
-            ("ms/chunk median", result["ms_median"], STREAM_TARGETS["ms_per_chunk"]),
-            ("ms/chunk p90", result["ms_p90"], STREAM_TARGETS["ms_per_chunk"]),
-            ("ms/chunk max", result["ms_max"], None)]
-    for name, value, target in rows:
+    if result["load_average"] is not None:
+        print(f"load average {result['load_average']:.2f} on {os.cpu_count()} CPUs; targets judge wall-clock time")
+    print(f"{'metric':<18} {'wall':>9} {'cpu':>9} {'target':>8}  ok")
+    rows = [("real-time factor", "rtf", STREAM_TARGETS["rtf"]),
+            ("ms/chunk median", "ms_median", STREAM_TARGETS["ms_per_chunk"]),
+            ("ms/chunk p90", "ms_p90", STREAM_TARGETS["ms_per_chunk"]),
+            ("ms/chunk max", "ms_max", None)]
+    for name, key, target in rows:
+        value = result[key]
         ok = "-" if target is None else ("yes" if value <= target else "NO")
-        print(f"{name:<18} {value:>9.3f} {'' if target is None else f'{target:g}':>8}  {ok}")
+        shown = "" if target is None else f"{target:g}"
+        print(f"{name:<18} {value:>9.3f} {result['cpu_' + key]:>9.3f} {shown:>8}  {ok}")
     return result

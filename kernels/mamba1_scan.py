@@ -775,11 +775,12 @@ def _ss_bwd_lean_kernel(
     """Backward ("lean" variant), same contract as ``_ss_bwd_seq_kernel``; 2-step sub-chunks written out.
 
     Per checkpoint interval of CK steps (walked last to first): a prologue computes every per-(step, channel)
-    value once from coalesced [CK, BE] tiles (Δ after bias and softplus, Δu, u, dy·SiLU(z), the dz factor,
+    value once from coalesced [8, BE] tiles (Δ after bias and softplus, Δu, u, dy·SiLU(z), the dz factor,
     σ of the raw Δ) into a per-program scratch pe (6, CK, BE), followed by the B and C rows (2, CK, NP) in
-    float32; phase A reruns the interval's forward on
-    [NP, BE] tiles and parks the state every 2 steps in scr; phase B walks the 2-step sub-chunks in reverse,
-    recomputes their two states and runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs.
+    float32; phase A reruns the interval's forward on [NP, BE] tiles and parks the state after the first step
+    of every 2 in scr; phase B walks the 2-step sub-chunks in reverse, recomputes their second state and runs
+    the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs (a_{t+1} kept from the step after). With
+    segments (LOCAL), only the adjoint from a zero carry runs after the prologue.
     """
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -871,16 +872,18 @@ def _ss_bwd_lean_kernel(
         tl.debug_barrier()
         n_sub = tl.cdiv(tl.minimum(CK, L - k0), 2)
         if not LOCAL:
-            # phase A: the interval's forward from its checkpoint; the state parked every 2 steps
+            # phase A: the interval's forward from its checkpoint; the state after the first step of each
+            # sub-chunk parked (phase B needs no state before it: a_t h_{t-1} = h_t - Δ_t B_t u_t)
             h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask, other=0.0)
             for j in range(0, n_sub):
-                tl.store(scr + j * (NP * BE), h)
                 for s in tl.static_range(2):
                     r = 2 * j + s
                     dts = tl.load(pe + r * BE + eo)
                     xs = tl.load(pe + 2 * CK * BE + r * BE + eo)
                     Bs = tl.load(pbc + r * NP + n)
                     h = _exp2(dts[None, :] * A2, FAST_EXP) * h + xs[None, :] * Bs[:, None]
+                    if s == 0:
+                        tl.store(scr + j * (NP * BE), h)
             tl.debug_barrier()
         if LOCAL:
             # adjoint only, from a zero carry
@@ -914,7 +917,7 @@ def _ss_bwd_lean_kernel(
                 a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
                 a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
                 g1 = C1[:, None] * dy1[None, :] + a_next * g_next
-                hs = tl.load(scr + j * (NP * BE))
+                h0 = tl.load(scr + j * (NP * BE))
                 x0 = tl.load(pe + 2 * CK * BE + r0 * BE + eo)
                 x1 = tl.load(pe + 2 * CK * BE + (r0 + 1) * BE + eo)
                 u0 = tl.load(pe + 3 * CK * BE + r0 * BE + eo)
@@ -931,7 +934,6 @@ def _ss_bwd_lean_kernel(
                 B1 = tl.load(pbc + (r0 + 1) * NP + n)
                 bx0 = x0[None, :] * B0[:, None]
                 bx1 = x1[None, :] * B1[:, None]
-                h0 = a0 * hs + bx0
                 h1 = a1 * h0 + bx1
                 dA_acc, ddt1 = _lean_grads(dA_acc, h1, bx1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1,
                                             sp1, Dv, t1, b, g, e, n, e_mask, n_mask, L, G,

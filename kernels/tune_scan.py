@@ -153,7 +153,7 @@ def lean(budget_s=150.0):
                  dict(bwd_variant="lean", bwd_maxnreg=168, ck=16), dict(bwd_variant="lean", ck=16),
                  dict(bwd_variant="lean", bwd_target=8192), dict(bwd_variant="lean", bwd_block=32),
                  dict(bwd_variant="lean", bwd_maxnreg=168, bwd_target=8192),
-                 dict(bwd_variant="lean", bwd_target=2048)],
+                 dict(bwd_variant="lean", bwd_maxnreg=128, ck=16), dict(bwd_variant="lean", bwd_target=2048)],
     }
     # 32 channels per program in one time segment: only where that still gives >= 384 programs (shape 1)
     one_seg_wide = dict(bwd_variant="lean", bwd_block=32, bwd_target=1)

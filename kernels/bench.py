@@ -262,16 +262,15 @@ def bench_ssd(shapes=SCAN_SHAPES, dtype=torch.bfloat16, reference=True, mamba=Tr
 # Launch variants of the SSD backward's [T, T] kernel for 16-bit inputs (kernels/ssd.py, _BWD_CONFIG): rows/columns
 # per block, warps, stages; "heads" = several heads of a group per program (min_programs 2048). The first is the
 # default.
-_V = dict(rows=64, cols=32, warps=8, stages=2, split=True, maxnreg=None, min_programs=None)
+_V = dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=None)
 SSD_BWD_VARIANTS = {
-    "64/32 w8 s2": _V,
-    "64/32 w8 s3": {**_V, "stages": 3},
-    "64/32 w4 s2": {**_V, "warps": 4},
-    "64/16 w8 s2": {**_V, "cols": 16},
-    "64/64 w8 s2": {**_V, "cols": 64},
-    "64/32 w8 s2 fused": {**_V, "split": False},
-    "64/32 w8 s2 heads": {**_V, "min_programs": 2048},
-    "64/32 w8 s1 heads": {**_V, "stages": 1, "min_programs": 2048},
+    "64/32 w4 s2": _V,
+    "64/32 w4 s3": {**_V, "stages": 3},
+    "64/16 w4 s2": {**_V, "cols": 16},
+    "64/32 w8 s2": {**_V, "warps": 8},
+    "64/64 w8 s2": {**_V, "cols": 64, "warps": 8},
+    "64/32 w8 s2 fused": {**_V, "warps": 8, "split": False},
+    "64/32 w8 s2 heads": {**_V, "warps": 8, "min_programs": 2048},
 }
 
 

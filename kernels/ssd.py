@@ -223,38 +223,60 @@ def _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mask, s_yb, s_yl, s_yh, s_yp, s_zb
 
 @triton.jit
 def _ssd_bwd_chunk_dstate_kernel(
-    dy_ptr, z_ptr, C_ptr, cum_ptr, dhl_ptr, g_ptr,
+    x_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, ys_ptr, cum_ptr, hs_ptr, dhl_ptr, g_ptr, dz_ptr, dSt_ptr, dD_ptr,
     L, H, HG, NC, Q,
-    s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, s_Cb, s_Cl, s_Cg, s_Cn,
+    s_xb, s_xl, s_xh, s_xp, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp, s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
     P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    HAS_Z: tl.constexpr, IEEE: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """dhl (B, NC, H, P, N) = Σ_t exp(S_t) g_t ⊗ C_t: the gradient that chunk c's outputs send to its start state;
-    also writes g = dy SiLU(z) to g_ptr ((B, L, H, P) contiguous, in the dtype of the [T, T] kernel's operands)."""
+    """Per (batch, head, chunk), the backward's work that is linear in the chunk's steps t (g_t = dy_t SiLU(z_t)):
+    dhl (B, NC, H, P, N) = Σ_t exp(S_t) g_t ⊗ C_t, what the chunk's outputs send to its start state h_c;
+    g ((B, L, H, P) contiguous, in the [T, T] kernel's operand dtype); dz_t = dy_t (y_ssm_t + D x_t) SiLU'(z_t)
+    (y_ssm saved by the forward); the state part of the target-side dS_t = g_t·(exp(S_t) C_t h_c) into dSt;
+    dD partials (B, NC, H, P) = Σ_t g_t x_t."""
     OPT: tl.constexpr = g_ptr.dtype.element_ty
     pid = tl.program_id(0)
     c = tl.program_id(1)
     b = (pid // H).to(tl.int64)
     h = pid % H
     g_ = h // HG
+    bh = b * H + h
     p = tl.arange(0, BP)
     n = tl.arange(0, BN)
+    pm = p < P
     kk = tl.arange(0, BK)
+    h0t = tl.load(hs_ptr + (((b * NC + c) * H + h) * P + p[None, :]) * N + n[:, None],
+                  mask=pm[None, :] & (n < N)[:, None], other=0.0).to(OPT)  # [BN, BP] = h_cᵀ
+    if HAS_D:
+        Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)
+        dDacc = tl.zeros([BP], tl.float32)
     acc = tl.zeros([BP, BN], tl.float32)
     for k0 in range(0, Q, BK):
         t = c * Q + k0 + kk
         m = (k0 + kk < Q) & (t < L)
-        mo = m[:, None] & (p < P)[None, :]
-        cum = tl.load(cum_ptr + (b * H + h) * L + t, mask=m, other=0.0)
-        _, g, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo,
-                                    s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BK, BP]
+        mo = m[:, None] & pm[None, :]
+        et = tl.where(m, tl.exp(tl.load(cum_ptr + bh * L + t, mask=m, other=0.0)), 0.0)
+        dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo,
+                                        s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BK, BP]
         tl.store(g_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], g.to(OPT), mask=mo)
         Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + g_ * s_Cg + n[None, :] * s_Cn,
                      mask=m[:, None] & (n < N)[None, :], other=0.0).to(OPT)  # [BK, BN]
-        gw = tl.trans(g * tl.where(m, tl.exp(cum), 0.0)[:, None]).to(OPT)  # [BP, BK]
-        acc += _mm(gw, Ct, IEEE)
-    pn = (p < P)[:, None] & (n < N)[None, :]
+        acc += _mm(tl.trans(g * et[:, None]).to(OPT), Ct, IEEE)
+        tl.store(dSt_ptr + bh * L + t, tl.sum(g * _mm(Ct, h0t, IEEE), axis=1) * et, mask=m)
+        if HAS_D:
+            xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
+                         other=0.0).to(tl.float32)
+            dDacc += tl.sum(g * xt, axis=0)
+        if HAS_Z:
+            y0 = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0).to(tl.float32)
+            if HAS_D:
+                y0 += Dv[None, :] * xt
+            dz = dy * y0 * sig * (1.0 + zz * (1.0 - sig))
+            tl.store(dz_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mo)
+    pn = pm[:, None] & (n < N)[None, :]
     tl.store(dhl_ptr + (((b * NC + c) * H + h) * P + p[:, None]) * N + n[None, :], acc, mask=pn)
+    if HAS_D:
+        tl.store(dD_ptr + ((b * NC + c) * H + h) * P + p, dDacc, mask=pm)
 
 
 @triton.jit
@@ -283,8 +305,8 @@ def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_pt
 
 @triton.jit
 def _ssd_bwd_chunk_kernel(
-    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, g_ptr, ys_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
-    dx_ptr, dz_ptr, dB_ptr, dC_ptr, dSt_ptr, dSs_ptr, dSe_ptr, ddt_ptr, dD_ptr,
+    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, g_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
+    dx_ptr, dB_ptr, dC_ptr, dSt_ptr, dSs_ptr, dSe_ptr, ddt_ptr,
     L, H, HG, NC, Q, NTB, HPP, NHB,
     s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
     s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
@@ -298,9 +320,8 @@ def _ssd_bwd_chunk_kernel(
     With g_t = dy_t SiLU(z_t), X_s = Δ_s x_s, L_ts = exp(S_t - S_s) (s ≤ t in the chunk),
     M_ts = (C_t·B_s) L_ts Δ_s, h_c / dH the chunk's start state / end-state gradient, per head:
 
-    target: dC_t = exp(S_t) g_t h_c + Σ_{s≤t} L_ts Δ_s (g_t·x_s) B_s;  dS_t (target side) =
-    g_t·(exp(S_t) C_t h_c) + Σ_{s<t} M_ts (g_t·x_s);  dz_t = dy_t (y_ssm_t + D x_t) SiLU'(z_t) with y_ssm saved
-    by the forward;  Σ_t g_t x_t (dD).
+    target: dC_t = exp(S_t) g_t h_c + Σ_{s≤t} L_ts Δ_s (g_t·x_s) B_s;  dS_t (target side) += Σ_{s<t} M_ts (g_t·x_s)
+    (dSt holds the state part g_t·(exp(S_t) C_t h_c) from the dstate kernel, which also did dz and dD).
     source: dX_s = w_s dH B_s + Σ_{t≥s} (C_t·B_s) L_ts g_t (w_s = exp(S_end - S_s));  dx_s = Δ_s dX_s + D g_s;
     dB_s = Δ_s (w_s dHᵀ x_s + Σ_{t≥s} L_ts (g_t·x_s) C_t);  x_s·dX_s (Δ's gradient through X);
     dS_s (source side) = -Σ_{t>s} M_ts (g_t·x_s);  dSe_s = Δ_s x_s·(w_s dH B_s).
@@ -328,33 +349,17 @@ def _ssd_bwd_chunk_kernel(
         mo = mt[:, None] & pm[None, :]
         Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + g_ * s_Cg + n[None, :] * s_Cn,
                      mask=mt[:, None] & nm[None, :], other=0.0).to(OPT)  # [BT, BN]
+        hmask = pm[:, None] & nm[None, :]
         dC = tl.zeros([BT, BN], tl.float32)
         for hh in range(0, HPP):
             h = hb * HPP + hh
             bh = b * H + h
             cum_t = tl.load(cum_ptr + bh * L + t, mask=mt, other=0.0)
-            dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo, s_yb, s_yl, s_yh, s_yp,
-                                            s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BT, BP] float32
-            gop = g.to(OPT)
-            et = tl.where(mt, tl.exp(cum_t), 0.0)
-            hbase = hs_ptr + (((b * NC + c) * H + h) * P) * N
-            h0 = tl.load(hbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)  # [BP, BN]
-            h0t = tl.load(hbase + p[None, :] * N + n[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
-            dC += _mm(gop, h0.to(OPT), IEEE) * et[:, None]  # [BT, BN]
-            dS = tl.sum(g * _mm(Ct, h0t.to(OPT), IEEE), axis=1) * et  # g_t·(exp(S_t) C_t h_c)
-            if HAS_D:
-                Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)
-                xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
-                             other=0.0).to(tl.float32)
-                tl.store(dD_ptr + (((b * NC + c) * NTB + i) * H + h) * P + p, tl.sum(g * xt, axis=0), mask=pm)
-            if HAS_Z:
-                y0 = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo,
-                             other=0.0).to(tl.float32)
-                if HAS_D:
-                    y0 += Dv[None, :] * xt
-                dz = dy * y0 * sig * (1.0 + zz * (1.0 - sig))
-                tl.store(dz_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], dz.to(dz_ptr.dtype.element_ty),
-                         mask=mo)
+            gop = tl.load(g_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0)  # [BT, BP]
+            h0 = tl.load(hs_ptr + (((b * NC + c) * H + h) * P + p[:, None]) * N + n[None, :], mask=hmask,
+                         other=0.0)  # [BP, BN]
+            dC += _mm(gop, h0.to(OPT), IEEE) * tl.where(mt, tl.exp(cum_t), 0.0)[:, None]  # [BT, BN]
+            dS = tl.load(dSt_ptr + bh * L + t, mask=mt, other=0.0)  # the state part, from the dstate kernel
             for sb in range(0, (i + 1) * (BT // BS)):
                 loc_s = sb * BS + tl.arange(0, BS)
                 s = c * Q + loc_s
@@ -435,13 +440,14 @@ def _ssd_bwd_chunk_kernel(
 # per block of the other side, warps, pipeline stages, target and source phases as two launches (split) or one, an
 # optional register cap, and min_programs: each program takes as many heads of its group (dB, dC summed over them
 # in registers) as keep at least that many programs (None: one head per program). Offline sm_90a compiles,
-# P = N = 64 (kernels/NOTES.md, "SSD backward v2"): 16-bit 64/32, 8 warps, 2 stages, split, one head: 174/173
-# registers, no spills (a loop over heads: 255 and 60-600 bytes of spills in every launch tried); float32 32/16,
-# 8 warps, 2 stages, split: 180/180, no spills.
+# P = N = 64 (kernels/NOTES.md, "SSD backward v2"): 16-bit 64/32, 4 warps, 2 stages, split, one head: target
+# 120 / source 255 registers, no spills (8 warps: 117/173, but the [64, 32] score tiles are then computed by both
+# warpgroups); float32 32/16, 8 warps, 2 stages, split: 70/105.
 _BWD_CONFIG = {
-    False: dict(rows=64, cols=32, warps=8, stages=2, split=True, maxnreg=None, min_programs=None),
+    False: dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=None),
     True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None, min_programs=None),
 }
+_DSTATE_WARPS = 8
 _OFFLINE = False  # set by an offline compile (no GPU), so that maxnreg is passed with CPU tensors
 
 
@@ -530,7 +536,7 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     ieee = x.dtype == torch.float32 or B.dtype == torch.float32
     BP = max(16, triton.next_power_of_2(headdim))
     BN = max(16, triton.next_power_of_2(n))
-    BK = max(16, min(32, triton.next_power_of_2(Q)))
+    BK = max(16, min(16 if ieee else 32, triton.next_power_of_2(Q)))
     # [T, T] kernel: 64-row blocks with 16-bit tensor-core operands; exact float32 FMAs on 32-row blocks
     cfg = _BWD_CONFIG[ieee]
     BT = max(16, min(cfg["rows"], triton.next_power_of_2(Q)))
@@ -545,9 +551,15 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     dummy = tot
     dhl = torch.empty(batch, nc, heads, headdim, n, device=dev, dtype=f32)
     gbuf = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32 if ieee else x.dtype)
+    dz = torch.empty(batch, length, heads, headdim, device=dev, dtype=z.dtype) if z is not None else dummy
+    dS_t = torch.empty(batch, heads, length, device=dev, dtype=f32)
+    dDp = torch.empty(batch, nc, heads, headdim, device=dev, dtype=f32) if D is not None else dummy
     _ssd_bwd_chunk_dstate_kernel[(batch * heads, nc)](
-        dy, z_, C, cum, dhl, gbuf, length, heads, hg, nc, Q, *dy.stride(), *z_.stride(), *C.stride(),
-        P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_Z=z is not None, IEEE=ieee, num_warps=8,
+        x, C, D if D is not None else dummy, z_, dy, ys, cum, hs, dhl, gbuf, dz, dS_t, dDp,
+        length, heads, hg, nc, Q, *x.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)),
+        *z_.stride(), *dy.stride(),
+        P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
+        num_warps=_DSTATE_WARPS,
     )
     dH = torch.empty_like(dhl)
     dh0 = torch.empty(batch, heads, headdim, n, device=dev, dtype=f32)
@@ -556,20 +568,17 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         dhl, tot, hs, dhT, dH, dh0, dtot, heads, nc, M, NBLK, BLOCK=1024, num_warps=4,
     )
     dx = torch.empty(batch, length, heads, headdim, device=dev, dtype=x.dtype)
-    dz = torch.empty(batch, length, heads, headdim, device=dev, dtype=z.dtype) if z is not None else dummy
     # heads per program: dB and dC summed over them in registers; as many as keep >= min_programs programs
     hpp = max(d for d in range(1, hg + 1) if hg % d == 0 and (d == 1 or cfg["min_programs"] is not None and
                                                                batch * nc * ntb * (heads // d) >= cfg["min_programs"]))
     nhb = heads // hpp
     dBh = torch.empty(batch, length, nhb, n, device=dev, dtype=f32)
     dCh = torch.empty_like(dBh)
-    dS_t = torch.empty(batch, heads, length, device=dev, dtype=f32)
     dS_s, dS_e, dX_dt = torch.empty_like(dS_t), torch.empty_like(dS_t), torch.empty_like(dS_t)
-    dDp = torch.empty(batch, nc, ntb, heads, headdim, device=dev, dtype=f32) if D is not None else dummy
     for phases in ((True, False), (False, True)) if cfg["split"] else ((True, True),):
         _ssd_bwd_chunk_kernel[(batch * nhb, nc, ntb)](
-            x, B, C, D if D is not None else dummy, z_, dy, gbuf, ys, cum, dtp, hs, tot, dH,
-            dx, dz, dBh, dCh, dS_t, dS_s, dS_e, dX_dt, dDp,
+            x, B, C, D if D is not None else dummy, z_, dy, gbuf, cum, dtp, hs, tot, dH,
+            dx, dBh, dCh, dS_t, dS_s, dS_e, dX_dt,
             length, heads, hg, nc, Q, ntb, hpp, nhb,
             *x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)), *z_.stride(),
             *dy.stride(),
@@ -590,7 +599,7 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         ddelta = ddelta * torch.sigmoid(pre)
     dD = None
     if D is not None:
-        dD = dDp.sum((0, 1, 2))
+        dD = dDp.sum((0, 1))
         dD = (dD.sum(-1) if D_in.dim() == 1 else dD).to(D_in.dtype)
 
     def group_sum(t, dtype):  # per block of heads (B, L, H / hpp, N) -> per group (B, L, G, N), no atomics

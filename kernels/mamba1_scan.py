@@ -775,7 +775,7 @@ def _ss_bwd_lean_kernel(
     """Backward ("lean" variant), same contract as ``_ss_bwd_seq_kernel``; 2-step sub-chunks written out.
 
     Per checkpoint interval of CK steps (walked last to first): a prologue computes every per-(step, channel)
-    value once from coalesced [8, BE] tiles (Δ after bias and softplus, Δu, u, dy·SiLU(z), the dz factor,
+    value once from coalesced [PT, BE] tiles (Δ after bias and softplus, Δu, u, dy·SiLU(z), the dz factor,
     σ of the raw Δ) into a per-program scratch pe (6, CK, BE), followed by the B and C rows (2, CK, NP) in
     float32; phase A reruns the interval's forward on [NP, BE] tiles and parks the state after the first step
     of every 2 in scr; phase B walks the 2-step sub-chunks in reverse, recomputes their second state and runs

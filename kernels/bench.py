@@ -268,9 +268,9 @@ SSD_BWD_VARIANTS = {
     "64/32 w4 s3": {**_V, "stages": 3},
     "64/16 w4 s2": {**_V, "cols": 16},
     "64/32 w8 s2": {**_V, "warps": 8},
-    "64/64 w8 s2": {**_V, "cols": 64, "warps": 8},
     "64/32 w8 s2 fused": {**_V, "warps": 8, "split": False},
     "64/32 w8 s2 heads": {**_V, "warps": 8, "min_programs": 2048},
+    "64/16 w4 s2 heads": {**_V, "cols": 16, "min_programs": 2048},
 }
 
 

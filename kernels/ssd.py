@@ -305,13 +305,12 @@ def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_pt
 
 @triton.jit
 def _ssd_bwd_chunk_kernel(
-    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, g_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
+    x_ptr, B_ptr, C_ptr, D_ptr, g_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
     dx_ptr, dB_ptr, dC_ptr, dSt_ptr, dSs_ptr, dSe_ptr, ddt_ptr,
     L, H, HG, NC, Q, NTB, HPP, NHB,
     s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
-    s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
     P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, TARGET: tl.constexpr, SOURCE: tl.constexpr,
+    HAS_D: tl.constexpr, IEEE: tl.constexpr, TARGET: tl.constexpr, SOURCE: tl.constexpr,
 ):
     """Program (b, block of HPP heads of one group, chunk c, block i): the target rows t of block i (if TARGET),
     then the source rows s of block i (if SOURCE); with both, every program does the same work. Rows come in
@@ -400,7 +399,7 @@ def _ssd_bwd_chunk_kernel(
             dH = tl.load(dbase + p[:, None] * N + n[None, :], mask=pm[:, None] & nm[None, :], other=0.0)
             ws = tl.where(ms, tl.exp(tl.load(tot_ptr + bh * NC + c) - cum_s), 0.0)
             dX = _mm(Bs, dHt.to(OPT), IEEE) * ws[:, None]  # [BT, BP]
-            dBh = _mm(xop, dH.to(OPT), IEEE) * ws[:, None]  # [BT, BN] (× Δ_s at the end)
+            dB += _mm(xop, dH.to(OPT), IEEE) * (ws * dt_s)[:, None]  # [BT, BN], summed over the heads
             sE = tl.sum(dX * xop.to(tl.float32), axis=1)  # x_s·(w_s dH B_s)
             dS = tl.zeros([BT], tl.float32)
             for tb in range(i * (BT // BS), tl.cdiv(Q, BS)):
@@ -417,17 +416,16 @@ def _ssd_bwd_chunk_kernel(
                 cb = _mm(Bs, CuT, IEEE) * e
                 dX += _mm(cb.to(OPT), gu, IEEE)
                 xg = _mm(xop, tl.trans(gu), IEEE)
-                dBh += _mm((xg * e).to(OPT), tl.trans(CuT), IEEE)
+                dB += _mm((xg * e * dt_s[:, None]).to(OPT), tl.trans(CuT), IEEE)
                 dS += tl.sum(tl.where(loc_u[None, :] > loc_s[:, None], cb * xg, 0.0), axis=1)  # see the target side
-            dB += dBh * dt_s[:, None]
             # x reloaded (from L2) rather than kept live across the loop in float32 registers
             xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mso, other=0.0)
             xdx = tl.sum(dX * xs.to(tl.float32), axis=1)
             dx = dX * dt_s[:, None]
-            if HAS_D:
-                _, gs, _, _ = _ssd_gate_grad(dy_ptr, z_ptr, b, s, h, p, mso, s_yb, s_yl, s_yh, s_yp,
-                                             s_zb, s_zl, s_zh, s_zp, HAS_Z)
-                dx += tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)[None, :] * gs
+            if HAS_D:  # g from the dstate kernel (x's dtype for 16-bit inputs, like dx)
+                gs = tl.load(g_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], mask=mso, other=0.0)
+                Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)
+                dx += Dv[None, :] * gs.to(tl.float32)
             tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx.to(dx_ptr.dtype.element_ty),
                      mask=mso)
             tl.store(dSs_ptr + bh * L + s, -dt_s * dS, mask=ms)
@@ -441,8 +439,8 @@ def _ssd_bwd_chunk_kernel(
 # optional register cap, and min_programs: each program takes as many heads of its group (dB, dC summed over them
 # in registers) as keep at least that many programs (None: one head per program). Offline sm_90a compiles,
 # P = N = 64 (kernels/NOTES.md, "SSD backward v2"): 16-bit 64/32, 4 warps, 2 stages, split, one head: target
-# 120 / source 255 registers, no spills (8 warps: 117/173, but the [64, 32] score tiles are then computed by both
-# warpgroups); float32 32/16, 8 warps, 2 stages, split: 70/105.
+# 120 / source 239 registers, no spills (8 warps: the [64, 32] score tiles are computed by both warpgroups; a loop
+# over heads spills 24-200 bytes in the source phase); float32 32/16, 8 warps, 2 stages, split: 70/102.
 _BWD_CONFIG = {
     False: dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=None),
     True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None, min_programs=None),
@@ -577,12 +575,11 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     dS_s, dS_e, dX_dt = torch.empty_like(dS_t), torch.empty_like(dS_t), torch.empty_like(dS_t)
     for phases in ((True, False), (False, True)) if cfg["split"] else ((True, True),):
         _ssd_bwd_chunk_kernel[(batch * nhb, nc, ntb)](
-            x, B, C, D if D is not None else dummy, z_, dy, gbuf, cum, dtp, hs, tot, dH,
+            x, B, C, D if D is not None else dummy, gbuf, cum, dtp, hs, tot, dH,
             dx, dBh, dCh, dS_t, dS_s, dS_e, dX_dt,
             length, heads, hg, nc, Q, ntb, hpp, nhb,
-            *x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)), *z_.stride(),
-            *dy.stride(),
-            P=headdim, N=n, BP=BP, BN=BN, BT=BT, BS=BS, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
+            *x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)),
+            P=headdim, N=n, BP=BP, BN=BN, BT=BT, BS=BS, HAS_D=D is not None, IEEE=ieee,
             TARGET=phases[0], SOURCE=phases[1], num_warps=cfg["warps"], num_stages=cfg["stages"],
             **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
         )

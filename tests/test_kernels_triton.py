@@ -237,12 +237,14 @@ SSD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
 
 
 def _ssd_case(batch, length, heads, headdim, groups, n, chunk, D="head", z=True, bias=True,
-              softplus=True, h0=True, strided=False, outputs=("y", "final_state"), frozen=(), seed=0):
+              softplus=True, h0=True, strided=False, outputs=("y", "final_state"), frozen=(), seed=0,
+              dtype=torch.float32):
     """Triton SSD (Triton forward and backward) against the sequential reference on fresh inputs: {name: rel err}.
 
     ``D``: "head" (H,), "channel" (H, P) or None; ``strided``: x, z and B are views of transposed storage;
     ``outputs``: which outputs the loss uses (the reference leaves None for inputs the loss does not reach);
-    ``frozen``: inputs that do not require grad.
+    ``frozen``: inputs that do not require grad; ``dtype``: of x, dt, B, C, z (the reference gets the same
+    rounded values in float64).
     """
     from audiomamba.kernels.reference import ssd_scan_ref
     from audiomamba.kernels.ssd import ssd_scan_triton
@@ -269,6 +271,8 @@ def _ssd_case(batch, length, heads, headdim, groups, n, chunk, D="head", z=True,
             ours.append(None)
             ref.append(None)
             continue
+        if name in ("x", "dt", "B", "C", "z"):
+            t = t.to(dtype)
         o = t.to(DEVICE)
         o = o.clone() if not strided or o.dim() != 4 else o.transpose(1, 2).clone().transpose(1, 2)
         ours.append(o.requires_grad_(name not in frozen))
@@ -327,6 +331,14 @@ def test_ssd_backward_launch_variants(config, min_programs, monkeypatch):
 
     monkeypatch.setitem(ssd._BWD_CONFIG, True, {**ssd._BWD_CONFIG[True], **config, "min_programs": min_programs})
     _assert_close(_ssd_case(1, 77, 4, 3, 2, 5, 64, seed=2), TOL[torch.float32])
+
+
+def test_ssd_float16_matches_reference():
+    """The 16-bit path (tensor-core operands in the input dtype, float32 accumulation) on float16 inputs (the
+    interpreter's bfloat16 is unusable) against float64 on the same rounded inputs. 2e-3: float16 rounds 8x finer
+    than bfloat16 (whose GPU test allows 1e-2); observed <= 5e-4. A chunk of 128 steps gives two 64-row blocks.
+    When the two sides of dS were formed from differently rounded products, dA was off by 1.1e-2 here."""
+    _assert_close(_ssd_case(1, 150, 2, 16, 1, 16, 128, dtype=torch.float16, seed=3), 2e-3)
 
 
 def test_ssd_chunked_calls_gradients_equal_one_call():

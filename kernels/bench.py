@@ -260,17 +260,17 @@ def bench_ssd(shapes=SCAN_SHAPES, dtype=torch.bfloat16, reference=True, mamba=Tr
 
 
 # Launch variants of the SSD backward's [T, T] kernel for 16-bit inputs (kernels/ssd.py, _BWD_CONFIG): rows/columns
-# per block, warps, stages; "heads" = several heads of a group per program (min_programs 2048). The first is the
-# default.
-_V = dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=None)
+# per block, warps, stages; the target phase loops over the heads of a group unless "1head"; "heads": the source
+# phase too. The first is the default.
+_V = dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=2048, min_programs_source=None)
 SSD_BWD_VARIANTS = {
     "64/32 w4 s2": _V,
+    "64/32 w4 s2 1head": {**_V, "min_programs": None},
     "64/32 w4 s3": {**_V, "stages": 3},
     "64/16 w4 s2": {**_V, "cols": 16},
     "64/32 w8 s2": {**_V, "warps": 8},
-    "64/32 w8 s2 fused": {**_V, "warps": 8, "split": False},
-    "64/32 w8 s2 heads": {**_V, "warps": 8, "min_programs": 2048},
-    "64/16 w4 s2 heads": {**_V, "cols": 16, "min_programs": 2048},
+    "64/32 w8 s2 fused": {**_V, "warps": 8, "split": False, "min_programs": None},
+    "64/32 w8 s2 heads": {**_V, "warps": 8, "min_programs_source": 2048},
 }
 
 

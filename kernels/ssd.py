@@ -12,17 +12,18 @@ y_t = h_t C_t is evaluated in chunks of Q steps (S_t = cumulative Δ A inside th
    (the quadratic "attention" form inside the chunk), then + D x and × SiLU(z).
 
 Backward (``_ssd_scan_bwd``), by recomputation from what the forward keeps (S and Δ (B, H, L), the state
-entering each chunk (B, NC, H, P, N), the chunk log decays (B, H, NC), with z the SSM output before D x and the gate
-(B, L, H, P)); g_t = dy_t SiLU(z_t):
+entering each chunk (B, NC, H, P, N), the chunk log decays (B, H, NC), with z the SSM output before D x and the
+gate (B, L, H, P)); g_t = dy_t SiLU(z_t):
 
-4. ``_ssd_bwd_chunk_dstate_kernel`` (per batch, head, chunk): Σ_t exp(S_t) g_t ⊗ C_t, what the chunk's outputs
-   send back to its start state, as [P, Q] @ [Q, N] products; writes g for the [T, T] kernel.
+4. ``_ssd_bwd_chunk_dstate_kernel`` (per batch, head, chunk), everything linear in the chunk's steps:
+   Σ_t exp(S_t) g_t ⊗ C_t (what the chunk's outputs send back to its start state) as [P, Q] @ [Q, N] products;
+   g stored for the next kernel; dz; Σ g x for dD; the start state's part of dS_t.
 5. ``_ssd_bwd_state_pass_kernel``: the state pass in reverse, from the final state's gradient: the gradient at
    each chunk's end state, the initial state's gradient, and exp(S_end) <dH_c, h_c> for S_end.
-6. ``_ssd_bwd_chunk_kernel`` (per batch, head, chunk, block i of 64 rows): the target rows of block i (dC, dz,
-   the target-side dS, Σ g x for dD; loop over source blocks ≤ i) then its source rows (dx, dB, Δ's gradient
-   through Δ x, the source-side dS and the chunk-state terms; loop over target blocks ≥ i): every program does
-   the same number of [T, T] block pairs.
+6. ``_ssd_bwd_chunk_kernel`` (per batch, head, chunk, block of 64 rows), the quadratic part as [64, 32] tiles on
+   tensor cores: target rows t (dC, the target side of dS; loop over source blocks ≤ t) and source rows s (dx,
+   dB, Δ's gradient through Δ x, the source side of dS, the chunk-state terms; loop over target blocks ≥ s), as
+   two launches (or one, see ``_BWD_CONFIG``).
 Then O(B·H·L) PyTorch: dS reverse-summed inside each chunk gives A's and Δ's gradients through S = cumsum Δ A,
 then softplus and dt_bias; B and C sum their per-head gradients over the heads of a group (no atomics).
 
@@ -436,14 +437,17 @@ def _ssd_bwd_chunk_kernel(
 
 # Launch of the [T, T] backward kernel for 16-bit inputs (False) and float32 inputs (True): rows per block, columns
 # per block of the other side, warps, pipeline stages, target and source phases as two launches (split) or one, an
-# optional register cap, and min_programs: each program takes as many heads of its group (dB, dC summed over them
-# in registers) as keep at least that many programs (None: one head per program). Offline sm_90a compiles,
-# P = N = 64 (kernels/NOTES.md, "SSD backward v2"): 16-bit 64/32, 4 warps, 2 stages, split, one head: target
-# 120 / source 239 registers, no spills (8 warps: the [64, 32] score tiles are computed by both warpgroups; a loop
-# over heads spills 24-200 bytes in the source phase); float32 32/16, 8 warps, 2 stages, split: 70/102.
+# optional register cap, and min_programs (target phase, or both in one launch) / min_programs_source: each
+# program takes as many heads of its group (dC / dB summed over them in registers) as keep at least that many
+# programs (None: one head per program). Offline sm_90a compiles, P = N = 64 (kernels/NOTES.md, "SSD backward
+# v2"): 16-bit 64/32, 4 warps, 2 stages, split: target with a loop over heads 196 registers, source with one head
+# 239, no spills (8 warps: the [64, 32] score tiles are computed by both warpgroups; a loop over heads in the
+# source phase spills 24-200 bytes); float32 32/16, 8 warps, 2 stages, split: 70/102.
 _BWD_CONFIG = {
-    False: dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=None),
-    True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None, min_programs=None),
+    False: dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=2048,
+                min_programs_source=None),
+    True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None, min_programs=None,
+               min_programs_source=None),
 }
 _DSTATE_WARPS = 8
 _OFFLINE = False  # set by an offline compile (no GPU), so that maxnreg is passed with CPU tensors
@@ -566,21 +570,29 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         dhl, tot, hs, dhT, dH, dh0, dtot, heads, nc, M, NBLK, BLOCK=1024, num_warps=4,
     )
     dx = torch.empty(batch, length, heads, headdim, device=dev, dtype=x.dtype)
-    # heads per program: dB and dC summed over them in registers; as many as keep >= min_programs programs
-    hpp = max(d for d in range(1, hg + 1) if hg % d == 0 and (d == 1 or cfg["min_programs"] is not None and
-                                                               batch * nc * ntb * (heads // d) >= cfg["min_programs"]))
-    nhb = heads // hpp
-    dBh = torch.empty(batch, length, nhb, n, device=dev, dtype=f32)
-    dCh = torch.empty_like(dBh)
+
+    def heads_per_program(min_programs):  # dB or dC summed over them in registers; keep >= min_programs programs
+        return max(d for d in range(1, hg + 1) if hg % d == 0 and (d == 1 or min_programs is not None and
+                                                                   batch * nc * ntb * (heads // d) >= min_programs))
+
+    # one launch per phase (the target phase has a loop over heads without spilling, the source phase does not),
+    # or both phases in one launch with one count of heads per program
+    launches = ((True, False, cfg["min_programs"]), (False, True, cfg["min_programs_source"])) if cfg["split"] \
+        else ((True, True, cfg["min_programs"]),)
+    nhb_c = heads // heads_per_program(launches[0][2])
+    nhb_b = heads // heads_per_program(launches[-1][2])
+    dCh = torch.empty(batch, length, nhb_c, n, device=dev, dtype=f32)
+    dBh = torch.empty(batch, length, nhb_b, n, device=dev, dtype=f32)
     dS_s, dS_e, dX_dt = torch.empty_like(dS_t), torch.empty_like(dS_t), torch.empty_like(dS_t)
-    for phases in ((True, False), (False, True)) if cfg["split"] else ((True, True),):
-        _ssd_bwd_chunk_kernel[(batch * nhb, nc, ntb)](
+    for target, source, min_programs in launches:
+        hpp = heads_per_program(min_programs)
+        _ssd_bwd_chunk_kernel[(batch * (heads // hpp), nc, ntb)](
             x, B, C, D if D is not None else dummy, gbuf, cum, dtp, hs, tot, dH,
             dx, dBh, dCh, dS_t, dS_s, dS_e, dX_dt,
-            length, heads, hg, nc, Q, ntb, hpp, nhb,
+            length, heads, hg, nc, Q, ntb, hpp, heads // hpp,
             *x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)),
             P=headdim, N=n, BP=BP, BN=BN, BT=BT, BS=BS, HAS_D=D is not None, IEEE=ieee,
-            TARGET=phases[0], SOURCE=phases[1], num_warps=cfg["warps"], num_stages=cfg["stages"],
+            TARGET=target, SOURCE=source, num_warps=cfg["warps"], num_stages=cfg["stages"],
             **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
         )
     # O(B·H·L) epilogue: S_t = Σ_{u≤t in its chunk} Δ_u A, so dΔ_u gets A × (reverse cumsum of dS in the chunk);
@@ -600,6 +612,7 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         dD = (dD.sum(-1) if D_in.dim() == 1 else dD).to(D_in.dtype)
 
     def group_sum(t, dtype):  # per block of heads (B, L, H / hpp, N) -> per group (B, L, G, N), no atomics
+        nhb = t.shape[2]
         return t.to(dtype) if nhb == groups else t.view(batch, length, groups, nhb // groups, n).sum(3).to(dtype)
 
     return (

@@ -160,3 +160,24 @@ def test_mamba1_cached_A_follows_weight_updates():
         y2, _ = mixer(x)
         y2_other, _ = other(x)
     assert rel_err(y2, y2_other) < TOL
+
+
+def test_mamba1_short_chunk_path_equals_autograd_path(monkeypatch):
+    """Streaming's path (no grad mode, chunks of 1..64 steps: Mamba1Mixer._forward_short) against the autograd
+    path (chunked scan, library conv) over the same chunks, from a nonzero state, outputs and states."""
+    from audiomamba.layers import Mamba1Mixer
+
+    taken = []
+    original = Mamba1Mixer._forward_short
+    monkeypatch.setattr(Mamba1Mixer, "_forward_short", lambda self, x, s: taken.append(1) or original(self, x, s))
+    mixer = make("mamba1")
+    x = torch.randn(3, 160, 16)
+    sizes = random_chunks(150, random.Random(), max_chunk=64)
+    _, state = mixer(x[:, :10])  # autograd path: a nonzero start state
+    y_ref, s_ref = run_chunks(mixer, x[:, 10:], sizes, state)
+    assert not taken
+    with torch.inference_mode():
+        y, s = run_chunks(mixer, x[:, 10:], sizes, state)
+    assert len(taken) == len(sizes)
+    assert rel_err(y, y_ref) < TOL
+    assert_states_close(s, s_ref)

@@ -19,6 +19,7 @@ from audiomamba.kernels import (
     ssd_scan_chunked_ref,
     ssd_scan_ref,
 )
+from audiomamba.kernels.reference import causal_conv1d_time_major_, selective_scan_time_major_
 from helpers import random_chunks, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -221,6 +222,31 @@ def test_short_calls_without_autograd_take_the_loop_and_shift_twins(monkeypatch)
     selective_scan(**dict(short, u=short["u"].requires_grad_()))
     causal_conv1d(short["u"], w)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("L", [1, 5, 20])
+def test_time_major_cores_match_the_references(L):
+    """The no-autograd time-major cores the Mamba-1 streaming path calls, against the (B, E, L) references:
+    conv (output and final state) and scan (output and final state), with strided inputs as the mixer has."""
+    b, e, n, w = 2, 6, 5, 4
+    xz = torch.randn(b, L, 2 * e)  # the mixer's in_proj output: x and z are strided halves of it
+    x, z = xz[..., :e], xz[..., e:]
+    weight, bias, s0 = torch.randn(e, w), torch.randn(e), torch.randn(b, e, w - 1)
+    y_ref, f_ref = causal_conv1d_ref(x.transpose(1, 2), weight, bias, s0, True, "silu")
+    with torch.inference_mode():
+        y, f = causal_conv1d_time_major_(x, weight, bias, s0.transpose(1, 2), True)
+    assert rel_err(y.transpose(1, 2), y_ref) < TOL and torch.equal(f.transpose(1, 2), f_ref)
+
+    xd = torch.randn(b, L, 3 + 2 * n)  # x_proj output: B and C are strided slices of it
+    Bm, Cm = xd[..., 3 : 3 + n], xd[..., 3 + n :]
+    u, dt = torch.randn(b, L, e), torch.rand(b, L, e) * 0.5
+    A, D, h0 = -torch.rand(e, n) * 4, torch.randn(e), torch.randn(b, e, n)
+    y_ref, h_ref = selective_scan_ref(u.transpose(1, 2), dt.transpose(1, 2), A, Bm.transpose(1, 2),
+                                      Cm.transpose(1, 2), D, z.transpose(1, 2), None, False, h0, True)
+    with torch.inference_mode():
+        A2 = (A * 1.4426950408889634).t().contiguous()  # (N, E) = (A log2 e)^T
+        y, h = selective_scan_time_major_(u, dt, A2, Bm, Cm, D, z, h0.transpose(1, 2))
+    assert rel_err(y.transpose(1, 2), y_ref) < TOL and rel_err(h.transpose(1, 2), h_ref) < TOL
 
 
 # ---------------------------------------------------------------- causal conv1d

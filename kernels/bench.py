@@ -269,15 +269,14 @@ SSD_BWD_VARIANTS = {
     "64/32 w4 s3": {**_V, "stages": 3},
     "64/16 w4 s2": {**_V, "cols": 16},
     "64/32 w8 s2": {**_V, "warps": 8},
-    "64/32 w8 s2 fused": {**_V, "warps": 8, "split": False, "min_programs": None},
-    "64/32 w8 s2 heads": {**_V, "warps": 8, "min_programs_source": 2048},
 }
 
 
-def check_ssd(variants=SSD_BWD_VARIANTS, print_fn=print):
+def check_ssd(variants=None, print_fn=print):
     """Every SSD output and gradient against the float32 chunked reference at a real size (B 2, L 1000, H 8, G 2,
-    P = N = 64, chunk 256, D, z, dt_bias, initial state), float32 and bf16 (bf16 for each backward variant).
-    Returns True when all are within 1e-4 (float32) / 1e-2 (bf16) relative."""
+    P = N = 64, chunk 256, D, z, dt_bias, initial state), float32 and bf16 (bf16 with the default backward launch,
+    or each of ``variants``, a {name: config} dict). Returns True when all are within 1e-4 (float32) / 1e-2
+    (bf16) relative."""
     from audiomamba.kernels import ssd
     from audiomamba.kernels.reference import ssd_scan_chunked_ref
 
@@ -291,7 +290,8 @@ def check_ssd(variants=SSD_BWD_VARIANTS, print_fn=print):
     names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "h0")
     ok = True
     default = dict(ssd._BWD_CONFIG[False])
-    cases = [("float32", torch.float32, None)] + [("bf16 " + k, torch.bfloat16, v) for k, v in variants.items()]
+    cases = [("float32", torch.float32, None)] + [("bf16 " + k, torch.bfloat16, v)
+                                                  for k, v in (variants or {"default": default}).items()]
     for label, dtype, variant in cases:
         ins = [t.to(dtype) if t.dim() >= 3 and i < 7 else t for i, t in enumerate(base)]
         ours = [t.clone().requires_grad_(True) for t in ins]
@@ -348,13 +348,21 @@ def bench_ssd_variants(shapes=SCAN_SHAPES, dtype=torch.bfloat16, variants=SSD_BW
             call().backward(dy)
 
         t_f = _time(fwd)
+        first = None
         for name, variant in variants.items():
             ssd._BWD_CONFIG[False] = dict(variant)
             try:
+                for t in _grads_of(inp):
+                    t.grad = None
+                fwd_bwd()  # gradients of this variant against the first one's (checked by check_ssd)
+                grads = [t.grad.float().clone() for t in _grads_of(inp)]
+                first = first or grads
+                diff = max(((a - r).norm() / r.norm().clamp_min(1e-30)).item() for a, r in zip(grads, first))
                 t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inp))
                 mem = _peak_mb(fwd_bwd)
-                print_fn(f"ssd (B, H, L) = {(batch, heads, length)} {name:<20} fwd {_fmt(t_f)} ms  "
-                         f"fwd+bwd {_fmt(t_fb)} ms  peak {_fmt(mem, 0)} MB")
+                print_fn(f"ssd (B, H, L) = {(batch, heads, length)} {name:<18} fwd {_fmt(t_f)} ms  "
+                         f"fwd+bwd {_fmt(t_fb)} ms  peak {_fmt(mem, 0)} MB  grads vs first {diff:.1e}"
+                         + ("" if diff <= 1e-2 else "  MISMATCH"))
             except Exception as e:  # noqa: BLE001 - report the variant and go on
                 print_fn(f"ssd (B, H, L) = {(batch, heads, length)} {name:<20} FAILED: {type(e).__name__}: {e}")
             finally:
@@ -363,14 +371,18 @@ def bench_ssd_variants(shapes=SCAN_SHAPES, dtype=torch.bfloat16, variants=SSD_BW
             from torch.profiler import ProfilerActivity
             from torch.profiler import profile as torch_profile
 
-            fwd_bwd()
-            _sync()
-            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(3):
-                    fwd_bwd()
+            try:
+                fwd_bwd()
                 _sync()
-            rows = sorted(((e.key, e.device_time_total / 3e3) for e in prof.key_averages()), key=lambda r: -r[1])
-            print_fn("   per fwd+bwd (ms): " + ", ".join(f"{k[:40]} {v:.3f}" for k, v in rows[:8]))
+                with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        fwd_bwd()
+                    _sync()
+                rows = sorted(((e.key, e.device_time_total / 3e3) for e in prof.key_averages()),
+                              key=lambda r: -r[1])
+                print_fn("   per fwd+bwd (ms): " + ", ".join(f"{k[:40]} {v:.3f}" for k, v in rows[:9]))
+            except Exception as e:  # noqa: BLE001 - the profile is a bonus
+                print_fn(f"   profile failed: {type(e).__name__}: {e}")
         for t in _grads_of(inp):
             t.grad = None
         del inp, dy

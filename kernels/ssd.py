@@ -136,9 +136,10 @@ def _ssd_chunk_scan_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, STORE_YS: tl.constexpr,
 ):
     """y (any strides); with STORE_YS also ys (B, L, H, P) contiguous = the SSM part before D x and the gate."""
-    pid = tl.program_id(0)
+    # row blocks of one (batch, head, chunk) are consecutive programs: they share the chunk's tiles in L2
+    pid = tl.program_id(0) // tl.cdiv(Q, BT)
+    tb = tl.program_id(0) % tl.cdiv(Q, BT)
     c = tl.program_id(1)
-    tb = tl.program_id(2)
     b = (pid // H).to(tl.int64)
     h = pid % H
     g = h // HG
@@ -313,7 +314,7 @@ def _ssd_bwd_chunk_kernel(
     P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
     HAS_D: tl.constexpr, IEEE: tl.constexpr, TARGET: tl.constexpr, SOURCE: tl.constexpr,
 ):
-    """Program (b, block of HPP heads of one group, chunk c, block i): the target rows t of block i (if TARGET),
+    """Program (b, block of HPP heads of one group, block i; chunk c): the target rows t of block i (if TARGET),
     then the source rows s of block i (if SOURCE); with both, every program does the same work. Rows come in
     blocks of BT, the other side of each [T, T] tile in blocks of BS (BS divides BT). dB and dC are summed over
     the program's heads in registers and written per block of heads, (B, L, H / HPP, N) float32.
@@ -331,9 +332,10 @@ def _ssd_bwd_chunk_kernel(
     The diagonal s = t does not depend on S and is left out of both.
     Dot operands are in OPT (the input's 16-bit dtype, or float32 with exact products)."""
     OPT: tl.constexpr = g_ptr.dtype.element_ty
-    pid = tl.program_id(0)
+    # row blocks of one (batch, heads, chunk) are consecutive programs: they share the chunk's tiles in L2
+    pid = tl.program_id(0) // NTB
+    i = tl.program_id(0) % NTB
     c = tl.program_id(1)
-    i = tl.program_id(2)
     b = (pid // NHB).to(tl.int64)
     hb = pid % NHB
     g_ = (hb * HPP) // HG
@@ -502,7 +504,7 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     store_ys = return_aux and z is not None
     ys = torch.empty(batch, length, heads, headdim, device=dev, dtype=f32 if ieee else x.dtype) if store_ys \
         else dummy
-    _ssd_chunk_scan_kernel[(batch * heads, nc, triton.cdiv(Q, BT))](
+    _ssd_chunk_scan_kernel[(batch * heads * triton.cdiv(Q, BT), nc)](
         x, B, C, D if D is not None else dummy, z_, cum, dtp, hs, y, ys,
         length, heads, hg, nc, Q, *x.stride(), *B.stride(), *C.stride(),
         *(D.stride() if D is not None else (0, 0)), *z_.stride(), *y.stride(),
@@ -586,7 +588,7 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     dS_s, dS_e, dX_dt = torch.empty_like(dS_t), torch.empty_like(dS_t), torch.empty_like(dS_t)
     for target, source, min_programs in launches:
         hpp = heads_per_program(min_programs)
-        _ssd_bwd_chunk_kernel[(batch * (heads // hpp), nc, ntb)](
+        _ssd_bwd_chunk_kernel[(batch * (heads // hpp) * ntb, nc)](
             x, B, C, D if D is not None else dummy, gbuf, cum, dtp, hs, tot, dH,
             dx, dBh, dCh, dS_t, dS_s, dS_e, dX_dt,
             length, heads, hg, nc, Q, ntb, hpp, heads // hpp,

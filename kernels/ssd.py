@@ -24,8 +24,9 @@ gate (B, L, H, P)); g_t = dy_t SiLU(z_t):
    tensor cores: target rows t (dC, the target side of dS; loop over source blocks ≤ t) and source rows s (dx,
    dB, Δ's gradient through Δ x, the source side of dS, the chunk-state terms; loop over target blocks ≥ s), as
    two launches (or one, see ``_BWD_CONFIG``).
-Then O(B·H·L) PyTorch: dS reverse-summed inside each chunk gives A's and Δ's gradients through S = cumsum Δ A,
-then softplus and dt_bias; B and C sum their per-head gradients over the heads of a group (no atomics).
+7. ``_ssd_bwd_dt_kernel`` (per batch, head, chunk): dS reverse-summed inside the chunk gives A's and Δ's
+   gradients through S = cumsum Δ A; softplus; partial sums for A and dt_bias.
+Then PyTorch sums those partials, dD's, and B's and C's per-head gradients over the heads of a group (no atomics).
 
 Shapes: x (B, L, H, P), dt (B, L, H), A (H,), B, C (B, L, G, N), D (H,) or (H, P), z (B, L, H, P),
 dt_bias (H,), states (B, H, P, N) float32. Any strides.
@@ -34,7 +35,6 @@ dt_bias (H,), states (B, H, P, N) float32. Any strides.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -437,6 +437,42 @@ def _ssd_bwd_chunk_kernel(
         tl.store(dB_ptr + ((b * L + s[:, None]) * NHB + hb) * N + n[None, :], dB, mask=ms[:, None] & nm[None, :])
 
 
+@triton.jit
+def _ssd_bwd_dt_kernel(
+    dSt_ptr, dSs_ptr, dSe_ptr, dtot_ptr, dtp_ptr, ddtX_ptr, dt_ptr, A_ptr, dtb_ptr, ddt_ptr, dA_ptr, dtbp_ptr,
+    L, H, NC, Q, NBLK, s_db, s_dl, s_dh, s_gb, s_gl, s_gh,
+    BQ: tl.constexpr, BNB: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """Per (batch, head, chunk): S_t = Σ_{u≤t in the chunk} Δ_u A, so Δ_u's gradient through S is A R_u with
+    R_u = Σ_{t≥u in the chunk} dS_t; a chunk's S_end (its last step's S) also collects dSe and the state pass's
+    dtot, which reach every R_u of the chunk. ddt (dt's strides and dtype) = (x·dX + A R) σ(dt + dt_bias) with
+    softplus; partial sums of Δ R for A and of ddt for dt_bias, (B, H, NC) each."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
+    b = (pid // H).to(tl.int64)
+    h = pid % H
+    bh = b * H + h
+    k = tl.arange(0, BQ)
+    t = c * Q + k
+    m = (k < Q) & (t < L)
+    dse = tl.load(dSe_ptr + bh * L + t, mask=m, other=0.0)
+    dS = tl.load(dSt_ptr + bh * L + t, mask=m, other=0.0) + tl.load(dSs_ptr + bh * L + t, mask=m, other=0.0) - dse
+    j = tl.arange(0, BNB)
+    end = tl.sum(dse, axis=0) + tl.sum(tl.load(dtot_ptr + (bh * NC + c) * NBLK + j, mask=j < NBLK, other=0.0), axis=0)
+    R = tl.cumsum(dS, axis=0, reverse=True) + end
+    A = tl.load(A_ptr + h).to(tl.float32)
+    tl.store(dA_ptr + bh * NC + c, tl.sum(tl.where(m, tl.load(dtp_ptr + bh * L + t, mask=m, other=0.0) * R, 0.0),
+                                          axis=0))
+    dd = tl.load(ddtX_ptr + bh * L + t, mask=m, other=0.0) + A * R
+    if SOFTPLUS:
+        pre = tl.load(dt_ptr + b * s_db + t * s_dl + h * s_dh, mask=m, other=0.0).to(tl.float32)
+        if HAS_DTB:
+            pre += tl.load(dtb_ptr + h).to(tl.float32)
+        dd = dd * tl.sigmoid(pre)
+    tl.store(ddt_ptr + b * s_gb + t * s_gl + h * s_gh, dd.to(ddt_ptr.dtype.element_ty), mask=m)
+    tl.store(dtbp_ptr + bh * NC + c, tl.sum(tl.where(m, dd, 0.0), axis=0))
+
+
 # Launch of the [T, T] backward kernel for 16-bit inputs (False) and float32 inputs (True): rows per block, columns
 # per block of the other side, warps, pipeline stages, target and source phases as two launches (split) or one, an
 # optional register cap, and min_programs (target phase, or both in one launch) / min_programs_source: each
@@ -597,17 +633,16 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
             TARGET=target, SOURCE=source, num_warps=cfg["warps"], num_stages=cfg["stages"],
             **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
         )
-    # O(B·H·L) epilogue: S_t = Σ_{u≤t in its chunk} Δ_u A, so dΔ_u gets A × (reverse cumsum of dS in the chunk);
-    # a chunk's S_end (its last step's S; padded steps have Δ = 0) also collects dS_e and the state pass's dtot.
-    pad = nc * Q - length
-    dS = F.pad(dS_t + dS_s - dS_e, (0, pad)).view(batch, heads, nc, Q)
-    dS[..., -1] += F.pad(dS_e, (0, pad)).view(batch, heads, nc, Q).sum(-1) + dtot.sum(-1)
-    R = dS.flip(-1).cumsum(-1).flip(-1).view(batch, heads, nc * Q)[..., :length]  # (B, H, L)
-    dA = (dtp * R).sum((0, 2))
-    ddelta = (dX_dt + A.to(f32)[None, :, None] * R).transpose(1, 2)  # (B, L, H)
-    if dt_softplus:
-        pre = dt.to(f32) + (dt_bias.to(f32) if dt_bias is not None else 0.0)
-        ddelta = ddelta * torch.sigmoid(pre)
+    # Δ's and A's gradients through S (reverse sums of dS inside each chunk), softplus, dt_bias partials
+    ddt = torch.empty(batch, length, heads, device=dev, dtype=dt.dtype)
+    dA_p = torch.empty(batch, heads, nc, device=dev, dtype=f32)
+    dtb_p = torch.empty_like(dA_p)
+    _ssd_bwd_dt_kernel[(batch * heads, nc)](
+        dS_t, dS_s, dS_e, dtot, dtp, dX_dt, dt, A, dt_bias if dt_bias is not None else dummy, ddt, dA_p, dtb_p,
+        length, heads, nc, Q, NBLK, *dt.stride(), *ddt.stride(),
+        BQ=max(16, triton.next_power_of_2(Q)), BNB=max(2, triton.next_power_of_2(NBLK)),
+        HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus), num_warps=4,
+    )
     dD = None
     if D is not None:
         dD = dDp.sum((0, 1))
@@ -618,9 +653,9 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         return t.to(dtype) if nhb == groups else t.view(batch, length, groups, nhb // groups, n).sum(3).to(dtype)
 
     return (
-        dx, ddelta.to(dt.dtype), dA.to(A.dtype), group_sum(dBh, B.dtype), group_sum(dCh, C.dtype),
+        dx, ddt, dA_p.sum((0, 2)).to(A.dtype), group_sum(dBh, B.dtype), group_sum(dCh, C.dtype),
         dD, dz if z is not None else None,
-        ddelta.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None, dh0,
+        dtb_p.sum((0, 2)).to(dt_bias.dtype) if dt_bias is not None else None, dh0,
     )
 
 

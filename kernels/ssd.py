@@ -51,7 +51,7 @@ def _ssd_dt(dt_ptr, b, t, h, mask, dtb, s_db, s_dl, s_dh, HAS_DTB: tl.constexpr,
     return tl.where(mask, d, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_chunk_state_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, dtb_ptr, cum_ptr, dtp_ptr, st_ptr, tot_ptr,
     L, H, HG, NC, Q,
@@ -106,7 +106,7 @@ def _ssd_chunk_state_kernel(
     tl.store(tot_ptr + (b * H + h) * NC + c, total)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_state_pass_kernel(st_ptr, tot_ptr, h0_ptr, hs_ptr, hT_ptr, H, NC, M,
                            HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
     """hs (B, NC, H, P·N): state entering each chunk; hT (B, H, P·N): final state."""
@@ -126,7 +126,7 @@ def _ssd_state_pass_kernel(st_ptr, tot_ptr, h0_ptr, hs_ptr, hT_ptr, H, NC, M,
     tl.store(hT_ptr + (b * H + h) * M + m, hv, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_chunk_scan_kernel(
     x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cum_ptr, dtp_ptr, hs_ptr, y_ptr, ys_ptr,
     L, H, HG, NC, Q,
@@ -223,7 +223,7 @@ def _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mask, s_yb, s_yl, s_yh, s_yp, s_zb
     return dy, g, sig, zz
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_bwd_chunk_dstate_kernel(
     x_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, ys_ptr, cum_ptr, hs_ptr, dhl_ptr, g_ptr, dz_ptr, dSt_ptr, dD_ptr,
     L, H, HG, NC, Q,
@@ -281,7 +281,7 @@ def _ssd_bwd_chunk_dstate_kernel(
         tl.store(dD_ptr + ((b * NC + c) * H + h) * P + p, dDacc, mask=pm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_ptr, dtot_ptr, H, NC, M, NBLK,
                                BLOCK: tl.constexpr):
     """Reverse pass over chunks: dH (B, NC, H, P·N) = gradient reaching the end state of each chunk,
@@ -305,7 +305,7 @@ def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_pt
     tl.store(dh0_ptr + (b * H + h) * M + m, dh, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_bwd_chunk_kernel(
     x_ptr, B_ptr, C_ptr, D_ptr, g_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
     dx_ptr, dB_ptr, dC_ptr, dSt_ptr, dSs_ptr, dSe_ptr, ddt_ptr,
@@ -437,7 +437,7 @@ def _ssd_bwd_chunk_kernel(
         tl.store(dB_ptr + ((b * L + s[:, None]) * NHB + hb) * N + n[None, :], dB, mask=ms[:, None] & nm[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_bwd_dt_kernel(
     dSt_ptr, dSs_ptr, dSe_ptr, dtot_ptr, dtp_ptr, ddtX_ptr, dt_ptr, A_ptr, dtb_ptr, ddt_ptr, dA_ptr, dtbp_ptr,
     L, H, NC, Q, NBLK, s_db, s_dl, s_dh, s_gb, s_gl, s_gh,

@@ -427,11 +427,13 @@ __all__ = ["bench_kernels", "bench_scan", "bench_ssd", "bench_ssd_variants", "ch
            "measure_exp_rate", "scan_floor_ms"]
 
 
-if __name__ == "__main__":  # python -m audiomamba.kernels.bench ssd: SSD check at real size, then SSD timings
+if __name__ == "__main__":  # python -m audiomamba.kernels.bench ssd [default]: SSD check at real size, then timings
     import sys
 
-    if sys.argv[1:] != ["ssd"]:
-        raise SystemExit("usage: python -m audiomamba.kernels.bench ssd  (the full table: audiomamba bench kernels)")
+    if sys.argv[1:] not in (["ssd"], ["ssd", "default"]):
+        raise SystemExit("usage: python -m audiomamba.kernels.bench ssd [default]  (default: only the default "
+                         "backward launch; the full table: audiomamba bench kernels)")
     passed = check_ssd()
-    bench_ssd_variants()
+    names = list(SSD_BWD_VARIANTS)[:1] if sys.argv[2:] == ["default"] else list(SSD_BWD_VARIANTS)
+    bench_ssd_variants(variants={k: SSD_BWD_VARIANTS[k] for k in names})
     raise SystemExit(0 if passed else 1)

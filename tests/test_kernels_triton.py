@@ -308,6 +308,7 @@ def _ssd_case(batch, length, heads, headdim, groups, n, chunk, D="head", z=True,
         ((1, 20, 2, 4, 1, 4, 32), {"h0": False, "bias": False}),  # L < chunk
         ((1, 45, 6, 5, 3, 3, 16), {"strided": True, "D": "channel"}),  # 3 groups, transposed storage
         ((1, 1, 2, 4, 2, 4, 16), {}),
+        ((1, 110, 2, 4, 1, 4, 48), {}),  # a chunk that is not a power of two (partial row and column blocks)
     ],
 )
 def test_ssd_matches_reference(shape, kwargs):

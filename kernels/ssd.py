@@ -305,7 +305,7 @@ def _ssd_bwd_state_pass_kernel(dhl_ptr, tot_ptr, hs_ptr, dhT_ptr, dH_ptr, dh0_pt
     tl.store(dh0_ptr + (b * H + h) * M + m, dh, mask=mask)
 
 
-@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
+@triton.jit(do_not_specialize=["NC", "NHB"])  # one compile for any number of chunks and of head blocks
 def _ssd_bwd_chunk_kernel(
     x_ptr, B_ptr, C_ptr, D_ptr, g_ptr, cum_ptr, dtp_ptr, hs_ptr, tot_ptr, dH_ptr,
     dx_ptr, dB_ptr, dC_ptr, dSt_ptr, dSs_ptr, dSe_ptr, ddt_ptr,

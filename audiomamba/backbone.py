@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import BackboneConfig
 from .layers.block import ResidualBlock, make_norm
-from .layers.pool import DownPool, DownPoolState, UpPool, UpPoolState
+from .layers.pool import DownPool, DownPoolState, UpPool, UpPoolState, _phase_of
 
 
 @dataclass
@@ -96,10 +96,14 @@ class MultiResolutionBackbone(nn.Module):
 
     # ------------------------------------------------------------------ causal, any chunk length
 
-    def forward(self, x: torch.Tensor, state: BackboneState | None = None) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self, x: torch.Tensor, state: BackboneState | None = None, phases: list[int] | None = None
+    ) -> tuple[torch.Tensor, Any]:
         """x: (B, L, D) → y: (B, L, D), new state (None when bidirectional). ``state=None`` starts a stream.
 
         Bidirectional: any L (padded with zeros to a multiple of the pooling product inside, then cropped).
+        ``phases``: the pooling phases of ``state`` (``pool_phases``) when the caller knows them (no host sync:
+        the compiled streaming path).
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
@@ -116,8 +120,12 @@ class MultiResolutionBackbone(nn.Module):
         if x.shape[1] == 0:  # nothing new: the state stays
             return self.norm(x), state
         new = BackboneState(list(state.down), list(state.up), [list(b) for b in state.blocks])
-        y = self._chunk_stage(0, x, state, new)
+        y = self._chunk_stage(0, x, state, new, phases)
         return self.norm(y), new
+
+    def pool_phases(self, state: BackboneState) -> list[int]:
+        """The phase of each pooling level of a stream's state (one host sync per level)."""
+        return [_phase_of(s.phase, f"state.down[{i}].phase") for i, s in enumerate(state.down)]
 
     def _run_blocks(self, s: int, h0: torch.Tensor, state: BackboneState | None, new: BackboneState | None,
                     inplace: bool = False):
@@ -131,13 +139,15 @@ class MultiResolutionBackbone(nn.Module):
                 new.blocks[s][i] = block_state
         return h + h0  # (B, L_s, D_s): the stage's residual around its blocks
 
-    def _chunk_stage(self, s: int, x: torch.Tensor, state: BackboneState, new: BackboneState) -> torch.Tensor:
+    def _chunk_stage(self, s: int, x: torch.Tensor, state: BackboneState, new: BackboneState,
+                     phases: list[int] | None = None) -> torch.Tensor:
         """Stage s on a chunk x: (B, L_s, D_s) → (B, L_s, D_s), filling ``new``."""
         if s < len(self.pools):
-            coarse, new.down[s] = self.down[s](x, state.down[s])  # (B, M, D_{s+1}), M possibly 0
+            phase = None if phases is None else phases[s]  # a DownPool and its UpPool count the same steps
+            coarse, new.down[s] = self.down[s](x, state.down[s], phase)  # (B, M, D_{s+1}), M possibly 0
             if coarse.shape[1] > 0:
-                coarse = self._chunk_stage(s + 1, coarse, state, new)
-            up, new.up[s] = self.up[s](coarse, x.shape[1], state.up[s])  # (B, L_s, D_s)
+                coarse = self._chunk_stage(s + 1, coarse, state, new, phases)
+            up, new.up[s] = self.up[s](coarse, x.shape[1], state.up[s], phase)  # (B, L_s, D_s)
             x = up + x
         return self._run_blocks(s, x, state, new)
 

@@ -68,11 +68,12 @@ class _AudioModel(nn.Module):
                 raise ValueError(f"tokens: values must lie in [0, {V}), got {lo}..{hi}")
         return self.embed(tokens.long())
 
-    def stream(self, batch_size: int = 1, device=None, dtype=None):
-        """A :class:`audiomamba.streaming.Stream` over this (causal) model: push chunks, get their outputs."""
+    def stream(self, batch_size: int = 1, device=None, dtype=None, compile: bool = False):
+        """A :class:`audiomamba.streaming.Stream` over this (causal) model: push chunks, get their outputs.
+        ``compile``: pushes through ``torch.compile`` (CPU, float32; see ``audiomamba.streaming``)."""
         from .streaming import Stream
 
-        return Stream(self, batch_size, device=device, dtype=dtype)
+        return Stream(self, batch_size, device=device, dtype=dtype, compile=compile)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` (weights) and ``config.yaml`` (the resolved config) into ``directory``."""

@@ -9,17 +9,28 @@ samples, equal to the offline forward over everything pushed so far (up to float
 
 The rows of a batch are independent streams that advance together (one time axis), so B streams cost one
 batched call. The state is the model's explicit state (``model.init_state``); nothing is hidden in modules.
+
+``model.stream(B, compile=True)`` (CPU, float32) runs each push through ``torch.compile`` (inductor's C++
+backend, static shapes, the whole push one graph): the first push of a chunk length compiles (tens of seconds on
+a small CPU), later pushes of that length reuse it. The graph specialises on the chunk length and on the pooling
+phases at the chunk's start, so chunk lengths that are multiples of the pooling product (``pool_product``, 64 for
+``classifier_small``: 20 ms = 320 samples at 16 kHz) need one graph; other lengths cycle through several phases,
+one compile each; past ``MAX_COMPILED_PATTERNS`` patterns per stream, new ones run eagerly (same outputs, eager
+speed, one warning). For ragged chunking, stream with compile=False.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .state import flatten_state, state_to, unflatten_state
+from .state import flatten_state, map_state, state_to, unflatten_state
 
+MAX_COMPILED_PATTERNS = 8  # chunk patterns (length, pooling phases) compiled per stream; more run eagerly
 _POSITION_KEY = "stream.position"
 _STATE_PREFIX = "state."
 
@@ -32,12 +43,15 @@ class Stream:
             it in eval mode when it has dropout.
         batch_size: B streams run together.
         device, dtype: of the state (default: the model's parameters').
+        compile: run pushes through ``torch.compile`` (see the module docstring); CPU and float32 only, else
+            ValueError. ``compile_seconds`` adds up the time of the first push of each chunk pattern (length,
+            pooling phases) in this stream: the compile (or the load of a graph compiled before in this process).
 
     ``push`` takes (B, n) tokens or waveform samples ((B, n, K) tokens for K codebooks) and returns the model's
     outputs for them: LM logits (B, n[, K], V) or running classifier logits (B, n, C).
     """
 
-    def __init__(self, model, batch_size: int = 1, device=None, dtype=None):
+    def __init__(self, model, batch_size: int = 1, device=None, dtype=None, compile: bool = False):
         if not getattr(model, "causal", False):
             raise ValueError(
                 "cannot stream a bidirectional model: its reversed mixers need the whole input. "
@@ -50,23 +64,86 @@ class Stream:
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else param.device
         self.dtype = dtype if dtype is not None else param.dtype
+        if compile:
+            _check_compilable(model, self.device, self.dtype)
         self.position = 0
         self.state = model.init_state(batch_size, self.device, self.dtype)
+        self.compile = bool(compile)
+        self.compile_seconds = 0.0
+        self._compiled = None
+        self._graph_keys: set = set()  # (shape, dtype, pooling phases) of the chunk patterns pushed so far
+        self._warned = False
+        if self.compile:
+            self._compiled = torch.compile(_push_graph, fullgraph=True, dynamic=False)
+
+    @property
+    def compiled_patterns(self) -> int:
+        """How many chunk patterns (length, pooling phases) this stream has run compiled (0 without compile)."""
+        return len(self._graph_keys)
 
     def reset(self) -> None:
         """Start all B streams again from silence (a fresh state, position 0)."""
         self.state = self.model.init_state(self.batch_size, self.device, self.dtype)
         self.position = 0
 
-    @torch.inference_mode()
     def push(self, chunk: torch.Tensor) -> torch.Tensor:
         """Feed n new samples per stream, chunk (B, n[, K]); returns the outputs (B, n, ...) for them."""
         if chunk.shape[0] != self.batch_size:
             raise ValueError(f"chunk: expected batch {self.batch_size} (the stream's batch_size), "
                              f"got shape {tuple(chunk.shape)}")
-        out, self.state = self.model(chunk.to(self.device), self.state)
+        chunk = chunk.to(self.device)
+        key = self._pattern(chunk) if self._compiled is not None and chunk.shape[1] > 0 else None
+        if key is None or not self._runs_compiled(key):
+            with torch.inference_mode():
+                out, self.state = self.model(chunk, self.state)
+        else:
+            # no_grad, not inference_mode: inference tensors in the state would differ from a fresh or loaded
+            # state in their dispatch keys, and the graph's guards would recompile for them
+            with torch.no_grad():
+                out, self.state = self._push_compiled(chunk, key)
         self.position += chunk.shape[1]
         return out
+
+    def _pattern(self, chunk: torch.Tensor) -> tuple:
+        """What a compiled graph specialises on: the chunk's shape and dtype, the pooling phases."""
+        state = self.state.backbone if hasattr(self.state, "backbone") else self.state
+        return tuple(chunk.shape), chunk.dtype, tuple(self.model.backbone.pool_phases(state))
+
+    def _runs_compiled(self, key: tuple) -> bool:
+        """Whether a chunk pattern runs compiled: one seen before, or a new one within the per-stream budget."""
+        if key in self._graph_keys:
+            return True
+        if len(self._graph_keys) < MAX_COMPILED_PATTERNS:
+            return True
+        if not self._warned:
+            warnings.warn(f"Stream(compile=True): more than {MAX_COMPILED_PATTERNS} chunk patterns (length, pooling "
+                          f"phases); new ones run eagerly. Push chunk lengths that are multiples of "
+                          f"{self.model.backbone.pool_product} to stay compiled, or use compile=False", stacklevel=3)
+            self._warned = True
+        return False
+
+    def _push_compiled(self, chunk: torch.Tensor, key: tuple):
+        model = self.model
+        phases = key[2]
+        squeeze = False
+        if model.config.kind == "lm" or model.config.input == "tokens":
+            # the token range check reads values (a host sync): before the graph, with the embedding
+            squeeze = chunk.dim() == 2 and model.config.kind == "lm"
+            x, embedded = (model._embed_tokens(chunk) if model.config.kind == "lm" else model._inputs(chunk)), True
+        else:
+            x, embedded = chunk, False
+        if key in self._graph_keys:
+            out, leaves = self._compiled(model, x, self.state, list(phases), embedded, squeeze)
+        else:
+            start = time.perf_counter()
+            # the recompile limit of torch._dynamo counts the graphs of every stream in the process (one traced
+            # function); this stream's budget is MAX_COMPILED_PATTERNS instead
+            with torch._dynamo.config.patch(recompile_limit=1 << 20):
+                out, leaves = self._compiled(model, x, self.state, list(phases), embedded, squeeze)
+            self._graph_keys.add(key)
+            self.compile_seconds += time.perf_counter() - start
+        it = iter(leaves)
+        return out, map_state(lambda _: next(it), self.state)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The stream as plain tensors: ``state.<path>`` entries and the position (samples pushed)."""
@@ -87,6 +164,8 @@ class Stream:
             raise ValueError(f"stream state: entries disagree on the batch size: {sorted(batch)}")
         template = self.model.init_state(batch.pop(), self.device, self.dtype)
         self.state = state_to(unflatten_state(template, flat), self.device)
+        if self.compile:  # the strides the compiled graphs were made for (they return contiguous states)
+            self.state = map_state(torch.Tensor.contiguous, self.state)
         self.batch_size = next(iter(flat.values())).shape[0]
         self.position = int(tensors[_POSITION_KEY][0])
 
@@ -99,3 +178,39 @@ class Stream:
         if not Path(path).is_file():
             raise FileNotFoundError(f"stream state file not found: {path}")
         self.load_state_dict(load_file(str(path)))
+
+
+def _check_compilable(model, device: torch.device, dtype: torch.dtype) -> None:
+    """ValueError unless the compiled push supports this stream: CPU, float32, mixers that trace whole."""
+    if device.type != "cpu":
+        raise ValueError(f"compile=True: the compiled streaming path runs on the CPU (inductor's C++ backend), "
+                         f"got device {device}; stream with compile=False on {device.type}")
+    if dtype != torch.float32 or any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError(f"compile=True: the compiled streaming path needs a float32 model and state, got {dtype}; "
+                         "use compile=False")
+    mixers = set(model.config.backbone.stage_mixers())
+    if not mixers <= _COMPILED_MIXERS:
+        raise ValueError(f"compile=True: the compiled streaming path supports the mixers {sorted(_COMPILED_MIXERS)}, "
+                         f"this model has {sorted(mixers)}; use compile=False")
+
+
+_COMPILED_MIXERS = {"mamba1", "mamba2", "s4d"}
+
+
+def _push_graph(model, x: torch.Tensor, state, phases: list[int], embedded: bool, squeeze: bool):
+    """What a compiled push traces: the model's forward over one chunk with the pooling phases given (Python
+    ints, so no host sync in the graph), returning the outputs and the new state's tensors (contiguous, in
+    ``flatten_state`` order, so that the next push sees the same strides and reuses the graph).
+
+    x: (B, n) waveform, or (B, n, D) features when ``embedded`` (tokens are embedded before the graph).
+    """
+    if model.config.kind == "lm":
+        h, new = model.backbone(x, state, phases)  # (B, n, D)
+        out = model.head(h)  # (B, n, K, V)
+        out = out[:, :, 0] if squeeze else out
+    else:
+        h = x if embedded else model._inputs(x)  # (B, n, D)
+        h, backbone_state = model.backbone(h, state.backbone, phases)
+        out, head_state = model.head(h, state.head)  # (B, n, C)
+        new = type(state)(backbone_state, head_state)
+    return out, [t.contiguous() for t in flatten_state(new).values()]

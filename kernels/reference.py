@@ -262,10 +262,19 @@ def selective_scan_time_major_(u, dt, A2, B, C, D, z, h):
     n = A2.shape[0]
     dA = (dt.unsqueeze(2) * A2).exp2_()  # (B, L, N, E)
     dBu = (dt * u).unsqueeze(2) * B.unsqueeze(-1)  # (B, L, N, E)
-    for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
-        h = dBu_t.addcmul_(dA_t, h)  # dBu[:, t] now holds h_t
-    rows = batch * length
-    y = torch.bmm(C.reshape(rows, 1, n), dBu.view(rows, n, channels)).view(batch, length, channels)  # C_t · h_t
+    if torch.compiler.is_compiling():
+        # traced (compiled streaming): out of place, since a write into a slice of dBu per step functionalizes
+        # into a copy of all of dBu per step; inductor fuses the steps into one loop
+        hs = []
+        for t in range(length):
+            h = dBu[:, t] + dA[:, t] * h  # (B, N, E)
+            hs.append(h)
+        y = (C.unsqueeze(-1) * torch.stack(hs, 1)).sum(2)  # (B, L, N, 1) · (B, L, N, E) summed over N
+    else:
+        for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
+            h = dBu_t.addcmul_(dA_t, h)  # dBu[:, t] now holds h_t
+        rows = batch * length
+        y = torch.bmm(C.reshape(rows, 1, n), dBu.view(rows, n, channels)).view(batch, length, channels)  # C_t·h_t
     if D is not None:
         y.addcmul_(u, D)
     if z is not None:

@@ -83,6 +83,9 @@ class Mamba1Mixer(nn.Module):
         and (A·log2 e)ᵀ (N, E) contiguous. Computed once and reused until A_log changes (version counter,
         storage, device or dtype)."""
         A_log = self.A_log
+        if torch.compiler.is_compiling():  # traced (compiled streaming): computed in the graph, no Python cache
+            A = -torch.exp(A_log.float())
+            return A, (A * _LOG2_E).t()
         key = (A_log._version, A_log.data_ptr(), A_log.device, A_log.dtype)
         if self._cache is None or self._cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode

@@ -75,16 +75,19 @@ class DownPool(nn.Module):
         """x: (B, M·P, D) → (B, M, D_out)."""
         return self.linear(x.reshape(x.shape[0], -1, self.pool * self.d_model))  # (B, M, P·D) → (B, M, D_out)
 
-    def forward(self, x: torch.Tensor, state: DownPoolState | None = None) -> tuple[torch.Tensor, DownPoolState]:
+    def forward(
+        self, x: torch.Tensor, state: DownPoolState | None = None, phase: int | None = None
+    ) -> tuple[torch.Tensor, DownPoolState]:
         """x: (B, L, D) → frames completed by these inputs (B, M, D_out), new state.
 
-        M = (phase + L) // P, possibly 0. ``state=None`` starts a stream.
+        M = (phase + L) // P, possibly 0. ``state=None`` starts a stream. ``phase``: the state's phase when the
+        caller knows it (no host sync; the compiled streaming path, which specialises on it).
         """
         batch, length, _ = x.shape
         P = self.pool
         if state is None:
             state = self.init_state(batch, x.device, x.dtype)
-        r0 = _phase_of(state.phase, "DownPool state.phase")
+        r0 = _phase_of(state.phase, "DownPool state.phase") if phase is None else phase
         full = torch.cat([state.buffer[:, P - 1 - r0 :], x], dim=1) if r0 else x  # (B, r0 + L, D)
         m = (r0 + length) // P
         frames = self._frames(full if m * P == full.shape[1] else full[:, : m * P])  # (B, M, D_out)
@@ -139,18 +142,18 @@ class UpPool(nn.Module):
         return self.linear(coarse).reshape(coarse.shape[0], -1, self.d_model)  # (B, M, P·D) → (B, M·P, D)
 
     def forward(
-        self, coarse: torch.Tensor, length: int, state: UpPoolState | None = None
+        self, coarse: torch.Tensor, length: int, state: UpPoolState | None = None, phase: int | None = None
     ) -> tuple[torch.Tensor, UpPoolState]:
         """Causal: ``length`` fine outputs (B, L, D), new state.
 
         ``coarse`` (B, M, D_in) holds the frames the paired DownPool completed during these L steps:
-        M = (phase + L) // P. ``state=None`` starts a stream.
+        M = (phase + L) // P. ``state=None`` starts a stream. ``phase``: as in ``DownPool.forward``.
         """
         batch = coarse.shape[0]
         P = self.pool
         if state is None:
             state = self.init_state(batch, coarse.device, coarse.dtype)
-        r0 = _phase_of(state.phase, "UpPool state.phase")
+        r0 = _phase_of(state.phase, "UpPool state.phase") if phase is None else phase
         m = (r0 + length) // P
         if coarse.shape[1] != m:
             raise ValueError(f"coarse: expected {m} frames for {length} steps at phase {r0}, got {coarse.shape[1]}")

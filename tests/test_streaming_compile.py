@@ -1,0 +1,101 @@
+"""The compiled stream (``model.stream(B, compile=True)``, torch.compile with inductor's C++ backend) against the
+eager stream: chunk lengths that are multiples of the pooling product and ones that are not, bit-exact
+save/restore and reset on the compiled path, clear errors where it is not supported.
+
+A compile takes tens of seconds on a small CPU with a cold inductor cache, so the always-on test uses one tiny
+model and few distinct chunk patterns (each pattern is one compile); the ragged-length and LM tests run only with
+AUDIOMAMBA_SLOW_TESTS=1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from helpers import rel_err
+
+from audiomamba import build_model
+
+torch.set_num_threads(1)
+
+TOL = 1e-5
+SLOW = pytest.mark.skipif(not os.environ.get("AUDIOMAMBA_SLOW_TESTS"),
+                          reason="several compiles (minutes on a small CPU): set AUDIOMAMBA_SLOW_TESTS=1")
+TINY = {  # pooling product 8; one Mamba-1 block, at the innermost stage (short chunks there, as in streaming)
+    "backbone.d_model": 8,
+    "backbone.n_blocks": [0, 0, 1],
+    "backbone.pool": [2, 4],
+    "backbone.mixer_options": {"mamba1": {"d_state": 4}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
+                               "s4d": {"d_state": 8}},
+}
+
+
+def tiny(spec, **overrides):
+    torch.manual_seed(0)
+    return build_model(spec, **{**TINY, **overrides}).eval()
+
+
+def graphs_compiled() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def push_both(eager, compiled, x, sizes):
+    """Push the same chunks into both streams; the compiled outputs, after checking them against the eager ones."""
+    outs, start = [], 0
+    for n in sizes:
+        want, got = eager.push(x[:, start : start + n]), compiled.push(x[:, start : start + n])
+        assert got.shape == want.shape
+        assert rel_err(got, want) < TOL, (n, start)
+        outs.append(got)
+        start += n
+    assert compiled.position == eager.position
+    return outs
+
+
+def test_compiled_stream_equals_eager_and_restores_bit_exactly():
+    torch._dynamo.reset()
+    model = tiny("classifier_small")
+    x = torch.randn(2, 64)
+    eager, compiled = model.stream(2), model.stream(2, compile=True)
+    before = graphs_compiled()
+    # 8, 8: one graph (phases stay 0); 5: a length that is not a multiple of the pooling (a second graph)
+    push_both(eager, compiled, x, [8, 8, 5])
+    assert graphs_compiled() - before == 2  # the compiled path ran, one graph per pattern, no recompiles
+    assert compiled.compile_seconds > 0 and compiled.compiled_patterns == 2
+    saved = compiled.state_dict()
+    assert torch.equal(saved["stream.position"], eager.state_dict()["stream.position"])
+    expected = push_both(eager, compiled, x[:, 21:], [5])  # phases (1, 2): compiled once more
+    other = model.stream(2, compile=True)
+    other.load_state_dict(saved)
+    assert torch.equal(other.push(x[:, 21:26]), expected[0])  # the restored compiled stream, bit-exact
+    assert compiled.push(x[:, :0]).shape[:2] == (2, 0)  # an empty chunk changes nothing (no compile)
+    compiled.reset()
+    eager.reset()
+    push_both(eager, compiled, x, [8])  # from silence again: the first graph, reused
+    assert graphs_compiled() - before == 3
+
+
+def test_compile_where_unsupported_is_a_clear_error():
+    model = tiny("classifier_small")
+    with pytest.raises(ValueError, match="compile=True: .* float32"):
+        model.stream(1, dtype=torch.float64, compile=True)
+    with pytest.raises(ValueError, match="compile=True: .* CPU"):
+        model.stream(1, device="meta", compile=True)
+    with pytest.raises(ValueError, match="cannot stream a bidirectional model"):
+        tiny("classifier_bidirectional").stream(1, compile=True)
+
+
+@SLOW
+def test_compiled_stream_ragged_lengths():
+    model = tiny("classifier_small", **{"backbone.n_blocks": [1]})
+    x = torch.randn(2, 80)
+    push_both(model.stream(2), model.stream(2, compile=True), x, [1, 7, 8, 3, 13, 16, 32])
+
+
+@SLOW
+@pytest.mark.parametrize("spec", ["sc09_small", "sc09_mixed"])
+def test_compiled_lm_stream(spec):
+    model = tiny(spec, **{"backbone.n_blocks": [1]})
+    x = torch.randint(0, 256, (2, 40))
+    push_both(model.stream(2), model.stream(2, compile=True), x, [8, 8, 3, 5, 16])

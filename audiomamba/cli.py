@@ -333,7 +333,7 @@ def cmd_bench(args) -> int:
         bench.bench_generate(**kw)
     else:
         bench.bench_stream(preset=args.preset or "classifier_small", chunk_ms=args.chunk_ms, seconds=args.seconds,
-                           threads=args.threads, device=args.device or "cpu")
+                           threads=args.threads, device=args.device or "cpu", compile=args.compile)
     return 0
 
 
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", formatter_class=fmt, help="benchmarks: kernels (GPU), generate, stream",
                        epilog="examples:\n  audiomamba bench kernels\n  audiomamba bench generate --batch-sizes 1 64\n"
-                       "  audiomamba bench stream --chunk-ms 20 --threads 1")
+                       "  audiomamba bench stream --chunk-ms 20 --threads 1\n  audiomamba bench stream --compile")
     b.add_argument("what", choices=("kernels", "generate", "stream"))
     b.add_argument("--preset", default=None, help="model preset (default: sc09_small / classifier_small)")
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
@@ -517,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=10.0)
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--device", default=None)
+    b.add_argument("--compile", action="store_true",
+                   help="stream: measure the torch.compile'd push (CPU; compile time reported apart, not in the RTF)")
     b.set_defaults(fn=cmd_bench)
     return p
 

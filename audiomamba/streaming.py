@@ -164,8 +164,8 @@ class Stream:
             raise ValueError(f"stream state: entries disagree on the batch size: {sorted(batch)}")
         template = self.model.init_state(batch.pop(), self.device, self.dtype)
         self.state = state_to(unflatten_state(template, flat), self.device)
-        if self.compile:  # the strides the compiled graphs were made for (they return contiguous states)
-            self.state = map_state(torch.Tensor.contiguous, self.state)
+        if self.compile:  # the strides the compiled graphs were made for (they return standard strides)
+            self.state = map_state(_standard_strides, self.state)
         self.batch_size = next(iter(flat.values())).shape[0]
         self.position = int(tensors[_POSITION_KEY][0])
 
@@ -199,8 +199,8 @@ _COMPILED_MIXERS = {"mamba1", "mamba2", "s4d"}
 
 def _push_graph(model, x: torch.Tensor, state, phases: list[int], embedded: bool, squeeze: bool):
     """What a compiled push traces: the model's forward over one chunk with the pooling phases given (Python
-    ints, so no host sync in the graph), returning the outputs and the new state's tensors (contiguous, in
-    ``flatten_state`` order, so that the next push sees the same strides and reuses the graph).
+    ints, so no host sync in the graph), returning the outputs and the new state's tensors (with standard
+    strides, in ``flatten_state`` order, so that the next push sees a fresh state's strides and reuses the graph).
 
     x: (B, n) waveform, or (B, n, D) features when ``embedded`` (tokens are embedded before the graph).
     """
@@ -213,4 +213,16 @@ def _push_graph(model, x: torch.Tensor, state, phases: list[int], embedded: bool
         h, backbone_state = model.backbone(h, state.backbone, phases)
         out, head_state = model.head(h, state.head)  # (B, n, C)
         new = type(state)(backbone_state, head_state)
-    return out, [t.contiguous() for t in flatten_state(new).values()]
+    return out, [_standard_strides(t) for t in flatten_state(new).values()]
+
+
+def _standard_strides(t: torch.Tensor) -> torch.Tensor:
+    """t with the strides of a fresh contiguous tensor (also along size-1 dimensions, where ``contiguous()``
+    keeps any stride: the graph's guards compare strides)."""
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= size
+    if t.stride() == tuple(reversed(strides)):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)

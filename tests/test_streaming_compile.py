@@ -56,8 +56,8 @@ def push_both(eager, compiled, x, sizes):
 def test_compiled_stream_equals_eager_and_restores_bit_exactly():
     torch._dynamo.reset()
     model = tiny("classifier_small")
-    x = torch.randn(2, 64)
-    eager, compiled = model.stream(2), model.stream(2, compile=True)
+    x = torch.randn(1, 64)  # batch 1, as benchmarked (size-1 dimensions keep odd strides unless normalised)
+    eager, compiled = model.stream(1), model.stream(1, compile=True)
     before = graphs_compiled()
     # 8, 8: one graph (phases stay 0); 5: a length that is not a multiple of the pooling (a second graph)
     push_both(eager, compiled, x, [8, 8, 5])
@@ -66,10 +66,10 @@ def test_compiled_stream_equals_eager_and_restores_bit_exactly():
     saved = compiled.state_dict()
     assert torch.equal(saved["stream.position"], eager.state_dict()["stream.position"])
     expected = push_both(eager, compiled, x[:, 21:], [5])  # phases (1, 2): compiled once more
-    other = model.stream(2, compile=True)
+    other = model.stream(1, compile=True)
     other.load_state_dict(saved)
     assert torch.equal(other.push(x[:, 21:26]), expected[0])  # the restored compiled stream, bit-exact
-    assert compiled.push(x[:, :0]).shape[:2] == (2, 0)  # an empty chunk changes nothing (no compile)
+    assert compiled.push(x[:, :0]).shape[:2] == (1, 0)  # an empty chunk changes nothing (no compile)
     compiled.reset()
     eager.reset()
     push_both(eager, compiled, x, [8])  # from silence again: the first graph, reused

@@ -20,7 +20,7 @@ from audiomamba.kernels import (
     ssd_scan_ref,
 )
 from audiomamba.kernels.reference import causal_conv1d_time_major_, selective_scan_time_major_
-from helpers import random_chunks, rel_err
+from helpers import assert_same_grads, random_chunks, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,11 +84,7 @@ def test_selective_scan_chunked_matches_sequential_forward_and_grads(optional):
     y1, h1 = selective_scan_ref(**t, delta_softplus=True, return_final_state=True)
     y2, h2 = selective_scan_chunked_ref(**t, delta_softplus=True, return_final_state=True)
     assert rel_err(y2, y1) < TOL and rel_err(h2, h1) < TOL
-    gy, gh = torch.randn_like(y1), torch.randn_like(h1)  # shared cotangents, through y and the final state
-    g1 = torch.autograd.grad((y1 * gy).sum() + (h1 * gh).sum(), list(leaves.values()))
-    g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), list(leaves.values()))
-    for name, a, b in zip(leaves, g1, g2):
-        assert rel_err(b, a) < 1e-4, name
+    assert_same_grads((y1, h1), (y2, h2), leaves)  # through y and the final state
 
 
 def test_selective_scan_chunked_handles_large_steps():
@@ -161,12 +157,7 @@ def test_selective_scan_loop_matches_sequential_forward_and_grads(L, groups, gra
     assert y2.shape == y1.shape and h2.shape == h1.shape
     assert (L == 0 or rel_err(y2, y1) < TOL) and rel_err(h2, h1) < TOL
     if grad and L:
-        gy, gh = torch.randn_like(y1), torch.randn_like(h1)
-        leaves = list(t.values())
-        g1 = torch.autograd.grad((y1 * gy).sum() + (h1 * gh).sum(), leaves)
-        g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), leaves)
-        for name, a, b in zip(t, g1, g2):
-            assert rel_err(b, a) < 1e-4, name
+        assert_same_grads((y1, h1), (y2, h2), t)
 
 
 @pytest.mark.parametrize("optional", [("D", "z", "delta_bias", "initial_state")])
@@ -325,12 +316,7 @@ def test_ssd_chunked_matches_sequential_forward_and_grads(chunk_size):
     y1, h1 = ssd_scan_ref(**t, chunk_size=chunk_size, dt_softplus=True, return_final_state=True)
     y2, h2 = ssd_scan_chunked_ref(**t, chunk_size=chunk_size, dt_softplus=True, return_final_state=True)
     assert rel_err(y2, y1) < TOL and rel_err(h2, h1) < TOL
-    gy, gh = torch.randn_like(y1), torch.randn_like(h1)
-    leaves = list(t.values())
-    g1 = torch.autograd.grad((y1 * gy).sum() + (h1 * gh).sum(), leaves)
-    g2 = torch.autograd.grad((y2 * gy).sum() + (h2 * gh).sum(), leaves)
-    for name, a, b in zip(t, g1, g2):
-        assert rel_err(b, a) < 1e-4, name
+    assert_same_grads((y1, h1), (y2, h2), t)
 
 
 def test_ssd_chunked_calls_equal_one_call():

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import random_chunks, rel_err
+from helpers import random_chunks, rel_err, tiny_model
 from safetensors.torch import load_file, save_file
 
 from audiomamba import Stream, build_model
@@ -18,18 +18,7 @@ from audiomamba import Stream, build_model
 torch.set_num_threads(1)
 
 TOL = 1e-5
-TINY = {
-    "backbone.d_model": 8,
-    "backbone.n_blocks": [1],
-    "backbone.pool": [2, 4],
-    "backbone.mixer_options": {"mamba1": {"d_state": 4}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
-                               "s4d": {"d_state": 8}},
-}
-
-
-def tiny(spec, **overrides):
-    torch.manual_seed(0)
-    return build_model(spec, **{**TINY, **overrides}).eval()
+tiny = tiny_model
 
 
 @pytest.mark.parametrize("spec", ["classifier_small", "sc09_mixed"])

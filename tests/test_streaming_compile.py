@@ -13,27 +13,19 @@ import os
 
 import pytest
 import torch
-from helpers import rel_err
-
-from audiomamba import build_model
+from helpers import rel_err, tiny_model
 
 torch.set_num_threads(1)
 
 TOL = 1e-5
 SLOW = pytest.mark.skipif(not os.environ.get("AUDIOMAMBA_SLOW_TESTS"),
                           reason="several compiles (minutes on a small CPU): set AUDIOMAMBA_SLOW_TESTS=1")
-TINY = {  # pooling product 8; one Mamba-1 block, at the innermost stage (short chunks there, as in streaming)
-    "backbone.d_model": 8,
-    "backbone.n_blocks": [0, 0, 1],
-    "backbone.pool": [2, 4],
-    "backbone.mixer_options": {"mamba1": {"d_state": 4}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
-                               "s4d": {"d_state": 8}},
-}
 
 
 def tiny(spec, **overrides):
-    torch.manual_seed(0)
-    return build_model(spec, **{**TINY, **overrides}).eval()
+    """The streaming tests' tiny model with its one block at the innermost stage (short chunks there, as in
+    streaming); pooling product 8."""
+    return tiny_model(spec, **{"backbone.n_blocks": [0, 0, 1], **overrides})
 
 
 def graphs_compiled() -> int:

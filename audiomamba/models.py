@@ -111,9 +111,14 @@ class AudioLM(_AudioModel):
 
     def forward(self, tokens: torch.Tensor, state: BackboneState | None = None):
         """tokens: (B, L) (one codebook) or (B, L, K) → logits (B, L, V) or (B, L, K, V), new state."""
-        h, state = self.backbone(self._embed_tokens(tokens), state)  # (B, L, D)
-        logits = self.head(h)  # (B, L, K, V)
+        logits, state = self.forward_embedded(self._embed_tokens(tokens), state)  # (B, L, K, V)
         return (logits[:, :, 0] if tokens.dim() == 2 else logits), state
+
+    def forward_embedded(self, h: torch.Tensor, state: BackboneState | None = None, phases: list[int] | None = None):
+        """Embedded tokens h (B, L, D) → logits (B, L, K, V), new state. ``phases``: the pooling phases of
+        ``state`` when the caller knows them (see ``MultiResolutionBackbone.forward``)."""
+        h, state = self.backbone(h, state, phases)  # (B, L, D)
+        return self.head(h), state
 
     def features(self, tokens: torch.Tensor, state: BackboneState | None = None):
         """The backbone's output (B, L, D) and new state, without the head (prompt consumption)."""
@@ -171,7 +176,13 @@ class AudioClassifier(_AudioModel):
 
         Returns (logits (B, L, C) running, new state) when causal, (logits (B, C), None) when bidirectional.
         """
-        h, backbone_state = self.backbone(self._inputs(x), None if state is None else state.backbone)
+        return self.forward_embedded(self._inputs(x), state)
+
+    def forward_embedded(self, h: torch.Tensor, state: ClassifierState | None = None,
+                         phases: list[int] | None = None):
+        """The inputs' embedding h (B, L, D) → what ``forward`` returns. ``phases``: the pooling phases of
+        ``state`` when the caller knows them (see ``MultiResolutionBackbone.forward``)."""
+        h, backbone_state = self.backbone(h, None if state is None else state.backbone, phases)
         if not self.causal:
             return self.head.pool_sequence(h), None
         logits, head_state = self.head(h, None if state is None else state.head)

@@ -181,20 +181,13 @@ class Stream:
 
 
 def _check_compilable(model, device: torch.device, dtype: torch.dtype) -> None:
-    """ValueError unless the compiled push supports this stream: CPU, float32, mixers that trace whole."""
+    """ValueError unless the compiled push supports this stream: CPU, float32."""
     if device.type != "cpu":
         raise ValueError(f"compile=True: the compiled streaming path runs on the CPU (inductor's C++ backend), "
                          f"got device {device}; stream with compile=False on {device.type}")
     if dtype != torch.float32 or any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError(f"compile=True: the compiled streaming path needs a float32 model and state, got {dtype}; "
                          "use compile=False")
-    mixers = set(model.config.backbone.stage_mixers())
-    if not mixers <= _COMPILED_MIXERS:
-        raise ValueError(f"compile=True: the compiled streaming path supports the mixers {sorted(_COMPILED_MIXERS)}, "
-                         f"this model has {sorted(mixers)}; use compile=False")
-
-
-_COMPILED_MIXERS = {"mamba1", "mamba2", "s4d"}
 
 
 def _push_graph(model, x: torch.Tensor, state, phases: list[int], embedded: bool, squeeze: bool):
@@ -204,15 +197,8 @@ def _push_graph(model, x: torch.Tensor, state, phases: list[int], embedded: bool
 
     x: (B, n) waveform, or (B, n, D) features when ``embedded`` (tokens are embedded before the graph).
     """
-    if model.config.kind == "lm":
-        h, new = model.backbone(x, state, phases)  # (B, n, D)
-        out = model.head(h)  # (B, n, K, V)
-        out = out[:, :, 0] if squeeze else out
-    else:
-        h = x if embedded else model._inputs(x)  # (B, n, D)
-        h, backbone_state = model.backbone(h, state.backbone, phases)
-        out, head_state = model.head(h, state.head)  # (B, n, C)
-        new = type(state)(backbone_state, head_state)
+    out, new = model.forward_embedded(x if embedded else model._inputs(x), state, phases)
+    out = out[:, :, 0] if squeeze else out  # one-codebook LM logits (B, n, V)
     return out, [_standard_strides(t) for t in flatten_state(new).values()]
 
 

@@ -17,12 +17,20 @@ phases at the chunk's start, so chunk lengths that are multiples of the pooling 
 ``classifier_small``: 20 ms = 320 samples at 16 kHz) need one graph; other lengths cycle through several phases,
 one compile each; past ``MAX_COMPILED_PATTERNS`` patterns per stream, new ones run eagerly (same outputs, eager
 speed, one warning). For ragged chunking, stream with compile=False.
+
+The compiled graphs of a model are kept per (model, chunk pattern) and shared by its streams; each is called
+without torch.compile's guards (whose checks of every weight and state tensor cost about as much as the
+elementwise work of a 20 ms chunk): the stream itself makes sure that a graph only ever sees the inputs it was
+made for (its chunk pattern, contiguous chunks, states with standard strides, the model's float32 CPU weights).
+The graphs run with inductor's C++ wrapper (no Python between the kernels).
 """
 
 from __future__ import annotations
 
 import time
+import types
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -33,6 +41,8 @@ from .state import flatten_state, map_state, state_to, unflatten_state
 MAX_COMPILED_PATTERNS = 8  # chunk patterns (length, pooling phases) compiled per stream; more run eagerly
 _POSITION_KEY = "stream.position"
 _STATE_PREFIX = "state."
+# the compiled push graphs of each model: {chunk pattern: compiled function}; shared by the model's streams
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Stream:
@@ -70,11 +80,10 @@ class Stream:
         self.state = model.init_state(batch_size, self.device, self.dtype)
         self.compile = bool(compile)
         self.compile_seconds = 0.0
-        self._compiled = None
         self._graph_keys: set = set()  # (shape, dtype, pooling phases) of the chunk patterns pushed so far
         self._warned = False
-        if self.compile:
-            self._compiled = torch.compile(_push_graph, fullgraph=True, dynamic=False)
+        # the weights' dtype and device that the compiled graphs assume (they run without guards)
+        self._weights = (param, param.dtype, param.device)
 
     @property
     def compiled_patterns(self) -> int:
@@ -92,7 +101,7 @@ class Stream:
             raise ValueError(f"chunk: expected batch {self.batch_size} (the stream's batch_size), "
                              f"got shape {tuple(chunk.shape)}")
         chunk = chunk.to(self.device)
-        key = self._pattern(chunk) if self._compiled is not None and chunk.shape[1] > 0 else None
+        key = self._pattern(chunk) if self.compile and chunk.shape[1] > 0 else None
         if key is None or not self._runs_compiled(key):
             with torch.inference_mode():
                 out, self.state = self.model(chunk, self.state)
@@ -122,9 +131,20 @@ class Stream:
             self._warned = True
         return False
 
+    def _check_weights(self) -> None:
+        """ValueError if the model was moved to another dtype or device since the stream was made (seen on its
+        first parameter: ``model.to`` moves them all); the compiled graphs were made for the weights as they were
+        (new values in place, e.g. ``load_state_dict``, are fine)."""
+        param, dtype, device = self._weights
+        if param.dtype != dtype or param.device != device:
+            raise ValueError(f"Stream(compile=True): the model moved from {dtype} on {device} to {param.dtype} on "
+                             f"{param.device} since the stream was made; make a new stream")
+
     def _push_compiled(self, chunk: torch.Tensor, key: tuple):
         model = self.model
         phases = key[2]
+        self._check_weights()
+        chunk = chunk.contiguous()  # the graphs assume standard strides (no guards check them)
         squeeze = False
         if model.config.kind == "lm" or model.config.input == "tokens":
             # the token range check reads values (a host sync): before the graph, with the embedding
@@ -132,14 +152,15 @@ class Stream:
             x, embedded = (model._embed_tokens(chunk) if model.config.kind == "lm" else model._inputs(chunk)), True
         else:
             x, embedded = chunk, False
-        if key in self._graph_keys:
-            out, leaves = self._compiled(model, x, self.state, list(phases), embedded, squeeze)
+        graphs = _GRAPHS.setdefault(model, {})
+        graph = graphs.get(key)
+        if key in self._graph_keys and graph is not None:
+            out, leaves = graph(model, x, self.state, list(phases), embedded, squeeze)
         else:
             start = time.perf_counter()
-            # the recompile limit of torch._dynamo counts the graphs of every stream in the process (one traced
-            # function); this stream's budget is MAX_COMPILED_PATTERNS instead
-            with torch._dynamo.config.patch(recompile_limit=1 << 20):
-                out, leaves = self._compiled(model, x, self.state, list(phases), embedded, squeeze)
+            if graph is None:
+                graph = graphs[key] = _compile_push_graph()
+            out, leaves = graph(model, x, self.state, list(phases), embedded, squeeze)
             self._graph_keys.add(key)
             self.compile_seconds += time.perf_counter() - start
         it = iter(leaves)
@@ -188,6 +209,18 @@ def _check_compilable(model, device: torch.device, dtype: torch.dtype) -> None:
     if dtype != torch.float32 or any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError(f"compile=True: the compiled streaming path needs a float32 model and state, got {dtype}; "
                          "use compile=False")
+
+
+def _compile_push_graph():
+    """A compiled ``_push_graph`` for one (model, chunk pattern), called without guards.
+
+    torch.compile keeps its graphs per code object and picks one by evaluating guards; here each pattern gets
+    a copy of ``_push_graph`` with its own code object, so that its one graph is called directly (the stream
+    picks the graph by the pattern, and ``Stream._push_compiled`` keeps the inputs as the graph assumes)."""
+    code = _push_graph.__code__.replace()  # a new code object: its own compiled-graph cache
+    fn = types.FunctionType(code, _push_graph.__globals__, _push_graph.__name__)
+    options = {"cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
 
 def _push_graph(model, x: torch.Tensor, state, phases: list[int], embedded: bool, squeeze: bool):

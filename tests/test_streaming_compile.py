@@ -76,6 +76,21 @@ def test_compile_where_unsupported_is_a_clear_error():
         model.stream(1, device="meta", compile=True)
     with pytest.raises(ValueError, match="cannot stream a bidirectional model"):
         tiny("classifier_bidirectional").stream(1, compile=True)
+    stream = model.stream(1, compile=True)
+    model.double()  # the graphs run without guards: the stream notices a moved model itself
+    with pytest.raises(ValueError, match="model moved from torch.float32 on cpu to torch.float64"):
+        stream.push(torch.randn(1, 8, dtype=torch.float64))
+
+
+def test_compiled_graphs_are_per_model():
+    """Graphs run without guards, so two models with the same chunk pattern must not share one: a model of
+    another structure streams compiled, equal to its own eager stream."""
+    first, second = tiny("classifier_small"), tiny("classifier_small", **{"backbone.n_blocks": [1, 0, 1]})
+    x = torch.randn(1, 16) * 0.1
+    push_both(first.stream(1), first.stream(1, compile=True), x, [8])
+    before = graphs_compiled()
+    push_both(second.stream(1), second.stream(1, compile=True), x, [8, 8])
+    assert graphs_compiled() - before == 1
 
 
 @SLOW

@@ -726,32 +726,61 @@ def _ss_bwd_seq_kernel(
 
 
 @triton.jit
-def _lean_grads(dA_acc, h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, t, b, g, e, n, e_mask, n_mask, L, G,
-                du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
-                s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
-                NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
-    """Gradients of one step t from its state h [NP, BE], input bx = Δ B u, adjoint gg, A2 = A log2 e, B and C
-    rows [NP] and the per-channel values [BE]; stores du, dΔ, dz and adds dB, dC.
-    Returns (dA_acc + this step's dA terms [NP, BE], dΔ [BE])."""
+def _pe_off(r, eo, BE: tl.constexpr, PAIR: tl.constexpr):
+    """Offset of (row r, channel eo) in one [CK, BE] slot of the lean scratch (broadcasts r against eo).
+    PAIR: rows stored in pairs, channel-major inside a pair ((CK/2, BE, 2)), so that the two rows of a
+    sub-chunk are one 8-byte load per channel."""
+    if PAIR:
+        return (r - r % 2) * BE + 2 * eo + r % 2
+    else:
+        return r * BE + eo
+
+
+@triton.jit
+def _pe_rows(ptr, r0, eo, BE: tl.constexpr, PAIR: tl.constexpr):
+    """Rows r0 (even) and r0 + 1 of a scratch slot as two [BE] vectors (PAIR: one 8-byte load per channel)."""
+    if PAIR:
+        w = tl.load(ptr.to(tl.pointer_type(tl.int64)) + (r0 // 2) * BE + eo)
+        return w.to(tl.int32).to(tl.float32, bitcast=True), (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        return tl.load(ptr + r0 * BE + eo), tl.load(ptr + (r0 + 1) * BE + eo)
+
+
+@triton.jit
+def _pe_store_rows(ptr, r0, eo, v0, v1, BE: tl.constexpr, PAIR: tl.constexpr):
+    """Store two [BE] vectors as rows r0 (even) and r0 + 1 of a scratch slot."""
+    if PAIR:
+        lo = v0.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        hi = v1.to(tl.int32, bitcast=True).to(tl.int64) << 32
+        tl.store(ptr.to(tl.pointer_type(tl.int64)) + (r0 // 2) * BE + eo, lo | hi)
+    else:
+        tl.store(ptr + r0 * BE + eo, v0)
+        tl.store(ptr + (r0 + 1) * BE + eo, v1)
+
+
+@triton.jit
+def _lean_grads(dA_acc, h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, n, pd, r,
+                CK: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """Gradients of one step (row r of its checkpoint interval) from its state h [NP, BE], input bx = Δ B u,
+    adjoint gg, A2 = A log2 e, B and C rows [NP] and the per-channel values [BE]. dB and dC (summed over the
+    channels) go to the interval's (2, NP, CK) scratch pd; returns (dA_acc + this step's dA terms [NP, BE], and
+    the [BE] vectors dΔ, du and dz (zeros without z)) for the caller to park."""
     ghp = gg * (h - bx)  # g_t a_t h_{t-1}
     gB = tl.sum(gg * Bt[:, None], axis=0)  # [BE]
     ddt = dsp * (0.6931471805599453 * tl.sum(ghp * A2, axis=0) + u * gB)
     du = dtv * gB
     if HAS_D:
         du += Dv * dyv
-    m = e_mask & (t < L)
     if HAS_Z:
         yp = tl.sum(h * Ct[:, None], axis=0)
         if HAS_D:
             yp += Dv * u
-        tl.store(dz_ptr + b * s_dzb + e * s_dze + t * s_dzl, (kz * yp).to(dz_ptr.dtype.element_ty), mask=m)
-    tl.store(du_ptr + b * s_dub + e * s_due + t * s_dul, du.to(du_ptr.dtype.element_ty), mask=m)
-    tl.store(ddt_ptr + b * s_ddb + e * s_dde + t * s_ddl, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
-    bc_off = ((b * G + g) * NP + n) * L + t  # into (B, G, NP, L) float32
-    nm = n_mask & (t < L)
-    tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[None, :], axis=1), mask=nm, sem="relaxed")
-    tl.atomic_add(dC_ptr + bc_off, tl.sum(h * dyv[None, :], axis=1), mask=nm, sem="relaxed")
-    return dA_acc + ghp * dtv[None, :], ddt
+        dz = kz * yp
+    else:
+        dz = du
+    tl.store(pd + n * CK + r, tl.sum(gg * x[None, :], axis=1))
+    tl.store(pd + (NP + n) * CK + r, tl.sum(h * dyv[None, :], axis=1))
+    return dA_acc + ghp * dtv[None, :], ddt, du, dz
 
 
 @triton.jit
@@ -771,16 +800,20 @@ def _ss_bwd_lean_kernel(
     N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CK: tl.constexpr, PT: tl.constexpr,
     LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     """Backward ("lean" variant), same contract as ``_ss_bwd_seq_kernel``; 2-step sub-chunks written out.
 
     Per checkpoint interval of CK steps (walked last to first): a prologue computes every per-(step, channel)
-    value once from coalesced [PT, BE] tiles (Δ after bias and softplus, Δu, u, dy·SiLU(z), the dz factor,
-    σ of the raw Δ) into a per-program scratch pe (6, CK, BE), followed by the B and C rows (2, CK, NP) in
+    value once from coalesced [PT, BE] tiles (Δ after bias and softplus, dy·SiLU(z), u, σ of the raw Δ, the dz
+    factor) into a per-program scratch pe (5 slots of [CK, BE]), followed by the B and C rows (2, CK, NP) in
     float32; phase A reruns the interval's forward on [NP, BE] tiles and parks the state after the first step
     of every 2 in scr; phase B walks the 2-step sub-chunks in reverse, recomputes their second state and runs
-    the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs (a_{t+1} kept from the step after). With
-    segments (LOCAL), only the adjoint from a zero carry runs after the prologue.
+    the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs (a_{t+1} kept from the step after). Phase B
+    parks du, dΔ, dz over the slots of Δ, σ(raw Δ) and the dz factor of the same rows (the values they are
+    computed from, so the loads are done first) and dB, dC in (2, NP, CK); after the interval they are written
+    as coalesced tiles (one vector atomic per dB/dC tile). With segments (LOCAL), only the adjoint from a zero
+    carry runs after the prologue.
     """
     pid_r = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -821,11 +854,19 @@ def _ss_bwd_lean_kernel(
     prog = pid_r * NSEG + pid_s
     # parked states n-fastest, like A, the checkpoints and the carries: one [NP, BE] layout for all state tiles
     scr = scr_ptr + prog * ((CK // 2) * NP * BE) + n[:, None] + eo[None, :] * NP
-    pe = pe_ptr + prog * ((6 * BE + 2 * NP) * CK)
+    # scratch per program: slots (Δ, dy·SiLU(z), u, σ(raw Δ), dz factor) [CK, BE] each, then B, C, dB, dC rows
+    pe = pe_ptr + prog * ((5 * BE + 4 * NP) * CK)
+    p_dt = pe
+    p_dy = pe + CK * BE
+    p_u = pe + 2 * CK * BE
+    p_sp = pe + 3 * CK * BE
+    p_kz = pe + 4 * CK * BE
     tp = tl.arange(0, PT)
-    pe_tp = pe + tp[:, None] * BE + eo[None, :]  # [PT, BE]
-    pbc = pe + 6 * CK * BE  # B and C rows of the interval, float32, (2, CK, NP)
+    pe_tp = _pe_off(tp[:, None], eo[None, :], BE, PAIR)  # [PT, BE] offsets into a slot
+    pbc = pe + 5 * CK * BE  # B and C rows of the interval, float32, (2, CK, NP)
     pbc_tp = pbc + tp[:, None] * NP + n[None, :]  # [PT, NP]
+    pd = pbc + 2 * CK * NP  # the interval's dB, dC rows, (2, NP, CK)
+    pd_nc = pd + n[:, None] * CK + tl.arange(0, CK)[None, :]  # [NP, CK]
     n_ck = tl.cdiv(t_end - t_begin, CK)
     for i in range(0, n_ck):
         k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
@@ -854,21 +895,19 @@ def _ss_bwd_lean_kernel(
                 zsig = tl.fdiv(1.0, 1.0 + _exp2(zz * -1.4426950408889634, FAST_EXP))
                 dyv = dout * zz * zsig
                 if not LOCAL:
-                    tl.store(pe_tp + (5 * CK + q * PT) * BE, dout * zsig * (1.0 + zz * (1.0 - zsig)))
+                    tl.store(p_kz + q * PT * BE + pe_tp, dout * zsig * (1.0 + zz * (1.0 - zsig)))
             else:
                 dyv = dout
-            tl.store(pe_tp + q * PT * BE, dtv)
-            tl.store(pe_tp + (CK + q * PT) * BE, dyv)
+            tl.store(p_dt + q * PT * BE + pe_tp, dtv)
+            tl.store(p_dy + q * PT * BE + pe_tp, dyv)
             tn_mask = (t < L)[:, None] & n_mask[None, :]
             tl.store(pbc_tp + (CK + q * PT) * NP,
                      _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, tn_mask).to(tl.float32))
             if not LOCAL:
-                u = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32)
                 tl.store(pbc_tp + q * PT * NP,
                          _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, tn_mask).to(tl.float32))
-                tl.store(pe_tp + (2 * CK + q * PT) * BE, dtv * u)
-                tl.store(pe_tp + (3 * CK + q * PT) * BE, u)
-                tl.store(pe_tp + (4 * CK + q * PT) * BE, tl.where(m2, dsp, 0.0))
+                tl.store(p_u + q * PT * BE + pe_tp, _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
+                tl.store(p_sp + q * PT * BE + pe_tp, tl.where(m2, dsp, 0.0))
         tl.debug_barrier()
         n_sub = tl.cdiv(tl.minimum(CK, L - k0), 2)
         if not LOCAL:
@@ -876,23 +915,20 @@ def _ss_bwd_lean_kernel(
             # sub-chunk parked (phase B needs no state before it: a_t h_{t-1} = h_t - Δ_t B_t u_t)
             h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask, other=0.0)
             for j in range(0, n_sub):
-                for s in tl.static_range(2):
-                    r = 2 * j + s
-                    dts = tl.load(pe + r * BE + eo)
-                    xs = tl.load(pe + 2 * CK * BE + r * BE + eo)
-                    Bs = tl.load(pbc + r * NP + n)
-                    h = _exp2(dts[None, :] * A2, FAST_EXP) * h + xs[None, :] * Bs[:, None]
-                    if s == 0:
-                        tl.store(scr + j * (NP * BE), h)
+                dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE, PAIR)
+                u0, u1 = _pe_rows(p_u, 2 * j, eo, BE, PAIR)
+                B0 = tl.load(pbc + 2 * j * NP + n)
+                B1 = tl.load(pbc + (2 * j + 1) * NP + n)
+                h = _exp2(dt0[None, :] * A2, FAST_EXP) * h + (dt0 * u0)[None, :] * B0[:, None]
+                tl.store(scr + j * (NP * BE), h)
+                h = _exp2(dt1[None, :] * A2, FAST_EXP) * h + (dt1 * u1)[None, :] * B1[:, None]
             tl.debug_barrier()
         if LOCAL:
             # adjoint only, from a zero carry
             for jj in range(0, n_sub):
                 r0 = 2 * (n_sub - 1 - jj)
-                dt0 = tl.load(pe + r0 * BE + eo)
-                dt1 = tl.load(pe + (r0 + 1) * BE + eo)
-                dy0 = tl.load(pe + (CK + r0) * BE + eo)
-                dy1 = tl.load(pe + (CK + r0 + 1) * BE + eo)
+                dt0, dt1 = _pe_rows(p_dt, r0, eo, BE, PAIR)
+                dy0, dy1 = _pe_rows(p_dy, r0, eo, BE, PAIR)
                 C0 = tl.load(pbc + (CK + r0) * NP + n)
                 C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
                 a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
@@ -906,54 +942,63 @@ def _ss_bwd_lean_kernel(
             for jj in range(0, n_sub):
                 j = n_sub - 1 - jj
                 r0 = 2 * j
-                t0 = k0 + r0
-                t1 = t0 + 1
-                dt0 = tl.load(pe + r0 * BE + eo)
-                dt1 = tl.load(pe + (r0 + 1) * BE + eo)
-                dy0 = tl.load(pe + CK * BE + r0 * BE + eo)
-                dy1 = tl.load(pe + CK * BE + (r0 + 1) * BE + eo)
+                dt0, dt1 = _pe_rows(p_dt, r0, eo, BE, PAIR)
+                dy0, dy1 = _pe_rows(p_dy, r0, eo, BE, PAIR)
                 C0 = tl.load(pbc + (CK + r0) * NP + n)
                 C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
                 a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
                 a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
                 g1 = C1[:, None] * dy1[None, :] + a_next * g_next
                 h0 = tl.load(scr + j * (NP * BE))
-                x0 = tl.load(pe + 2 * CK * BE + r0 * BE + eo)
-                x1 = tl.load(pe + 2 * CK * BE + (r0 + 1) * BE + eo)
-                u0 = tl.load(pe + 3 * CK * BE + r0 * BE + eo)
-                u1 = tl.load(pe + 3 * CK * BE + (r0 + 1) * BE + eo)
-                sp0 = tl.load(pe + 4 * CK * BE + r0 * BE + eo)
-                sp1 = tl.load(pe + 4 * CK * BE + (r0 + 1) * BE + eo)
+                u0, u1 = _pe_rows(p_u, r0, eo, BE, PAIR)
+                sp0, sp1 = _pe_rows(p_sp, r0, eo, BE, PAIR)
                 if HAS_Z:
-                    kz0 = tl.load(pe + 5 * CK * BE + r0 * BE + eo)
-                    kz1 = tl.load(pe + 5 * CK * BE + (r0 + 1) * BE + eo)
+                    kz0, kz1 = _pe_rows(p_kz, r0, eo, BE, PAIR)
                 else:
                     kz0 = dy0
                     kz1 = dy1
                 B0 = tl.load(pbc + r0 * NP + n)
                 B1 = tl.load(pbc + (r0 + 1) * NP + n)
+                x0 = dt0 * u0
+                x1 = dt1 * u1
                 bx0 = x0[None, :] * B0[:, None]
                 bx1 = x1[None, :] * B1[:, None]
                 h1 = a1 * h0 + bx1
-                dA_acc, ddt1 = _lean_grads(dA_acc, h1, bx1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1,
-                                            sp1, Dv, t1, b, g, e, n, e_mask, n_mask, L, G,
-                                            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
-                                            s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
-                                            NP, HAS_D, HAS_Z)
+                dA_acc, ddt1, du1, dz1 = _lean_grads(dA_acc, h1, bx1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1, sp1,
+                                                     Dv, n, pd, r0 + 1, CK, NP, HAS_D, HAS_Z)
                 g0 = C0[:, None] * dy0[None, :] + a1 * g1
-                dA_acc, ddt0 = _lean_grads(dA_acc, h0, bx0, g0, B0, C0, A2, dt0, x0, u0, dy0, kz0,
-                                            sp0, Dv, t0, b, g, e, n, e_mask, n_mask, L, G,
-                                            du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr,
-                                            s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
-                                            NP, HAS_D, HAS_Z)
+                dA_acc, ddt0, du0, dz0 = _lean_grads(dA_acc, h0, bx0, g0, B0, C0, A2, dt0, x0, u0, dy0, kz0, sp0,
+                                                     Dv, n, pd, r0, CK, NP, HAS_D, HAS_Z)
+                # du, dΔ, dz over the slots of Δ, σ(raw Δ) and the dz factor they were computed from
+                _pe_store_rows(p_dt, r0, eo, du0, du1, BE, PAIR)
+                _pe_store_rows(p_sp, r0, eo, ddt0, ddt1, BE, PAIR)
+                if HAS_Z:
+                    _pe_store_rows(p_kz, r0, eo, dz0, dz1, BE, PAIR)
                 ddtb_acc += ddt0 + ddt1
                 if HAS_D:
                     dD_acc += dy0 * u0 + dy1 * u1
                 a_next = a0
                 g_next = g0
+            # the interval's du, dΔ, dz and dB, dC: coalesced tile stores and vector atomics
+            tl.debug_barrier()
+            for q in tl.static_range(CK // PT):
+                t = k0 + q * PT + tp
+                m2 = (t < L)[:, None] & e_mask[None, :]
+                tl.store(du_ptr + b * s_dub + e[None, :] * s_due + t[:, None] * s_dul,
+                         tl.load(p_dt + q * PT * BE + pe_tp).to(du_ptr.dtype.element_ty), mask=m2)
+                tl.store(ddt_ptr + b * s_ddb + e[None, :] * s_dde + t[:, None] * s_ddl,
+                         tl.load(p_sp + q * PT * BE + pe_tp).to(ddt_ptr.dtype.element_ty), mask=m2)
+                if HAS_Z:
+                    tl.store(dz_ptr + b * s_dzb + e[None, :] * s_dze + t[:, None] * s_dzl,
+                             tl.load(p_kz + q * PT * BE + pe_tp).to(dz_ptr.dtype.element_ty), mask=m2)
+            tk = k0 + tl.arange(0, CK)
+            nt_mask = n_mask[:, None] & (tk < L)[None, :]
+            bc_off = ((b * G + g) * NP + n[:, None]) * L + tk[None, :]  # [NP, CK] into (B, G, NP, L)
+            tl.atomic_add(dB_ptr + bc_off, tl.load(pd_nc), mask=nt_mask, sem="relaxed")
+            tl.atomic_add(dC_ptr + bc_off, tl.load(pd_nc + NP * CK), mask=nt_mask, sem="relaxed")
     if LOCAL:
         # Q = Π a_{t+1} over the segment: Δ summed over its steps but the first, plus the one after it
-        dt_first = tl.load(pe + eo)  # pe holds the segment's first interval now
+        dt_first = tl.load(p_dt + _pe_off(0, eo, BE, PAIR))  # pe holds the segment's first interval now
         tl.store(Gl_ptr + st_off, g_next, mask=en_mask)
         dt_tot = dt_sum - dt_first + dt_after
         tl.store(Q_ptr + st_off, _exp2(A2 * dt_tot[None, :], FAST_EXP), mask=en_mask)
@@ -1031,6 +1076,7 @@ def _config(batch, channels, groups, length, n, channel_first=True, **kw):
         T = 2  # sub-chunks of 2 steps, written out in the kernel
         nw = kw.get("bwd_warps") or max(1, be * np2 // 512)
         cfg["bwd_maxnreg"] = kw.get("bwd_maxnreg")  # register cap (ptxas), None: the compiler's choice
+        cfg["bwd_pair"] = kw.get("bwd_pair", False)  # scratch rows in pairs (8-byte loads of 2 steps)
     elif variant == "scan":
         be = kw.get("bwd_block") or min(eg2, 8 * 16 // np2)
         T = cfg["CK"]
@@ -1157,10 +1203,10 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
             common.update(T=T)
         else:
             kernel = _ss_bwd_lean_kernel
-            common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0))
+            common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0), PAIR=bool(config.get("bwd_pair")))
             if config.get("bwd_maxnreg"):
                 common.update(maxnreg=config["bwd_maxnreg"])
-            scratch += (torch.empty(programs * (6 * BE + 2 * np2) * CK, device=dev, dtype=f32),)
+            scratch += (torch.empty(programs * (5 * BE + 4 * np2) * CK, device=dev, dtype=f32),)
     else:
         if T != CK:
             raise ValueError(f"config: the 'scan' backward needs bwd_T == CK, got {T} and {CK}")

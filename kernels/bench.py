@@ -259,24 +259,51 @@ def bench_ssd(shapes=SCAN_SHAPES, dtype=torch.bfloat16, reference=True, mamba=Tr
     return rows
 
 
-# Launch variants of the SSD backward's [T, T] kernel for 16-bit inputs (kernels/ssd.py, _BWD_CONFIG): rows/columns
-# per block, warps, stages; the target phase loops over the heads of a group unless "1head"; "heads": the source
-# phase too (44 bytes of spills on sm_90a). The first is the default.
-_V = dict(rows=64, cols=32, warps=4, stages=2, split=True, maxnreg=None, min_programs=2048, min_programs_source=None)
-SSD_BWD_VARIANTS = {
-    "64/32 w4 s2": _V,
-    "64/32 w4 s2 1head": {**_V, "min_programs": None},
-    "64/32 w4 s3": {**_V, "stages": 3},
-    "64/16 w4 s2": {**_V, "cols": 16},
-    "64/32 w8 s2": {**_V, "warps": 8},
-    "64/16 w4 s2 heads": {**_V, "cols": 16, "min_programs_source": 2048},
+# Launch variants of the SSD kernels for 16-bit inputs, as overrides of kernels/ssd.py's configurations ("fwd":
+# _FWD_CONFIG[False], the forward chunk scan; "state": _CHUNK_STATE_CONFIG, the forward's chunk-state kernel and state
+# pass; "dstate": _DSTATE_CONFIG, the backward's chunk-dstate kernel; "bwd": _BWD_CONFIG[False], the [T, T] backward
+# kernel). The forward sweep times each forward variant and combines the fastest "fwd" and "state" overrides; the
+# forward+backward sweep runs each backward variant on top of that combination. The first of each is the default.
+SSD_FWD_VARIANTS = {
+    "default": {},
+    "8 warps r128": {"fwd": {"warps": 8, "maxnreg": 128}},
+    "3 stages": {"fwd": {"stages": 3}},
 }
+SSD_BWD_VARIANTS = {
+    "default": {},
+}
+
+
+class _ssd_config:
+    """Context manager: kernels/ssd.py's launch configurations with a variant's overrides, restored on exit."""
+
+    def __init__(self, ssd, variant):
+        self.ssd, self.variant = ssd, variant
+
+    def _targets(self):
+        ssd = self.ssd
+        return {"fwd": (ssd._FWD_CONFIG, False), "bwd": (ssd._BWD_CONFIG, False), "state": (ssd.__dict__,
+                "_CHUNK_STATE_CONFIG"), "dstate": (ssd.__dict__, "_DSTATE_CONFIG")}
+
+    def __enter__(self):
+        self.saved = []
+        for key, over in self.variant.items():
+            holder, name = self._targets()[key]
+            self.saved.append((holder, name, holder[name]))
+            holder[name] = {**holder[name], **over}
+        return self
+
+    def __exit__(self, *exc):
+        for holder, name, old in reversed(self.saved):
+            holder[name] = old
+        return False
 
 
 def check_ssd(variants=None, print_fn=print):
     """Every SSD output and gradient against the float32 chunked reference at a real size (B 2, L 1000, H 8, G 2,
     P = N = 64, chunk 256, D, z, dt_bias, initial state), float32 and bf16 (bf16 with the default backward launch and
-    with loops over heads in both phases, or each of ``variants``, a {name: config} dict). Returns True when all are
+    with loops over heads in both phases, or each of ``variants``, {name: overrides} as in SSD_BWD_VARIANTS). Returns
+    True when all are
     within 1e-4 (float32) / 1e-2 (bf16) relative."""
     from audiomamba.kernels import ssd
     from audiomamba.kernels.reference import ssd_scan_chunked_ref
@@ -290,29 +317,24 @@ def check_ssd(variants=None, print_fn=print):
             torch.randn(b, heads, P, n, device="cuda")]
     names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "h0")
     ok = True
-    default = dict(ssd._BWD_CONFIG[False])
     # "heads loops": the default launch with every program looping over the 4 heads of its group in both phases
-    variants = variants or {"default": default, "heads loops": {**default, "min_programs": 1,
-                                                                "min_programs_source": 1}}
-    cases = [("float32", torch.float32, None)] + [("bf16 " + k, torch.bfloat16, v) for k, v in variants.items()]
+    variants = variants or {"default": {}, "heads loops": {"bwd": {"min_programs": 1, "min_programs_source": 1}}}
+    cases = [("float32", torch.float32, {})] + [("bf16 " + k, torch.bfloat16, v) for k, v in variants.items()]
     for label, dtype, variant in cases:
         ins = [t.to(dtype) if t.dim() >= 3 and i < 7 else t for i, t in enumerate(base)]
         ours = [t.clone().requires_grad_(True) for t in ins]
         ref = [t.detach().float().clone().requires_grad_(True) for t in ins]
         try:
-            if variant is not None:
-                ssd._BWD_CONFIG[False] = dict(variant)
-            y, hT = ssd.ssd_scan_triton(*ours[:5], chunk, *ours[5:8], True, ours[8], True)
-            yr, hTr = ssd_scan_chunked_ref(*ref[:5], chunk, *ref[5:8], True, ref[8], True)
-            gy, gh = torch.randn_like(yr), torch.randn_like(hTr)
-            ((y.float() * gy).sum() + (hT * gh).sum()).backward()
-            ((yr * gy).sum() + (hTr * gh).sum()).backward()
+            with _ssd_config(ssd, variant):
+                y, hT = ssd.ssd_scan_triton(*ours[:5], chunk, *ours[5:8], True, ours[8], True)
+                yr, hTr = ssd_scan_chunked_ref(*ref[:5], chunk, *ref[5:8], True, ref[8], True)
+                gy, gh = torch.randn_like(yr), torch.randn_like(hTr)
+                ((y.float() * gy).sum() + (hT * gh).sum()).backward()
+                ((yr * gy).sum() + (hTr * gh).sum()).backward()
         except Exception as e:  # noqa: BLE001 - report the variant and go on
             print_fn(f"ssd check {label}: FAILED to run: {type(e).__name__}: {e}")
             ok = False
             continue
-        finally:
-            ssd._BWD_CONFIG[False] = dict(default)
         tol = 1e-4 if dtype == torch.float32 else 1e-2
 
         def rel(a, r):
@@ -327,69 +349,114 @@ def check_ssd(variants=None, print_fn=print):
     return ok
 
 
-def bench_ssd_variants(shapes=SCAN_SHAPES, dtype=torch.bfloat16, variants=SSD_BWD_VARIANTS, profile=True,
-                       print_fn=print):
-    """Forward and forward+backward ms of our SSD on the bench shapes for each backward launch variant; with
-    ``profile``, the CUDA time per kernel of one forward+backward (torch.profiler, default variant)."""
+def bench_ssd_variants(shapes=SCAN_SHAPES, dtype=torch.bfloat16, fwd_variants=SSD_FWD_VARIANTS,
+                       bwd_variants=SSD_BWD_VARIANTS, profile=True, print_fn=print):
+    """Forward ms of our SSD on the bench shapes for each forward launch variant (outputs compared with the first
+    variant's), the fastest "fwd" and "state" overrides combined (by the sum over the shapes); then
+    forward+backward ms for each backward variant on top of that combination (gradients compared with the first
+    variant's); with ``profile``, the CUDA time per kernel of one forward+backward (combination, first backward
+    variant). Returns {"fwd": {variant: [ms per shape]}, "fwd_bwd": {...}, "combined": overrides}."""
     from audiomamba.kernels import ssd
 
-    default = dict(ssd._BWD_CONFIG[False])
+    inputs = []
     for batch, channels, length, _ in shapes:
         heads = max(1, channels // SSD_HEADDIM)
-        inp = _ssd_inputs(batch, heads, length, dtype, True)
-        dy = torch.randn(batch, length, heads, SSD_HEADDIM, device="cuda", dtype=dtype)
+        inputs.append(((batch, heads, length), _ssd_inputs(batch, heads, length, dtype, True)))
 
-        def call(i=inp):
-            return ssd.ssd_scan_triton(i["x"], i["dt"], i["A"], i["B"], i["C"], SSD_CHUNK, i["D"], i["z"],
-                                       i["dt_bias"], True)
+    def call(i):
+        return ssd.ssd_scan_triton(i["x"], i["dt"], i["A"], i["B"], i["C"], SSD_CHUNK, i["D"], i["z"],
+                                   i["dt_bias"], True)
 
-        def fwd():
-            with torch.no_grad():
-                return call()
+    def rel(a, r):
+        return ((a.float() - r.float()).norm() / r.float().norm().clamp_min(1e-30)).item()
 
-        def fwd_bwd(dy=dy):
-            call().backward(dy)
-
-        t_f = _time(fwd)
-        first = None
+    def sweep_fwd(variants, table):
         for name, variant in variants.items():
-            ssd._BWD_CONFIG[False] = dict(variant)
-            try:
-                for t in _grads_of(inp):
-                    t.grad = None
-                fwd_bwd()  # gradients of this variant against the first one's (checked by check_ssd)
-                grads = [t.grad.float().clone() for t in _grads_of(inp)]
-                first = first or grads
-                diff = max(((a - r).norm() / r.norm().clamp_min(1e-30)).item() for a, r in zip(grads, first))
-                t_fb = _time(fwd_bwd, grad_to_none=_grads_of(inp))
-                mem = _peak_mb(fwd_bwd)
-                print_fn(f"ssd (B, H, L) = {(batch, heads, length)} {name:<18} fwd {_fmt(t_f)} ms  "
-                         f"fwd+bwd {_fmt(t_fb)} ms  peak {_fmt(mem, 0)} MB  grads vs first {diff:.1e}"
+            table[name] = []
+            for (shape, inp), first in zip(inputs, firsts):
+                try:
+                    with _ssd_config(ssd, variant), torch.no_grad():
+                        y = call(inp)
+                        first.setdefault("y", y)
+                        diff = rel(y, first["y"])
+                        del y
+                        t_f = _time(lambda inp=inp: call(inp))
+                except Exception as e:  # noqa: BLE001 - report the variant and go on
+                    print_fn(f"ssd fwd {shape} {name:<24} FAILED: {type(e).__name__}: {e}")
+                    t_f, diff = None, float("nan")
+                table[name].append(t_f)
+                print_fn(f"ssd fwd {shape} {name:<24} {_fmt(t_f)} ms  y vs first {diff:.1e}"
                          + ("" if diff <= 1e-2 else "  MISMATCH"))
+
+    def total(ts):
+        return float("inf") if None in ts else sum(ts)
+
+    out = {"fwd": {}, "fwd_bwd": {}}
+    firsts = [{} for _ in inputs]
+    sweep_fwd(fwd_variants, out["fwd"])
+    combined = {}
+    for key in ("fwd", "state"):  # the fastest override of each kernel family, against the default
+        cands = [(total(out["fwd"][k]), v[key]) for k, v in fwd_variants.items() if set(v) == {key}]
+        best = min(cands, key=lambda c: c[0], default=None)
+        if best is not None and best[0] < total(out["fwd"][next(iter(fwd_variants))]):
+            combined[key] = best[1]
+    out["combined"] = combined
+    if len(combined) > 1:
+        sweep_fwd({"combined": combined}, out["fwd"])
+    print_fn(f"ssd combined forward overrides: {combined}")
+    for (shape, inp) in inputs:
+        dy = torch.randn_like(inp["x"])
+        first = None
+        for name, variant in bwd_variants.items():
+            out["fwd_bwd"].setdefault(name, [])
+            try:
+                with _ssd_config(ssd, {**combined, **variant}):
+                    for t in _grads_of(inp):
+                        t.grad = None
+                    call(inp).backward(dy)
+                    grads = [t.grad.float().clone() for t in _grads_of(inp)]
+                    first = first or grads
+                    diff = max(rel(a, r) for a, r in zip(grads, first))
+                    del grads
+                    t_fb = _time(lambda inp=inp, dy=dy: call(inp).backward(dy), grad_to_none=_grads_of(inp))
+                    mem = _peak_mb(lambda inp=inp, dy=dy: call(inp).backward(dy))
             except Exception as e:  # noqa: BLE001 - report the variant and go on
-                print_fn(f"ssd (B, H, L) = {(batch, heads, length)} {name:<20} FAILED: {type(e).__name__}: {e}")
-            finally:
-                ssd._BWD_CONFIG[False] = dict(default)
+                print_fn(f"ssd fwd+bwd {shape} {name:<20} FAILED: {type(e).__name__}: {e}")
+                t_fb, mem, diff = None, None, float("nan")
+            out["fwd_bwd"][name].append(t_fb)
+            print_fn(f"ssd fwd+bwd {shape} {name:<20} {_fmt(t_fb)} ms  peak {_fmt(mem, 0)} MB  grads vs first "
+                     f"{diff:.1e}" + ("" if diff <= 1e-2 else "  MISMATCH"))
+        del first
         if profile:
             from torch.profiler import ProfilerActivity
             from torch.profiler import profile as torch_profile
 
             try:
-                fwd_bwd()
-                _sync()
-                with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    for _ in range(3):
-                        fwd_bwd()
+                with _ssd_config(ssd, combined):
+                    call(inp).backward(dy)
                     _sync()
+                    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        for _ in range(3):
+                            for t in _grads_of(inp):  # as timed: no gradient accumulation kernels
+                                t.grad = None
+                            call(inp).backward(dy)
+                        _sync()
                 rows = sorted(((e.key, e.device_time_total / 3e3) for e in prof.key_averages()),
                               key=lambda r: -r[1])
-                print_fn("   per fwd+bwd (ms): " + ", ".join(f"{k[:40]} {v:.3f}" for k, v in rows[:9]))
+                print_fn(f"   {shape} per fwd+bwd (ms): " + ", ".join(f"{k[:40]} {v:.3f}" for k, v in rows[:10]))
             except Exception as e:  # noqa: BLE001 - the profile is a bonus
                 print_fn(f"   profile failed: {type(e).__name__}: {e}")
         for t in _grads_of(inp):
             t.grad = None
-        del inp, dy
+        del dy
         torch.cuda.empty_cache()
+    shapes_txt = [str(s) for s, _ in inputs]
+    print_fn("")
+    print_fn(f"{'ssd variant (ms)':<34}" + "".join(f"{s:>18}" for s in shapes_txt))
+    for kind, table in (("fwd", out["fwd"]), ("fwd+bwd", out["fwd_bwd"])):
+        for name, ts in table.items():
+            print_fn(f"{kind + ' ' + name:<34}" + "".join(f"{_fmt(t):>18}" for t in ts))
+    return out
 
 
 HEADER = f"{'op':<5} {'shape':<24} {'layout':<14} {'impl':<10} {'fwd ms':>8} {'f+b ms':>8} {'floor':>7} " \
@@ -432,8 +499,9 @@ if __name__ == "__main__":  # python -m audiomamba.kernels.bench ssd [default]: 
 
     if sys.argv[1:] not in (["ssd"], ["ssd", "default"]):
         raise SystemExit("usage: python -m audiomamba.kernels.bench ssd [default]  (default: only the default "
-                         "backward launch; the full table: audiomamba bench kernels)")
+                         "launches; the full table: audiomamba bench kernels)")
     passed = check_ssd()
-    names = list(SSD_BWD_VARIANTS)[:1] if sys.argv[2:] == ["default"] else list(SSD_BWD_VARIANTS)
-    bench_ssd_variants(variants={k: SSD_BWD_VARIANTS[k] for k in names})
+    only_default = sys.argv[2:] == ["default"]
+    bench_ssd_variants(fwd_variants=dict(list(SSD_FWD_VARIANTS.items())[:1 if only_default else None]),
+                       bwd_variants=dict(list(SSD_BWD_VARIANTS.items())[:1 if only_default else None]))
     raise SystemExit(0 if passed else 1)

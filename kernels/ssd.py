@@ -8,8 +8,9 @@ y_t = h_t C_t is evaluated in chunks of Q steps (S_t = cumulative Δ A inside th
 2. ``_ssd_state_pass_kernel`` (per batch, head, block of P·N): h_c+1 = exp(S_end,c) h_c + state_c, sequential
    over chunks, from ``initial_state``; writes each chunk's start state and the final state.
 3. ``_ssd_chunk_scan_kernel`` (per batch, head, chunk, block of rows): y_t = exp(S_t) C_t h_start
-   + Σ_{s≤t} (C_t·B_s) exp(S_t - S_s) Δ_s x_s, the second term as masked [T, T] blocks and two matrix products
-   (the quadratic "attention" form inside the chunk), then + D x and × SiLU(z).
+   + Σ_{s≤t} (C_t·B_s) exp(S_t - S_s) Δ_s x_s: the block's own steps as a masked [T, T] tile and two matrix
+   products (the quadratic "attention" form), the earlier steps of the chunk and h_start through the state at
+   the block's start (one [N, T] @ [T, P] product per earlier block); then + D x and × SiLU(z).
 
 Backward (``_ssd_scan_bwd``), by recomputation from what the forward keeps (S and Δ (B, H, L), the state
 entering each chunk (B, NC, H, P, N), the chunk log decays (B, H, NC), with z the SSM output before D x and the
@@ -42,8 +43,9 @@ from .activations import softplus as _softplus
 
 
 @triton.jit
-def _ssd_dt(dt_ptr, b, t, h, mask, dtb, s_db, s_dl, s_dh, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
-    d = tl.load(dt_ptr + b * s_db + t * s_dl + h * s_dh, mask=mask, other=0.0).to(tl.float32)
+def _ssd_dt_act(d, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ from loaded dt values: + dt_bias, softplus; 0 outside ``mask``."""
+    d = d.to(tl.float32)
     if HAS_DTB:
         d += dtb
     if SOFTPLUS:
@@ -51,12 +53,18 @@ def _ssd_dt(dt_ptr, b, t, h, mask, dtb, s_db, s_dl, s_dh, HAS_DTB: tl.constexpr,
     return tl.where(mask, d, 0.0)
 
 
+@triton.jit
+def _ssd_dt(dt_ptr, b, t, h, mask, dtb, s_db, s_dl, s_dh, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    d = tl.load(dt_ptr + b * s_db + t * s_dl + h * s_dh, mask=mask, other=0.0)
+    return _ssd_dt_act(d, mask, dtb, HAS_DTB, SOFTPLUS)
+
+
 @triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_chunk_state_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, dtb_ptr, cum_ptr, dtp_ptr, st_ptr, tot_ptr,
     L, H, HG, NC, Q,
     s_xb, s_xl, s_xh, s_xp, s_db, s_dl, s_dh, s_Bb, s_Bl, s_Bg, s_Bn,
-    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BQ: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Writes cum (B, H, L) = S, dtp (B, H, L) = Δ, st (B, NC, H, P, N) chunk states, tot (B, H, NC) = S_end."""
@@ -72,21 +80,24 @@ def _ssd_chunk_state_kernel(
         dtb = 0.0
     t0 = c * Q
     kk = tl.arange(0, BK)
-    # pass 1: S_end of the chunk
-    total = 0.0
-    for k0 in range(0, Q, BK):
-        t = t0 + k0 + kk
-        m = (k0 + kk < Q) & (t < L)
-        total += tl.sum(_ssd_dt(dt_ptr, b, t, h, m, dtb, s_db, s_dl, s_dh, HAS_DTB, SOFTPLUS) * A, axis=0)
-    # pass 2: running cumsum, decay to the chunk end, state as [P, K] @ [K, N] products
+    # pass 1: S_end of the chunk, all of its dt in one load
+    kq = tl.arange(0, BQ)
+    mq = (kq < Q) & (t0 + kq < L)
+    total = tl.sum(_ssd_dt(dt_ptr, b, t0 + kq, h, mq, dtb, s_db, s_dl, s_dh, HAS_DTB, SOFTPLUS) * A, axis=0)
+    # pass 2: running cumsum, decay to the chunk end, state as [P, K] @ [K, N] products; dt one block ahead by
+    # hand (the compiler pipelines only the products' operands)
     p = tl.arange(0, BP)
     n = tl.arange(0, BN)
     acc = tl.zeros([BP, BN], tl.float32)
     run = 0.0
+    dt_n = tl.load(dt_ptr + b * s_db + (t0 + kk) * s_dl + h * s_dh, mask=(kk < Q) & (t0 + kk < L), other=0.0)
     for k0 in range(0, Q, BK):
         t = t0 + k0 + kk
         m = (k0 + kk < Q) & (t < L)
-        d = _ssd_dt(dt_ptr, b, t, h, m, dtb, s_db, s_dl, s_dh, HAS_DTB, SOFTPLUS)
+        dt_c = dt_n
+        mn = (k0 + BK + kk < Q) & (t + BK < L)
+        dt_n = tl.load(dt_ptr + b * s_db + (t + BK) * s_dl + h * s_dh, mask=mn, other=0.0)
+        d = _ssd_dt_act(dt_c, m, dtb, HAS_DTB, SOFTPLUS)
         cum = run + tl.cumsum(d * A, axis=0)
         run += tl.sum(d * A, axis=0)
         tl.store(cum_ptr + (b * H + h) * L + t, cum, mask=m)
@@ -126,73 +137,13 @@ def _ssd_state_pass_kernel(st_ptr, tot_ptr, h0_ptr, hs_ptr, hT_ptr, H, NC, M,
     tl.store(hT_ptr + (b * H + h) * M + m, hv, mask=mask)
 
 
-@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
-def _ssd_chunk_scan_kernel(
-    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cum_ptr, dtp_ptr, hs_ptr, y_ptr, ys_ptr,
-    L, H, HG, NC, Q,
-    s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
-    s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
-    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, STORE_YS: tl.constexpr,
-):
-    """y (any strides); with STORE_YS also ys (B, L, H, P) contiguous = the SSM part before D x and the gate."""
-    # row blocks of one (batch, head, chunk) are consecutive programs: they share the chunk's tiles in L2
-    pid = tl.program_id(0) // tl.cdiv(Q, BT)
-    tb = tl.program_id(0) % tl.cdiv(Q, BT)
-    c = tl.program_id(1)
-    b = (pid // H).to(tl.int64)
-    h = pid % H
-    g = h // HG
-    p = tl.arange(0, BP)
-    n = tl.arange(0, BN)
-    loc_t = tb * BT + tl.arange(0, BT)
-    t = c * Q + loc_t
-    mt = (loc_t < Q) & (t < L)
-    cum_t = tl.load(cum_ptr + (b * H + h) * L + t, mask=mt, other=0.0)
-    Ct = tl.load(C_ptr + b * s_Cb + t[:, None] * s_Cl + g * s_Cg + n[None, :] * s_Cn,
-                 mask=mt[:, None] & (n < N)[None, :], other=0.0)  # [BT, BN]
-    # contribution of the state entering the chunk: exp(S_t) C_t h0^T
-    h0 = tl.load(hs_ptr + (((b * NC + c) * H + h) * P + p[None, :]) * N + n[:, None],
-                 mask=(p < P)[None, :] & (n < N)[:, None], other=0.0)  # [BN, BP] = h0^T
-    if IEEE:
-        acc = tl.dot(Ct.to(tl.float32), h0, input_precision="ieee")
+@triton.jit
+def _ld(ptr, mask, EVEN: tl.constexpr):
+    """Load with zeros outside ``mask``, or unmasked when EVEN (every row in range)."""
+    if EVEN:
+        return tl.load(ptr)
     else:
-        acc = tl.dot(Ct, h0.to(Ct.dtype))
-    acc = acc * tl.exp(cum_t)[:, None]  # [BT, BP]
-    # inside the chunk: Σ_{s<=t} (C_t·B_s) exp(S_t - S_s) Δ_s x_s, blocks of BT source steps up to the diagonal
-    for sb in range(0, tb + 1):
-        loc_s = sb * BT + tl.arange(0, BT)
-        s = c * Q + loc_s
-        ms = (loc_s < Q) & (s < L)
-        cum_s = tl.load(cum_ptr + (b * H + h) * L + s, mask=ms, other=0.0)
-        dt_s = tl.load(dtp_ptr + (b * H + h) * L + s, mask=ms, other=0.0)
-        Bs = tl.load(B_ptr + b * s_Bb + s[None, :] * s_Bl + g * s_Bg + n[:, None] * s_Bn,
-                     mask=ms[None, :] & (n < N)[:, None], other=0.0)  # [BN, BT] = B_s^T
-        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp,
-                     mask=ms[:, None] & (p < P)[None, :], other=0.0)  # [BT, BP]
-        if IEEE:
-            sc = tl.dot(Ct.to(tl.float32), Bs.to(tl.float32), input_precision="ieee")
-        else:
-            sc = tl.dot(Ct, Bs)
-        causal = (loc_s[None, :] <= loc_t[:, None]) & ms[None, :] & mt[:, None]
-        decay = tl.exp(tl.where(causal, cum_t[:, None] - cum_s[None, :], float("-inf")))
-        sc = sc * decay * dt_s[None, :]
-        if IEEE:
-            acc += tl.dot(sc, xs.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(sc.to(xs.dtype), xs)
-    mo = mt[:, None] & (p < P)[None, :]
-    if STORE_YS:
-        tl.store(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], acc.to(ys_ptr.dtype.element_ty), mask=mo)
-    if HAS_D:
-        xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo, other=0.0)
-        acc += tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=p < P, other=0.0).to(tl.float32)[None, :] * xt.to(tl.float32)
-    if HAS_Z:
-        zz = tl.load(z_ptr + b * s_zb + t[:, None] * s_zl + h * s_zh + p[None, :] * s_zp, mask=mo, other=0.0)
-        zz = zz.to(tl.float32)
-        acc = acc * zz * tl.sigmoid(zz)
-    tl.store(y_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :] * s_yp, acc.to(y_ptr.dtype.element_ty),
-             mask=mo)
+        return tl.load(ptr, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -203,6 +154,99 @@ def _mm(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
+def _ssd_chunk_scan_kernel(
+    x_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cum_ptr, dtp_ptr, hs_ptr, y_ptr, ys_ptr,
+    L, H, HG, NC, Q,
+    s_xb, s_xl, s_xh, s_xp, s_Bb, s_Bl, s_Bg, s_Bn, s_Cb, s_Cl, s_Cg, s_Cn, s_Dh, s_Dp,
+    s_zb, s_zl, s_zh, s_zp, s_yb, s_yl, s_yh, s_yp,
+    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, IEEE: tl.constexpr, STORE_YS: tl.constexpr, EVEN: tl.constexpr,
+):
+    """y (any strides); with STORE_YS also ys (B, L, H, P) contiguous = the SSM part before D x and the gate.
+    Program (batch, head, row block tb; chunk c). Everything the diagonal block and the epilogue need is loaded
+    up front in one round of memory latency (the diagonal block's source rows are the target rows: x_t serves
+    both its product and D x_t; also z_t and h_c); the diagonal block as a masked [T, T] tile; the earlier source
+    blocks sb < tb through the state at the row block's start, one [N, T] @ [T, P] product each (pipelined
+    loads, no [T, T] tiles, a [T] vector of exponentials instead of a [T, T] tile); then C_t times that state.
+    EVEN (L a multiple of Q, Q of BT, P = BP and N = BN): no masks at all."""
+    # row blocks of one (batch, head, chunk) are consecutive programs: they share the chunk's tiles in L2
+    NTB = tl.cdiv(Q, BT)
+    pid = tl.program_id(0) // NTB
+    tb = tl.program_id(0) % NTB
+    c = tl.program_id(1)
+    if c * Q + tb * BT >= L:  # a row block past the end of the sequence (last chunk partial)
+        return
+    b = (pid // H).to(tl.int64)
+    h = pid % H
+    g = h // HG
+    bh = b * H + h
+    p = tl.arange(0, BP)
+    n = tl.arange(0, BN)
+    loc_t = tb * BT + tl.arange(0, BT)
+    t = c * Q + loc_t
+    if EVEN:
+        mt = None
+        mtp = None
+        mtn = None
+    else:
+        mt = (loc_t < Q) & (t < L)
+        mtp = mt[:, None] & (p < P)[None, :]
+        mtn = mt[:, None] & (n < N)[None, :]
+    # ---- one round of loads: the target rows' tiles (also the diagonal block's source tiles), h_c, z_t
+    cum_t = _ld(cum_ptr + bh * L + t, mt, EVEN)
+    dt_t = _ld(dtp_ptr + bh * L + t, mt, EVEN)
+    Ct = _ld(C_ptr + b * s_Cb + t[:, None] * s_Cl + g * s_Cg + n[None, :] * s_Cn, mtn, EVEN)
+    BtT = _ld(B_ptr + b * s_Bb + t[None, :] * s_Bl + g * s_Bg + n[:, None] * s_Bn,
+              None if EVEN else mt[None, :] & (n < N)[:, None], EVEN)  # [BN, BT] = B_tᵀ
+    xt = _ld(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mtp, EVEN)
+    h0 = _ld(hs_ptr + (((b * NC + c) * H + h) * P + p[None, :]) * N + n[:, None],
+             None if EVEN else (p < P)[None, :] & (n < N)[:, None], EVEN)  # [BN, BP] = h_cᵀ
+    if HAS_Z:
+        zz = _ld(z_ptr + b * s_zb + t[:, None] * s_zl + h * s_zh + p[None, :] * s_zp, mtp, EVEN)
+    if IEEE:  # exact float32 products
+        Ct, BtT, xt = Ct.to(tl.float32), BtT.to(tl.float32), xt.to(tl.float32)
+    # ---- the diagonal block: Σ_{s≤t, same block} (C_t·B_s) exp(S_t - S_s) Δ_s x_s
+    causal = loc_t[None, :] <= loc_t[:, None]
+    if not EVEN:
+        causal = causal & mt[None, :]
+    sc = _mm(Ct, BtT, IEEE)
+    sc = sc * tl.exp(tl.where(causal, cum_t[:, None] - cum_t[None, :], float("-inf"))) * dt_t[None, :]
+    acc = _mm(sc.to(xt.dtype), xt, IEEE)  # [BT, BP]
+    # ---- the state at the row block's start, transposed ([N, P]), from the chunk's start state and the
+    # source blocks before it: exp(S_r) h_cᵀ + Σ_{s < tb·BT} exp(S_r - S_s) Δ_s B_sᵀ x_s (S_r: S one step
+    # before the block, 0 for the first); then y_t += exp(S_t - S_r) C_t · it. Both factors are ≤ 1 (S falls).
+    r = c * Q + tb * BT - 1
+    cum_r = tl.where(tb > 0, tl.load(cum_ptr + bh * L + tl.maximum(r, c * Q)), 0.0)
+    hT = h0 * tl.exp(cum_r)  # [BN, BP] float32
+    for sb in range(0, tb):
+        s = c * Q + sb * BT + tl.arange(0, BT)
+        ms = None if EVEN else s < L
+        cum_s = _ld(cum_ptr + bh * L + s, ms, EVEN)
+        w = tl.exp(cum_r - cum_s) * _ld(dtp_ptr + bh * L + s, ms, EVEN)  # [BT]
+        if not EVEN:
+            w = tl.where(ms, w, 0.0)
+        Bs = _ld(B_ptr + b * s_Bb + s[None, :] * s_Bl + g * s_Bg + n[:, None] * s_Bn,
+                 None if EVEN else ms[None, :] & (n < N)[:, None], EVEN)  # [BN, BT] = B_sᵀ
+        xs = _ld(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :] * s_xp,
+                 None if EVEN else ms[:, None] & (p < P)[None, :], EVEN)  # [BT, BP]
+        if IEEE:
+            xs = xs.to(tl.float32)
+        hT += _mm((Bs.to(tl.float32) * w[None, :]).to(xs.dtype), xs, IEEE)
+    acc += _mm(Ct, hT.to(Ct.dtype), IEEE) * tl.exp(cum_t - cum_r)[:, None]
+    if STORE_YS:
+        tl.store(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], acc.to(ys_ptr.dtype.element_ty),
+                 mask=mtp)
+    if HAS_D:
+        acc += _ld(D_ptr + h * s_Dh + p * s_Dp, None if EVEN else p < P, EVEN).to(tl.float32)[None, :] \
+            * xt.to(tl.float32)
+    if HAS_Z:
+        zz = zz.to(tl.float32)
+        acc = acc * zz * tl.sigmoid(zz)
+    tl.store(y_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :] * s_yp, acc.to(y_ptr.dtype.element_ty),
+             mask=mtp)
 
 
 @triton.jit
@@ -253,11 +297,33 @@ def _ssd_bwd_chunk_dstate_kernel(
         Dv = tl.load(D_ptr + h * s_Dh + p * s_Dp, mask=pm, other=0.0).to(tl.float32)
         dDacc = tl.zeros([BP], tl.float32)
     acc = tl.zeros([BP, BN], tl.float32)
+    # the loads that feed no product (x, y_ssm, S; not pipelined by the compiler) one block ahead, by hand
+    t = c * Q + kk
+    m = (kk < Q) & (t < L)
+    mo = m[:, None] & pm[None, :]
+    cum_n = tl.load(cum_ptr + bh * L + t, mask=m, other=0.0)
+    if HAS_D:
+        x_n = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo, other=0.0)
+    if HAS_Z:
+        y_n = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0)
     for k0 in range(0, Q, BK):
         t = c * Q + k0 + kk
         m = (k0 + kk < Q) & (t < L)
         mo = m[:, None] & pm[None, :]
-        et = tl.where(m, tl.exp(tl.load(cum_ptr + bh * L + t, mask=m, other=0.0)), 0.0)
+        cum_c = cum_n
+        if HAS_D:
+            x_c = x_n
+        if HAS_Z:
+            y_c = y_n
+        tn = t + BK
+        mn = (k0 + BK + kk < Q) & (tn < L)
+        mno = mn[:, None] & pm[None, :]
+        cum_n = tl.load(cum_ptr + bh * L + tn, mask=mn, other=0.0)
+        if HAS_D:
+            x_n = tl.load(x_ptr + b * s_xb + tn[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mno, other=0.0)
+        if HAS_Z:
+            y_n = tl.load(ys_ptr + ((b * L + tn[:, None]) * H + h) * P + p[None, :], mask=mno, other=0.0)
+        et = tl.where(m, tl.exp(cum_c), 0.0)
         dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo,
                                         s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BK, BP]
         tl.store(g_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], g.to(OPT), mask=mo)
@@ -266,11 +332,10 @@ def _ssd_bwd_chunk_dstate_kernel(
         acc += _mm(tl.trans(g * et[:, None]).to(OPT), Ct, IEEE)
         tl.store(dSt_ptr + bh * L + t, tl.sum(g * _mm(Ct, h0t, IEEE), axis=1) * et, mask=m)
         if HAS_D:
-            xt = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo,
-                         other=0.0).to(tl.float32)
+            xt = x_c.to(tl.float32)
             dDacc += tl.sum(g * xt, axis=0)
         if HAS_Z:
-            y0 = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0).to(tl.float32)
+            y0 = y_c.to(tl.float32)
             if HAS_D:
                 y0 += Dv[None, :] * xt
             dz = dy * y0 * sig * (1.0 + zz * (1.0 - sig))
@@ -489,7 +554,21 @@ _BWD_CONFIG = {
     True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None, min_programs=None,
                min_programs_source=None),
 }
-_DSTATE_WARPS = 8
+# Launch of the backward's chunk-dstate kernel: warps, steps per block (16-bit / float32 inputs), pipeline stages,
+# an optional register cap. H200 (kernels/NOTES.md, SSD v3): 16-step blocks, also at 128 registers with 2 stages,
+# were slower on (8, 4, 65536).
+_DSTATE_CONFIG = dict(warps=8, bk=32, bk_ieee=16, stages=3, maxnreg=None)
+# Forward chunk-state kernel: steps per block (64: a loop of 4 blocks per 256-step chunk), warps and pipeline
+# stages; elements of P·N per program of the state pass.
+_CHUNK_STATE_CONFIG = dict(bk=64, warps=4, stages=3, pass_block=256)
+# Launch of the forward chunk scan for 16-bit inputs (False) and float32 inputs (True): rows per block (float32
+# products run as exact FMA loops, no tf32: smaller blocks keep them in registers), warps, pipeline stages, an
+# optional register cap. H200 (kernels/NOTES.md, SSD v3b): 2 stages at 168 registers (3 programs per SM, no
+# spills) beat 3 stages at 178 (2 per SM) by 19 % on (8, 4, 65536); 32-row blocks were slower.
+_FWD_CONFIG = {
+    False: dict(rows=64, warps=4, stages=2, maxnreg=168),
+    True: dict(rows=32, warps=4, stages=3, maxnreg=None),
+}
 _OFFLINE = False  # set by an offline compile (no GPU), so that maxnreg is passed with CPU tensors
 
 
@@ -513,9 +592,9 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     ieee = x.dtype == torch.float32 or B.dtype == torch.float32
     BP = max(16, triton.next_power_of_2(headdim))
     BN = max(16, triton.next_power_of_2(n))
-    BK = max(16, min(64, triton.next_power_of_2(Q)))
-    # float32 products run as exact FMA loops (no tf32): smaller row blocks keep them in registers.
-    BT = max(16, min(32 if ieee else 64, triton.next_power_of_2(Q)))
+    BK = max(16, min(_CHUNK_STATE_CONFIG["bk"], triton.next_power_of_2(Q)))
+    fcfg = _FWD_CONFIG[ieee]
+    BT = max(16, min(fcfg["rows"], triton.next_power_of_2(Q)))
     cum = torch.empty(batch, heads, length, device=dev, dtype=f32)
     dtp = torch.empty_like(cum)
     st = torch.empty(batch, nc, heads, headdim, n, device=dev, dtype=f32)
@@ -525,15 +604,17 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     _ssd_chunk_state_kernel[(batch * heads, nc)](
         x, dt, A, B, dt_bias if dt_bias is not None else dummy, cum, dtp, st, tot,
         length, heads, hg, nc, Q, *x.stride(), *dt.stride(), *B.stride(),
-        P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        IEEE=ieee, num_warps=4,
+        P=headdim, N=n, BP=BP, BN=BN, BK=BK, BQ=max(16, triton.next_power_of_2(Q)), HAS_DTB=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus),
+        IEEE=ieee, num_warps=_CHUNK_STATE_CONFIG["warps"], num_stages=_CHUNK_STATE_CONFIG["stages"],
     )
     hs = torch.empty_like(st)
     M = headdim * n
     h0 = None if initial_state is None else initial_state.to(f32).contiguous()
-    _ssd_state_pass_kernel[(batch * heads, triton.cdiv(M, 1024))](
+    sblk = _CHUNK_STATE_CONFIG["pass_block"]
+    _ssd_state_pass_kernel[(batch * heads, triton.cdiv(M, sblk))](
         st, tot, h0 if h0 is not None else dummy, hs, hT, heads, nc, M,
-        HAS_H0=h0 is not None, BLOCK=1024, num_warps=4,
+        HAS_H0=h0 is not None, BLOCK=sblk, num_warps=4,
     )
     if D is not None and D.dim() == 1:
         D = D[:, None].expand(heads, headdim)
@@ -547,7 +628,9 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
         length, heads, hg, nc, Q, *x.stride(), *B.stride(), *C.stride(),
         *(D.stride() if D is not None else (0, 0)), *z_.stride(), *y.stride(),
         P=headdim, N=n, BP=BP, BN=BN, BT=BT, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
-        STORE_YS=store_ys, num_warps=4,
+        STORE_YS=store_ys, EVEN=length % Q == 0 and Q % BT == 0 and BP == headdim and BN == n,
+        num_warps=fcfg["warps"], num_stages=fcfg["stages"],
+        **({"maxnreg": fcfg["maxnreg"]} if fcfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
     )
     return (y, hT, (cum, dtp, hs, tot, ys)) if return_aux else (y, hT)
 
@@ -578,7 +661,8 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
     ieee = x.dtype == torch.float32 or B.dtype == torch.float32
     BP = max(16, triton.next_power_of_2(headdim))
     BN = max(16, triton.next_power_of_2(n))
-    BK = max(16, min(16 if ieee else 32, triton.next_power_of_2(Q)))
+    dcfg = _DSTATE_CONFIG
+    BK = max(16, min(dcfg["bk_ieee" if ieee else "bk"], triton.next_power_of_2(Q)))
     # [T, T] kernel: 64-row blocks with 16-bit tensor-core operands; exact float32 FMAs on 32-row blocks
     cfg = _BWD_CONFIG[ieee]
     BT = max(16, min(cfg["rows"], triton.next_power_of_2(Q)))
@@ -601,7 +685,8 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         length, heads, hg, nc, Q, *x.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)),
         *z_.stride(), *dy.stride(),
         P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
-        num_warps=_DSTATE_WARPS,
+        num_warps=dcfg["warps"], num_stages=dcfg["stages"],
+        **({"maxnreg": dcfg["maxnreg"]} if dcfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
     )
     dH = torch.empty_like(dhl)
     dh0 = torch.empty(batch, heads, headdim, n, device=dev, dtype=f32)

@@ -312,6 +312,7 @@ def _ssd_case(batch, length, heads, headdim, groups, n, chunk, D="head", z=True,
         ((1, 45, 6, 5, 3, 3, 16), {"strided": True, "D": "channel"}),  # 3 groups, transposed storage
         ((1, 1, 2, 4, 2, 4, 16), {}),
         ((1, 110, 2, 4, 1, 4, 48), {}),  # a chunk that is not a power of two (partial row and column blocks)
+        ((1, 256, 2, 16, 1, 16, 128), {}),  # every row and column in range: the unmasked (EVEN) forward, 4 row blocks
     ],
 )
 def test_ssd_matches_reference(shape, kwargs):
@@ -340,12 +341,25 @@ def test_ssd_backward_launch_variants(config, monkeypatch):
     _assert_close(_ssd_case(1, 77, 4, 3, 2, 5, 64, seed=2), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("fwd, dstate", [(dict(rows=16), dict(bk_ieee=32)), (dict(rows=64), dict(bk_ieee=16))])
+@pytest.mark.parametrize("length", [77, 128])
+def test_ssd_forward_and_dstate_launch_variants(fwd, dstate, length, monkeypatch):
+    """The forward chunk scan with other row blocks (4 or 1 per chunk) and the backward's chunk-dstate kernel with
+    other step blocks: the same results, masked (77) and unmasked (128)."""
+    from audiomamba.kernels import ssd
+
+    monkeypatch.setitem(ssd._FWD_CONFIG, True, {**ssd._FWD_CONFIG[True], **fwd})
+    monkeypatch.setattr(ssd, "_DSTATE_CONFIG", {**ssd._DSTATE_CONFIG, **dstate})
+    _assert_close(_ssd_case(1, length, 2, 16, 1, 16, 64, seed=4), TOL[torch.float32])
+
+
 def test_ssd_float16_matches_reference():
     """The 16-bit path (tensor-core operands in the input dtype, float32 accumulation) on float16 inputs (the
     interpreter's bfloat16 is unusable) against float64 on the same rounded inputs. 2e-3: float16 rounds 8x finer
     than bfloat16 (whose GPU test allows 1e-2); observed <= 5e-4. A chunk of 128 steps gives two 64-row blocks.
     With the two sides of dS formed from differently rounded products, dA was off by 1.1e-2 in such a case."""
     _assert_close(_ssd_case(1, 150, 2, 16, 1, 16, 128, dtype=torch.float16, seed=3), 2e-3)
+    _assert_close(_ssd_case(1, 256, 2, 16, 1, 16, 128, dtype=torch.float16, seed=5), 2e-3)  # unmasked (EVEN)
 
 
 def test_ssd_chunked_calls_gradients_equal_one_call():

@@ -271,6 +271,8 @@ SSD_FWD_VARIANTS = {
 }
 SSD_BWD_VARIANTS = {
     "default": {},
+    "dstate bk 64": {"dstate": {"bk": 64}},
+    "dstate bk 64 w16": {"dstate": {"bk": 64, "warps": 16}},
 }
 
 

@@ -43,9 +43,8 @@ from .activations import softplus as _softplus
 
 
 @triton.jit
-def _ssd_dt_act(d, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ from loaded dt values: + dt_bias, softplus; 0 outside ``mask``."""
-    d = d.to(tl.float32)
+def _ssd_dt(dt_ptr, b, t, h, mask, dtb, s_db, s_dl, s_dh, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
+    d = tl.load(dt_ptr + b * s_db + t * s_dl + h * s_dh, mask=mask, other=0.0).to(tl.float32)
     if HAS_DTB:
         d += dtb
     if SOFTPLUS:
@@ -53,18 +52,12 @@ def _ssd_dt_act(d, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
     return tl.where(mask, d, 0.0)
 
 
-@triton.jit
-def _ssd_dt(dt_ptr, b, t, h, mask, dtb, s_db, s_dl, s_dh, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
-    d = tl.load(dt_ptr + b * s_db + t * s_dl + h * s_dh, mask=mask, other=0.0)
-    return _ssd_dt_act(d, mask, dtb, HAS_DTB, SOFTPLUS)
-
-
 @triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_chunk_state_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, dtb_ptr, cum_ptr, dtp_ptr, st_ptr, tot_ptr,
     L, H, HG, NC, Q,
     s_xb, s_xl, s_xh, s_xp, s_db, s_dl, s_dh, s_Bb, s_Bl, s_Bg, s_Bn,
-    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BQ: tl.constexpr,
+    P: tl.constexpr, N: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Writes cum (B, H, L) = S, dtp (B, H, L) = Δ, st (B, NC, H, P, N) chunk states, tot (B, H, NC) = S_end."""
@@ -80,24 +73,21 @@ def _ssd_chunk_state_kernel(
         dtb = 0.0
     t0 = c * Q
     kk = tl.arange(0, BK)
-    # pass 1: S_end of the chunk, all of its dt in one load
-    kq = tl.arange(0, BQ)
-    mq = (kq < Q) & (t0 + kq < L)
-    total = tl.sum(_ssd_dt(dt_ptr, b, t0 + kq, h, mq, dtb, s_db, s_dl, s_dh, HAS_DTB, SOFTPLUS) * A, axis=0)
-    # pass 2: running cumsum, decay to the chunk end, state as [P, K] @ [K, N] products; dt one block ahead by
-    # hand (the compiler pipelines only the products' operands)
+    # pass 1: S_end of the chunk
+    total = 0.0
+    for k0 in range(0, Q, BK):
+        t = t0 + k0 + kk
+        m = (k0 + kk < Q) & (t < L)
+        total += tl.sum(_ssd_dt(dt_ptr, b, t, h, m, dtb, s_db, s_dl, s_dh, HAS_DTB, SOFTPLUS) * A, axis=0)
+    # pass 2: running cumsum, decay to the chunk end, state as [P, K] @ [K, N] products
     p = tl.arange(0, BP)
     n = tl.arange(0, BN)
     acc = tl.zeros([BP, BN], tl.float32)
     run = 0.0
-    dt_n = tl.load(dt_ptr + b * s_db + (t0 + kk) * s_dl + h * s_dh, mask=(kk < Q) & (t0 + kk < L), other=0.0)
     for k0 in range(0, Q, BK):
         t = t0 + k0 + kk
         m = (k0 + kk < Q) & (t < L)
-        dt_c = dt_n
-        mn = (k0 + BK + kk < Q) & (t + BK < L)
-        dt_n = tl.load(dt_ptr + b * s_db + (t + BK) * s_dl + h * s_dh, mask=mn, other=0.0)
-        d = _ssd_dt_act(dt_c, m, dtb, HAS_DTB, SOFTPLUS)
+        d = _ssd_dt(dt_ptr, b, t, h, m, dtb, s_db, s_dl, s_dh, HAS_DTB, SOFTPLUS)
         cum = run + tl.cumsum(d * A, axis=0)
         run += tl.sum(d * A, axis=0)
         tl.store(cum_ptr + (b * H + h) * L + t, cum, mask=m)
@@ -604,8 +594,7 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     _ssd_chunk_state_kernel[(batch * heads, nc)](
         x, dt, A, B, dt_bias if dt_bias is not None else dummy, cum, dtp, st, tot,
         length, heads, hg, nc, Q, *x.stride(), *dt.stride(), *B.stride(),
-        P=headdim, N=n, BP=BP, BN=BN, BK=BK, BQ=max(16, triton.next_power_of_2(Q)), HAS_DTB=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus),
+        P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
         IEEE=ieee, num_warps=_CHUNK_STATE_CONFIG["warps"], num_stages=_CHUNK_STATE_CONFIG["stages"],
     )
     hs = torch.empty_like(st)

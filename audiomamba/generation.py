@@ -12,6 +12,13 @@ fused Mamba-1 blocks (one kernel per block and step) overwrite their state buffe
 On CUDA each step program is captured once as a CUDA graph (one per depth, plus one graph covering a whole
 period of ``pool_product`` steps), so that a step costs one graph launch and no Python. On the CPU the same
 step functions run eagerly.
+
+Fused path (Triton backend, every block a fused-step Mamba-1 block, no top-k / top-p): each stage's blocks run
+as one launch of ``mamba1_stage_step_triton`` (weights stacked once per call, block states as views of stacked
+buffers). A step at depth 0 (most steps) is then that one launch for stage 0: embedding, down-pool shift, up-pool
+rotation, blocks, stage residual, final norm, head, Gumbel-max draw and the output writes, with a per-row
+position counter. Deeper steps run the completed down-pool frames and the up-pool unfolds as ATen ops between the
+stage launches. The pooling phase counters are not kept on this path (no step reads them).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from .state import flatten_state, map_state
 
@@ -117,18 +125,25 @@ class _Stepper:
         self.out_tokens = torch.zeros(rows, B, K, dtype=torch.long, device=device)
         self.out_logits = torch.zeros(rows, B, K, V, device=device) if record_logits else None
         self.ll = torch.zeros(B, device=device) if record_ll else None
+        self.fused = _fused_stages(model, state, token) if top_k is None and top_p is None else None
+        self.row_pos = torch.zeros(B, dtype=torch.long, device=device)  # per-row position (fused path)
+        self.head = None if self.fused is None else _head_args(model, temperature, self)
         self.state_leaves = list(flatten_state(state).values())
         self.graphs: dict[Any, torch.cuda.CUDAGraph] = {}
 
     def refill_noise(self) -> None:
         """Fresh Gumbel(0, 1) noise for the next ``rows`` steps (in place: the graphs read this buffer)."""
         self.pos.zero_()
+        self.row_pos.zero_()
         if self.noise is not None:
             u = self.noise.uniform_(generator=self.generator)
             u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()  # -log(-log u)
 
     def step(self, depth: int) -> None:
         """One step: read token and state buffers, write the next token, the new state and the outputs."""
+        if self.fused is not None:
+            self._step_fused(depth)
+            return
         # fused Mamba-1 blocks update their state buffers in place; the other pieces return new tensors
         logits, new_state = self.model.step(self.token, self.state, depth, inplace=True)  # (B, 1, K, V)
         logits = logits[:, 0].float()  # (B, K, V)
@@ -147,12 +162,48 @@ class _Stepper:
             self.ll.add_(torch.log_softmax(logits, dim=-1).gather(-1, nxt[..., None]).sum(dim=(1, 2)))
         self.pos.add_(1)
 
+    def _stage(self, s: int, x: torch.Tensor | None, up: torch.Tensor | None = None, push: bool = False,
+               embed: bool = False, head: bool = False) -> torch.Tensor:
+        """Stage s's blocks in one launch (plus the parts named by the flags): (B, D_s) stage output."""
+        from .kernels.block_step import mamba1_stage_step_triton
+
+        stage, st = self.fused[s], self.state
+        kw: dict[str, Any] = {}
+        if push:  # this stage's pools do not complete a frame: shift the down window, rotate the up buffer
+            kw.update(down_buffer=st.down[s].buffer, up_buffer=st.up[s].buffer, up=st.up[s].buffer[:, -1])
+        elif up is not None:
+            kw["up"] = up
+        if embed:
+            kw.update(embed=self.model.embed.embedding.weight, tokens=self.token)
+        if head:
+            kw.update(head=self.head, tokens=self.token)
+        return mamba1_stage_step_triton(x, stage["conv"], stage["ssm"], stage["weights"], stage["norm"],
+                                        stage["eps"], residual=True, **kw)
+
+    def _step_fused(self, depth: int) -> None:
+        """The fused step (module docstring): one launch per stage that runs; ATen only for completed frames."""
+        bb, st = self.model.backbone, self.state
+        levels = len(bb.pools)
+        if depth == 0:
+            self._stage(0, None, push=levels > 0, embed=True, head=True)
+            return
+        xs = [self.model.embed(self.token)[:, 0]]  # stage inputs (B, D_s)
+        for s in range(depth):  # the down-pool frames that complete at this step
+            frame, new = bb.down[s].step(xs[s][:, None], st.down[s], True)  # (B, 1, D_{s+1})
+            st.down[s].buffer.copy_(new.buffer)
+            xs.append(frame[:, 0])
+        h = self._stage(depth, xs[depth], push=depth < levels)
+        for s in reversed(range(depth)):
+            fine = bb.up[s].linear(h)  # (B, P·D_s): the up-pool buffer after this step
+            h = self._stage(s, xs[s], up=st.up[s].buffer[:, 0], head=s == 0)
+            st.up[s].buffer.copy_(fine.view_as(st.up[s].buffer))
+
     def run_period(self) -> None:
         for depth in self.period:
             self.step(depth)
 
     def _buffers(self) -> list[torch.Tensor]:
-        out = [self.token, self.pos, self.out_tokens, *self.state_leaves]
+        out = [self.token, self.pos, self.row_pos, self.out_tokens, *self.state_leaves]
         return out + [t for t in (self.out_logits, self.ll) if t is not None]
 
     def capture(self, depths: list[int]) -> None:
@@ -186,6 +237,57 @@ class _Stepper:
             self.run_period()
         else:
             self.step(key)
+
+
+def _norm_args(norm: nn.Module, dtype: torch.dtype) -> tuple[str, float]:
+    kind = "rmsnorm" if isinstance(norm, nn.RMSNorm) else "layernorm"
+    return kind, norm.eps if norm.eps is not None else torch.finfo(dtype).eps
+
+
+def _fused_stages(model, state, token: torch.Tensor) -> list[dict] | None:
+    """Stacked weights and states of every stage for the fused step, or None where it does not apply (another
+    backend, a block without a fused step, a stage without blocks, another norm). The blocks' states in ``state``
+    are replaced by views of the stacked (blocks, B, ·, ·) buffers."""
+    from .kernels import get_backend
+    from .kernels.block_step import stack_block_weights
+
+    bb = model.backbone
+    if get_backend(token) != "triton" or not isinstance(bb.norm, (nn.LayerNorm, nn.RMSNorm)):
+        return None
+    if not all(len(stage) > 0 and all(b.fused_step for b in stage) for stage in bb.stages):
+        return None
+    stages = []
+    for s, blocks in enumerate(bb.stages):
+        per_block = []
+        for b in blocks:
+            m = b.mixer
+            per_block.append({
+                "norm_weight": b.norm.weight, "norm_bias": getattr(b.norm, "bias", None),
+                "in_proj_weight": m.in_proj.weight, "in_proj_bias": m.in_proj.bias, "conv_weight": m.conv_weight,
+                "conv_bias": m.conv_bias, "x_proj_weight": m.x_proj.weight, "dt_proj_weight": m.dt_proj.weight,
+                "dt_proj_bias": m.dt_proj.bias, "A_log": m.A_log, "D": m.D, "out_proj_weight": m.out_proj.weight,
+                "out_proj_bias": m.out_proj.bias,
+            })
+        block_states = state.blocks[s]
+        conv = torch.stack([bs.conv for bs in block_states])  # (blocks, B, E, W-1)
+        ssm = torch.stack([bs.ssm for bs in block_states])  # (blocks, B, E, N)
+        state.blocks[s] = [type(bs)(conv=conv[i], ssm=ssm[i]) for i, bs in enumerate(block_states)]
+        norm, eps = _norm_args(blocks[0].norm, conv.dtype)
+        stages.append({"weights": stack_block_weights(per_block), "conv": conv, "ssm": ssm, "norm": norm,
+                       "eps": eps})
+    return stages
+
+
+def _head_args(model, temperature: float, stepper: _Stepper) -> dict:
+    """The fused epilogue's arguments (see ``mamba1_stage_step_triton``)."""
+    norm = model.backbone.norm
+    kind, eps = _norm_args(norm, norm.weight.dtype if norm.weight is not None else torch.float32)
+    return {
+        "norm": kind, "norm_weight": norm.weight, "norm_bias": getattr(norm, "bias", None), "eps": eps,
+        "weight": model.head.linear.weight, "bias": model.head.linear.bias, "temperature": temperature,
+        "noise": stepper.noise, "pos": stepper.row_pos, "out_tokens": stepper.out_tokens,
+        "out_logits": stepper.out_logits, "ll": stepper.ll,
+    }
 
 
 @torch.no_grad()

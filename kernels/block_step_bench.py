@@ -1,32 +1,57 @@
-"""Timing of the fused Mamba-1 block step (``python -m audiomamba.kernels.block_step_bench``, CUDA only).
+"""Timing of the fused Mamba-1 stage step (``python -m audiomamba.kernels.block_step_bench``, CUDA only).
 
-For each stage of ``sc09_small`` (D = 64, 128, 256; E = 2D; N = 64; W = 4) and batch 1 and 64: one CUDA graph
-of 8 consecutive residual blocks (a stage, each with its own weights and state) stepped once, replayed; the time
-per block of (a) the fused kernel (``ResidualBlock.step_``) with a small sweep of tile size x warps, (b) the
-unfused eager block (``ResidualBlock.forward`` on one sample: ~15 kernels) for comparison. Then
-``bench_generate`` with the fused step (float32 and bfloat16) and, for reference, with it switched off.
+For each stage of ``sc09_small`` (D = 64, 128, 256; E = 2D; N = 64; W = 4; 8 blocks) and batch 1 and 64: one
+CUDA graph of one stage launch (8 blocks, up-pool add and stage residual), replayed; µs per block for a few
+launch configurations (``block_step.CONFIG_OVERRIDES``: prefetch depth, rows per program, tile, warps). Then
+``bench_generate`` (float32, and bfloat16 at fewer steps) and a summary table. ``--quick``: only the default
+configuration per stage. ``--mini``: only generation at batch 1 and 64 (float32), the step graphs' times and a
+correctness check of the fused generation path. ``--warm``: only compile every kernel the benchmark launches, in
+parallel processes (Triton's cache then serves the timed run). Rows are also written as JSON to
+``$OUT/block_step_bench.json`` when OUT is set.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import sys
 
 import torch
 from audiomamba.kernels import block_step
 
 STAGES = [(64, 4), (128, 8), (256, 16)]  # (D, R) of sc09_small's three stages
+# (batch, overrides) per sweep point; {} is the default configuration
+SWEEP = [
+    (1, {}), (1, {"prefetch": 0}), (1, {"prefetch": 2}), (1, {"tile": 4096}),
+    (64, {}), (64, {"rows": 1}), (64, {"rows": 4}), (64, {"tile": 4096}),
+]
 
 
-def _stage(d_model: int, batch: int, dtype: torch.dtype, blocks: int = 8):
-    from audiomamba.layers.block import ResidualBlock
+def _stage(d_model: int, rank: int, batch: int, dtype: torch.dtype, blocks: int = 8):
+    """Random stacked weights and states of a stage, an input row and an up-pool row."""
+    gen = torch.Generator().manual_seed(d_model)
+    e, n, w = 2 * d_model, 64, 4
 
-    torch.manual_seed(0)
-    mods = [ResidualBlock(d_model, "mamba1", {"d_state": 64, "d_conv": 4, "expand": 2}).cuda().to(dtype).eval()
-            for _ in range(blocks)]
-    states = [m.init_state(batch) for m in mods]
-    x = torch.randn(batch, 1, d_model, device="cuda", dtype=dtype)
-    return mods, states, x
+    def g(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(blocks, *shape, generator=gen) * scale + shift).cuda()
+
+    weights = {
+        "norm_weight": g(d_model, scale=0.1, shift=1.0), "norm_bias": g(d_model, scale=0.1),
+        "in_proj_weight": g(2 * e, d_model, scale=d_model**-0.5), "in_proj_bias": None,
+        "conv_weight": g(e, w, scale=0.5), "conv_bias": g(e, scale=0.1),
+        "x_proj_weight": g(rank + 2 * n, e, scale=e**-0.5), "dt_proj_weight": g(e, rank, scale=rank**-0.5),
+        "dt_proj_bias": g(e, scale=1.0, shift=-4.0), "A_log": g(e, n, scale=0.5, shift=1.0), "D": g(e),
+        "out_proj_weight": g(d_model, e, scale=e**-0.5), "out_proj_bias": None,
+    }
+    weights = {k: None if v is None else v.to(torch.float32 if k == "A_log" else dtype) for k, v in weights.items()}
+    conv = torch.randn(blocks, batch, e, w - 1, device="cuda").to(dtype)
+    ssm = torch.randn(blocks, batch, e, n, device="cuda")
+    x = torch.randn(batch, d_model, device="cuda").to(dtype)
+    up = torch.randn(batch, d_model, device="cuda").to(dtype)
+    return weights, conv, ssm, x, up
 
 
-def _time_graph(fn, reps: int = 200) -> float:
+def _time_graph(fn, reps: int = 300) -> float:
     """Mean µs of one replay of a graph of ``fn`` (after a side-stream warm-up)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -37,7 +62,7 @@ def _time_graph(fn, reps: int = 200) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    for _ in range(10):
+    for _ in range(20):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -48,89 +73,173 @@ def _time_graph(fn, reps: int = 200) -> float:
     return start.elapsed_time(end) * 1e3 / reps
 
 
-def _fused(mods, states, x):
-    h = x
-    for m, s in zip(mods, states):
-        h = m.step_(h, s)
-    return h
+@torch.no_grad()
+def bench_stage_step(sweep=SWEEP, dtypes=("float32", "bfloat16")) -> list[dict]:
+    """µs per block of one stage launch (8 blocks) per stage, batch, dtype and configuration (bfloat16: the
+    default configuration only)."""
+    rows = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        points = sweep if dtype_name == "float32" else [p for p in sweep if not p[1]]
+        for d_model, rank in STAGES:
+            for batch, overrides in points:
+                weights, conv, ssm, x, up = _stage(d_model, rank, batch, dtype)
+                block_step.CONFIG_OVERRIDES.update(overrides)
+                try:
+                    args = (x, conv, ssm, weights)
+                    us = _time_graph(lambda a=args, u=up: block_step.mamba1_stage_step_triton(*a, up=u)) / 8
+                except Exception as err:  # report it and keep going
+                    print(f"  {dtype_name} D={d_model} B={batch} {overrides}: {type(err).__name__}: {str(err)[:300]}")
+                    us = float("nan")
+                finally:
+                    block_step.CONFIG_OVERRIDES.clear()
+                rows.append({"dtype": dtype_name, "D": d_model, "B": batch, "config": json.dumps(overrides),
+                             "us_per_block": us})
+    print(f"{'dtype':>9} {'D':>4} {'B':>3} {'config':>24} {'us/block':>9}")
+    for r in rows:
+        print(f"{r['dtype']:>9} {r['D']:>4} {r['B']:>3} {r['config']:>24} {r['us_per_block']:>9.2f}")
+    return rows
 
 
-def _unfused(mods, states, x):
-    h = x
-    for m, s in zip(mods, states):
-        h, _ = m(h, s)
-    return h
+def _warm(job: tuple) -> str:
+    """Compile (by running once) one stage configuration or one generation set-up; in a worker process."""
+    try:
+        _run_once(job)
+    except Exception as err:  # reported; the timed run will report it again
+        return f"{job}: {type(err).__name__}: {str(err)[:300]}"
+    return str(job)
+
+
+def _run_once(job: tuple) -> None:
+    block_step.CONFIG_OVERRIDES.clear()  # a worker runs several jobs
+    if job[0] == "stage":
+        _, d_model, rank, batch, dtype_name, overrides = job
+        weights, conv, ssm, x, up = _stage(d_model, rank, batch, getattr(torch, dtype_name))
+        block_step.CONFIG_OVERRIDES.update(overrides)
+        block_step.mamba1_stage_step_triton(x, conv, ssm, weights, up=up)
+    else:
+        from audiomamba.models import build_model
+
+        _, dtype_name, batch = job
+        model = build_model("sc09_small").cuda().to(getattr(torch, dtype_name)).eval()
+        model.generate(batch, 64, seed=0, progress=False)
+    torch.cuda.synchronize()
+
+
+def warm(sweep=SWEEP, dtypes=("float32", "bfloat16"), workers: int = 8) -> None:
+    """Compile every kernel of the benchmark in ``workers`` parallel processes (Triton's on-disk cache)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [("gen", d, b) for d in dtypes for b in (1, 64)]
+    for dtype_name in dtypes:
+        for d_model, rank in STAGES:
+            for batch, overrides in (sweep if dtype_name == "float32" else [p for p in sweep if not p[1]]):
+                jobs.append(("stage", d_model, rank, batch, dtype_name, overrides))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        for done in ex.map(_warm, jobs):
+            print("warm:", done, flush=True)
 
 
 @torch.no_grad()
-def bench_block_step(batches=(1, 64), dtypes=("float32", "bfloat16"),
-                     sweep=((8192, 16), (16384, 16), (4096, 8), (8192, 32))) -> list[dict]:
-    """µs per block step of the fused kernel per stage, batch, dtype and (tile, warps); then of the unfused
-    block (its graph captures last: a capture that fails there leaves the fused figures standing)."""
-    rows = []
-    for what in ("fused", "unfused"):
-        for dtype_name in dtypes:
-            dtype = getattr(torch, dtype_name)
-            configs = (sweep if dtype_name == "float32" else sweep[:1]) if what == "fused" else [("-", "-")]
-            for d_model, _ in STAGES:
-                for batch in batches:
-                    mods, states, x = _stage(d_model, batch, dtype)
-                    for tile, warps in configs:
-                        if what == "fused":
-                            block_step.CONFIG_OVERRIDES.update(tile=tile, num_warps=warps)
-                        try:
-                            fn = _fused if what == "fused" else _unfused
-                            us = _time_graph(lambda fn=fn, m=mods, s=states, x=x: fn(m, s, x)) / len(mods)
-                        except Exception as err:  # report it and keep going
-                            print(f"  {what} {dtype_name} D={d_model} B={batch} tile={tile} warps={warps}: "
-                                  f"{type(err).__name__}: {str(err)[:200]}")
-                            us = float("nan")
-                        finally:
-                            block_step.CONFIG_OVERRIDES.clear()
-                        rows.append({"what": what, "dtype": dtype_name, "D": d_model, "B": batch, "tile": tile,
-                                     "warps": warps, "us_per_block": us})
-    print(f"{'what':>8} {'dtype':>9} {'D':>4} {'B':>3} {'tile':>5} {'warps':>5} {'us/block':>9}")
-    for r in rows:
-        print(f"{r['what']:>8} {r['dtype']:>9} {r['D']:>4} {r['B']:>3} {r['tile']:>5} {r['warps']:>5} "
-              f"{r['us_per_block']:>9.2f}")
-    return rows
+def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -> dict:
+    """µs per replay of generation's step graphs (one per depth, and the period of 16 steps) for ``sc09_small``:
+    the depth-0 graph is stage 0's launch alone on the fused path; deeper ones add the stages that run."""
+    from audiomamba.generation import _Stepper
+    from audiomamba.models import build_model
+
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    model = build_model("sc09_small").cuda().to(dtype).eval()
+    bb = model.backbone
+    period = [bb.step_depth(i) for i in range(bb.pool_product)]
+    token = torch.full((batch, 1, 1), model.config.first_token, dtype=torch.long, device="cuda")
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(0)
+    stepper = _Stepper(model, model.init_state(batch, "cuda", dtype), token, 4096, 1.0, None, None, gen, False,
+                       False, period)  # 4096 rows of noise: the replays below stay inside them
+    stepper.refill_noise()
+    stepper.capture(sorted(set(period)))
+    times = {"fused": stepper.fused is not None}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for key, graph in stepper.graphs.items():
+        n = reps if key != "period" else reps // 4
+        stepper.pos.zero_()
+        stepper.row_pos.zero_()
+        graph.replay()
+        start.record()
+        for _ in range(n):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times[str(key)] = start.elapsed_time(end) * 1e3 / n
+    return times
+
+
+@torch.no_grad()
+def check_generation(batch: int = 2, steps: int = 48, dtype_name: str = "float32") -> float:
+    """max relative error of the logits that generation sampled from against the teacher-forced forward with the
+    reference ops (generation runs the fused path)."""
+    from audiomamba.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("sc09_small").cuda().to(getattr(torch, dtype_name)).eval()
+    out = model.generate(batch, steps, seed=0, progress=False, return_logits=True)
+    inputs = torch.cat([torch.full((batch, 1), model.config.first_token, device="cuda"), out.tokens[:, :-1]], 1)
+    previous = os.environ.get("AUDIOMAMBA_BACKEND")
+    os.environ["AUDIOMAMBA_BACKEND"] = "reference"
+    try:
+        forced, _ = model(inputs)
+    finally:
+        if previous is None:
+            del os.environ["AUDIOMAMBA_BACKEND"]
+        else:
+            os.environ["AUDIOMAMBA_BACKEND"] = previous
+    return ((out.logits - forced).abs().max() / forced.abs().max()).item()
+
+
+def mini() -> None:
+    """The short run: generation at batch 1 and 64 (float32), the step graphs' times, a correctness check."""
+    from audiomamba.bench import bench_generate
+
+    gen = bench_generate(dtype="float32", num_steps=4000)
+    graphs = {b: step_graph_times(b) for b in (1, 64)}
+    err = check_generation()
+    print("\n== step graphs (µs per replay; depth 0 = one stage-0 launch on the fused path)")
+    for b, t in graphs.items():
+        print(f"B={b:<3} " + "  ".join(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}" for k, v in t.items()))
+    print(f"== check: logits vs teacher-forced forward (reference ops), max rel err {err:.2e}")
+    print("== generate sc09_small float32, steady samples/s: "
+          + "   ".join(f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in gen))
 
 
 def main() -> None:
     from audiomamba.bench import bench_generate
-    from audiomamba.layers.block import ResidualBlock
 
-    kernel_rows = bench_block_step()
+    if "--mini" in sys.argv:
+        mini()
+        return
+    sweep = [p for p in SWEEP if not p[1]] if "--quick" in sys.argv else SWEEP
+    if "--warm" in sys.argv:
+        warm(sweep)
+        return
+    kernel_rows = bench_stage_step(sweep)
     gen = {}
     for dtype in ("float32", "bfloat16"):
         try:
-            gen[f"fused {dtype}"] = bench_generate(dtype=dtype, num_steps=None if dtype == "float32" else 4000)
+            gen[dtype] = bench_generate(dtype=dtype, num_steps=None if dtype == "float32" else 4000)
         except Exception as err:
             print(f"bench_generate {dtype} failed: {type(err).__name__}: {err}")
-    fused_step = ResidualBlock.fused_step
-    ResidualBlock.fused_step = property(lambda self: False)  # the unfused graph, for comparison
-    try:
-        gen["unfused float32"] = bench_generate(num_steps=2000)
-    except Exception as err:
-        print(f"unfused bench_generate failed: {type(err).__name__}: {err}")
-    finally:
-        ResidualBlock.fused_step = fused_step
-    best = {}
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "block_step_bench.json"), "w") as f:
+            json.dump({"stage": kernel_rows, "generate": gen}, f, indent=1)
+    print("\n== summary: stage launch, µs per block (8 blocks per launch)")
     for r in kernel_rows:
-        if r["what"] == "fused" and r["us_per_block"] == r["us_per_block"]:
-            key = (r["dtype"], r["D"], r["B"])
-            if key not in best or r["us_per_block"] < best[key]["us_per_block"]:
-                best[key] = r
-    print("\n== summary: fused block step (best config) vs unfused, µs per block step")
-    for r in kernel_rows:
-        if r["what"] == "unfused":
-            b = best.get((r["dtype"], r["D"], r["B"]))
-            if b is not None:
-                print(f"{r['dtype']:>9} D={r['D']:<4} B={r['B']:<3} fused {b['us_per_block']:7.2f} "
-                      f"(tile {b['tile']}, {b['warps']} warps)   unfused {r['us_per_block']:7.2f}")
+        print(f"{r['dtype']:>9} D={r['D']:<4} B={r['B']:<3} {r['config']:>24} {r['us_per_block']:7.2f}")
     print("== summary: generate sc09_small, steady samples/s (target B=1: 16,000; B=64: 1,000,000)")
     for name, rows in gen.items():
-        print(f"{name:>16}: " + "   ".join(f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in rows))
+        print(f"{name:>9}: " + "   ".join(f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in rows))
 
 
 if __name__ == "__main__":

@@ -204,3 +204,111 @@ def test_inplace_backbone_step_equals_functional_step(monkeypatch):
     assert [s for stage in buf.blocks for s in stage] == block_states  # the very state objects
     for a, b in zip([s for st in buf.blocks for s in st], [s for st in ref_state.blocks for s in st]):
         assert rel_err(a.ssm, b.ssm) < 1e-5 and rel_err(a.conv, b.conv) < 1e-5
+
+
+# (n_blocks, B, D, E, N, R, W, norm, biases, rows per program): several blocks per launch, programs of several rows
+STAGES = [
+    (3, 3, 8, 16, 4, 2, 4, "layernorm", True, 2),
+    (2, 2, 12, 24, 6, 3, 3, "rmsnorm", False, 1),
+]
+REAL_STAGES = [
+    (8, 1, 64, 128, 64, 4, 4, "layernorm", False, 1),
+    (8, 64, 64, 128, 64, 4, 4, "layernorm", False, 2),
+    (8, 5, 128, 256, 64, 8, 4, "rmsnorm", True, 4),
+    (8, 3, 256, 512, 64, 16, 4, "layernorm", False, 2),
+]
+
+
+def _stage_ref(x0, up, convs, ssms, blocks, norm):
+    """The unfused stage: (x0 + up) → blocks in turn (reference steps) → + stage input."""
+    h0 = x0 if up is None else up + x0
+    h = h0
+    for conv, ssm, p in zip(convs, ssms, blocks):
+        h = mamba1_block_step_ref(h, conv, ssm, *p.values(), norm=norm, eps=1e-5)
+    return h + h0
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", STAGES + ([] if INTERPRET else REAL_STAGES), ids=lambda s: "x".join(map(str, s)))
+def test_stage_kernel_matches_reference(shape, dtype):
+    """One launch for a stage (stacked weights, stacked states in place, up-pool add, stage residual), against the
+    reference blocks; with and without the embedding gather and the pool buffer shifts of the prologue."""
+    from audiomamba.kernels import block_step
+
+    n_blocks, batch, d, e, n, r, w, norm, biases, rows = shape
+    gen = torch.Generator().manual_seed(sum(shape[:7]))
+    blocks = []
+    for _ in range(n_blocks):
+        p = _params(d, e, n, r, w, norm, biases, gen)
+        p = {k: None if v is None else v.to(DEVICE, torch.float32 if k == "A_log" else dtype) for k, v in p.items()}
+        blocks.append(p)
+    weights = block_step.stack_block_weights(blocks)
+    conv = torch.randn(n_blocks, batch, e, w - 1, generator=gen).to(DEVICE, dtype)
+    ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
+    convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
+    vocab, pool = 11, 3
+    embed = torch.randn(2 * vocab, d, generator=gen).to(DEVICE, dtype)  # two codebooks
+    block_step.CONFIG_OVERRIDES["rows"] = rows
+    try:
+        for step in range(3):
+            tokens = torch.randint(0, vocab, (batch, 1, 2), generator=gen).to(DEVICE)
+            down = torch.randn(batch, pool - 1, d, generator=gen).to(DEVICE, dtype)
+            upb = torch.randn(batch, pool, d, generator=gen).to(DEVICE, dtype)
+            down_ref, up_ref = down.clone(), upb.clone()
+            if step == 0:  # plain input, up-pool output added
+                x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]  # strided
+                up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+                out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, up=up)
+                want = _stage_ref(x, up, convs, ssms, blocks, norm)
+            elif step == 1:  # no up-pool, no residual
+                x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+                out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, residual=False)
+                want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
+            else:  # embedding gather, down-pool shift, up-pool rotation
+                out = block_step.mamba1_stage_step_triton(None, conv, ssm, weights, norm, embed=embed, tokens=tokens,
+                                                          down_buffer=down, up_buffer=upb, up=upb[:, -1])
+                x = (embed[tokens[:, 0, 0]].float() + embed[tokens[:, 0, 1] + vocab].float()).to(dtype)
+                want = _stage_ref(x, up_ref[:, 0], convs, ssms, blocks, norm)
+                assert torch.equal(down, torch.cat([down_ref[:, 1:], x[:, None]], dim=1))
+                assert torch.equal(upb, torch.roll(up_ref, -1, dims=1))
+            assert out.shape == (batch, d) and out.dtype == dtype
+            assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
+            for i in range(n_blocks):
+                assert rel_err(conv[i], convs[i]) < TOL[dtype] and rel_err(ssm[i], ssms[i]) < TOL[dtype], (step, i)
+    finally:
+        block_step.CONFIG_OVERRIDES.clear()
+
+
+@needs_interpreter
+@pytest.mark.parametrize("rows", [1, 2])
+def test_fused_generation_equals_teacher_forcing(monkeypatch, rows):
+    """The fused generation step (one launch per stage, embedding / pools / head / sampling inside) at every
+    depth, two codebooks, a temperature and the log-likelihood; greedy decoding picks the forward's argmax."""
+    from audiomamba.kernels import block_step
+
+    import audiomamba.generation as generation
+
+    torch.manual_seed(0)
+    model = build_model("sc09_small", **TINY, n_codebooks=2).to(DEVICE)
+    depths = []
+    fused = generation._Stepper._step_fused
+    monkeypatch.setattr(generation._Stepper, "_step_fused", lambda self, d: (depths.append(d), fused(self, d)))
+    monkeypatch.setitem(block_step.CONFIG_OVERRIDES, "rows", rows)
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+    out = model.generate(3, 13, seed=4, progress=False, return_logits=True, return_log_likelihood=True,
+                         temperature=0.8, cuda_graphs=False)
+    greedy = model.generate(3, 13, progress=False, return_logits=True, temperature=0, cuda_graphs=False)
+    assert sorted(set(depths)) == [0, 1, 2]
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "reference")
+    for res in (out, greedy):
+        inputs = torch.cat([torch.full((3, 1, 2), model.config.first_token, device=DEVICE), res.tokens[:, :-1]], 1)
+        with torch.no_grad():
+            forced, _ = model(inputs)  # (3, 13, 2, V)
+        assert rel_err(res.logits, forced) < 1e-5
+    assert torch.equal(forced.argmax(-1), greedy.tokens)
+    with torch.no_grad():
+        inputs = torch.cat([torch.full((3, 1, 2), model.config.first_token, device=DEVICE), out.tokens[:, :-1]], 1)
+        forced, _ = model(inputs)
+    logp = torch.log_softmax(forced, -1).gather(-1, out.tokens[..., None])[..., 0].mean((1, 2))
+    assert rel_err(out.log_likelihood, logp) < 1e-5

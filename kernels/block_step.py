@@ -494,7 +494,7 @@ def _launch(x, conv_state, ssm_state, weights, norm, eps, n_blocks, *, up=None, 
     h = head or {}
     hw = [h.get(k) for k in ("norm_weight", "norm_bias", "weight", "bias")]
     dummy = out
-    tok = tokens.reshape(batch, -1) if tokens is not None else None
+    tok = tokens.view(batch, -1) if tokens is not None else None  # a view: the head writes the next tokens
     _mamba1_stage_kernel[(triton.cdiv(batch, rows),)](
         x if x is not None else dummy, up if up is not None else dummy, embed if embed is not None else dummy,
         tok if tok is not None else dummy, down_buffer if down_buffer is not None else dummy,

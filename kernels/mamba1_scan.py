@@ -3,7 +3,8 @@
 (Module name: ``mamba1_scan``, not ``selective_scan``, so that importing it never shadows the package's
 ``audiomamba.kernels.selective_scan`` function with a submodule of the same name.)
 
-The three ideas of the paper's hardware-aware algorithm, as they appear in the default ("seq") kernels:
+The three ideas of the paper's hardware-aware algorithm, as they appear in the "seq" kernels (the forward's
+default; the default backward is "lean", below):
 
 * Kernel fusion. One program (one warp) owns (batch row, 32 channels of one group (16 in the backward), all
   N states) for a segment of time. For each chunk of T steps (4 forward, 2 backward) it loads tiles of u, Δ, z
@@ -23,9 +24,10 @@ The three ideas of the paper's hardware-aware algorithm, as they appear in the d
   sub-chunk in a small per-program scratch, then walks the sub-chunks backwards, recomputing their states and
   running the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} is a register shift of a_t;
   segments are chained as in the forward). dB and dC are summed over the channel block and added atomically.
-  The "lean" backward (``bwd_variant="lean"``, NOTES.md v5) has the same structure with every per-(step,
-  channel) value (softplus, gate, ...) computed once per interval in a prologue, and the 2-step sub-chunks
-  written out on [N, BE] tiles (no scans, no replicated per-channel work).
+  The "lean" backward (``bwd_variant="lean"``, the default; NOTES.md v5-v6) has the same structure with every
+  per-(step, channel) value (softplus, gate, ...) computed once per interval (CK = 16) in a prologue, 4-step
+  sub-chunks written out on [N, BE] tiles (no scans, no replicated per-channel work; one state parked per 4
+  steps), and du, dΔ, dz, dB, dC parked per interval and written as coalesced tiles / vector atomics.
 
 Gradients (with a_t h_{t-1} = h_t - b_t, so no shifted state is needed):
     dΔ_t = Σ_n g_t (h_t - b_t) A + u_t Σ_n g_t B_t ;  du_t = Δ_t Σ_n g_t B_t + D dy_t
@@ -726,36 +728,28 @@ def _ss_bwd_seq_kernel(
 
 
 @triton.jit
-def _pe_off(r, eo, BE: tl.constexpr, PAIR: tl.constexpr):
-    """Offset of (row r, channel eo) in one [CK, BE] slot of the lean scratch (broadcasts r against eo).
-    PAIR: rows stored in pairs, channel-major inside a pair ((CK/2, BE, 2)), so that the two rows of a
-    sub-chunk are one 8-byte load per channel."""
-    if PAIR:
-        return (r - r % 2) * BE + 2 * eo + r % 2
-    else:
-        return r * BE + eo
+def _pe_off(r, eo, BE: tl.constexpr):
+    """Offset of (row r, channel eo) in one [CK, BE] slot of the lean scratch (broadcasts r against eo). Rows are
+    stored in pairs, channel-major inside a pair ((CK/2, BE, 2)): rows r and r + 1 of a channel (r even) are one
+    8-byte word, so that a sub-chunk loads two steps with one instruction per channel."""
+    return (r - r % 2) * BE + 2 * eo + r % 2
 
 
 @triton.jit
-def _pe_rows(ptr, r0, eo, BE: tl.constexpr, PAIR: tl.constexpr):
-    """Rows r0 (even) and r0 + 1 of a scratch slot as two [BE] vectors (PAIR: one 8-byte load per channel)."""
-    if PAIR:
-        w = tl.load(ptr.to(tl.pointer_type(tl.int64)) + (r0 // 2) * BE + eo)
-        return w.to(tl.int32).to(tl.float32, bitcast=True), (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-    else:
-        return tl.load(ptr + r0 * BE + eo), tl.load(ptr + (r0 + 1) * BE + eo)
+def _pe_rows(ptr, r0, eo, BE: tl.constexpr):
+    """Rows r0 (even) and r0 + 1 of a scratch slot as two [BE] vectors: one 8-byte load per channel, split by
+    truncation / shift and bitcast (a [BE, 2] tile and ``tl.split`` made Triton load 4 bytes per thread and convert
+    the layout through shared memory)."""
+    w = tl.load(ptr.to(tl.pointer_type(tl.int64)) + (r0 // 2) * BE + eo)
+    return w.to(tl.int32).to(tl.float32, bitcast=True), (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _pe_store_rows(ptr, r0, eo, v0, v1, BE: tl.constexpr, PAIR: tl.constexpr):
-    """Store two [BE] vectors as rows r0 (even) and r0 + 1 of a scratch slot."""
-    if PAIR:
-        lo = v0.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-        hi = v1.to(tl.int32, bitcast=True).to(tl.int64) << 32
-        tl.store(ptr.to(tl.pointer_type(tl.int64)) + (r0 // 2) * BE + eo, lo | hi)
-    else:
-        tl.store(ptr + r0 * BE + eo, v0)
-        tl.store(ptr + (r0 + 1) * BE + eo, v1)
+def _pe_store_rows(ptr, r0, eo, v0, v1, BE: tl.constexpr):
+    """Store two [BE] vectors as rows r0 (even) and r0 + 1 of a scratch slot (one 8-byte store per channel)."""
+    lo = v0.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    hi = v1.to(tl.int32, bitcast=True).to(tl.int64) << 32
+    tl.store(ptr.to(tl.pointer_type(tl.int64)) + (r0 // 2) * BE + eo, lo | hi)
 
 
 @triton.jit
@@ -784,6 +778,49 @@ def _lean_grads(dA_acc, h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, n, p
 
 
 @triton.jit
+def _lean_rows(p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0, eo, n,
+               CK: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, HAS_Z: tl.constexpr):
+    """Phase B's inputs of rows r0 (even) and r0 + 1: (Δ, dy·SiLU(z), u, σ(raw Δ), dz factor) [BE] pairs and
+    the B, C rows [NP]."""
+    dt0, dt1 = _pe_rows(p_dt, r0, eo, BE)
+    dy0, dy1 = _pe_rows(p_dy, r0, eo, BE)
+    u0, u1 = _pe_rows(p_u, r0, eo, BE)
+    sp0, sp1 = _pe_rows(p_sp, r0, eo, BE)
+    if HAS_Z:
+        kz0, kz1 = _pe_rows(p_kz, r0, eo, BE)
+    else:
+        kz0 = dy0
+        kz1 = dy1
+    B0 = tl.load(pbc + r0 * NP + n)
+    B1 = tl.load(pbc + (r0 + 1) * NP + n)
+    C0 = tl.load(pbc + (CK + r0) * NP + n)
+    C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
+    return dt0, dt1, dy0, dy1, u0, u1, sp0, sp1, kz0, kz1, B0, B1, C0, C1
+
+
+@triton.jit
+def _lean_two(dA_acc, h0, h1, a1, a_nx, g_nx, A2, dt0, dt1, dy0, dy1, u0, u1, sp0, sp1, kz0, kz1, B0, B1, C0, C1,
+              Dv, n, eo, pd, p_dt, p_sp, p_kz, r0,
+              CK: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """Adjoint and gradients of rows r0 + 1 then r0 (states h1, h0 [NP, BE]; a1 the decay of row r0 + 1; a_nx,
+    g_nx the decay and adjoint of the row after). Parks du, dΔ, dz over the slots of Δ, σ(raw Δ) and the dz
+    factor they were computed from. Returns (dA_acc, g of row r0, Σ dΔ, Σ dy u) over the two rows."""
+    x0 = dt0 * u0
+    x1 = dt1 * u1
+    g1 = C1[:, None] * dy1[None, :] + a_nx * g_nx
+    dA_acc, ddt1, du1, dz1 = _lean_grads(dA_acc, h1, x1[None, :] * B1[:, None], g1, B1, C1, A2, dt1, x1, u1, dy1,
+                                         kz1, sp1, Dv, n, pd, r0 + 1, CK, NP, HAS_D, HAS_Z)
+    g0 = C0[:, None] * dy0[None, :] + a1 * g1
+    dA_acc, ddt0, du0, dz0 = _lean_grads(dA_acc, h0, x0[None, :] * B0[:, None], g0, B0, C0, A2, dt0, x0, u0, dy0,
+                                         kz0, sp0, Dv, n, pd, r0, CK, NP, HAS_D, HAS_Z)
+    _pe_store_rows(p_dt, r0, eo, du0, du1, BE)
+    _pe_store_rows(p_sp, r0, eo, ddt0, ddt1, BE)
+    if HAS_Z:
+        _pe_store_rows(p_kz, r0, eo, dz0, dz1, BE)
+    return dA_acc, g0, ddt0 + ddt1, dy0 * u0 + dy1 * u1
+
+
+@triton.jit
 def _ss_bwd_lean_kernel(
     # pointers
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
@@ -800,16 +837,16 @@ def _ss_bwd_lean_kernel(
     N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CK: tl.constexpr, PT: tl.constexpr,
     LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
-    PAIR: tl.constexpr,
 ):
-    """Backward ("lean" variant), same contract as ``_ss_bwd_seq_kernel``; 2-step sub-chunks written out.
+    """Backward ("lean" variant), same contract as ``_ss_bwd_seq_kernel``; 4-step sub-chunks written out.
 
     Per checkpoint interval of CK steps (walked last to first): a prologue computes every per-(step, channel)
     value once from coalesced [PT, BE] tiles (Δ after bias and softplus, dy·SiLU(z), u, σ of the raw Δ, the dz
-    factor) into a per-program scratch pe (5 slots of [CK, BE]), followed by the B and C rows (2, CK, NP) in
-    float32; phase A reruns the interval's forward on [NP, BE] tiles and parks the state after the first step
-    of every 2 in scr; phase B walks the 2-step sub-chunks in reverse, recomputes their second state and runs
-    the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs (a_{t+1} kept from the step after). Phase B
+    factor) into a per-program scratch pe (5 slots of [CK, BE], rows in pairs: ``_pe_off``), followed by the B
+    and C rows (2, CK, NP) in float32; phase A reruns the interval's forward on [NP, BE] tiles and parks the
+    state after the first step of every 4 in scr; phase B walks the 4-step sub-chunks in reverse, recomputes
+    their other three states and runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs (a_{t+1}
+    kept from the step after). Phase B
     parks du, dΔ, dz over the slots of Δ, σ(raw Δ) and the dz factor of the same rows (the values they are
     computed from, so the loads are done first) and dB, dC in (2, NP, CK); after the interval they are written
     as coalesced tiles (one vector atomic per dB/dC tile). With segments (LOCAL), only the adjoint from a zero
@@ -853,7 +890,7 @@ def _ss_bwd_lean_kernel(
     dt_sum = tl.zeros([BE], tl.float32)
     prog = pid_r * NSEG + pid_s
     # parked states n-fastest, like A, the checkpoints and the carries: one [NP, BE] layout for all state tiles
-    scr = scr_ptr + prog * ((CK // 2) * NP * BE) + n[:, None] + eo[None, :] * NP
+    scr = scr_ptr + prog * ((CK // 4) * NP * BE) + n[:, None] + eo[None, :] * NP
     # scratch per program: slots (Δ, dy·SiLU(z), u, σ(raw Δ), dz factor) [CK, BE] each, then B, C, dB, dC rows
     pe = pe_ptr + prog * ((5 * BE + 4 * NP) * CK)
     p_dt = pe
@@ -862,7 +899,7 @@ def _ss_bwd_lean_kernel(
     p_sp = pe + 3 * CK * BE
     p_kz = pe + 4 * CK * BE
     tp = tl.arange(0, PT)
-    pe_tp = _pe_off(tp[:, None], eo[None, :], BE, PAIR)  # [PT, BE] offsets into a slot
+    pe_tp = _pe_off(tp[:, None], eo[None, :], BE)  # [PT, BE] offsets into a slot
     pbc = pe + 5 * CK * BE  # B and C rows of the interval, float32, (2, CK, NP)
     pbc_tp = pbc + tp[:, None] * NP + n[None, :]  # [PT, NP]
     pd = pbc + 2 * CK * NP  # the interval's dB, dC rows, (2, NP, CK)
@@ -912,23 +949,24 @@ def _ss_bwd_lean_kernel(
         n_sub = tl.cdiv(tl.minimum(CK, L - k0), 2)
         if not LOCAL:
             # phase A: the interval's forward from its checkpoint; the state after the first step of each
-            # sub-chunk parked (phase B needs no state before it: a_t h_{t-1} = h_t - Δ_t B_t u_t)
+            # 4-step sub-chunk parked (phase B needs no state before it: a_t h_{t-1} = h_t - Δ_t B_t u_t)
             h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask, other=0.0)
             for j in range(0, n_sub):
-                dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE, PAIR)
-                u0, u1 = _pe_rows(p_u, 2 * j, eo, BE, PAIR)
+                dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE)
+                u0, u1 = _pe_rows(p_u, 2 * j, eo, BE)
                 B0 = tl.load(pbc + 2 * j * NP + n)
                 B1 = tl.load(pbc + (2 * j + 1) * NP + n)
                 h = _exp2(dt0[None, :] * A2, FAST_EXP) * h + (dt0 * u0)[None, :] * B0[:, None]
-                tl.store(scr + j * (NP * BE), h)
+                if j % 2 == 0:
+                    tl.store(scr + (j // 2) * (NP * BE), h)
                 h = _exp2(dt1[None, :] * A2, FAST_EXP) * h + (dt1 * u1)[None, :] * B1[:, None]
             tl.debug_barrier()
         if LOCAL:
             # adjoint only, from a zero carry
             for jj in range(0, n_sub):
                 r0 = 2 * (n_sub - 1 - jj)
-                dt0, dt1 = _pe_rows(p_dt, r0, eo, BE, PAIR)
-                dy0, dy1 = _pe_rows(p_dy, r0, eo, BE, PAIR)
+                dt0, dt1 = _pe_rows(p_dt, r0, eo, BE)
+                dy0, dy1 = _pe_rows(p_dy, r0, eo, BE)
                 C0 = tl.load(pbc + (CK + r0) * NP + n)
                 C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
                 a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
@@ -938,47 +976,35 @@ def _ss_bwd_lean_kernel(
                 a_next = a0
                 g_next = g0
         else:
-            # phase B: 2-step sub-chunks in reverse
-            for jj in range(0, n_sub):
-                j = n_sub - 1 - jj
-                r0 = 2 * j
-                dt0, dt1 = _pe_rows(p_dt, r0, eo, BE, PAIR)
-                dy0, dy1 = _pe_rows(p_dy, r0, eo, BE, PAIR)
-                C0 = tl.load(pbc + (CK + r0) * NP + n)
-                C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
+            # phase B: 4-step sub-chunks in reverse; their states recomputed from the parked one
+            for jj in range(0, tl.cdiv(n_sub, 2)):
+                j = tl.cdiv(n_sub, 2) - 1 - jj
+                r0 = 4 * j
+                h0 = tl.load(scr + j * (NP * BE))
+                dt0, dt1, dy0, dy1, u0, u1, sp0, sp1, kz0, kz1, B0, B1, C0, C1 = _lean_rows(
+                    p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0, eo, n, CK, NP, BE, HAS_Z)
                 a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
                 a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
-                g1 = C1[:, None] * dy1[None, :] + a_next * g_next
-                h0 = tl.load(scr + j * (NP * BE))
-                u0, u1 = _pe_rows(p_u, r0, eo, BE, PAIR)
-                sp0, sp1 = _pe_rows(p_sp, r0, eo, BE, PAIR)
-                if HAS_Z:
-                    kz0, kz1 = _pe_rows(p_kz, r0, eo, BE, PAIR)
-                else:
-                    kz0 = dy0
-                    kz1 = dy1
-                B0 = tl.load(pbc + r0 * NP + n)
-                B1 = tl.load(pbc + (r0 + 1) * NP + n)
-                x0 = dt0 * u0
-                x1 = dt1 * u1
-                bx0 = x0[None, :] * B0[:, None]
-                bx1 = x1[None, :] * B1[:, None]
-                h1 = a1 * h0 + bx1
-                dA_acc, ddt1, du1, dz1 = _lean_grads(dA_acc, h1, bx1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1, sp1,
-                                                     Dv, n, pd, r0 + 1, CK, NP, HAS_D, HAS_Z)
-                g0 = C0[:, None] * dy0[None, :] + a1 * g1
-                dA_acc, ddt0, du0, dz0 = _lean_grads(dA_acc, h0, bx0, g0, B0, C0, A2, dt0, x0, u0, dy0, kz0, sp0,
-                                                     Dv, n, pd, r0, CK, NP, HAS_D, HAS_Z)
-                # du, dΔ, dz over the slots of Δ, σ(raw Δ) and the dz factor they were computed from
-                _pe_store_rows(p_dt, r0, eo, du0, du1, BE, PAIR)
-                _pe_store_rows(p_sp, r0, eo, ddt0, ddt1, BE, PAIR)
-                if HAS_Z:
-                    _pe_store_rows(p_kz, r0, eo, dz0, dz1, BE, PAIR)
-                ddtb_acc += ddt0 + ddt1
-                if HAS_D:
-                    dD_acc += dy0 * u0 + dy1 * u1
+                h1 = a1 * h0 + (dt1 * u1)[None, :] * B1[:, None]
+                dt2, dt3, dy2, dy3, u2, u3, sp2, sp3, kz2, kz3, B2, B3, C2, C3 = _lean_rows(
+                    p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0 + 2, eo, n, CK, NP, BE, HAS_Z)
+                a2 = _exp2(dt2[None, :] * A2, FAST_EXP)
+                a3 = _exp2(dt3[None, :] * A2, FAST_EXP)
+                h2 = a2 * h1 + (dt2 * u2)[None, :] * B2[:, None]
+                h3 = a3 * h2 + (dt3 * u3)[None, :] * B3[:, None]
+                # rows r0 + 3, r0 + 2 (states h3, h2), then r0 + 1, r0 (h1 and the parked h0)
+                dA_acc, g_next, ddt_s, dD_s = _lean_two(
+                    dA_acc, h2, h3, a3, a_next, g_next, A2, dt2, dt3, dy2, dy3, u2, u3, sp2, sp3, kz2, kz3,
+                    B2, B3, C2, C3, Dv, n, eo, pd, p_dt, p_sp, p_kz, r0 + 2, CK, NP, BE, HAS_D, HAS_Z)
+                ddtb_acc += ddt_s
+                dD_acc += dD_s
+                a_next = a2
+                dA_acc, g_next, ddt_s, dD_s = _lean_two(
+                    dA_acc, h0, h1, a1, a_next, g_next, A2, dt0, dt1, dy0, dy1, u0, u1, sp0, sp1, kz0, kz1,
+                    B0, B1, C0, C1, Dv, n, eo, pd, p_dt, p_sp, p_kz, r0, CK, NP, BE, HAS_D, HAS_Z)
+                ddtb_acc += ddt_s
+                dD_acc += dD_s
                 a_next = a0
-                g_next = g0
             # the interval's du, dΔ, dz and dB, dC: coalesced tile stores and vector atomics
             tl.debug_barrier()
             for q in tl.static_range(CK // PT):
@@ -998,7 +1024,7 @@ def _ss_bwd_lean_kernel(
             tl.atomic_add(dC_ptr + bc_off, tl.load(pd_nc + NP * CK), mask=nt_mask, sem="relaxed")
     if LOCAL:
         # Q = Π a_{t+1} over the segment: Δ summed over its steps but the first, plus the one after it
-        dt_first = tl.load(p_dt + _pe_off(0, eo, BE, PAIR))  # pe holds the segment's first interval now
+        dt_first = tl.load(p_dt + _pe_off(0, eo, BE))  # pe holds the segment's first interval now
         tl.store(Gl_ptr + st_off, g_next, mask=en_mask)
         dt_tot = dt_sum - dt_first + dt_after
         tl.store(Q_ptr + st_off, _exp2(A2 * dt_tot[None, :], FAST_EXP), mask=en_mask)
@@ -1043,9 +1069,9 @@ def _config(batch, channels, groups, length, n, channel_first=True, **kw):
 
     Defaults from the H200 sweeps in NOTES.md: forward [T=4, N, 32] tiles; one time segment when the channel
     blocks alone give >= 384 warps and memory is channel-first (L1 then serves 16 steps per sector), else
-    segments up to 8192 warps; backward "lean" (fwd+bwd 2.81 / 3.85 / 14.80 ms against "seq"'s 3.31 / 5.09 / 19.69
-    on the three bench shapes) with checkpoints every 16 steps, [T=2, N, 16] tiles, one segment from 768 warps up,
-    else 4096."""
+    segments up to 8192 warps; backward "lean" (fwd+bwd 2.214 / 3.020 / 11.459 ms on the three bench shapes,
+    against "seq"'s 3.31 / 5.09 / 19.69) with checkpoints every 16 steps, 4-step sub-chunks of [N, 16] tiles, one
+    segment from 768 warps up, else 4096."""
     kw = {**_CONFIG_OVERRIDES, **{k: v for k, v in kw.items() if v is not None}}
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
@@ -1073,10 +1099,9 @@ def _config(batch, channels, groups, length, n, channel_first=True, **kw):
         nw = max(1, be // 32)
     elif variant == "lean":
         be = min(kw.get("bwd_block") or 16, eg2)
-        T = 2  # sub-chunks of 2 steps, written out in the kernel
+        T = 4  # sub-chunks of 4 steps, written out in the kernel (one state parked per sub-chunk)
         nw = kw.get("bwd_warps") or max(1, be * np2 // 512)
         cfg["bwd_maxnreg"] = kw.get("bwd_maxnreg")  # register cap (ptxas), None: the compiler's choice
-        cfg["bwd_pair"] = kw.get("bwd_pair", False)  # scratch rows in pairs (8-byte loads of 2 steps)
     elif variant == "scan":
         be = kw.get("bwd_block") or min(eg2, 8 * 16 // np2)
         T = cfg["CK"]
@@ -1203,7 +1228,7 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
             common.update(T=T)
         else:
             kernel = _ss_bwd_lean_kernel
-            common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0), PAIR=bool(config.get("bwd_pair")))
+            common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0))
             if config.get("bwd_maxnreg"):
                 common.update(maxnreg=config["bwd_maxnreg"])
             scratch += (torch.empty(programs * (5 * BE + 4 * np2) * CK, device=dev, dtype=f32),)

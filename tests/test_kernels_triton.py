@@ -115,9 +115,6 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
         ((1, 5, 45, 4), {"z": False, "h0": False}, {**MANY_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8}),
         ((1, 6, 29, 4), {"D": False, "bias": False},
          {**ONE_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8, "bwd_maxnreg": 128}),
-        # its scratch rows in pairs (8-byte loads of two steps): one segment and several, grouped, channel-last
-        ((2, 6, 37, 5), {}, {**ONE_SEG, "bwd_variant": "lean", "bwd_pair": True}),
-        ((1, 8, 70, 4), {"groups": 2, "channel_last": True}, {**MANY_SEG, "bwd_variant": "lean", "bwd_pair": True}),
     ],
 )
 def test_selective_scan_matches_reference(shape, kwargs, config):

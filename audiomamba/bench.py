@@ -80,6 +80,7 @@ STREAM_TARGETS = {"rtf": 0.05, "ms_per_chunk": 2.0}  # one CPU thread, 20 ms chu
 def bench_stream(
     preset: str = "classifier_small", sample_rate: int = 16_000, chunk_ms: float = 20.0, seconds: float = 10.0,
     threads: int = 1, batch_size: int = 1, device: str = "cpu", seed: int = 0, compile: bool = False,
+    weights: str = "float32",
 ) -> dict:
     """Real-time factor and per-chunk latency of ``Stream.push`` (a classifier's running prediction).
 
@@ -87,7 +88,8 @@ def bench_stream(
     after 10 warm-up chunks. Wall-clock time is what the targets judge; the CPU time of the pushing thread is
     printed beside it (on a machine shared with other processes, wall - cpu is time spent waiting for a core).
     ``compile``: measure ``model.stream(batch_size, compile=True)``; the compile happens in the warm-up chunks,
-    is reported as ``compile_s`` and is not part of the RTF or the latencies.
+    is reported as ``compile_s`` and is not part of the RTF or the latencies. ``weights``: "float32" (the model,
+    exact) or "bfloat16" (``model.stream(..., weights="bfloat16")``, an approximation): measured as its own row.
     """
     import os
 
@@ -101,7 +103,7 @@ def bench_stream(
         chunk = int(round(sample_rate * chunk_ms / 1000))
         n_chunks = max(1, int(seconds * sample_rate) // chunk)
         audio = torch.randn(batch_size, (n_chunks + 10) * chunk, device=device) * 0.1
-        stream = model.stream(batch_size, compile=compile)
+        stream = model.stream(batch_size, compile=compile, weights=weights)
         for i in range(10):
             stream.push(audio[:, i * chunk : (i + 1) * chunk])
         lat, cpu = [], []
@@ -124,7 +126,8 @@ def bench_stream(
         "cpu_rtf": sum(cpu) / audio_s, "cpu_ms_median": statistics.median(cpu_ms),
         "cpu_ms_p90": cpu_ms[int(0.9 * (len(cpu_ms) - 1))], "cpu_ms_max": cpu_ms[-1],
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "mode": "compiled" if compile else "eager", "compile_s": stream.compile_seconds if compile else None,
+        "mode": ("compiled" if compile else "eager") + ("" if weights == "float32" else f"+{weights}"),
+        "weights": weights, "compile_s": stream.compile_seconds if compile else None,
     }
     graphs = stream.compiled_patterns
     print(f"stream: {preset} ({result['params'] / 1e6:.2f}M params), {chunk_ms:g} ms chunks ({chunk} samples at "
@@ -134,6 +137,8 @@ def bench_stream(
               f"{result['compile_s']:.1f} s (not in the RTF)")
     else:
         print("mode: eager (audiomamba bench stream --compile measures the torch.compile'd push)")
+    if weights != "float32":
+        print(f"weights: {weights} (opt-in low-precision copy: an approximation of the float32 model's outputs)")
     if result["load_average"] is not None:
         print(f"load average {result['load_average']:.2f} on {os.cpu_count()} CPUs; targets judge wall-clock time")
     print(f"{'metric [' + result['mode'] + ']':<18} {'wall':>9} {'cpu':>9} {'target':>8}  ok")

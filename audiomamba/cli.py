@@ -204,7 +204,7 @@ def cmd_stream(args) -> int:
     x = _model_input(model, info, wave).to(args.device)  # (1, L)
     chunk = max(1, int(round(sr * args.chunk_ms / 1000)))
     try:
-        stream = model.stream(1)
+        stream = model.stream(1, compile=args.compile, weights=args.weights)
     except ValueError as e:
         raise CLIError(str(e)) from None
     n_chunks = math.ceil(x.shape[1] / chunk)
@@ -333,7 +333,8 @@ def cmd_bench(args) -> int:
         bench.bench_generate(**kw)
     else:
         bench.bench_stream(preset=args.preset or "classifier_small", chunk_ms=args.chunk_ms, seconds=args.seconds,
-                           threads=args.threads, device=args.device or "cpu", compile=args.compile)
+                           threads=args.threads, device=args.device or "cpu", compile=args.compile,
+                           weights=args.weights)
     return 0
 
 
@@ -479,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-every-ms", type=float, default=100.0, help="print a line every ... ms of audio")
     s.add_argument("--sample-rate", type=int, default=None)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--compile", action="store_true",
+                   help="push through torch.compile (CPU, float32 state; the first chunk of a length compiles)")
+    s.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+                   help="float32 (default: the model, exact) or bfloat16 linear weights (faster compiled on CPUs "
+                   "with bfloat16 instructions; an approximation of the float32 outputs)")
     s.set_defaults(fn=cmd_stream)
 
     e = sub.add_parser("evaluate", formatter_class=fmt, help="NLL (LM) or accuracy (classifier) on a data split",
@@ -508,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", formatter_class=fmt, help="benchmarks: kernels (GPU), generate, stream",
                        epilog="examples:\n  audiomamba bench kernels\n  audiomamba bench generate --batch-sizes 1 64\n"
-                       "  audiomamba bench stream --chunk-ms 20 --threads 1\n  audiomamba bench stream --compile")
+                       "  audiomamba bench stream --chunk-ms 20 --threads 1\n  audiomamba bench stream --compile\n"
+                       "  audiomamba bench stream --compile --weights bfloat16")
     b.add_argument("what", choices=("kernels", "generate", "stream"))
     b.add_argument("--preset", default=None, help="model preset (default: sc09_small / classifier_small)")
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
@@ -519,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--compile", action="store_true",
                    help="stream: measure the torch.compile'd push (CPU; compile time reported apart, not in the RTF)")
+    b.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+                   help="stream: float32 (default, exact) or bfloat16 linear weights (model.stream(weights=...))")
     b.set_defaults(fn=cmd_bench)
     return p
 

@@ -7,11 +7,13 @@ either from a preset name, a YAML path or a mapping; ``model.save(dir)`` / ``loa
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -34,6 +36,47 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embedding(tokens + self.offsets).sum(dim=-2)  # (B, L, K, D) → (B, L, D)
+
+
+# precisions of ``low_precision_copy`` / ``stream(weights=...)``: float32 (the model as it is) or bfloat16 weights
+INFERENCE_WEIGHTS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def inference_weights_dtype(weights: str | torch.dtype | None) -> torch.dtype:
+    """The dtype named by a ``weights`` argument ("float32", "bfloat16", a torch dtype, or None = float32)."""
+    if weights is None:
+        return torch.float32
+    for name, dtype in INFERENCE_WEIGHTS.items():
+        if weights == name or weights is dtype:
+            return dtype
+    raise ValueError(f"weights: expected one of {sorted(INFERENCE_WEIGHTS)}, got {weights!r}")
+
+
+class LowPrecisionLinear(nn.Module):
+    """Inference stand-in for an ``nn.Linear`` (B, ..., D_in) → (B, ..., D_out) whose weight is kept rounded to a
+    lower precision (bfloat16): the product takes the input rounded to it as well (oneDNN's bfloat16 kernels on
+    CPUs, float32 accumulation) and returns the input's dtype; the bias stays in float32 and is added after.
+    ``weight`` gives the rounded weight in float32 for code that reads it directly (e.g. the Mamba-1 Δ
+    projection of the short-chunk path). No autograd: an inference copy (see ``low_precision_copy``)."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.compute_dtype = linear.weight.dtype
+        self.register_buffer("weight_low", linear.weight.detach().to(dtype).contiguous())  # (D_out, D_in)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_low.to(self.compute_dtype)  # (D_out, D_in): the rounded weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # eager: oneDNN reorders the weight at each call; compiled streams freeze it (inductor keeps it prepacked)
+        y = F.linear(x.to(self.weight_low.dtype), self.weight_low).to(x.dtype)  # (..., D_out)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.weight_low.dtype}"
 
 
 class _AudioModel(nn.Module):
@@ -68,15 +111,41 @@ class _AudioModel(nn.Module):
                 raise ValueError(f"tokens: values must lie in [0, {V}), got {lo}..{hi}")
         return self.embed(tokens.long())
 
-    def stream(self, batch_size: int = 1, device=None, dtype=None, compile: bool = False):
+    def stream(self, batch_size: int = 1, device=None, dtype=None, compile: bool = False, weights: str | None = None):
         """A :class:`audiomamba.streaming.Stream` over this (causal) model: push chunks, get their outputs.
-        ``compile``: pushes through ``torch.compile`` (CPU, float32; see ``audiomamba.streaming``)."""
+        ``compile``: pushes through ``torch.compile`` (CPU, float32; see ``audiomamba.streaming``).
+        ``weights``: "float32" (default: this model, exact) or "bfloat16" (a ``low_precision_copy``, made now)."""
         from .streaming import Stream
 
-        return Stream(self, batch_size, device=device, dtype=dtype, compile=compile)
+        return Stream(self, batch_size, device=device, dtype=dtype, compile=compile, weights=weights)
+
+    def low_precision_copy(self, weights: str | torch.dtype = "bfloat16") -> _AudioModel:
+        """An inference copy (eval mode, no gradients) whose linear layers keep their weight matrices in
+        ``weights`` precision ("bfloat16") and multiply in it (:class:`LowPrecisionLinear`); the rest (waveform
+        embedding, norms, convolutions, scans, states, outputs) stays float32. Half the weight bytes; faster where
+        the products run on prepacked weights with bfloat16 instructions (avx512_bf16, AMX): the compiled stream
+        (``stream(compile=True, weights="bfloat16")``) freezes them so; eager calls reorder the weights at every
+        product and are no faster than float32. Its outputs approximate this model's (deviations of order 1e-3
+        to 1e-2 of the largest output, not the 1e-5 of the state contract): measure the task metric before
+        relying on it. ``weights="float32"`` returns an exact copy."""
+        dtype = inference_weights_dtype(weights)
+        if any(p.dtype != torch.float32 for p in self.parameters()):
+            raise ValueError("low_precision_copy: expects a float32 model, got parameters in "
+                             f"{sorted({str(p.dtype) for p in self.parameters()})}")
+        model = copy.deepcopy(self).eval().requires_grad_(False)
+        if dtype == torch.float32:
+            return model
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                # every weight matrix; not a one-input map (the waveform embedding: a broadcast product, no matmul)
+                if type(child) is nn.Linear and child.in_features > 1:
+                    setattr(module, name, LowPrecisionLinear(child, dtype))
+        return model
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` (weights) and ``config.yaml`` (the resolved config) into ``directory``."""
+        if any(isinstance(m, LowPrecisionLinear) for m in self.modules()):
+            raise ValueError("save: this is a low_precision_copy (an inference copy); save the float32 model instead")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

@@ -121,3 +121,46 @@ def test_wrong_batch_is_named():
     stream = tiny("classifier_small").stream(2)
     with pytest.raises(ValueError, match="expected batch 2"):
         stream.push(torch.randn(3, 5))
+
+
+# bfloat16 weights (opt-in): an approximation of the float32 model. Its outputs deviate by the rounding of the
+# weights and of the products' inputs and outputs to 8 significant bits (2^-8 relative each), accumulated
+# through the layers: measured ~5e-3 of the largest logit on classifier_small; this bound leaves room for seeds.
+BF16_TOL = 3e-2
+
+
+@pytest.mark.parametrize("spec", ["classifier_small", "sc09_small"])
+def test_bfloat16_stream_approximates_the_float32_model(spec):
+    model = tiny(spec, **({"backbone.n_blocks": [1, 0, 1]} if spec == "classifier_small" else {}))
+    rng = random.Random(3)
+    x = torch.randn(2, 45) * 0.3 if spec == "classifier_small" else torch.randint(0, 256, (2, 45))
+    stream = model.stream(2, weights="bfloat16")
+    assert stream.weights == "bfloat16" and stream.model is not model
+    outs, start = [], 0
+    for n in random_chunks(45, rng, max_chunk=12):
+        outs.append(stream.push(x[:, start : start + n]))
+        start += n
+    got = torch.cat(outs, 1)
+    with torch.no_grad():
+        want, _ = model(x)  # the float32 model, offline
+        low, _ = stream.model(x)  # the bfloat16 copy, offline: the stream follows it up to float rounding
+    assert got.dtype == torch.float32
+    assert 0 < rel_err(got, want) < BF16_TOL  # an approximation, not the float32 model itself
+    assert rel_err(got, low) < BF16_TOL / 10
+    lows = [m for m in stream.model.modules() if type(m).__name__ == "LowPrecisionLinear"]
+    assert lows and all(m.weight_low.dtype == torch.bfloat16 for m in lows)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model itself is untouched
+
+
+def test_weights_option_errors_are_clear(tmp_path):
+    model = tiny("classifier_small")
+    with pytest.raises(ValueError, match=r"weights: expected one of \['bfloat16', 'float32'\], got 'int8'"):
+        model.stream(1, weights="int8")
+    with pytest.raises(ValueError, match="weights='bfloat16': the stream's state stays float32"):
+        model.stream(1, dtype=torch.float64, weights="bfloat16")
+    with pytest.raises(ValueError, match="low_precision_copy: expects a float32 model"):
+        tiny("classifier_small").double().low_precision_copy()
+    with pytest.raises(ValueError, match="save: this is a low_precision_copy"):
+        model.low_precision_copy().save(tmp_path / "m")
+    exact = model.stream(1, weights="float32")  # the default, spelled out: the model itself
+    assert exact.model is model and exact.weights == "float32"

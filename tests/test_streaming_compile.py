@@ -106,3 +106,18 @@ def test_compiled_lm_stream(spec):
     model = tiny(spec, **{"backbone.n_blocks": [1]})
     x = torch.randint(0, 256, (2, 40))
     push_both(model.stream(2), model.stream(2, compile=True), x, [8, 8, 3, 5, 16])
+
+
+def test_compiled_bfloat16_stream():
+    """weights="bfloat16" compiled: the stream's private low-precision copy, frozen into the graph (weights
+    prepacked by inductor), follows the eager bfloat16 stream and approximates the float32 model."""
+    model = tiny("classifier_small")
+    x = torch.randn(1, 16) * 0.3
+    eager, compiled = model.stream(1, weights="bfloat16"), model.stream(1, compile=True, weights="bfloat16")
+    got = torch.cat([compiled.push(x[:, :8]), compiled.push(x[:, 8:])], 1)
+    want = torch.cat([eager.push(x[:, :8]), eager.push(x[:, 8:])], 1)
+    with torch.no_grad():
+        exact, _ = model(x)
+    assert compiled.compiled_patterns == 1
+    assert rel_err(got, want) < 1e-2  # both bfloat16 products; the compiled one fuses and orders them differently
+    assert rel_err(got, exact) < 3e-2

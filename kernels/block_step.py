@@ -420,9 +420,10 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def rows_per_program(batch: int) -> int:
-    """Batch rows per program (``CONFIG_OVERRIDES["rows"]`` wins): 1 up to batch 16, else 2 (each weight tile is
-    then read from L2 once for two rows)."""
-    return int(CONFIG_OVERRIDES.get("rows", 1 if batch <= 16 else 2))
+    """Batch rows per program (``CONFIG_OVERRIDES["rows"]`` wins): 1 by default. Sharing each weight tile's L2
+    read between rows was slower on the H200 (sc09_small generation at batch 64: 489 k samples/s with 1 row per
+    program, 272 k with 2, 145 k with 4; kernels/NOTES.md)."""
+    return int(CONFIG_OVERRIDES.get("rows", 1))
 
 
 def block_step_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, rows: int = 1,

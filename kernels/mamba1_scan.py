@@ -25,7 +25,7 @@ default; the default backward is "lean", below):
   running the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} is a register shift of a_t;
   segments are chained as in the forward). dB and dC are summed over the channel block and added atomically.
   The "lean" backward (``bwd_variant="lean"``, the default; NOTES.md v5-v6) has the same structure with every
-  per-(step, channel) value (softplus, gate, ...) computed once per interval (CK = 16) in a prologue, 4-step
+  per-(step, channel) value (softplus, gate, ...) computed once per interval (CK = 8) in a prologue, 4-step
   sub-chunks written out on [N, BE] tiles (no scans, no replicated per-channel work; one state parked per 4
   steps), and du, dΔ, dz, dB, dC parked per interval and written as coalesced tiles / vector atomics.
 
@@ -1069,16 +1069,17 @@ def _config(batch, channels, groups, length, n, channel_first=True, **kw):
 
     Defaults from the H200 sweeps in NOTES.md: forward [T=4, N, 32] tiles; one time segment when the channel
     blocks alone give >= 384 warps and memory is channel-first (L1 then serves 16 steps per sector), else
-    segments up to 8192 warps; backward "lean" (fwd+bwd 2.214 / 3.020 / 11.459 ms on the three bench shapes,
-    against "seq"'s 3.31 / 5.09 / 19.69) with checkpoints every 16 steps, 4-step sub-chunks of [N, 16] tiles, one
+    segments up to 8192 warps; backward "lean" (fwd+bwd 2.154 / 2.942 / 11.193 ms on the three bench shapes,
+    against "seq"'s 3.31 / 5.09 / 19.69) with checkpoints every 8 steps, 4-step sub-chunks of [N, 16] tiles, one
     segment from 768 warps up, else 4096."""
     kw = {**_CONFIG_OVERRIDES, **{k: v for k, v in kw.items() if v is not None}}
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
     eg2 = max(1, triton.next_power_of_2(eg))
     bwd_variant = kw.get("bwd_variant") or os.environ.get("AUDIOMAMBA_SCAN_BWD", "lean")
-    # checkpoint spacing: 16 for the "lean" backward (its per-interval scratch then stays in L1: H200 sweep)
-    cfg = {"CK": kw.get("ck") or (16 if bwd_variant == "lean" or np2 > 16 else 32)}
+    # checkpoint spacing: 8 for the "lean" backward (less per-interval scratch per warp; H200 sweep: backward
+    # -1 / -5 / -4 % against 16 on the three bench shapes, for twice the forward's checkpoint memory)
+    cfg = {"CK": kw.get("ck") or (8 if bwd_variant == "lean" else 16 if np2 > 16 else 32)}
     variant = kw.get("fwd_variant") or os.environ.get("AUDIOMAMBA_SCAN_FWD", "seq")
     if variant == "seq":
         be = min(kw.get("fwd_block") or 32, eg2)

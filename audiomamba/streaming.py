@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .layers.pool import _phase_of
 from .state import flatten_state, map_state, state_to, unflatten_state
 
 MAX_COMPILED_PATTERNS = 8  # chunk patterns (length, pooling phases) compiled per stream; more run eagerly
@@ -93,12 +94,28 @@ class Stream:
             _check_compilable(model, self.device, self.dtype)
         self.position = 0
         self.state = model.init_state(batch_size, self.device, self.dtype)
+        # where the pooling phases sit among the state's tensors (flatten_state order)
+        names, prefix = list(flatten_state(self.state)), "backbone." if hasattr(self.state, "backbone") else ""
+        self._phase_index = [names.index(f"{prefix}down.{i}.phase") for i in range(len(model.backbone.pools))]
         self.compile = bool(compile)
         self.compile_seconds = 0.0
         self._graph_keys: set = set()  # (shape, dtype, pooling phases) of the chunk patterns pushed so far
         self._warned = False
         # the weights' dtype and device that the compiled graphs assume (they run without guards)
         self._weights = (param, param.dtype, param.device)
+
+    @property
+    def state(self):
+        """The streams' state (the model's state tree). Between compiled pushes it is kept as the graphs' flat
+        list of tensors (rebuilding the tree at every push costs a tenth of a push) and built when read."""
+        if self._leaves is not None:
+            it = iter(self._leaves)
+            self._state, self._leaves = map_state(lambda _: next(it), self._state), None
+        return self._state
+
+    @state.setter
+    def state(self, value) -> None:
+        self._state, self._leaves = value, None
 
     @property
     def compiled_patterns(self) -> int:
@@ -124,14 +141,19 @@ class Stream:
             # no_grad, not inference_mode: inference tensors in the state would differ from a fresh or loaded
             # state in their dispatch keys, and the graph's guards would recompile for them
             with torch.no_grad():
-                out, self.state = self._push_compiled(chunk, key)
+                out = self._push_compiled(chunk, key)
         self.position += chunk.shape[1]
         return out
 
+    def _flat_state(self) -> list[torch.Tensor]:
+        """The state's tensors in ``flatten_state`` order (what the compiled graphs take and return)."""
+        return self._leaves if self._leaves is not None else list(flatten_state(self._state).values())
+
     def _pattern(self, chunk: torch.Tensor) -> tuple:
         """What a compiled graph specialises on: the chunk's shape and dtype, the pooling phases."""
-        state = self.state.backbone if hasattr(self.state, "backbone") else self.state
-        return tuple(chunk.shape), chunk.dtype, tuple(self.model.backbone.pool_phases(state))
+        flat = self._flat_state()
+        phases = tuple(_phase_of(flat[i], f"state.down[{s}].phase") for s, i in enumerate(self._phase_index))
+        return tuple(chunk.shape), chunk.dtype, phases
 
     def _runs_compiled(self, key: tuple) -> bool:
         """Whether a chunk pattern runs compiled: one seen before, or a new one within the per-stream budget."""
@@ -169,20 +191,28 @@ class Stream:
             x, embedded = chunk, False
         graphs = _GRAPHS.setdefault(model, {})
         graph = graphs.get(key)
+        flat = self._flat_state()
         if key in self._graph_keys and graph is not None:
-            out, leaves = graph(model, x, self.state, list(phases), embedded, squeeze)
+            out, leaves = graph(model, x, flat, list(phases), embedded, squeeze)
         else:
             start = time.perf_counter()
             if graph is None:
                 graph = graphs[key] = _compile_push_graph()
             # a low-precision copy is private to this stream: its weights are frozen into the graph as constants,
             # which lets inductor keep them prepacked for oneDNN's bfloat16 kernels
+            from torch._inductor.exc import InductorError
+
             with torch._inductor.config.patch(freezing=self.weights != "float32"):
-                out, leaves = graph(model, x, self.state, list(phases), embedded, squeeze)
+                try:
+                    out, leaves = graph(model, x, flat, list(phases), embedded, squeeze)
+                except InductorError:
+                    # the C++ wrapper does not take every op (e.g. some of the s4d mixer's): the Python one does
+                    graph = graphs[key] = _compile_push_graph(cpp_wrapper=False)
+                    out, leaves = graph(model, x, flat, list(phases), embedded, squeeze)
             self._graph_keys.add(key)
             self.compile_seconds += time.perf_counter() - start
-        it = iter(leaves)
-        return out, map_state(lambda _: next(it), self.state)
+        self._leaves = leaves  # the new state, flat (``state`` builds the tree when read)
+        return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The stream as plain tensors: ``state.<path>`` entries and the position (samples pushed)."""
@@ -237,7 +267,7 @@ def _check_compilable(model, device: torch.device, dtype: torch.dtype) -> None:
                          "use compile=False")
 
 
-def _compile_push_graph():
+def _compile_push_graph(cpp_wrapper: bool = True):
     """A compiled ``_push_graph`` for one (model, chunk pattern), called without guards.
 
     torch.compile keeps its graphs per code object and picks one by evaluating guards; here each pattern gets
@@ -245,17 +275,19 @@ def _compile_push_graph():
     picks the graph by the pattern, and ``Stream._push_compiled`` keeps the inputs as the graph assumes)."""
     code = _push_graph.__code__.replace()  # a new code object: its own compiled-graph cache
     fn = types.FunctionType(code, _push_graph.__globals__, _push_graph.__name__)
-    options = {"cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
+    options = {"cpp_wrapper": cpp_wrapper, "guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
     return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
 
 
-def _push_graph(model, x: torch.Tensor, state, phases: list[int], embedded: bool, squeeze: bool):
+def _push_graph(model, x: torch.Tensor, flat: list[torch.Tensor], phases: list[int], embedded: bool, squeeze: bool):
     """What a compiled push traces: the model's forward over one chunk with the pooling phases given (Python
-    ints, so no host sync in the graph), returning the outputs and the new state's tensors (with standard
-    strides, in ``flatten_state`` order, so that the next push sees a fresh state's strides and reuses the graph).
+    ints, so no host sync in the graph), from the state's tensors ``flat`` to the outputs and the new state's
+    tensors (both in ``flatten_state`` order; returned with standard strides, as a fresh state has them).
 
     x: (B, n) waveform, or (B, n, D) features when ``embedded`` (tokens are embedded before the graph).
     """
+    it = iter(flat)  # the state tree, built at trace time (the template's own tensors are never used)
+    state = map_state(lambda _: next(it), model.init_state(x.shape[0], x.device))
     out, new = model.forward_embedded(x if embedded else model._inputs(x), state, phases)
     out = out[:, :, 0] if squeeze else out  # one-codebook LM logits (B, n, V)
     return out, [_standard_strides(t) for t in flatten_state(new).values()]

@@ -253,6 +253,11 @@ def cmd_evaluate(args) -> int:
     from audiomamba.training import build_task
 
     model, info = load_any(args.model, args.device)
+    if args.weights != "float32":
+        try:
+            model = model.low_precision_copy(args.weights)  # what `stream --weights` streams
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     cfg = info["experiment"]
     if cfg is None:
         raise CLIError(f"{args.model}: no experiment config beside the model; pass --config")
@@ -503,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="LM: sampling seed")
     e.add_argument("--temperature", type=float, default=1.0, help="LM: sampling temperature")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+                   help="evaluate the model as it is (float32) or its bfloat16-weights copy (model.low_precision_copy, "
+                   "what `audiomamba stream --weights bfloat16` runs)")
     e.set_defaults(fn=cmd_evaluate)
 
     x = sub.add_parser("export", formatter_class=fmt, help="Lightning checkpoint -> safetensors model directory",

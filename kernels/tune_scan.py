@@ -32,6 +32,8 @@ S = importlib.import_module("audiomamba.kernels.mamba1_scan")
 
 KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 DEVICE = os.environ.get("TUNE_DEVICE", "cuda")
+# mamba_ssm's forward+backward (ms) on the bench shapes, measured on the H200 (issue 3's targets)
+TARGET_FWD_BWD = dict(zip(SCAN_SHAPES, (2.196, 3.447, 13.73)))
 
 
 def rel(a, b):
@@ -127,13 +129,22 @@ def final(budget_s=150.0):
     return rows
 
 
+def _end_to_end(r, copy_bw, exp_rate, **tags):
+    """A sweep result r (shape, cfg, bwd_ms) with its launch timed end to end through autograd, as the
+    benchmark table times it: dict with the tags, fwd_ms, fwd_bwd_ms and peak_mb added."""
+    from audiomamba.kernels.bench import bench_scan
+
+    row = bench_scan([r["shape"]], layouts=("channel-first",), reference=False, mamba=False, config=r["cfg"],
+                     copy_bw=copy_bw, exp_rate=exp_rate, print_fn=lambda *a: None)[0]
+    return dict(shape=r["shape"], **tags, cfg=r["cfg"], bwd_ms=r["bwd_ms"], fwd_ms=row["fwd_ms"],
+                fwd_bwd_ms=row["fwd_bwd_ms"], peak_mb=row["peak_mb"])
+
+
 def lean(budget_s=150.0):
     """The "lean" backward (NOTES.md v5) against "seq": correctness of both at real sizes, then per shape
     (channel-first) forward and backward medians over a short launch sweep, the best of each variant timed end
     to end through autograd (as the benchmark table does), and a compact table last. Returns 0 if all checks
     pass."""
-    from audiomamba.kernels.bench import bench_scan
-
     out = os.environ.get("OUT")
     t0 = time.time()
     results = {"checks": [], "sweep": [], "table": []}
@@ -195,13 +206,8 @@ def lean(budget_s=150.0):
                     best[(shape, variant)] = r
             torch.cuda.empty_cache()
     copy_bw, exp_rate = measure_copy_bandwidth(), measure_exp_rate()
-    target = dict(zip(SCAN_SHAPES, (2.196, 3.447, 13.73)))
-    for (shape, variant), r in best.items():
-        rows = bench_scan([shape], layouts=("channel-first",), reference=False, mamba=False, config=r["cfg"],
-                          copy_bw=copy_bw, exp_rate=exp_rate, print_fn=lambda *a: None)
-        results["table"].append(dict(shape=shape, variant=variant, cfg=r["cfg"], bwd_ms=r["bwd_ms"],
-                                     fwd_ms=rows[0]["fwd_ms"], fwd_bwd_ms=rows[0]["fwd_bwd_ms"],
-                                     peak_mb=rows[0]["peak_mb"]))
+    for (_, variant), r in best.items():
+        results["table"].append(_end_to_end(r, copy_bw, exp_rate, variant=variant))
     if out:
         with open(os.path.join(out, "tune_lean.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)
@@ -215,7 +221,8 @@ def lean(budget_s=150.0):
 
     for r in results["table"]:
         print(f"{str(r['shape']):<22} {r['variant']:<5} {ms(r['fwd_ms'], 6)} {ms(r['bwd_ms'], 7)} "
-              f"{ms(r['fwd_bwd_ms'], 7)} {target[r['shape']]:>10.3f} {r['peak_mb'] or 0:>8.0f}  {json.dumps(r['cfg'])}")
+              f"{ms(r['fwd_bwd_ms'], 7)} {TARGET_FWD_BWD[r['shape']]:>10.3f} {r['peak_mb'] or 0:>8.0f}  "
+              f"{json.dumps(r['cfg'])}")
     return 0 if all_ok else 1
 
 
@@ -257,8 +264,6 @@ def v6(budget_s=300.0):
     the first launch of each sweep (tag "base") and the fastest ("best")."""
     import multiprocessing as mp
 
-    from audiomamba.kernels.bench import bench_scan
-
     out = os.environ.get("OUT")
     t0 = time.time()
     sweeps = v6_sweeps()
@@ -292,17 +297,11 @@ def v6(budget_s=300.0):
                 best[shape] = r
         torch.cuda.empty_cache()
     copy_bw, exp_rate = measure_copy_bandwidth(), measure_exp_rate()
-    target = dict(zip(SCAN_SHAPES, (2.196, 3.447, 13.73)))
     for shape, cfgs in sweeps.items():
         base = next((r for r in results["sweep"] if r["shape"] == shape and r["cfg"] == cfgs[0]), None)
         for tag, r in (("base", base), ("best", best.get(shape))):
-            if r is None:
-                continue
-            rows = bench_scan([shape], layouts=("channel-first",), reference=False, mamba=False, config=r["cfg"],
-                              copy_bw=copy_bw, exp_rate=exp_rate, print_fn=lambda *a: None)
-            results["table"].append(dict(shape=shape, tag=tag, cfg=r["cfg"], bwd_ms=r["bwd_ms"],
-                                         fwd_ms=rows[0]["fwd_ms"], fwd_bwd_ms=rows[0]["fwd_bwd_ms"],
-                                         peak_mb=rows[0]["peak_mb"]))
+            if r is not None:
+                results["table"].append(_end_to_end(r, copy_bw, exp_rate, tag=tag))
     if out:
         with open(os.path.join(out, "tune_v6.json"), "w") as f:
             json.dump(results, f, indent=1, default=str)
@@ -311,7 +310,7 @@ def v6(budget_s=300.0):
     print(f"{'shape':<22} {'tag':<4} {'fwd':>6} {'bwd':>7} {'f+b':>7} {'target':>7} {'peak MB':>8}  launch")
     for r in results["table"]:
         print(f"{str(r['shape']):<22} {r['tag']:<4} {r['fwd_ms'] or 0:>6.3f} {r['bwd_ms']:>7.3f} "
-              f"{r['fwd_bwd_ms'] or 0:>7.3f} {target[r['shape']]:>7.3f} {r['peak_mb'] or 0:>8.0f}  "
+              f"{r['fwd_bwd_ms'] or 0:>7.3f} {TARGET_FWD_BWD[r['shape']]:>7.3f} {r['peak_mb'] or 0:>8.0f}  "
               f"{json.dumps(r['cfg'])}")
     return 0 if all_ok else 1
 

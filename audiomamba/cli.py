@@ -11,6 +11,9 @@ import time
 import warnings
 from pathlib import Path
 
+# the names of audiomamba.models.INFERENCE_WEIGHTS (spelled here so that building the parser imports no torch)
+WEIGHTS = ("float32", "bfloat16")
+
 EPILOG = """\
 examples:
   audiomamba quickstart                                   # ~5 min on a laptop CPU: classifier + LM, samples
@@ -490,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--compile", action="store_true",
                    help="push through torch.compile (CPU, float32 state; the first chunk of a length compiles)")
-    s.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+    s.add_argument("--weights", choices=WEIGHTS, default="float32",
                    help="float32 (default: the model, exact) or bfloat16 linear weights (faster compiled on CPUs "
                    "with bfloat16 instructions; an approximation of the float32 outputs)")
     s.set_defaults(fn=cmd_stream)
@@ -511,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="LM: sampling seed")
     e.add_argument("--temperature", type=float, default=1.0, help="LM: sampling temperature")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+    e.add_argument("--weights", choices=WEIGHTS, default="float32",
                    help="evaluate the model as it is (float32) or its bfloat16-weights copy (model.low_precision_copy, "
                    "what `audiomamba stream --weights bfloat16` runs)")
     e.set_defaults(fn=cmd_evaluate)
@@ -537,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--compile", action="store_true",
                    help="stream: measure the torch.compile'd push (CPU; compile time reported apart, not in the RTF)")
-    b.add_argument("--weights", choices=("float32", "bfloat16"), default="float32",
+    b.add_argument("--weights", choices=WEIGHTS, default="float32",
                    help="stream: float32 (default, exact) or bfloat16 linear weights (model.stream(weights=...))")
     b.set_defaults(fn=cmd_bench)
     return p

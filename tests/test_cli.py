@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiomamba.cli import main
+from audiomamba.cli import WEIGHTS, main
 from audiomamba.data import SyntheticAudio
-from audiomamba.models import load_model
+from audiomamba.models import INFERENCE_WEIGHTS, load_model
 from audiomamba.tokenizers import MuLawTokenizer
 
 TINY = [
@@ -40,6 +40,11 @@ def test_help_teaches_by_example():
         assert cmd in out.stdout
     sub = subprocess.run([sys.executable, "-m", "audiomamba.cli", "stream", "--help"], capture_output=True, text=True)
     assert sub.returncode == 0 and "example:" in sub.stdout and "--chunk-ms" in sub.stdout
+
+
+def test_weights_choices_are_the_models_precisions():
+    # the parser spells them out (no torch import for --help); they must stay the models' names
+    assert WEIGHTS == tuple(INFERENCE_WEIGHTS)
 
 
 def test_bad_inputs_exit_nonzero_with_one_line(capsys, tmp_path):

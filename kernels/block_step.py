@@ -51,6 +51,9 @@ from .activations import softplus as _softplus
 _TILE = 8192
 _WARPS = 16
 _PREFETCH = 1
+# Batch rows per program: 1. Sharing each weight tile's L2 read between rows was slower on the H200 (sc09_small
+# generation at batch 64: 489 k samples/s with 1 row per program, 272 k with 2, 145 k with 4; kernels/NOTES.md).
+_ROWS = 1
 # Keyword overrides of ``block_step_config`` ("tile", "num_warps", "rows", "prefetch"), for the benchmark's sweep.
 CONFIG_OVERRIDES: dict = {}
 
@@ -419,19 +422,14 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
     return t if t is None or t.is_contiguous() else t.contiguous()
 
 
-def rows_per_program(batch: int) -> int:
-    """Batch rows per program (``CONFIG_OVERRIDES["rows"]`` wins): 1 by default. Sharing each weight tile's L2
-    read between rows was slower on the H200 (sc09_small generation at batch 64: 489 k samples/s with 1 row per
-    program, 272 k with 2, 145 k with 4; kernels/NOTES.md)."""
-    return int(CONFIG_OVERRIDES.get("rows", 1))
-
-
-def block_step_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, rows: int = 1,
+def block_step_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, rows: int | None = None,
                       tile: int | None = None, num_warps: int | None = None, vocab: int = 1) -> dict:
-    """Block sizes and warps of the kernel for blocks of these sizes and ``rows`` batch rows per program: every
-    product tile holds at most ``tile`` elements (default 8192; ``CONFIG_OVERRIDES`` may set
-    ``tile``, ``num_warps`` and ``prefetch``). ``vocab``: V of a fused head (its logits are computed in chunks BV)."""
+    """Block sizes and warps of the kernel for blocks of these sizes and ``rows`` batch rows per program (``BB``,
+    default 1): every product tile holds at most ``tile`` elements (default 8192; ``CONFIG_OVERRIDES`` may set
+    ``rows``, ``tile``, ``num_warps`` and ``prefetch``). ``vocab``: V of a fused head (its logits are computed in
+    chunks BV)."""
     block_e, block_d = _p2(d_inner), _p2(d_model)
+    rows = int(rows or CONFIG_OVERRIDES.get("rows", _ROWS))
     tile = tile or CONFIG_OVERRIDES.get("tile", _TILE)
     chunk = max(1, tile // (rows * block_e))
     return {
@@ -486,8 +484,8 @@ def _launch(x, conv_state, ssm_state, weights, norm, eps, n_blocks, *, up=None, 
     n_codebooks = tokens.shape[-1] if tokens is not None else 1
     vocab = head["weight"].shape[0] // n_codebooks if head is not None else (
         embed.shape[0] // n_codebooks if embed is not None else 1)
-    rows = rows_per_program(batch)
-    cfg = block_step_config(d_model, d_inner, d_state, dt_rank, width, rows=rows, vocab=vocab)
+    cfg = block_step_config(d_model, d_inner, d_state, dt_rank, width, vocab=vocab)
+    rows = cfg["BB"]
     warps = cfg.pop("num_warps")
     pool = (up_buffer if up_buffer is not None else down_buffer)
     n_pool = 0 if pool is None else (up_buffer.shape[1] if up_buffer is not None else down_buffer.shape[1] + 1)
@@ -572,4 +570,4 @@ def mamba1_stage_step_triton(x, conv_states, ssm_states, weights, norm="layernor
 
 
 __all__ = ["BLOCK_WEIGHTS", "block_step_config", "mamba1_block_step_triton", "mamba1_stage_step_triton",
-           "rows_per_program", "stack_block_weights"]
+           "stack_block_weights"]

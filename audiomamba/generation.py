@@ -166,6 +166,7 @@ class _Stepper:
                embed: bool = False, head: bool = False) -> torch.Tensor:
         """Stage s's blocks in one launch (plus the parts named by the flags): (B, D_s) stage output."""
         from .kernels.block_step import mamba1_stage_step_triton
+        from .kernels.block_step_split import mamba1_stage_step_split_triton
 
         stage, st = self.fused[s], self.state
         kw: dict[str, Any] = {}
@@ -173,6 +174,9 @@ class _Stepper:
             kw.update(down_buffer=st.down[s].buffer, up_buffer=st.up[s].buffer, up=st.up[s].buffer[:, -1])
         elif up is not None:
             kw["up"] = up
+        if stage["split"] is not None and not (embed or head):  # a wide stage: each block over many programs
+            return mamba1_stage_step_split_triton(x, stage["conv"], stage["ssm"], stage["weights"], stage["norm"],
+                                                  stage["eps"], residual=True, workspace=stage["split"], **kw)
         if embed:
             kw.update(embed=self.model.embed.embedding.weight, tokens=self.token)
         if head:
@@ -250,6 +254,7 @@ def _fused_stages(model, state, token: torch.Tensor) -> list[dict] | None:
     are replaced by views of the stacked (blocks, B, ·, ·) buffers."""
     from .kernels import get_backend
     from .kernels.block_step import stack_block_weights
+    from .kernels.block_step_split import split_workspace, uses_split
 
     bb = model.backbone
     if get_backend(token) != "triton" or not isinstance(bb.norm, (nn.LayerNorm, nn.RMSNorm)):
@@ -273,8 +278,13 @@ def _fused_stages(model, state, token: torch.Tensor) -> list[dict] | None:
         ssm = torch.stack([bs.ssm for bs in block_states])  # (blocks, B, E, N)
         state.blocks[s] = [type(bs)(conv=conv[i], ssm=ssm[i]) for i, bs in enumerate(block_states)]
         norm, eps = _norm_args(blocks[0].norm, conv.dtype)
+        m = blocks[0].mixer
+        split = None
+        if s > 0 and uses_split(m.d_model):  # (stage 0 carries the embedding and the head: one program per row)
+            split = split_workspace(conv.shape[1], m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv,
+                                    conv.device, conv.dtype)
         stages.append({"weights": stack_block_weights(per_block), "conv": conv, "ssm": ssm, "norm": norm,
-                       "eps": eps})
+                       "eps": eps, "split": split})
     return stages
 
 

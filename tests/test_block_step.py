@@ -281,11 +281,12 @@ def test_stage_kernel_matches_reference(shape, dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("rows", [1, 2])
-def test_fused_generation_equals_teacher_forcing(monkeypatch, rows):
-    """The fused generation step (one launch per stage, embedding / pools / head / sampling inside) at every
-    depth, two codebooks, a temperature and the log-likelihood; greedy decoding picks the forward's argmax."""
-    from audiomamba.kernels import block_step
+@pytest.mark.parametrize("rows,split", [(1, False), (2, False), (1, True)], ids=["rows1", "rows2", "split"])
+def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
+    """The fused generation step (one launch per stage, embedding / pools / head / sampling inside; with
+    ``split`` the stages below the first through the split kernels) at every depth, two codebooks, a temperature
+    and the log-likelihood; greedy decoding picks the forward's argmax."""
+    from audiomamba.kernels import block_step, block_step_split
 
     import audiomamba.generation as generation
 
@@ -295,7 +296,12 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows):
     fused = generation._Stepper._step_fused
     monkeypatch.setattr(generation._Stepper, "_step_fused", lambda self, d: (depths.append(d), fused(self, d)))
     monkeypatch.setitem(block_step.CONFIG_OVERRIDES, "rows", rows)
+    monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "min_d", 1 if split else 10**9)
+    monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "tile", 256)  # several slices per block
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+    stages = generation._fused_stages(model, model.init_state(3, DEVICE), torch.zeros(3, 1, 2, dtype=torch.long,
+                                                                                      device=DEVICE))
+    assert [st["split"] is not None for st in stages] == [False] + [split] * (len(stages) - 1)
     out = model.generate(3, 13, seed=4, progress=False, return_logits=True, return_log_likelihood=True,
                          temperature=0.8, cuda_graphs=False)
     greedy = model.generate(3, 13, progress=False, return_logits=True, temperature=0, cuda_graphs=False)
@@ -312,3 +318,73 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows):
         forced, _ = model(inputs)
     logp = torch.log_softmax(forced, -1).gather(-1, out.tokens[..., None])[..., 0].mean((1, 2))
     assert rel_err(out.log_likelihood, logp) < 1e-5
+
+
+# (n_blocks, B, D, E, N, R, W, norm, biases, tile): the split stage step; tile sets the slice width (BE = tile /
+# BLOCK_D): 5 slices of E = 20 (the last one partial), 6 of 24, 1 of 16
+SPLIT_STAGES = [
+    (3, 3, 8, 20, 4, 2, 4, "layernorm", True, 32),
+    (2, 2, 12, 24, 6, 3, 3, "rmsnorm", False, 64),
+    (2, 1, 16, 16, 5, 1, 2, "layernorm", False, 4096),
+]
+REAL_SPLIT_STAGES = [
+    (8, 1, 128, 256, 64, 8, 4, "layernorm", False, None),
+    (8, 1, 256, 512, 64, 16, 4, "rmsnorm", True, None),
+    (8, 64, 256, 512, 64, 16, 4, "layernorm", False, None),
+    (8, 5, 96, 192, 64, 6, 4, "layernorm", True, 2048),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SPLIT_STAGES + ([] if INTERPRET else REAL_SPLIT_STAGES),
+                         ids=lambda s: "x".join(map(str, s)))
+def test_split_stage_kernel_matches_reference(shape, dtype):
+    """The stage step with every block split over slices of E (two launches per block, partial sums, the last
+    program of a row finishing): against the reference blocks, with the up-pool add, without the residual, and
+    with the pool buffer shifts; three steps on one workspace (its arrival counters must come back to zero)."""
+    from audiomamba.kernels import block_step, block_step_split
+
+    n_blocks, batch, d, e, n, r, w, norm, biases, tile = shape
+    gen = torch.Generator().manual_seed(sum(shape[:7]) + 1)
+    blocks = []
+    for _ in range(n_blocks):
+        p = _params(d, e, n, r, w, norm, biases, gen)
+        blocks.append({k: None if v is None else v.to(DEVICE, torch.float32 if k == "A_log" else dtype)
+                       for k, v in p.items()})
+    weights = block_step.stack_block_weights(blocks)
+    conv = torch.randn(n_blocks, batch, e, w - 1, generator=gen).to(DEVICE, dtype)
+    ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
+    convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
+    pool = 3
+    overrides = {} if tile is None else {"tile": tile}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in overrides.items():
+            mp.setitem(block_step_split.CONFIG_OVERRIDES, k, v)
+        ws = block_step_split.split_workspace(batch, d, e, n, r, w, DEVICE, dtype)
+        if tile is not None and tile < 4096:
+            assert ws["slices"] > 1
+        for step in range(3):
+            down = torch.randn(batch, pool - 1, d, generator=gen).to(DEVICE, dtype)
+            upb = torch.randn(batch, pool, d, generator=gen).to(DEVICE, dtype)
+            down_ref, up_ref = down.clone(), upb.clone()
+            x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]  # strided
+            if step == 0:  # up-pool output added
+                up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, up=up, workspace=ws)
+                want = _stage_ref(x, up, convs, ssms, blocks, norm)
+            elif step == 1:  # no up-pool, no residual
+                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, residual=False,
+                                                                      workspace=ws)
+                want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
+            else:  # down-pool shift and up-pool rotation
+                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, down_buffer=down,
+                                                                      up_buffer=upb, up=upb[:, -1], workspace=ws)
+                want = _stage_ref(x, up_ref[:, 0], convs, ssms, blocks, norm)
+                assert torch.equal(down, torch.cat([down_ref[:, 1:], x[:, None]], dim=1))
+                assert torch.equal(upb, torch.roll(up_ref, -1, dims=1))
+            assert out.shape == (batch, d) and out.dtype == dtype
+            assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
+            assert not ws["count"].any(), step
+            for i in range(n_blocks):
+                assert rel_err(conv[i], convs[i]) < TOL[dtype] and rel_err(ssm[i], ssms[i]) < TOL[dtype], (step, i)

@@ -1,0 +1,350 @@
+"""One generation step of a stage of Mamba-1 blocks with each block spread over many programs (wide stages).
+
+``block_step.py`` runs a whole stage in one program per batch row: at D >= 128 that one SM streams the stage's
+weights alone (D = 256: 8 blocks x 1.7 MB of float32) and the step is bound by its L2 port. Here every block is
+split over ``S`` slices of its inner width E (``BE`` channels each) and takes two launches, grid (B, S):
+
+    in   (block i)  h_i = h_{i-1} + Σ_s out_part[s] (+ out_proj bias), or the stage input for i = 0
+                    (u, z)[slice] = in_proj[slice rows](Norm(h_i));  conv over the slice;  c[slice]
+                    x_part[s] = x_proj[:, slice] c[slice]                    (R + 2N,) partial sums
+    out  (block i)  (δ, Bv, Cv) = Σ_s x_part[s];  Δ[slice] = softplus(dt_proj[slice] δ + bias[slice])
+                    ssm[slice] ← exp(Δ A) ⊙ ssm + (Δ c) ⊗ Bv;  y = (ssm Cv + D c) ⊙ SiLU(z)
+                    out_part[s] = out_proj[:, slice] y[slice]                (D,) partial sums
+
+so each program reads 1/S of the block's weights. Program s = 0 of ``in`` keeps h_i in a (2, B, D) ping-pong
+scratch for the next block; c and z pass from ``in`` to ``out`` through a (B, 2, E) float32 scratch. The last
+program of a row to finish the last block's ``out`` (a per-row arrival counter, reset by that program) sums the
+partials in slice order (the result does not depend on which program is last), adds the stage residual, writes
+the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
+
+Same contract as ``mamba1_stage_step_triton`` without the embedding and the head (the stages below the first
+never have them); float32 arithmetic and SSM state, float32 / bfloat16 weights and activations, values rounded
+to the activations' dtype where the unfused modules round them. Partial sums go through float32 scratch, so the
+sums differ from the one-program kernel only in their order.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .activations import softplus as _softplus
+from .block_step import BLOCK_WEIGHTS, _contig, _p2, _silu
+
+# Channels per slice: the in_proj tile (BE, D) holds at most this many elements (D = 256: BE = 16, 32 slices of
+# E = 512; D = 128: BE = 32, 8 slices), and warps per program. Overridable for the benchmark's sweep.
+_TILE = 4096
+_WARPS = 4
+# Stages of at least this width take the split step in generation (D = 64 stays one program per row).
+_MIN_D = 128
+CONFIG_OVERRIDES: dict = {}
+
+
+def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int) -> dict:
+    """Block sizes of the two kernels: BE channels per slice (every (BE, D) tile at most ``tile`` elements),
+    S = ceil(E / BE) slices."""
+    block_d = _p2(d_model)
+    tile = CONFIG_OVERRIDES.get("tile", _TILE)
+    block_e = min(_p2(d_inner), max(1, tile // block_d))
+    slices = triton.cdiv(d_inner, block_e)
+    return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
+            "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1),
+            "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS)}
+
+
+def uses_split(d_model: int) -> bool:
+    """Whether generation steps a stage of width ``d_model`` with the split kernels."""
+    return d_model >= CONFIG_OVERRIDES.get("min_d", _MIN_D)
+
+
+@triton.jit
+def _block_sum(part_ptr, b, cols, m_cols, L: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Σ_s part[b, s, cols] of a (B, S, L) float32 partial-sum scratch, in slice order: (len(cols),)."""
+    ss = tl.arange(0, BLOCK_S)
+    v = tl.load(part_ptr + (b * S + ss[:, None]) * L + cols[None, :], mask=(ss < S)[:, None] & m_cols[None, :],
+                other=0.0, cache_modifier=".cg")
+    return tl.sum(v, axis=0)
+
+
+@triton.jit
+def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
+                 n_rows, offs_d, m_d, D: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr, UP: tl.constexpr,
+                 HAS_OUT_B: tl.constexpr):
+    """(BLOCK_D,) float32 input row of block i, rounded to the activations' dtype: the stage input x (+ up) for the
+    first block, else block i-1's input (scratch) + its out_proj partials (+ bias)."""
+    if FIRST:
+        v = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0).to(tl.float32)
+        if UP:
+            v += tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32)
+    else:
+        prev = hbuf_ptr + ((i + 1) % 2) * n_rows * D + b * D
+        v = tl.load(prev + offs_d, mask=m_d, other=0.0).to(tl.float32)
+        # partials (B, S, D): slice s of row b at (b * S + s) * D
+        v += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
+        if HAS_OUT_B:
+            v += tl.load(out_b_ptr + (i - 1) * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    return v.to(hbuf_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["i"])
+def _split_in_kernel(
+    x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
+    norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
+    i, eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
+    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, S: tl.constexpr,
+    BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    FIRST: tl.constexpr, UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr,
+    HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr,
+):
+    """Block i, slice s, row b: input row and norm, the slice's in_proj rows, conv, x_proj partial sums."""
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_d = offs_d < D
+    v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+                     offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
+    if s == 0:  # block i's input, for block i+1 and the stage output
+        tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
+
+    e = s * BE + tl.arange(0, BE)
+    m_e = e < E
+    # ---- in_proj rows of the slice: (BE, BLOCK_D) tiles of the u and z halves, loaded before the norm
+    in_w = in_w_ptr + i * (2 * E * D)
+    w_off = e[:, None] * D + offs_d[None, :]
+    m_ed = m_e[:, None] & m_d[None, :]
+    w_u = tl.load(in_w + w_off, mask=m_ed, other=0.0).to(tl.float32)
+    w_z = tl.load(in_w + E * D + w_off, mask=m_ed, other=0.0).to(tl.float32)
+    if RMSNORM:
+        hn = v / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+    else:
+        xc = tl.where(m_d, v - tl.sum(v, axis=0) / D, 0.0)
+        hn = xc / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
+    if HAS_NORM_W:
+        hn = hn * tl.load(norm_w_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    if HAS_NORM_B:
+        hn = hn + tl.load(norm_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    hn = tl.where(m_d, hn, 0.0)
+    u = tl.sum(w_u * hn[None, :], axis=1)  # (BE,)
+    z = tl.sum(w_z * hn[None, :], axis=1)
+    if HAS_IN_B:
+        u += tl.load(in_b_ptr + i * (2 * E) + e, mask=m_e, other=0.0).to(tl.float32)
+        z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)
+
+    # ---- causal conv over [conv_state, u] and the state shift, in place
+    offs_w = tl.arange(0, BLOCK_W)  # taps 0..W-2 come from the state
+    m_ew = m_e[:, None] & (offs_w < W - 1)[None, :]
+    c_row = conv_ptr + i * s_ci + b * s_cb + e[:, None] * s_ce
+    old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
+    nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
+    cw = tl.load(conv_w_ptr + i * (E * W) + e[:, None] * W + offs_w[None, :], mask=m_ew, other=0.0).to(tl.float32)
+    cw_last = tl.load(conv_w_ptr + i * (E * W) + e * W + (W - 1), mask=m_e, other=0.0).to(tl.float32)
+    u_r = u.to(conv_ptr.dtype.element_ty)  # the value the state will hold
+    pre = tl.sum(cw * old, axis=1) + cw_last * u_r.to(tl.float32)
+    if HAS_CONV_B:
+        pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
+    c = tl.where(m_e, _silu(pre), 0.0)  # (BE,)
+    tl.debug_barrier()  # every thread has read the old conv state before any thread overwrites it
+    tl.store(c_row + offs_w[None, :] * s_cw, tl.where((offs_w == W - 2)[None, :], u_r[:, None], nxt), mask=m_ew)
+    tl.store(cz_ptr + b * (2 * E) + e, c, mask=m_e)
+    tl.store(cz_ptr + b * (2 * E) + E + e, z, mask=m_e)
+
+    # ---- x_proj partial sums over the slice: (R + 2N,) at x_part[b, s]
+    xp_w = xp_w_ptr + i * ((R + 2 * N) * E)
+    dst = xpart_ptr + (b * S + s) * (R + 2 * N)
+    rr = tl.arange(0, BLOCK_R)
+    m_r = rr < R
+    w_r = tl.load(xp_w + rr[:, None] * E + e[None, :], mask=m_r[:, None] & m_e[None, :], other=0.0).to(tl.float32)
+    tl.store(dst + rr, tl.sum(w_r * c[None, :], axis=1), mask=m_r)
+    nn = tl.arange(0, BLOCK_N)
+    m_n = nn < N
+    m_ne = m_n[:, None] & m_e[None, :]
+    w_b = tl.load(xp_w + (R + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
+    w_c = tl.load(xp_w + (R + N + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
+    tl.store(dst + R + nn, tl.sum(w_b * c[None, :], axis=1), mask=m_n)
+    tl.store(dst + R + N + nn, tl.sum(w_c * c[None, :], axis=1), mask=m_n)
+
+
+@triton.jit(do_not_specialize=["i"])
+def _split_out_kernel(
+    x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, count_ptr,
+    dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr, out_b_ptr,
+    i, n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_hi, s_hb, s_he, s_hn,
+    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+    BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    LAST: tl.constexpr, UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr,
+    RESIDUAL: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
+):
+    """Block i, slice s, row b: Δ, the state update and readout, gate, out_proj partial sums; after the last
+    block, the row's last program writes the stage output and moves the pool buffers."""
+    b = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
+    e = s * BE + tl.arange(0, BE)
+    m_e = e < E
+    rr = tl.arange(0, BLOCK_R)
+    m_r = rr < R
+    nn = tl.arange(0, BLOCK_N)
+    m_n = nn < N
+    L: tl.constexpr = R + 2 * N
+    # ---- loads that depend on nothing computed: weights of the slice and its state
+    w_dt = tl.load(dt_w_ptr + i * (E * R) + e[:, None] * R + rr[None, :], mask=m_e[:, None] & m_r[None, :],
+                   other=0.0).to(tl.float32)  # (BE, BLOCK_R)
+    dt_b = tl.load(dt_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
+    m_en = m_e[:, None] & m_n[None, :]
+    a_l = tl.load(a_log_ptr + i * (E * N) + e[:, None] * N + nn[None, :], mask=m_en, other=0.0).to(tl.float32)
+    h_row = ssm_ptr + i * s_hi + b * s_hb + e[:, None] * s_he + nn[None, :] * s_hn
+    h = tl.load(h_row, mask=m_en, other=0.0)  # (BE, BLOCK_N) float32
+    offs_d = tl.arange(0, BLOCK_D)
+    m_d = offs_d < D
+    w_o = tl.load(out_w_ptr + i * (D * E) + offs_d[:, None] * E + e[None, :], mask=m_d[:, None] & m_e[None, :],
+                  other=0.0).to(tl.float32)  # (BLOCK_D, BE)
+    c = tl.load(cz_ptr + b * (2 * E) + e, mask=m_e, other=0.0)
+    z = tl.load(cz_ptr + b * (2 * E) + E + e, mask=m_e, other=0.0)
+
+    # ---- δ, B, C: the x_proj partials summed over the slices
+    delta = _block_sum(xpart_ptr, b, rr, m_r, L, S, BLOCK_S)  # (BLOCK_R,)
+    bv = _block_sum(xpart_ptr, b, R + nn, m_n, L, S, BLOCK_S)  # (BLOCK_N,)
+    cv = _block_sum(xpart_ptr, b, R + N + nn, m_n, L, S, BLOCK_S)
+    dt = tl.sum(w_dt * delta[None, :], axis=1) + dt_b
+    dt = tl.where(m_e, _softplus(dt), 0.0)  # (BE,)
+    if HAS_D:
+        y = tl.load(d_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32) * c
+    else:
+        y = tl.zeros([BE], tl.float32)
+    h = tl.exp(dt[:, None] * -tl.exp(a_l)) * h + (dt * c)[:, None] * bv[None, :]
+    y += tl.sum(h * cv[None, :], axis=1)
+    tl.debug_barrier()  # the old state is read everywhere before it is overwritten
+    tl.store(h_row, h, mask=m_en)
+    y = tl.where(m_e, y * _silu(z), 0.0)
+    tl.store(opart_ptr + (b * S + s) * D + offs_d, tl.sum(w_o * y[None, :], axis=1), mask=m_d)
+
+    if LAST:
+        tl.debug_barrier()  # every thread's partials are written before the arrival is counted
+        arrived = tl.atomic_add(count_ptr + b, 1)  # acq_rel: the earlier programs' partials are visible
+        if arrived == S - 1:  # the row's last program
+            hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+            hv += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
+            if HAS_OUT_B:
+                hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+            o = hv.to(out_ptr.dtype.element_ty)
+            x0 = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0)
+            if RESIDUAL:
+                h0 = x0.to(tl.float32)
+                if UP:
+                    h0 = (h0 + tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32))
+                    h0 = h0.to(out_ptr.dtype.element_ty).to(tl.float32)
+                o = (o.to(tl.float32) + h0).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + b * D + offs_d, o, mask=m_d)
+            offs_p = tl.arange(0, BLOCK_P)
+            if DOWN_PUSH:  # the window (P-1, D) takes the stage input (before the up-pool add)
+                d_off = b * s_db + offs_d[None, :] * s_dd
+                m_pd = (offs_p < P - 2)[:, None] & m_d[None, :]
+                d_nxt = tl.load(dbuf_ptr + d_off + (offs_p + 1)[:, None] * s_dp, mask=m_pd, other=0.0)
+                new_d = tl.where((offs_p == P - 2)[:, None], x0[None, :].to(dbuf_ptr.dtype.element_ty), d_nxt)
+            if UP_ROTATE:  # rotate by one: the old row 0 (this step's up-pool output) lands in row P-1
+                v_off = b * s_vb + offs_d[None, :] * s_vd
+                m_pd = (offs_p < P)[:, None] & m_d[None, :]
+                new_u = tl.load(ubuf_ptr + v_off + ((offs_p + 1) % P)[:, None] * s_vp, mask=m_pd, other=0.0)
+            tl.debug_barrier()
+            if DOWN_PUSH:
+                tl.store(dbuf_ptr + d_off + offs_p[:, None] * s_dp, new_d,
+                         mask=(offs_p < P - 1)[:, None] & m_d[None, :])
+            if UP_ROTATE:
+                tl.store(ubuf_ptr + v_off + offs_p[:, None] * s_vp, new_u, mask=m_pd)
+            tl.store(count_ptr + b, 0)  # every program of the row has arrived: ready for the next step
+
+
+def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
+                    device, dtype: torch.dtype) -> dict:
+    """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
+    block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
+    (B, S, R + 2N) and (B, S, D) float32, per-row arrival counters (B,) int32 (zero; the kernels leave them
+    zero)."""
+    slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv)["S"]
+    f32 = torch.float32
+    return {
+        "h": torch.empty(2, batch, d_model, device=device, dtype=dtype),
+        "cz": torch.empty(batch, 2, d_inner, device=device, dtype=f32),
+        "x_part": torch.empty(batch, slices, dt_rank + 2 * d_state, device=device, dtype=f32),
+        "out_part": torch.empty(batch, slices, d_model, device=device, dtype=f32),
+        "count": torch.zeros(batch, device=device, dtype=torch.int32),
+        "slices": slices,
+    }
+
+
+def _strides(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
+    return t.stride() if t is not None else (0,) * n
+
+
+def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="layernorm", eps=1e-5, *, up=None,
+                                   down_buffer=None, up_buffer=None, residual=True, workspace=None):
+    """One step of a stage of Mamba-1 blocks, each block split over slices of E (module docstring); states
+    updated in place.
+
+    Args:
+        x: (B, D) stage input, any strides. conv_states: (n_blocks, B, E, W-1), ssm_states: (n_blocks, B, E, N)
+            float32. weights: ``stack_block_weights`` output. norm, eps: the blocks' norm.
+        up: (B, D) up-pool output added to x (any strides; with ``up_buffer``: its row P-1, read after the
+            rotation, i.e. the buffer's row 0 before it).
+        down_buffer: (B, P-1, D) down-pool window that takes x. up_buffer: (B, P, D) up-pool buffer, rotated by one.
+        residual: add the stage input to the last block's output.
+        workspace: ``split_workspace`` for these sizes (allocated here when None).
+
+    Returns:
+        (B, D) the stage output, in x's dtype.
+    """
+    ws = [_contig(weights[k]) for k in BLOCK_WEIGHTS]
+    n_blocks, batch, d_inner, _ = conv_states.shape
+    d_model = ws[2].shape[-1]
+    width = ws[4].shape[-1]
+    d_state = ws[9].shape[-1]
+    dt_rank = ws[7].shape[-1]
+    out = torch.empty(batch, d_model, device=x.device, dtype=x.dtype)
+    if batch == 0:
+        return out
+    if workspace is None:
+        workspace = split_workspace(batch, d_model, d_inner, d_state, dt_rank, width, x.device, x.dtype)
+    cfg = split_config(d_model, d_inner, d_state, dt_rank, width)
+    warps = cfg.pop("num_warps")
+    slices = cfg["S"]
+    if workspace["slices"] != slices or workspace["h"].shape[1:] != (batch, d_model):
+        raise ValueError(f"workspace: made for {workspace['h'].shape[1]} rows of width {workspace['h'].shape[2]} "
+                         f"in {workspace['slices']} slices, this stage needs {batch} x {d_model} in {slices}")
+    present = [t is not None for t in ws]
+    ws = [t if t is not None else ws[2] for t in ws]  # unused pointers (their HAS_* flag is off)
+    (norm_w, norm_b, in_w, in_b, conv_w, conv_b, xp_w, dt_w, dt_b, a_log, d_skip, out_w, out_b) = ws
+    if up_buffer is not None:
+        up = up_buffer[:, 0]  # the row that the rotation moves to P-1: read before the rotation (last program)
+    n_pool = 0 if down_buffer is None and up_buffer is None else (
+        up_buffer.shape[1] if up_buffer is not None else down_buffer.shape[1] + 1)
+    scratch = (workspace["h"], workspace["out_part"], workspace["cz"], workspace["x_part"])
+    conv_strides = conv_states.stride()
+    ssm_strides = ssm_states.stride()
+    sizes = {"D": d_model, "E": d_inner, "R": dt_rank, "N": d_state, **cfg}
+    grid = (batch, slices)
+    up_arg = up if up is not None else x
+    for i in range(n_blocks):
+        _split_in_kernel[grid](
+            x, up_arg, *scratch, conv_states, norm_w, norm_b, in_w, in_b, conv_w, conv_b, xp_w, out_b,
+            i, float(eps), batch, *x.stride(), *_strides(up, 2), *conv_strides,
+            W=width, **sizes,
+            FIRST=i == 0, UP=up is not None, RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0],
+            HAS_NORM_B=present[1], HAS_IN_B=present[3], HAS_CONV_B=present[5], HAS_OUT_B=present[12],
+            num_warps=warps,
+        )
+        _split_out_kernel[grid](
+            x, up_arg, down_buffer if down_buffer is not None else out, up_buffer if up_buffer is not None else out,
+            out, *scratch, ssm_states, workspace["count"], dt_w, dt_b, a_log, d_skip, out_w, out_b,
+            i, batch, *x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
+            *ssm_strides, P=max(n_pool, 2), BLOCK_P=_p2(max(n_pool, 2)),
+            **{k: v for k, v in sizes.items() if k != "BLOCK_W"},
+            LAST=i == n_blocks - 1, UP=up is not None, DOWN_PUSH=down_buffer is not None,
+            UP_ROTATE=up_buffer is not None, RESIDUAL=residual, HAS_D=present[10], HAS_OUT_B=present[12],
+            num_warps=warps,
+        )
+    return out
+
+
+__all__ = ["mamba1_stage_step_split_triton", "split_config", "split_workspace", "uses_split"]

@@ -17,8 +17,11 @@ Fused path (Triton backend, every block a fused-step Mamba-1 block, no top-k / t
 as one launch of ``mamba1_stage_step_triton`` (weights stacked once per call, block states as views of stacked
 buffers). A step at depth 0 (most steps) is then that one launch for stage 0: embedding, down-pool shift, up-pool
 rotation, blocks, stage residual, final norm, head, Gumbel-max draw and the output writes, with a per-row
-position counter. Deeper steps run the completed down-pool frames and the up-pool unfolds as ATen ops between the
-stage launches. The pooling phase counters are not kept on this path (no step reads them).
+position counter. Stages below the first of width >= 128 (``block_step_split.uses_split``) instead take two
+launches per block, each block spread over slices of its inner width (one SM alone streaming their weights was
+the bound). Deeper steps run the completed down-pool frames (one gather, one cat, one linear) and the up-pool
+unfolds (one linear into the buffer) as ATen ops between the stage launches, the stage launches shifting the down
+windows. The pooling phase counters are not kept on this path (no step reads them).
 """
 
 from __future__ import annotations
@@ -163,8 +166,9 @@ class _Stepper:
         self.pos.add_(1)
 
     def _stage(self, s: int, x: torch.Tensor | None, up: torch.Tensor | None = None, push: bool = False,
-               embed: bool = False, head: bool = False) -> torch.Tensor:
-        """Stage s's blocks in one launch (plus the parts named by the flags): (B, D_s) stage output."""
+               down: bool = False, embed: bool = False, head: bool = False) -> torch.Tensor:
+        """Stage s's blocks in one launch, or two per block for a split stage (plus the parts named by the flags:
+        ``push`` shifts the down window and rotates the up buffer, ``down`` only shifts the window): (B, D_s)."""
         from .kernels.block_step import mamba1_stage_step_triton
         from .kernels.block_step_split import mamba1_stage_step_split_triton
 
@@ -172,8 +176,11 @@ class _Stepper:
         kw: dict[str, Any] = {}
         if push:  # this stage's pools do not complete a frame: shift the down window, rotate the up buffer
             kw.update(down_buffer=st.down[s].buffer, up_buffer=st.up[s].buffer, up=st.up[s].buffer[:, -1])
-        elif up is not None:
-            kw["up"] = up
+        else:
+            if up is not None:
+                kw["up"] = up
+            if down:
+                kw["down_buffer"] = st.down[s].buffer
         if stage["split"] is not None and not (embed or head):  # a wide stage: each block over many programs
             return mamba1_stage_step_split_triton(x, stage["conv"], stage["ssm"], stage["weights"], stage["norm"],
                                                   stage["eps"], residual=True, workspace=stage["split"], **kw)
@@ -185,22 +192,31 @@ class _Stepper:
                                         stage["eps"], residual=True, **kw)
 
     def _step_fused(self, depth: int) -> None:
-        """The fused step (module docstring): one launch per stage that runs; ATen only for completed frames."""
+        """The fused step (module docstring): one launch per stage that runs (two per block of a split stage);
+        ATen only for the embedding and the pools' linears of completed frames."""
         bb, st = self.model.backbone, self.state
         levels = len(bb.pools)
         if depth == 0:
             self._stage(0, None, push=levels > 0, embed=True, head=True)
             return
-        xs = [self.model.embed(self.token)[:, 0]]  # stage inputs (B, D_s)
-        for s in range(depth):  # the down-pool frames that complete at this step
-            frame, new = bb.down[s].step(xs[s][:, None], st.down[s], True)  # (B, 1, D_{s+1})
-            st.down[s].buffer.copy_(new.buffer)
-            xs.append(frame[:, 0])
+        embed = self.model.embed
+        if embed.n_codebooks == 1:  # one gather, no offsets or sum
+            xs = [embed.embedding.weight.index_select(0, self.token.view(-1))]  # stage inputs (B, D_s)
+        else:
+            xs = [embed(self.token)[:, 0]]
+        for s in range(depth):  # the down-pool frames that complete at this step (stage s pushes x_s afterwards)
+            window = torch.cat([st.down[s].buffer, xs[s][:, None]], dim=1)  # (B, P, D_s)
+            xs.append(bb.down[s].linear(window.flatten(1)))  # (B, D_{s+1})
         h = self._stage(depth, xs[depth], push=depth < levels)
         for s in reversed(range(depth)):
-            fine = bb.up[s].linear(h)  # (B, P·D_s): the up-pool buffer after this step
-            h = self._stage(s, xs[s], up=st.up[s].buffer[:, 0], head=s == 0)
-            st.up[s].buffer.copy_(fine.view_as(st.up[s].buffer))
+            out = self._stage(s, xs[s], up=st.up[s].buffer[:, 0], down=True, head=s == 0)
+            # the new frame's P up-pool outputs, written in place once stage s has read this step's (row 0)
+            lin, buf = bb.up[s].linear, st.up[s].buffer
+            if lin.bias is None:
+                torch.mm(h, lin.weight.t(), out=buf.view(buf.shape[0], -1))
+            else:
+                torch.addmm(lin.bias, h, lin.weight.t(), out=buf.view(buf.shape[0], -1))
+            h = out
 
     def run_period(self) -> None:
         for depth in self.period:

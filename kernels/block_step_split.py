@@ -2,7 +2,7 @@
 
 ``block_step.py`` runs a whole stage in one program per batch row: at D >= 128 that one SM streams the stage's
 weights alone (D = 256: 8 blocks x 1.7 MB of float32) and the step is bound by its L2 port. Here every block is
-split over ``S`` slices of its inner width E (``BE`` channels each) and takes two launches, grid (B, S):
+split over ``S`` slices of its inner width E (``BE`` channels each) and takes two launches, grid (S, B):
 
     in   (block i)  h_i = h_{i-1} + Σ_s out_part[s] (+ out_proj bias), or the stage input for i = 0
                     (u, z)[slice] = in_proj[slice rows](Norm(h_i));  conv over the slice;  c[slice]
@@ -11,11 +11,17 @@ split over ``S`` slices of its inner width E (``BE`` channels each) and takes tw
                     ssm[slice] ← exp(Δ A) ⊙ ssm + (Δ c) ⊗ Bv;  y = (ssm Cv + D c) ⊙ SiLU(z)
                     out_part[s] = out_proj[:, slice] y[slice]                (D,) partial sums
 
-so each program reads 1/S of the block's weights. Program s = 0 of ``in`` keeps h_i in a (2, B, D) ping-pong
-scratch for the next block; c and z pass from ``in`` to ``out`` through a (B, 2, E) float32 scratch. The last
-program of a row to finish the last block's ``out`` (a per-row arrival counter, reset by that program) sums the
-partials in slice order (the result does not depend on which program is last), adds the stage residual, writes
-the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
+so each program reads 1/S of the block's weights (one kernel, ``MODE`` 0 and 1). Program s = 0 of ``in`` keeps h_i
+in a (2, B, D) ping-pong scratch for the next block; c and z pass from ``in`` to ``out`` through a (B, 2, E)
+float32 scratch. The last program of a row to finish the last block's ``out`` (a per-row arrival counter, reset by
+that program) sums the partials in slice order (the result does not depend on which program is last), adds the
+stage residual, writes the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
+
+One-launch mode (``MODE`` 2, ``CONFIG_OVERRIDES["one_launch"]``): the same phases of every block in one launch,
+the S programs of a row meeting at a barrier (an atomic arrival counter they poll) between phases instead of at a
+launch boundary. It needs every program resident at once (B·S at most the number of SMs) and real hardware (the
+interpreter runs programs one after another, so its barriers would never open); elsewhere the two-launch mode
+runs.
 
 Same contract as ``mamba1_stage_step_triton`` without the embedding and the head (the stages below the first
 never have them); float32 arithmetic and SSM state, float32 / bfloat16 weights and activations, values rounded
@@ -24,6 +30,8 @@ sums differ from the one-program kernel only in their order.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -38,6 +46,8 @@ _TILE = 4096
 _WARPS = 4
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
+# One launch per stage (row barriers between the phases) instead of two per block, where every program fits at once.
+_ONE_LAUNCH = False
 CONFIG_OVERRIDES: dict = {}
 
 
@@ -79,7 +89,7 @@ def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_u
             v += tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32)
     else:
         prev = hbuf_ptr + ((i + 1) % 2) * n_rows * D + b * D
-        v = tl.load(prev + offs_d, mask=m_d, other=0.0).to(tl.float32)
+        v = tl.load(prev + offs_d, mask=m_d, other=0.0, cache_modifier=".cg").to(tl.float32)
         # partials (B, S, D): slice s of row b at (b * S + s) * D
         v += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
         if HAS_OUT_B:
@@ -87,35 +97,30 @@ def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_u
     return v.to(hbuf_ptr.dtype.element_ty).to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["i"])
-def _split_in_kernel(
-    x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
-    norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
-    i, eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
-    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, S: tl.constexpr,
-    BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_W: tl.constexpr,
-    FIRST: tl.constexpr, UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr,
-    HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr,
-):
+@triton.jit
+def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
+              norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
+              eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
+              D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
+              S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+              UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr,
+              HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr):
     """Block i, slice s, row b: input row and norm, the slice's in_proj rows, conv, x_proj partial sums."""
-    b = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
-    v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
-                     offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
-    if s == 0:  # block i's input, for block i+1 and the stage output
-        tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
-
     e = s * BE + tl.arange(0, BE)
     m_e = e < E
-    # ---- in_proj rows of the slice: (BE, BLOCK_D) tiles of the u and z halves, loaded before the norm
+    # ---- in_proj rows of the slice: (BE, BLOCK_D) tiles of the u and z halves, loaded before the input row
     in_w = in_w_ptr + i * (2 * E * D)
     w_off = e[:, None] * D + offs_d[None, :]
     m_ed = m_e[:, None] & m_d[None, :]
     w_u = tl.load(in_w + w_off, mask=m_ed, other=0.0).to(tl.float32)
     w_z = tl.load(in_w + E * D + w_off, mask=m_ed, other=0.0).to(tl.float32)
+    v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+                     offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
+    if s == 0:  # block i's input, for block i+1 and the stage output
+        tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
     if RMSNORM:
         hn = v / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     else:
@@ -166,21 +171,12 @@ def _split_in_kernel(
     tl.store(dst + R + N + nn, tl.sum(w_c * c[None, :], axis=1), mask=m_n)
 
 
-@triton.jit(do_not_specialize=["i"])
-def _split_out_kernel(
-    x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, count_ptr,
-    dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr, out_b_ptr,
-    i, n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_hi, s_hb, s_he, s_hn,
-    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
-    BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    LAST: tl.constexpr, UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr,
-    RESIDUAL: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
-):
-    """Block i, slice s, row b: Δ, the state update and readout, gate, out_proj partial sums; after the last
-    block, the row's last program writes the stage output and moves the pool buffers."""
-    b = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
+@triton.jit
+def _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
+               s_hi, s_hb, s_he, s_hn, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+               S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr):
+    """Block i, slice s, row b: Δ, the state update and readout, gate, out_proj partial sums."""
     e = s * BE + tl.arange(0, BE)
     m_e = e < E
     rr = tl.arange(0, BLOCK_R)
@@ -200,8 +196,8 @@ def _split_out_kernel(
     m_d = offs_d < D
     w_o = tl.load(out_w_ptr + i * (D * E) + offs_d[:, None] * E + e[None, :], mask=m_d[:, None] & m_e[None, :],
                   other=0.0).to(tl.float32)  # (BLOCK_D, BE)
-    c = tl.load(cz_ptr + b * (2 * E) + e, mask=m_e, other=0.0)
-    z = tl.load(cz_ptr + b * (2 * E) + E + e, mask=m_e, other=0.0)
+    c = tl.load(cz_ptr + b * (2 * E) + e, mask=m_e, other=0.0, cache_modifier=".cg")
+    z = tl.load(cz_ptr + b * (2 * E) + E + e, mask=m_e, other=0.0, cache_modifier=".cg")
 
     # ---- δ, B, C: the x_proj partials summed over the slices
     delta = _block_sum(xpart_ptr, b, rr, m_r, L, S, BLOCK_S)  # (BLOCK_R,)
@@ -220,40 +216,123 @@ def _split_out_kernel(
     y = tl.where(m_e, y * _silu(z), 0.0)
     tl.store(opart_ptr + (b * S + s) * D + offs_d, tl.sum(w_o * y[None, :], axis=1), mask=m_d)
 
-    if LAST:
-        tl.debug_barrier()  # every thread's partials are written before the arrival is counted
-        arrived = tl.atomic_add(count_ptr + b, 1)  # acq_rel: the earlier programs' partials are visible
-        if arrived == S - 1:  # the row's last program
-            hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
-            hv += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
-            if HAS_OUT_B:
-                hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
-            o = hv.to(out_ptr.dtype.element_ty)
-            x0 = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0)
-            if RESIDUAL:
-                h0 = x0.to(tl.float32)
-                if UP:
-                    h0 = (h0 + tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32))
-                    h0 = h0.to(out_ptr.dtype.element_ty).to(tl.float32)
-                o = (o.to(tl.float32) + h0).to(out_ptr.dtype.element_ty)
-            tl.store(out_ptr + b * D + offs_d, o, mask=m_d)
-            offs_p = tl.arange(0, BLOCK_P)
-            if DOWN_PUSH:  # the window (P-1, D) takes the stage input (before the up-pool add)
-                d_off = b * s_db + offs_d[None, :] * s_dd
-                m_pd = (offs_p < P - 2)[:, None] & m_d[None, :]
-                d_nxt = tl.load(dbuf_ptr + d_off + (offs_p + 1)[:, None] * s_dp, mask=m_pd, other=0.0)
-                new_d = tl.where((offs_p == P - 2)[:, None], x0[None, :].to(dbuf_ptr.dtype.element_ty), d_nxt)
-            if UP_ROTATE:  # rotate by one: the old row 0 (this step's up-pool output) lands in row P-1
-                v_off = b * s_vb + offs_d[None, :] * s_vd
-                m_pd = (offs_p < P)[:, None] & m_d[None, :]
-                new_u = tl.load(ubuf_ptr + v_off + ((offs_p + 1) % P)[:, None] * s_vp, mask=m_pd, other=0.0)
-            tl.debug_barrier()
-            if DOWN_PUSH:
-                tl.store(dbuf_ptr + d_off + offs_p[:, None] * s_dp, new_d,
-                         mask=(offs_p < P - 1)[:, None] & m_d[None, :])
-            if UP_ROTATE:
-                tl.store(ubuf_ptr + v_off + offs_p[:, None] * s_vp, new_u, mask=m_pd)
-            tl.store(count_ptr + b, 0)  # every program of the row has arrived: ready for the next step
+
+@triton.jit
+def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+            s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd,
+            D: tl.constexpr, P: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+            BLOCK_P: tl.constexpr, UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr,
+            RESIDUAL: tl.constexpr, HAS_OUT_B: tl.constexpr):
+    """Row b after the last block i: the stage output (block i's input + its partials (+ bias) (+ the stage
+    input)), then the pool buffers: the down window takes x, the up buffer rotates by one."""
+    offs_d = tl.arange(0, BLOCK_D)
+    m_d = offs_d < D
+    hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0,
+                 cache_modifier=".cg").to(tl.float32)
+    hv += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
+    if HAS_OUT_B:
+        hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    o = hv.to(out_ptr.dtype.element_ty)
+    x0 = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0)
+    if RESIDUAL:
+        h0 = x0.to(tl.float32)
+        if UP:
+            h0 = (h0 + tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32))
+            h0 = h0.to(out_ptr.dtype.element_ty).to(tl.float32)
+        o = (o.to(tl.float32) + h0).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + b * D + offs_d, o, mask=m_d)
+    offs_p = tl.arange(0, BLOCK_P)
+    if DOWN_PUSH:  # the window (P-1, D) takes the stage input (before the up-pool add)
+        d_off = b * s_db + offs_d[None, :] * s_dd
+        m_pd = (offs_p < P - 2)[:, None] & m_d[None, :]
+        d_nxt = tl.load(dbuf_ptr + d_off + (offs_p + 1)[:, None] * s_dp, mask=m_pd, other=0.0)
+        new_d = tl.where((offs_p == P - 2)[:, None], x0[None, :].to(dbuf_ptr.dtype.element_ty), d_nxt)
+    if UP_ROTATE:  # rotate by one: the old row 0 (this step's up-pool output) lands in row P-1
+        v_off = b * s_vb + offs_d[None, :] * s_vd
+        m_pu = (offs_p < P)[:, None] & m_d[None, :]
+        new_u = tl.load(ubuf_ptr + v_off + ((offs_p + 1) % P)[:, None] * s_vp, mask=m_pu, other=0.0)
+    tl.debug_barrier()
+    if DOWN_PUSH:
+        tl.store(dbuf_ptr + d_off + offs_p[:, None] * s_dp, new_d, mask=(offs_p < P - 1)[:, None] & m_d[None, :])
+    if UP_ROTATE:
+        tl.store(ubuf_ptr + v_off + offs_p[:, None] * s_vp, new_u, mask=m_pu)
+
+
+@triton.jit
+def _row_sync(sync_ptr, S: tl.constexpr):
+    """Wait until all S programs of the row have arrived here (a monotonic int64 arrival counter per row, so no
+    reset: the k-th barrier of a row completes at a multiple of S)."""
+    tl.debug_barrier()  # every thread's writes precede the arrival
+    old = tl.atomic_add(sync_ptr, 1, sem="acq_rel")
+    target = (old // S + 1) * S
+    seen = old + 1
+    while seen < target:
+        seen = tl.atomic_add(sync_ptr, 0, sem="acquire")
+    tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["i"])
+def _split_kernel(
+    x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, ssm_ptr,
+    count_ptr, sync_ptr,
+    norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr,
+    d_ptr, out_w_ptr, out_b_ptr,
+    i, n_blocks, eps, n_rows,
+    s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_ci, s_cb, s_ce, s_cw, s_hi, s_hb, s_he, s_hn,
+    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
+    S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
+    MODE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+    UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr, RESIDUAL: tl.constexpr,
+    RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
+    HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
+):
+    """Grid (S, B): slice s = program 0, row b = program 1. MODE 0: block i's ``in`` phase; MODE 1: its ``out``
+    phase (LAST: the row's last program to arrive finishes the stage and resets the row's counter); MODE 2: all
+    blocks in one launch, the phases of a row separated by row barriers (every program of the launch must be
+    resident at once), program s = 0 finishing."""
+    s = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    if MODE == 0:
+        _phase_in(FIRST, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, norm_w_ptr,
+                  norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr, eps, n_rows,
+                  s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D, BE, BLOCK_S, BLOCK_R,
+                  BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
+    elif MODE == 1:
+        _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
+                   s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N, HAS_D)
+        if LAST:
+            tl.debug_barrier()  # every thread's partials are written before the arrival is counted
+            arrived = tl.atomic_add(count_ptr + b, 1)  # acq_rel: the earlier programs' partials are visible
+            if arrived == S - 1:  # the row's last program
+                _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+                        s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D, BLOCK_S,
+                        BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
+                tl.store(count_ptr + b, 0)  # every program of the row has arrived: ready for the next step
+    else:
+        row_sync = sync_ptr + b
+        for j in range(n_blocks):
+            if j == 0:
+                _phase_in(True, j, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
+                          norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
+                          eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D,
+                          BE, BLOCK_S, BLOCK_R, BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B,
+                          HAS_CONV_B, HAS_OUT_B)
+            else:
+                _phase_in(False, j, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
+                          norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
+                          eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D,
+                          BE, BLOCK_S, BLOCK_R, BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B,
+                          HAS_CONV_B, HAS_OUT_B)
+            _row_sync(row_sync, S)
+            _phase_out(j, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
+                       out_w_ptr, s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N,
+                       HAS_D)
+            _row_sync(row_sync, S)
+        if s == 0:
+            _finish(n_blocks - 1, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr,
+                    n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D, BLOCK_S,
+                    BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
 
 
 def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
@@ -261,7 +340,7 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
     """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
     block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
     (B, S, R + 2N) and (B, S, D) float32, per-row arrival counters (B,) int32 (zero; the kernels leave them
-    zero)."""
+    zero) and per-row barrier counters (B,) int64 of the one-launch mode (they only grow)."""
     slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv)["S"]
     f32 = torch.float32
     return {
@@ -270,8 +349,20 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
         "x_part": torch.empty(batch, slices, dt_rank + 2 * d_state, device=device, dtype=f32),
         "out_part": torch.empty(batch, slices, d_model, device=device, dtype=f32),
         "count": torch.zeros(batch, device=device, dtype=torch.int32),
+        "sync": torch.zeros(batch, device=device, dtype=torch.int64),
         "slices": slices,
     }
+
+
+def _one_launch(batch: int, slices: int, device: torch.device) -> bool:
+    """Whether the stage runs as one launch with row barriers: asked for (``CONFIG_OVERRIDES["one_launch"]``,
+    default ``_ONE_LAUNCH``), on a GPU (the interpreter runs programs one after another: a barrier would never
+    open), and every program resident at once (at most one per SM)."""
+    if not CONFIG_OVERRIDES.get("one_launch", _ONE_LAUNCH) or device.type != "cuda":
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return batch * slices <= torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _strides(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
@@ -314,36 +405,30 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
                          f"in {workspace['slices']} slices, this stage needs {batch} x {d_model} in {slices}")
     present = [t is not None for t in ws]
     ws = [t if t is not None else ws[2] for t in ws]  # unused pointers (their HAS_* flag is off)
-    (norm_w, norm_b, in_w, in_b, conv_w, conv_b, xp_w, dt_w, dt_b, a_log, d_skip, out_w, out_b) = ws
     if up_buffer is not None:
-        up = up_buffer[:, 0]  # the row that the rotation moves to P-1: read before the rotation (last program)
+        up = up_buffer[:, 0]  # the row that the rotation moves to P-1: read before the rotation (by the finish)
     n_pool = 0 if down_buffer is None and up_buffer is None else (
         up_buffer.shape[1] if up_buffer is not None else down_buffer.shape[1] + 1)
-    scratch = (workspace["h"], workspace["out_part"], workspace["cz"], workspace["x_part"])
-    conv_strides = conv_states.stride()
-    ssm_strides = ssm_states.stride()
-    sizes = {"D": d_model, "E": d_inner, "R": dt_rank, "N": d_state, **cfg}
-    grid = (batch, slices)
-    up_arg = up if up is not None else x
+    args = (x, up if up is not None else x, down_buffer if down_buffer is not None else out,
+            up_buffer if up_buffer is not None else out, out, workspace["h"], workspace["out_part"], workspace["cz"],
+            workspace["x_part"], conv_states, ssm_states, workspace["count"], workspace["sync"], *ws)
+    strides = (*x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
+               *conv_states.stride(), *ssm_states.stride())
+    flags = dict(
+        D=d_model, E=d_inner, R=dt_rank, N=d_state, W=width, P=max(n_pool, 2), BLOCK_P=_p2(max(n_pool, 2)), **cfg,
+        UP=up is not None, DOWN_PUSH=down_buffer is not None, UP_ROTATE=up_buffer is not None, RESIDUAL=residual,
+        RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0], HAS_NORM_B=present[1], HAS_IN_B=present[3],
+        HAS_CONV_B=present[5], HAS_D=present[10], HAS_OUT_B=present[12], num_warps=warps,
+    )
+    grid = (slices, batch)
+    if _one_launch(batch, slices, x.device):
+        _split_kernel[grid](*args, 0, n_blocks, float(eps), batch, *strides, MODE=2, FIRST=False, LAST=False,
+                            **flags)
+        return out
     for i in range(n_blocks):
-        _split_in_kernel[grid](
-            x, up_arg, *scratch, conv_states, norm_w, norm_b, in_w, in_b, conv_w, conv_b, xp_w, out_b,
-            i, float(eps), batch, *x.stride(), *_strides(up, 2), *conv_strides,
-            W=width, **sizes,
-            FIRST=i == 0, UP=up is not None, RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0],
-            HAS_NORM_B=present[1], HAS_IN_B=present[3], HAS_CONV_B=present[5], HAS_OUT_B=present[12],
-            num_warps=warps,
-        )
-        _split_out_kernel[grid](
-            x, up_arg, down_buffer if down_buffer is not None else out, up_buffer if up_buffer is not None else out,
-            out, *scratch, ssm_states, workspace["count"], dt_w, dt_b, a_log, d_skip, out_w, out_b,
-            i, batch, *x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
-            *ssm_strides, P=max(n_pool, 2), BLOCK_P=_p2(max(n_pool, 2)),
-            **{k: v for k, v in sizes.items() if k != "BLOCK_W"},
-            LAST=i == n_blocks - 1, UP=up is not None, DOWN_PUSH=down_buffer is not None,
-            UP_ROTATE=up_buffer is not None, RESIDUAL=residual, HAS_D=present[10], HAS_OUT_B=present[12],
-            num_warps=warps,
-        )
+        for mode in (0, 1):
+            _split_kernel[grid](*args, i, n_blocks, float(eps), batch, *strides, MODE=mode,
+                                FIRST=mode == 0 and i == 0, LAST=mode == 1 and i == n_blocks - 1, **flags)
     return out
 
 

@@ -336,13 +336,15 @@ REAL_SPLIT_STAGES = [
 
 
 @needs_interpreter
+@pytest.mark.parametrize("one_launch", [False] if INTERPRET else [False, True], ids=lambda o: f"one_launch={o}")
 @pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SPLIT_STAGES + ([] if INTERPRET else REAL_SPLIT_STAGES),
                          ids=lambda s: "x".join(map(str, s)))
-def test_split_stage_kernel_matches_reference(shape, dtype):
+def test_split_stage_kernel_matches_reference(shape, dtype, one_launch):
     """The stage step with every block split over slices of E (two launches per block, partial sums, the last
-    program of a row finishing): against the reference blocks, with the up-pool add, without the residual, and
-    with the pool buffer shifts; three steps on one workspace (its arrival counters must come back to zero)."""
+    program of a row finishing; on a GPU also one launch with row barriers): against the reference blocks, with
+    the up-pool add, without the residual, and with the pool buffer shifts; three steps on one workspace (its
+    arrival counters must come back to zero)."""
     from audiomamba.kernels import block_step, block_step_split
 
     n_blocks, batch, d, e, n, r, w, norm, biases, tile = shape
@@ -357,11 +359,13 @@ def test_split_stage_kernel_matches_reference(shape, dtype):
     ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
     pool = 3
-    overrides = {} if tile is None else {"tile": tile}
+    overrides = ({} if tile is None else {"tile": tile}) | {"one_launch": one_launch}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in overrides.items():
             mp.setitem(block_step_split.CONFIG_OVERRIDES, k, v)
         ws = block_step_split.split_workspace(batch, d, e, n, r, w, DEVICE, dtype)
+        if one_launch and not block_step_split._one_launch(batch, ws["slices"], torch.device(DEVICE)):
+            pytest.skip("one-launch mode needs every program resident at once: too many rows x slices")
         if tile is not None and tile < 4096:
             assert ws["slices"] > 1
         for step in range(3):

@@ -1,13 +1,14 @@
 """Timing of the fused Mamba-1 stage step (``python -m audiomamba.kernels.block_step_bench``, CUDA only).
 
-For each stage of ``sc09_small`` (D = 64, 128, 256; E = 2D; N = 64; W = 4; 8 blocks) and batch 1 and 64: one
-CUDA graph of one stage launch (8 blocks, up-pool add and stage residual), replayed; µs per block for a few
-launch configurations (``block_step.CONFIG_OVERRIDES``: prefetch depth, rows per program, tile, warps). Then
+For each stage of ``sc09_small`` (D = 64, 128, 256; E = 2D; N = 64; W = 4; 8 blocks) and batch 1 and 64: one CUDA
+graph of one stage launch (8 blocks, up-pool add and stage residual), replayed; µs per block for a few launch
+configurations (``block_step.CONFIG_OVERRIDES``: prefetch depth, rows per program, tile, warps). Then
 ``bench_generate`` (float32, and bfloat16 at fewer steps) and a summary table. ``--quick``: only the default
-configuration per stage. ``--mini``: only generation at batch 1 and 64 (float32), the step graphs' times and a
-correctness check of the fused generation path. ``--warm``: only compile every kernel the benchmark launches, in
-parallel processes (Triton's cache then serves the timed run). Rows are also written as JSON to
-``$OUT/block_step_bench.json`` when OUT is set.
+configuration per stage. ``--split``: the wide stages' split step (``block_step_split``) against the one-program
+kernel over a launch sweep, and generation with and without it. ``--mini``: only generation at batch 1 and 64
+(float32), the step graphs' times and a correctness check of the fused generation path. ``--warm``: only compile
+every kernel the benchmark launches, in parallel processes (Triton's cache then serves the timed run). Rows are also
+written as JSON to ``$OUT/block_step_bench.json`` when OUT is set.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import sys
 
 import torch
-from audiomamba.kernels import block_step
+from audiomamba.kernels import block_step, block_step_split
 
 STAGES = [(64, 4), (128, 8), (256, 16)]  # (D, R) of sc09_small's three stages
 # (batch, overrides) per sweep point; {} is the default configuration
@@ -112,39 +113,49 @@ def _warm(job: tuple) -> str:
 
 def _run_once(job: tuple) -> None:
     block_step.CONFIG_OVERRIDES.clear()  # a worker runs several jobs
+    block_step_split.CONFIG_OVERRIDES.clear()
     if job[0] == "stage":
         _, d_model, rank, batch, dtype_name, overrides = job
         weights, conv, ssm, x, up = _stage(d_model, rank, batch, getattr(torch, dtype_name))
         block_step.CONFIG_OVERRIDES.update(overrides)
         block_step.mamba1_stage_step_triton(x, conv, ssm, weights, up=up)
+    elif job[0] == "split":
+        _, d_model, rank, batch, overrides = job
+        weights, conv, ssm, x, up = _stage(d_model, rank, batch, torch.float32)
+        block_step_split.CONFIG_OVERRIDES.update(overrides)
+        block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, up=up)
     else:
         from audiomamba.models import build_model
 
-        _, dtype_name, batch = job
+        _, dtype_name, batch, *split_overrides = job
+        block_step_split.CONFIG_OVERRIDES.update(*split_overrides)
         model = build_model("sc09_small").cuda().to(getattr(torch, dtype_name)).eval()
         model.generate(batch, 64, seed=0, progress=False)
     torch.cuda.synchronize()
 
 
-def warm(sweep=SWEEP, dtypes=("float32", "bfloat16"), workers: int = 8) -> None:
-    """Compile every kernel of the benchmark in ``workers`` parallel processes (Triton's on-disk cache)."""
+def _pool(jobs: list, workers: int = 8) -> None:
+    """Run ``_warm`` over the jobs in ``workers`` spawned processes (Triton's on-disk cache keeps the kernels)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs = [("gen", d, b) for d in dtypes for b in (1, 64)]
-    for dtype_name in dtypes:
-        for d_model, rank in STAGES:
-            for batch, overrides in (sweep if dtype_name == "float32" else [p for p in sweep if not p[1]]):
-                jobs.append(("stage", d_model, rank, batch, dtype_name, overrides))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         for done in ex.map(_warm, jobs):
             print("warm:", done, flush=True)
 
 
-@torch.no_grad()
-def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -> dict:
-    """µs per replay of generation's step graphs (one per depth, and the period of 16 steps) for ``sc09_small``:
-    the depth-0 graph is stage 0's launch alone on the fused path; deeper ones add the stages that run."""
+def warm(sweep=SWEEP, dtypes=("float32", "bfloat16"), workers: int = 8) -> None:
+    """Compile every kernel of the benchmark in ``workers`` parallel processes (Triton's on-disk cache)."""
+    jobs = [("gen", d, b) for d in dtypes for b in (1, 64)]
+    for dtype_name in dtypes:
+        for d_model, rank in STAGES:
+            for batch, overrides in (sweep if dtype_name == "float32" else [p for p in sweep if not p[1]]):
+                jobs.append(("stage", d_model, rank, batch, dtype_name, overrides))
+    _pool(jobs, workers)
+
+
+def _stepper(batch: int, dtype_name: str = "float32"):
+    """A captured generation stepper of ``sc09_small`` (untrained) with 4096 rows of noise."""
     from audiomamba.generation import _Stepper
     from audiomamba.models import build_model
 
@@ -160,6 +171,14 @@ def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -
                        False, period)  # 4096 rows of noise: the replays below stay inside them
     stepper.refill_noise()
     stepper.capture(sorted(set(period)))
+    return stepper
+
+
+@torch.no_grad()
+def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -> dict:
+    """µs per replay of generation's step graphs (one per depth, and the period of 16 steps) for ``sc09_small``:
+    the depth-0 graph is stage 0's launch alone on the fused path; deeper ones add the stages that run."""
+    stepper = _stepper(batch, dtype_name)
     times = {"fused": stepper.fused is not None}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for key, graph in stepper.graphs.items():
@@ -174,6 +193,38 @@ def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -
         torch.cuda.synchronize()
         times[str(key)] = start.elapsed_time(end) * 1e3 / n
     return times
+
+
+@torch.no_grad()
+def profile_step_graphs(batch: int = 1, reps: int = 20, top: int = 8) -> dict:
+    """Per depth-1 and depth-2 step graph: the kernels (µs and launches per replay, from torch.profiler) and the
+    span of one replay; printed, and returned as {depth: {"span_us", "kernels": [(name, us, calls)]}}."""
+    from torch.profiler import ProfilerActivity, profile
+
+    stepper = _stepper(batch)
+    out = {}
+    for key in (1, 2):
+        graph = stepper.graphs[key]
+        stepper.pos.zero_()
+        stepper.row_pos.zero_()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                graph.replay()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        per = {}
+        for e in kernels:
+            us, calls = per.get(e.name, (0.0, 0))
+            per[e.name] = (us + e.device_time_total / reps, calls + 1 / reps) if hasattr(e, "device_time_total") \
+                else (us + e.cuda_time_total / reps, calls + 1 / reps)
+        ranked = sorted(per.items(), key=lambda kv: -kv[1][0])
+        busy = sum(v[0] for v in per.values())
+        launches = sum(v[1] for v in per.values())
+        print(f"== depth {key}, batch {batch}: {launches:.0f} kernels per replay, {busy:.1f} µs busy")
+        for name, (us, calls) in ranked[:top]:
+            print(f"   {us:8.1f} µs {calls:5.1f}x  {name[:90]}")
+        out[key] = {"busy_us": busy, "launches": launches, "kernels": [(n, v[0], v[1]) for n, v in ranked]}
+    return out
 
 
 @torch.no_grad()
@@ -213,11 +264,92 @@ def mini() -> None:
           + "   ".join(f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in gen))
 
 
+# split stage step (``block_step_split``): launch configurations swept per wide stage, and generation variants
+SPLIT_SWEEP = [{}, {"tile": 2048}, {"tile": 8192}, {"num_warps": 2}, {"num_warps": 8}, {"one_launch": True},
+               {"one_launch": True, "tile": 2048}, {"one_launch": True, "tile": 8192}]
+GEN_VARIANTS = {"one program per row": {"min_d": 10**9}, "split": {}, "split, one launch": {"one_launch": True}}
+
+
+@torch.no_grad()
+def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
+    """µs per stage launch(es) (8 blocks, up-pool add, residual) of the wide stages, float32, batch 1 and 64: the
+    one-program-per-row kernel and the split kernels over ``sweep`` (one-launch points where they fit)."""
+    rows = []
+    for d_model, rank in STAGES[1:]:
+        for batch in (1, 64):
+            weights, conv, ssm, x, up = _stage(d_model, rank, batch, torch.float32)
+            args = (x, conv, ssm, weights)
+            us = _time_graph(lambda a=args, u=up: block_step.mamba1_stage_step_triton(*a, up=u))
+            rows.append({"D": d_model, "B": batch, "kernel": "one program per row", "config": "{}", "us": us})
+            for overrides in sweep:
+                block_step_split.CONFIG_OVERRIDES.update(overrides)
+                try:
+                    ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",
+                                                          torch.float32)
+                    if overrides.get("one_launch") and not block_step_split._one_launch(batch, ws["slices"],
+                                                                                          x.device):
+                        continue
+                    us = _time_graph(lambda a=args, u=up, w=ws: block_step_split.mamba1_stage_step_split_triton(
+                        *a, up=u, workspace=w))
+                except Exception as err:  # report it and keep going
+                    print(f"  split D={d_model} B={batch} {overrides}: {type(err).__name__}: {str(err)[:300]}")
+                    us = float("nan")
+                finally:
+                    block_step_split.CONFIG_OVERRIDES.clear()
+                rows.append({"D": d_model, "B": batch, "kernel": f"split S={ws['slices']}",
+                             "config": json.dumps(overrides), "us": us})
+    return rows
+
+
+def split_main() -> None:
+    """``--split``: compile in parallel, then the wide-stage sweep, generation per variant (step graphs,
+    samples/s, logits vs teacher forcing), the kernels of the deeper step graphs; a summary table last."""
+    from audiomamba.bench import bench_generate
+
+    jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b in (1, 64) for o in SPLIT_SWEEP]
+    jobs += [("gen", "float32", b, o) for b in (1, 64) for o in GEN_VARIANTS.values()]
+    _pool(jobs, workers=12)
+    stage_rows = bench_split_stage()
+    gen = {}
+    for name, overrides in GEN_VARIANTS.items():
+        block_step_split.CONFIG_OVERRIDES.update(overrides)
+        try:
+            gen[name] = {
+                "graphs": {b: step_graph_times(b) for b in (1, 64)},
+                "generate": bench_generate(dtype="float32", num_steps=4000),
+                "check": check_generation(),
+            }
+            if not overrides:
+                gen[name]["profile"] = profile_step_graphs(1)
+        except Exception as err:
+            print(f"generation {name} failed: {type(err).__name__}: {str(err)[:300]}")
+        finally:
+            block_step_split.CONFIG_OVERRIDES.clear()
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "block_step_split_bench.json"), "w") as f:
+            json.dump({"stage": stage_rows, "generate": gen}, f, indent=1, default=str)
+    print("\n== wide stage step, float32, µs per stage (8 blocks)")
+    for r in stage_rows:
+        print(f"D={r['D']:<4} B={r['B']:<3} {r['kernel']:>20} {r['config']:>34} {r['us']:8.1f}")
+    print("== generation sc09_small float32 (targets B=1: 16,000; B=64: 1,000,000 samples/s)")
+    for name, res in gen.items():
+        for b, t in res["graphs"].items():
+            print(f"{name:>20} B={b:<3} graphs µs: " + "  ".join(
+                f"{k}: {v:.1f}" for k, v in t.items() if isinstance(v, float)))
+        print(f"{name:>20} samples/s: " + "   ".join(
+            f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in res["generate"])
+            + f"   logits vs teacher forcing: {res['check']:.1e}")
+
+
 def main() -> None:
     from audiomamba.bench import bench_generate
 
     if "--mini" in sys.argv:
         mini()
+        return
+    if "--split" in sys.argv:
+        split_main()
         return
     sweep = [p for p in SWEEP if not p[1]] if "--quick" in sys.argv else SWEEP
     if "--warm" in sys.argv:

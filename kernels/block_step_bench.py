@@ -270,6 +270,12 @@ SPLIT_SWEEP = [{}, {"tile": 2048}, {"tile": 8192}, {"num_warps": 2}, {"num_warps
 GEN_VARIANTS = {"one program per row": {"min_d": 10**9}, "split": {}, "split, one launch": {"one_launch": True}}
 
 
+def warm_split(workers: int = 12) -> None:
+    """Compile every kernel of ``split_main`` in parallel processes."""
+    jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b in (1, 64) for o in SPLIT_SWEEP]
+    _pool(jobs + [("gen", "float32", b, o) for b in (1, 64) for o in GEN_VARIANTS.values()], workers)
+
+
 @torch.no_grad()
 def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
     """µs per stage launch(es) (8 blocks, up-pool add, residual) of the wide stages, float32, batch 1 and 64: the
@@ -301,14 +307,14 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
     return rows
 
 
-def split_main() -> None:
-    """``--split``: compile in parallel, then the wide-stage sweep, generation per variant (step graphs,
+def split_main(warm_first: bool = True) -> None:
+    """``--split``: compile in parallel (unless ``warm_first`` is off: ``--split --no-warm``), then the wide-stage
+    sweep, generation per variant (step graphs,
     samples/s, logits vs teacher forcing), the kernels of the deeper step graphs; a summary table last."""
     from audiomamba.bench import bench_generate
 
-    jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b in (1, 64) for o in SPLIT_SWEEP]
-    jobs += [("gen", "float32", b, o) for b in (1, 64) for o in GEN_VARIANTS.values()]
-    _pool(jobs, workers=12)
+    if warm_first:
+        warm_split()
     stage_rows = bench_split_stage()
     gen = {}
     for name, overrides in GEN_VARIANTS.items():
@@ -349,7 +355,7 @@ def main() -> None:
         mini()
         return
     if "--split" in sys.argv:
-        split_main()
+        split_main(warm_first="--no-warm" not in sys.argv)
         return
     sweep = [p for p in SWEEP if not p[1]] if "--quick" in sys.argv else SWEEP
     if "--warm" in sys.argv:

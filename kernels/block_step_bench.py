@@ -127,8 +127,10 @@ def _run_once(job: tuple) -> None:
     else:
         from audiomamba.models import build_model
 
-        _, dtype_name, batch, *split_overrides = job
-        block_step_split.CONFIG_OVERRIDES.update(*split_overrides)
+        _, dtype_name, batch, *overrides = job  # optional: block_step_split's, block_step's overrides
+        if overrides:
+            block_step_split.CONFIG_OVERRIDES.update(overrides[0])
+            block_step.CONFIG_OVERRIDES.update(overrides[1])
         model = build_model("sc09_small").cuda().to(getattr(torch, dtype_name)).eval()
         model.generate(batch, 64, seed=0, progress=False)
     torch.cuda.synchronize()
@@ -265,21 +267,27 @@ def mini() -> None:
 
 
 # split stage step (``block_step_split``): launch configurations swept per wide stage, and generation variants
-SPLIT_SWEEP = [{}, {"tile": 2048}, {"tile": 8192}, {"num_warps": 2}, {"num_warps": 8}, {"one_launch": True},
-               {"one_launch": True, "tile": 2048}, {"one_launch": True, "tile": 8192}]
-GEN_VARIANTS = {"one program per row": {"min_d": 10**9}, "split": {}, "split, one launch": {"one_launch": True}}
+# (name: (block_step_split overrides, block_step overrides))
+SPLIT_SWEEP = [{}, {"num_warps": 2}, {"num_warps": 4}, {"tile": 2048, "num_warps": 2}, {"tile": 4096, "num_warps": 2},
+               {"tile": 8192, "num_warps": 2}, {"tile": 8192, "num_warps": 4}, {"tile": 16384, "num_warps": 2},
+               {"tile": 16384, "num_warps": 4}, {"tile": 8192, "num_warps": 1}]
+GEN_VARIANTS = {
+    "split": ({}, {}), "split, prefetch 2": ({}, {"prefetch": 2}), "split, prefetch 3": ({}, {"prefetch": 3}),
+    "split, prefetch 3, 8 warps": ({}, {"prefetch": 3, "num_warps": 8}),
+    "split, prefetch 2, 8 warps": ({}, {"prefetch": 2, "num_warps": 8}),
+}
 
 
 def warm_split(workers: int = 12) -> None:
     """Compile every kernel of ``split_main`` in parallel processes."""
     jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b in (1, 64) for o in SPLIT_SWEEP]
-    _pool(jobs + [("gen", "float32", b, o) for b in (1, 64) for o in GEN_VARIANTS.values()], workers)
+    _pool(jobs + [("gen", "float32", b, *o) for b in (1, 64) for o in GEN_VARIANTS.values()], workers)
 
 
 @torch.no_grad()
 def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
     """µs per stage launch(es) (8 blocks, up-pool add, residual) of the wide stages, float32, batch 1 and 64: the
-    one-program-per-row kernel and the split kernels over ``sweep`` (one-launch points where they fit)."""
+    one-program-per-row kernel and the split kernels over ``sweep``."""
     rows = []
     for d_model, rank in STAGES[1:]:
         for batch in (1, 64):
@@ -292,9 +300,6 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
                 try:
                     ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",
                                                           torch.float32)
-                    if overrides.get("one_launch") and not block_step_split._one_launch(batch, ws["slices"],
-                                                                                          x.device):
-                        continue
                     us = _time_graph(lambda a=args, u=up, w=ws: block_step_split.mamba1_stage_step_split_triton(
                         *a, up=u, workspace=w))
                 except Exception as err:  # report it and keep going
@@ -308,29 +313,30 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
 
 
 def split_main(warm_first: bool = True) -> None:
-    """``--split``: compile in parallel (unless ``warm_first`` is off: ``--split --no-warm``), then the wide-stage
-    sweep, generation per variant (step graphs,
-    samples/s, logits vs teacher forcing), the kernels of the deeper step graphs; a summary table last."""
+    """``--split``: compile in parallel (unless ``--no-warm``), then the wide-stage sweep, generation per variant
+    (step graphs, samples/s, logits vs teacher forcing), the kernels of the deeper step graphs; a summary last."""
     from audiomamba.bench import bench_generate
 
     if warm_first:
         warm_split()
     stage_rows = bench_split_stage()
     gen = {}
-    for name, overrides in GEN_VARIANTS.items():
-        block_step_split.CONFIG_OVERRIDES.update(overrides)
+    for name, (split_overrides, stage_overrides) in GEN_VARIANTS.items():
+        block_step_split.CONFIG_OVERRIDES.update(split_overrides)
+        block_step.CONFIG_OVERRIDES.update(stage_overrides)
         try:
             gen[name] = {
                 "graphs": {b: step_graph_times(b) for b in (1, 64)},
                 "generate": bench_generate(dtype="float32", num_steps=4000),
                 "check": check_generation(),
             }
-            if not overrides:
+            if name == "split":
                 gen[name]["profile"] = profile_step_graphs(1)
         except Exception as err:
             print(f"generation {name} failed: {type(err).__name__}: {str(err)[:300]}")
         finally:
             block_step_split.CONFIG_OVERRIDES.clear()
+            block_step.CONFIG_OVERRIDES.clear()
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "block_step_split_bench.json"), "w") as f:
@@ -341,9 +347,9 @@ def split_main(warm_first: bool = True) -> None:
     print("== generation sc09_small float32 (targets B=1: 16,000; B=64: 1,000,000 samples/s)")
     for name, res in gen.items():
         for b, t in res["graphs"].items():
-            print(f"{name:>20} B={b:<3} graphs µs: " + "  ".join(
+            print(f"{name:>26} B={b:<3} graphs µs: " + "  ".join(
                 f"{k}: {v:.1f}" for k, v in t.items() if isinstance(v, float)))
-        print(f"{name:>20} samples/s: " + "   ".join(
+        print(f"{name:>26} samples/s: " + "   ".join(
             f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in res["generate"])
             + f"   logits vs teacher forcing: {res['check']:.1e}")
 

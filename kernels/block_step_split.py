@@ -17,12 +17,6 @@ float32 scratch. The last program of a row to finish the last block's ``out`` (a
 that program) sums the partials in slice order (the result does not depend on which program is last), adds the
 stage residual, writes the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
 
-One-launch mode (``MODE`` 2, ``CONFIG_OVERRIDES["one_launch"]``): the same phases of every block in one launch,
-the S programs of a row meeting at a barrier (an atomic arrival counter they poll) between phases instead of at a
-launch boundary. It needs every program resident at once (B·S at most the number of SMs) and real hardware (the
-interpreter runs programs one after another, so its barriers would never open); elsewhere the two-launch mode
-runs.
-
 Same contract as ``mamba1_stage_step_triton`` without the embedding and the head (the stages below the first
 never have them); float32 arithmetic and SSM state, float32 / bfloat16 weights and activations, values rounded
 to the activations' dtype where the unfused modules round them. Partial sums go through float32 scratch, so the
@@ -31,8 +25,6 @@ sums differ from the one-program kernel only in their order.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -40,27 +32,28 @@ import triton.language as tl
 from .activations import softplus as _softplus
 from .block_step import BLOCK_WEIGHTS, _contig, _p2, _silu
 
-# Channels per slice: the in_proj tile (BE, D) holds at most this many elements (D = 256: BE = 16, 32 slices of
-# E = 512; D = 128: BE = 32, 8 slices), and warps per program. Overridable for the benchmark's sweep.
-_TILE = 4096
-_WARPS = 4
+# Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements, and warps per program; one setting
+# for a few rows (batch 1, D = 256: BE = 16, 32 slices of E = 512; D = 128: BE = 32, 8 slices), one from
+# ``_MANY_ROWS`` rows on (fewer, larger programs: every row reads every weight, so L2 traffic grows with the batch).
+# Overridable for the benchmark's sweep ("tile", "num_warps", "min_d").
+_TILE, _WARPS = 4096, 4
+_TILE_MANY, _WARPS_MANY, _MANY_ROWS = 8192, 2, 16
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
-# One launch per stage (row barriers between the phases) instead of two per block, where every program fits at once.
-_ONE_LAUNCH = False
 CONFIG_OVERRIDES: dict = {}
 
 
-def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int) -> dict:
-    """Block sizes of the two kernels: BE channels per slice (every (BE, D) tile at most ``tile`` elements),
-    S = ceil(E / BE) slices."""
+def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, batch: int = 1) -> dict:
+    """Block sizes of the kernel for ``batch`` rows: BE channels per slice (every (BE, D) tile at most ``tile``
+    elements), S = ceil(E / BE) slices, warps."""
+    many = batch >= _MANY_ROWS
     block_d = _p2(d_model)
-    tile = CONFIG_OVERRIDES.get("tile", _TILE)
+    tile = CONFIG_OVERRIDES.get("tile", _TILE_MANY if many else _TILE)
     block_e = min(_p2(d_inner), max(1, tile // block_d))
     slices = triton.cdiv(d_inner, block_e)
     return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
             "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1),
-            "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS)}
+            "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS_MANY if many else _WARPS)}
 
 
 def uses_split(d_model: int) -> bool:
@@ -106,17 +99,37 @@ def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, 
               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
               UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr,
               HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr):
-    """Block i, slice s, row b: input row and norm, the slice's in_proj rows, conv, x_proj partial sums."""
+    """Block i, slice s, row b: input row and norm, the slice's in_proj rows, conv, x_proj partial sums. Every load
+    that depends on nothing computed (weights, the conv state) is issued first, with the block input's, so that
+    the phase waits for one round of L2 reads."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     e = s * BE + tl.arange(0, BE)
     m_e = e < E
-    # ---- in_proj rows of the slice: (BE, BLOCK_D) tiles of the u and z halves, loaded before the input row
+    # ---- in_proj rows of the slice: (BE, BLOCK_D) tiles of the u and z halves
     in_w = in_w_ptr + i * (2 * E * D)
     w_off = e[:, None] * D + offs_d[None, :]
     m_ed = m_e[:, None] & m_d[None, :]
     w_u = tl.load(in_w + w_off, mask=m_ed, other=0.0).to(tl.float32)
     w_z = tl.load(in_w + E * D + w_off, mask=m_ed, other=0.0).to(tl.float32)
+    # ---- conv state (taps 0..W-2) and weights, x_proj columns of the slice
+    offs_w = tl.arange(0, BLOCK_W)
+    m_ew = m_e[:, None] & (offs_w < W - 1)[None, :]
+    c_row = conv_ptr + i * s_ci + b * s_cb + e[:, None] * s_ce
+    old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
+    nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
+    cw = tl.load(conv_w_ptr + i * (E * W) + e[:, None] * W + offs_w[None, :], mask=m_ew, other=0.0).to(tl.float32)
+    cw_last = tl.load(conv_w_ptr + i * (E * W) + e * W + (W - 1), mask=m_e, other=0.0).to(tl.float32)
+    xp_w = xp_w_ptr + i * ((R + 2 * N) * E)
+    rr = tl.arange(0, BLOCK_R)
+    m_r = rr < R
+    nn = tl.arange(0, BLOCK_N)
+    m_n = nn < N
+    m_ne = m_n[:, None] & m_e[None, :]
+    w_r = tl.load(xp_w + rr[:, None] * E + e[None, :], mask=m_r[:, None] & m_e[None, :], other=0.0).to(tl.float32)
+    w_b = tl.load(xp_w + (R + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
+    w_c = tl.load(xp_w + (R + N + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
+
     v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
                      offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
     if s == 0:  # block i's input, for block i+1 and the stage output
@@ -138,37 +151,21 @@ def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, 
         z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)
 
     # ---- causal conv over [conv_state, u] and the state shift, in place
-    offs_w = tl.arange(0, BLOCK_W)  # taps 0..W-2 come from the state
-    m_ew = m_e[:, None] & (offs_w < W - 1)[None, :]
-    c_row = conv_ptr + i * s_ci + b * s_cb + e[:, None] * s_ce
-    old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
-    nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
-    cw = tl.load(conv_w_ptr + i * (E * W) + e[:, None] * W + offs_w[None, :], mask=m_ew, other=0.0).to(tl.float32)
-    cw_last = tl.load(conv_w_ptr + i * (E * W) + e * W + (W - 1), mask=m_e, other=0.0).to(tl.float32)
     u_r = u.to(conv_ptr.dtype.element_ty)  # the value the state will hold
     pre = tl.sum(cw * old, axis=1) + cw_last * u_r.to(tl.float32)
     if HAS_CONV_B:
         pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
     c = tl.where(m_e, _silu(pre), 0.0)  # (BE,)
-    tl.debug_barrier()  # every thread has read the old conv state before any thread overwrites it
-    tl.store(c_row + offs_w[None, :] * s_cw, tl.where((offs_w == W - 2)[None, :], u_r[:, None], nxt), mask=m_ew)
-    tl.store(cz_ptr + b * (2 * E) + e, c, mask=m_e)
-    tl.store(cz_ptr + b * (2 * E) + E + e, z, mask=m_e)
 
     # ---- x_proj partial sums over the slice: (R + 2N,) at x_part[b, s]
-    xp_w = xp_w_ptr + i * ((R + 2 * N) * E)
     dst = xpart_ptr + (b * S + s) * (R + 2 * N)
-    rr = tl.arange(0, BLOCK_R)
-    m_r = rr < R
-    w_r = tl.load(xp_w + rr[:, None] * E + e[None, :], mask=m_r[:, None] & m_e[None, :], other=0.0).to(tl.float32)
     tl.store(dst + rr, tl.sum(w_r * c[None, :], axis=1), mask=m_r)
-    nn = tl.arange(0, BLOCK_N)
-    m_n = nn < N
-    m_ne = m_n[:, None] & m_e[None, :]
-    w_b = tl.load(xp_w + (R + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
-    w_c = tl.load(xp_w + (R + N + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
     tl.store(dst + R + nn, tl.sum(w_b * c[None, :], axis=1), mask=m_n)
     tl.store(dst + R + N + nn, tl.sum(w_c * c[None, :], axis=1), mask=m_n)
+    tl.store(cz_ptr + b * (2 * E) + e, c, mask=m_e)
+    tl.store(cz_ptr + b * (2 * E) + E + e, z, mask=m_e)
+    tl.debug_barrier()  # every thread has read the old conv state before any thread overwrites it
+    tl.store(c_row + offs_w[None, :] * s_cw, tl.where((offs_w == W - 2)[None, :], u_r[:, None], nxt), mask=m_ew)
 
 
 @triton.jit
@@ -258,26 +255,13 @@ def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_pt
         tl.store(ubuf_ptr + v_off + offs_p[:, None] * s_vp, new_u, mask=m_pu)
 
 
-@triton.jit
-def _row_sync(sync_ptr, S: tl.constexpr):
-    """Wait until all S programs of the row have arrived here (a monotonic int64 arrival counter per row, so no
-    reset: the k-th barrier of a row completes at a multiple of S)."""
-    tl.debug_barrier()  # every thread's writes precede the arrival
-    old = tl.atomic_add(sync_ptr, 1, sem="acq_rel")
-    target = (old // S + 1) * S
-    seen = old + 1
-    while seen < target:
-        seen = tl.atomic_add(sync_ptr, 0, sem="acquire")
-    tl.debug_barrier()
-
-
 @triton.jit(do_not_specialize=["i"])
 def _split_kernel(
     x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, ssm_ptr,
-    count_ptr, sync_ptr,
+    count_ptr,
     norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr,
     d_ptr, out_w_ptr, out_b_ptr,
-    i, n_blocks, eps, n_rows,
+    i, eps, n_rows,
     s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_ci, s_cb, s_ce, s_cw, s_hi, s_hb, s_he, s_hn,
     D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
     S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -288,9 +272,7 @@ def _split_kernel(
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
 ):
     """Grid (S, B): slice s = program 0, row b = program 1. MODE 0: block i's ``in`` phase; MODE 1: its ``out``
-    phase (LAST: the row's last program to arrive finishes the stage and resets the row's counter); MODE 2: all
-    blocks in one launch, the phases of a row separated by row barriers (every program of the launch must be
-    resident at once), program s = 0 finishing."""
+    phase (LAST: the row's last program to arrive finishes the stage and resets the row's counter)."""
     s = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     if MODE == 0:
@@ -298,7 +280,7 @@ def _split_kernel(
                   norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr, eps, n_rows,
                   s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D, BE, BLOCK_S, BLOCK_R,
                   BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
-    elif MODE == 1:
+    else:
         _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
                    s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N, HAS_D)
         if LAST:
@@ -309,30 +291,6 @@ def _split_kernel(
                         s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D, BLOCK_S,
                         BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
                 tl.store(count_ptr + b, 0)  # every program of the row has arrived: ready for the next step
-    else:
-        row_sync = sync_ptr + b
-        for j in range(n_blocks):
-            if j == 0:
-                _phase_in(True, j, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
-                          norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
-                          eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D,
-                          BE, BLOCK_S, BLOCK_R, BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B,
-                          HAS_CONV_B, HAS_OUT_B)
-            else:
-                _phase_in(False, j, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
-                          norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
-                          eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D,
-                          BE, BLOCK_S, BLOCK_R, BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B,
-                          HAS_CONV_B, HAS_OUT_B)
-            _row_sync(row_sync, S)
-            _phase_out(j, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
-                       out_w_ptr, s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N,
-                       HAS_D)
-            _row_sync(row_sync, S)
-        if s == 0:
-            _finish(n_blocks - 1, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr,
-                    n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D, BLOCK_S,
-                    BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
 
 
 def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
@@ -340,8 +298,8 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
     """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
     block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
     (B, S, R + 2N) and (B, S, D) float32, per-row arrival counters (B,) int32 (zero; the kernels leave them
-    zero) and per-row barrier counters (B,) int64 of the one-launch mode (they only grow)."""
-    slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv)["S"]
+    zero)."""
+    slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch)["S"]
     f32 = torch.float32
     return {
         "h": torch.empty(2, batch, d_model, device=device, dtype=dtype),
@@ -349,20 +307,8 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
         "x_part": torch.empty(batch, slices, dt_rank + 2 * d_state, device=device, dtype=f32),
         "out_part": torch.empty(batch, slices, d_model, device=device, dtype=f32),
         "count": torch.zeros(batch, device=device, dtype=torch.int32),
-        "sync": torch.zeros(batch, device=device, dtype=torch.int64),
         "slices": slices,
     }
-
-
-def _one_launch(batch: int, slices: int, device: torch.device) -> bool:
-    """Whether the stage runs as one launch with row barriers: asked for (``CONFIG_OVERRIDES["one_launch"]``,
-    default ``_ONE_LAUNCH``), on a GPU (the interpreter runs programs one after another: a barrier would never
-    open), and every program resident at once (at most one per SM)."""
-    if not CONFIG_OVERRIDES.get("one_launch", _ONE_LAUNCH) or device.type != "cuda":
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    return batch * slices <= torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _strides(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
@@ -397,7 +343,7 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         return out
     if workspace is None:
         workspace = split_workspace(batch, d_model, d_inner, d_state, dt_rank, width, x.device, x.dtype)
-    cfg = split_config(d_model, d_inner, d_state, dt_rank, width)
+    cfg = split_config(d_model, d_inner, d_state, dt_rank, width, batch)
     warps = cfg.pop("num_warps")
     slices = cfg["S"]
     if workspace["slices"] != slices or workspace["h"].shape[1:] != (batch, d_model):
@@ -411,7 +357,7 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         up_buffer.shape[1] if up_buffer is not None else down_buffer.shape[1] + 1)
     args = (x, up if up is not None else x, down_buffer if down_buffer is not None else out,
             up_buffer if up_buffer is not None else out, out, workspace["h"], workspace["out_part"], workspace["cz"],
-            workspace["x_part"], conv_states, ssm_states, workspace["count"], workspace["sync"], *ws)
+            workspace["x_part"], conv_states, ssm_states, workspace["count"], *ws)
     strides = (*x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
                *conv_states.stride(), *ssm_states.stride())
     flags = dict(
@@ -421,14 +367,10 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         HAS_CONV_B=present[5], HAS_D=present[10], HAS_OUT_B=present[12], num_warps=warps,
     )
     grid = (slices, batch)
-    if _one_launch(batch, slices, x.device):
-        _split_kernel[grid](*args, 0, n_blocks, float(eps), batch, *strides, MODE=2, FIRST=False, LAST=False,
-                            **flags)
-        return out
     for i in range(n_blocks):
         for mode in (0, 1):
-            _split_kernel[grid](*args, i, n_blocks, float(eps), batch, *strides, MODE=mode,
-                                FIRST=mode == 0 and i == 0, LAST=mode == 1 and i == n_blocks - 1, **flags)
+            _split_kernel[grid](*args, i, float(eps), batch, *strides, MODE=mode, FIRST=mode == 0 and i == 0,
+                                LAST=mode == 1 and i == n_blocks - 1, **flags)
     return out
 
 

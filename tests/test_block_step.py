@@ -230,10 +230,12 @@ def _stage_ref(x0, up, convs, ssms, blocks, norm):
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("prefetch", [1, 3], ids=lambda p: f"prefetch{p}")
 @pytest.mark.parametrize("shape", STAGES + ([] if INTERPRET else REAL_STAGES), ids=lambda s: "x".join(map(str, s)))
-def test_stage_kernel_matches_reference(shape, dtype):
+def test_stage_kernel_matches_reference(shape, dtype, prefetch):
     """One launch for a stage (stacked weights, stacked states in place, up-pool add, stage residual), against the
-    reference blocks; with and without the embedding gather and the pool buffer shifts of the prologue."""
+    reference blocks; with and without the embedding gather and the pool buffer shifts of the prologue; prefetch
+    3 loads each block's in_proj tiles during the block before."""
     from audiomamba.kernels import block_step
 
     n_blocks, batch, d, e, n, r, w, norm, biases, rows = shape
@@ -249,7 +251,7 @@ def test_stage_kernel_matches_reference(shape, dtype):
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
     vocab, pool = 11, 3
     embed = torch.randn(2 * vocab, d, generator=gen).to(DEVICE, dtype)  # two codebooks
-    block_step.CONFIG_OVERRIDES["rows"] = rows
+    block_step.CONFIG_OVERRIDES.update(rows=rows, prefetch=prefetch)
     try:
         for step in range(3):
             tokens = torch.randint(0, vocab, (batch, 1, 2), generator=gen).to(DEVICE)
@@ -336,15 +338,13 @@ REAL_SPLIT_STAGES = [
 
 
 @needs_interpreter
-@pytest.mark.parametrize("one_launch", [False] if INTERPRET else [False, True], ids=lambda o: f"one_launch={o}")
 @pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SPLIT_STAGES + ([] if INTERPRET else REAL_SPLIT_STAGES),
                          ids=lambda s: "x".join(map(str, s)))
-def test_split_stage_kernel_matches_reference(shape, dtype, one_launch):
+def test_split_stage_kernel_matches_reference(shape, dtype):
     """The stage step with every block split over slices of E (two launches per block, partial sums, the last
-    program of a row finishing; on a GPU also one launch with row barriers): against the reference blocks, with
-    the up-pool add, without the residual, and with the pool buffer shifts; three steps on one workspace (its
-    arrival counters must come back to zero)."""
+    program of a row finishing): against the reference blocks, with the up-pool add, without the residual, and
+    with the pool buffer shifts; three steps on one workspace (its arrival counters must come back to zero)."""
     from audiomamba.kernels import block_step, block_step_split
 
     n_blocks, batch, d, e, n, r, w, norm, biases, tile = shape
@@ -359,13 +359,11 @@ def test_split_stage_kernel_matches_reference(shape, dtype, one_launch):
     ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
     pool = 3
-    overrides = ({} if tile is None else {"tile": tile}) | {"one_launch": one_launch}
+    overrides = {} if tile is None else {"tile": tile}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in overrides.items():
             mp.setitem(block_step_split.CONFIG_OVERRIDES, k, v)
         ws = block_step_split.split_workspace(batch, d, e, n, r, w, DEVICE, dtype)
-        if one_launch and not block_step_split._one_launch(batch, ws["slices"], torch.device(DEVICE)):
-            pytest.skip("one-launch mode needs every program resident at once: too many rows x slices")
         if tile is not None and tile < 4096:
             assert ws["slices"] > 1
         for step in range(3):

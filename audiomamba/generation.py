@@ -26,6 +26,7 @@ windows. The pooling phase counters are not kept on this path (no step reads the
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,10 @@ class _Stepper:
         self.head = None if self.fused is None else _head_args(model, temperature, self)
         self.state_leaves = list(flatten_state(state).values())
         self.graphs: dict[Any, torch.cuda.CUDAGraph] = {}
+        # fused path on CUDA: one side stream per pooled stage (the stages of a deeper step run concurrently)
+        levels = len(model.backbone.pools)
+        self.streams = [torch.cuda.Stream(device) for _ in range(levels)] if (
+            self.fused is not None and device.type == "cuda") else None
 
     def refill_noise(self) -> None:
         """Fresh Gumbel(0, 1) noise for the next ``rows`` steps (in place: the graphs read this buffer)."""
@@ -193,7 +198,14 @@ class _Stepper:
 
     def _step_fused(self, depth: int) -> None:
         """The fused step (module docstring): one launch per stage that runs (two per block of a split stage);
-        ATen only for the embedding and the pools' linears of completed frames."""
+        ATen only for the embedding and the pools' linears of completed frames.
+
+        Within a deeper step the stages do not depend on each other: stage s adds the up-pool output of the
+        previous coarse frame (its up buffer's row 0) and the new frame's outputs are only read from the next
+        step on. So on CUDA, stage s < depth runs on side stream s, forked once the frame for stage s+1 has read
+        the down window (which stage s then shifts); the deepest stage runs on the calling stream; the up-pool
+        linear of stage s+1's output overwrites stage s's up buffer once stage s has read its row 0; the calling
+        stream joins every side stream at the end. Without streams (CPU) the same order runs in sequence."""
         bb, st = self.model.backbone, self.state
         levels = len(bb.pools)
         if depth == 0:
@@ -204,19 +216,38 @@ class _Stepper:
             xs = [embed.embedding.weight.index_select(0, self.token.view(-1))]  # stage inputs (B, D_s)
         else:
             xs = [embed(self.token)[:, 0]]
-        for s in range(depth):  # the down-pool frames that complete at this step (stage s pushes x_s afterwards)
-            window = torch.cat([st.down[s].buffer, xs[s][:, None]], dim=1)  # (B, P, D_s)
+        main = torch.cuda.current_stream() if self.streams is not None else None
+        outs, done = [], []  # stage s's output and the event after it (None without streams)
+        for s in range(depth):  # the down-pool frames that complete at this step
+            window = torch.cat([st.down[s].buffer, xs[s][:, None]], dim=1)  # (B, P, D_s), before stage s shifts it
+            with self._on_side(s, main):
+                outs.append(self._stage(s, xs[s], up=st.up[s].buffer[:, 0], down=True, head=s == 0))
+                done.append(torch.cuda.current_stream().record_event() if main is not None else None)
             xs.append(bb.down[s].linear(window.flatten(1)))  # (B, D_{s+1})
         h = self._stage(depth, xs[depth], push=depth < levels)
-        for s in reversed(range(depth)):
-            out = self._stage(s, xs[s], up=st.up[s].buffer[:, 0], down=True, head=s == 0)
-            # the new frame's P up-pool outputs, written in place once stage s has read this step's (row 0)
-            lin, buf = bb.up[s].linear, st.up[s].buffer
-            if lin.bias is None:
-                torch.mm(h, lin.weight.t(), out=buf.view(buf.shape[0], -1))
-            else:
-                torch.addmm(lin.bias, h, lin.weight.t(), out=buf.view(buf.shape[0], -1))
-            h = out
+        for s in reversed(range(depth)):  # on the stream that made h (stage s+1's)
+            with self._on_side(s + 1 if s + 1 < depth else None, main, fork=False):
+                if done[s] is not None:
+                    torch.cuda.current_stream().wait_event(done[s])  # stage s has read this step's up row
+                lin, buf = bb.up[s].linear, st.up[s].buffer
+                if lin.bias is None:
+                    torch.mm(h, lin.weight.t(), out=buf.view(buf.shape[0], -1))
+                else:
+                    torch.addmm(lin.bias, h, lin.weight.t(), out=buf.view(buf.shape[0], -1))
+            h = outs[s]
+        if main is not None:
+            for side in self.streams[:depth]:
+                main.wait_stream(side)
+
+    def _on_side(self, s: int | None, main, fork: bool = True):
+        """Context: side stream s (``fork``: after it waits for everything issued on ``main`` so far), or no change
+        (s is None, or no streams)."""
+        if main is None or s is None:
+            return contextlib.nullcontext()
+        side = self.streams[s]
+        if fork:
+            side.wait_stream(main)
+        return torch.cuda.stream(side)
 
     def run_period(self) -> None:
         for depth in self.period:

@@ -44,11 +44,10 @@ import triton.language as tl
 
 from .activations import softplus as _softplus
 
-# Largest product tile per program (elements, rows of the program included), warps per program and prefetch depth (0:
-# none, 1: chunk k+1's tiles loaded before chunk k's reduction, 2: also the first scan / out_proj chunks before the
-# conv / δ / Δ phase, 3: also, where in_proj is one chunk, the next block's in_proj tiles during this block). Offline
-# sm_90 compiles (kernels/NOTES.md): 16384-element tiles at E = 512 leave ptxas at 64 registers with ~3 KB of spills,
-# 8192 stays at 128; prefetch 1 keeps stage 0 free of spills.
+# Largest product tile per program (elements, rows of the program included), warps per program and prefetch depth
+# (0: none, 1: chunk k+1's tiles loaded before chunk k's reduction, 2: also the first scan / out_proj chunks before
+# the conv / δ / Δ phase). Offline sm_90 compiles (kernels/NOTES.md): 16384-element tiles at E = 512 leave ptxas at
+# 64 registers with ~3 KB of spills, 8192 stays at 128; prefetch 1 keeps stage 0 free of spills.
 _TILE = 8192
 _WARPS = 16
 _PREFETCH = 1
@@ -198,9 +197,6 @@ def _mamba1_stage_kernel(
     offs_w = tl.arange(0, BLOCK_W)  # conv taps 0..W-2 come from the state
     m_w = offs_w < W - 1
     m_ew = m_e[:, None] & m_w[None, :]
-    NEXT_IN: tl.constexpr = PREFETCH >= 3 and BD_IN >= D  # in_proj in one chunk, loaded one block ahead
-    if NEXT_IN:
-        wu_c, wz_c = _in_chunk(in_w_ptr, tl.arange(0, BD_IN), offs_e, m_e, D, E)
     for i in range(n_blocks):
         last = i == n_blocks - 1
         nw = norm_w_ptr + i * D
@@ -232,9 +228,7 @@ def _mamba1_stage_kernel(
         for d0 in tl.range(0, D, BD_IN):
             dd = d0 + tl.arange(0, BD_IN)
             m_dd = dd < D
-            if NEXT_IN:
-                w_u, w_z = wu_c, wz_c
-            elif PREFETCH >= 1 and BD_IN < D:
+            if PREFETCH >= 1 and BD_IN < D:
                 w_u, w_z = wu_n, wz_n
                 wu_n, wz_n = _in_chunk(in_w, dd + BD_IN, offs_e, m_e, D, E)
             else:
@@ -249,8 +243,6 @@ def _mamba1_stage_kernel(
                 hn = hn + tl.load(nb + dd, mask=m_dd, other=0.0).to(tl.float32)[None, :]
             acc_u += tl.sum(w_u * hn[:, None, :], axis=2)
             acc_z += tl.sum(w_z * hn[:, None, :], axis=2)
-        if NEXT_IN:  # the next block's in_proj tiles, in flight during the rest of this block
-            wu_c, wz_c = _in_chunk(in_w + 2 * E * D, tl.arange(0, BD_IN), offs_e, m_e & (i + 1 < n_blocks), D, E)
         if HAS_IN_B:
             acc_u += tl.load(in_b_ptr + i * (2 * E) + offs_e, mask=m_e, other=0.0).to(tl.float32)[None, :]
             acc_z += tl.load(in_b_ptr + i * (2 * E) + E + offs_e, mask=m_e, other=0.0).to(tl.float32)[None, :]

@@ -32,12 +32,12 @@ import triton.language as tl
 from .activations import softplus as _softplus
 from .block_step import BLOCK_WEIGHTS, _contig, _p2, _silu
 
-# Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements, and warps per program; one setting
-# for a few rows (batch 1, D = 256: BE = 16, 32 slices of E = 512; D = 128: BE = 32, 8 slices), one from
-# ``_MANY_ROWS`` rows on (fewer, larger programs: every row reads every weight, so L2 traffic grows with the batch).
-# Overridable for the benchmark's sweep ("tile", "num_warps", "min_d").
+# Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
+# E = 512; D = 128: BE = 32, 8 slices), and warps per program: 4 for a few rows, 2 from ``_MANY_ROWS`` rows on (H200
+# sweep, kernels/NOTES.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable for the
+# benchmark's sweep ("tile", "num_warps", "min_d").
 _TILE, _WARPS = 4096, 4
-_TILE_MANY, _WARPS_MANY, _MANY_ROWS = 8192, 2, 16
+_TILE_MANY, _WARPS_MANY, _MANY_ROWS = 4096, 2, 16
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
 CONFIG_OVERRIDES: dict = {}

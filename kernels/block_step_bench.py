@@ -266,33 +266,31 @@ def mini() -> None:
           + "   ".join(f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in gen))
 
 
-# split stage step (``block_step_split``): launch configurations swept per wide stage, and generation variants
+# split stage step (``block_step_split``): (batch, launch overrides) swept per wide stage, and generation variants
 # (name: (block_step_split overrides, block_step overrides))
-SPLIT_SWEEP = [{}, {"num_warps": 2}, {"num_warps": 4}, {"tile": 2048, "num_warps": 2}, {"tile": 4096, "num_warps": 2},
-               {"tile": 8192, "num_warps": 2}, {"tile": 8192, "num_warps": 4}, {"tile": 16384, "num_warps": 2},
-               {"tile": 16384, "num_warps": 4}, {"tile": 8192, "num_warps": 1}]
-GEN_VARIANTS = {"split": ({}, {}), "one program per row": ({"min_d": 10**9}, {}),
-                "split, prefetch 2": ({}, {"prefetch": 2})}
+SPLIT_SWEEP = [(1, {}), (1, {"tile": 2048}), (64, {}), (64, {"slice": 32, "num_warps": 16}), (64, {"slice": 32}),
+               (64, {"rows": 32, "num_warps": 16}), (64, {"num_warps": 16}), (64, {"rows": 1, "num_warps": 2})]
+GEN_VARIANTS = {"split": ({}, {}), "one program per row": ({"min_d": 10**9}, {})}
 
 
 def warm_split(workers: int = 12) -> None:
     """Compile every kernel of ``split_main`` in parallel processes."""
-    jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b in (1, 64) for o in SPLIT_SWEEP]
+    jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b, o in SPLIT_SWEEP]
     _pool(jobs + [("gen", "float32", b, *o) for b in (1, 64) for o in GEN_VARIANTS.values()], workers)
 
 
 @torch.no_grad()
 def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
-    """µs per stage launch(es) (8 blocks, up-pool add, residual) of the wide stages, float32, batch 1 and 64: the
-    one-program-per-row kernel and the split kernels over ``sweep``."""
+    """µs per stage launch(es) (8 blocks, up-pool add, residual) of the wide stages, float32, per batch of
+    ``sweep`` ((batch, overrides) points): the one-program-per-row kernel and the split kernels."""
     rows = []
     for d_model, rank in STAGES[1:]:
-        for batch in (1, 64):
+        for batch in sorted({b for b, _ in sweep}):
             weights, conv, ssm, x, up = _stage(d_model, rank, batch, torch.float32)
             args = (x, conv, ssm, weights)
             us = _time_graph(lambda a=args, u=up: block_step.mamba1_stage_step_triton(*a, up=u))
             rows.append({"D": d_model, "B": batch, "kernel": "one program per row", "config": "{}", "us": us})
-            for overrides in sweep:
+            for overrides in [o for b, o in sweep if b == batch]:
                 block_step_split.CONFIG_OVERRIDES.update(overrides)
                 try:
                     ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",

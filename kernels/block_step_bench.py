@@ -268,8 +268,8 @@ def mini() -> None:
 
 # split stage step (``block_step_split``): (batch, launch overrides) swept per wide stage, and generation variants
 # (name: (block_step_split overrides, block_step overrides))
-SPLIT_SWEEP = [(1, {}), (1, {"tile": 2048}), (64, {}), (64, {"slice": 32, "num_warps": 16}), (64, {"slice": 32}),
-               (64, {"rows": 32, "num_warps": 16}), (64, {"num_warps": 16}), (64, {"rows": 1, "num_warps": 2})]
+SPLIT_SWEEP = [(1, {}), (1, {"tile": 2048}), (1, {"num_warps": 2}), (64, {}), (64, {"num_warps": 4}),
+               (64, {"tile": 8192, "num_warps": 4})]
 GEN_VARIANTS = {"split": ({}, {}), "one program per row": ({"min_d": 10**9}, {})}
 
 

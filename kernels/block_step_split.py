@@ -32,35 +32,27 @@ import triton.language as tl
 from .activations import softplus as _softplus
 from .block_step import BLOCK_WEIGHTS, _contig, _p2, _silu
 
-# Launch settings (H200 sweeps, kernels/NOTES.md). Few rows: one row per program, BE channels per slice such that
-# the in_proj tile (BE, D) holds ``tile`` elements (D = 256: BE = 16, 32 slices of E = 512; D = 128: BE = 32, 8
-# slices), 4 warps. From ``_MANY_ROWS`` rows on, ``rows`` rows per program share each weight tile (at batch 64 one
-# row per program reads every weight 64 times and the stage is L2-bound), the products as ``tl.dot``, BE = ``slice``.
-# Overridable for the benchmark's sweep ("tile", "num_warps", "rows", "slice", "min_d").
+# Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
+# E = 512; D = 128: BE = 32, 8 slices), and warps per program: 4 for a few rows, 2 from ``_MANY_ROWS`` rows on (H200
+# sweep, kernels/NOTES.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable for the
+# benchmark's sweep ("tile", "num_warps", "min_d").
 _TILE, _WARPS = 4096, 4
-_MANY_ROWS, _ROWS_MANY, _SLICE_MANY, _WARPS_MANY = 16, 16, 16, 8
+_TILE_MANY, _WARPS_MANY, _MANY_ROWS = 4096, 2, 16
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
 CONFIG_OVERRIDES: dict = {}
 
 
 def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, batch: int = 1) -> dict:
-    """Block sizes of the kernel for ``batch`` rows: BB rows per program, BE channels per slice, S = ceil(E / BE)
-    slices, SG slices per partial-sum load, BN states per scan chunk, whether products are ``tl.dot``, warps."""
+    """Block sizes of the kernel for ``batch`` rows: BE channels per slice (every (BE, D) tile at most ``tile``
+    elements), S = ceil(E / BE) slices, warps."""
     many = batch >= _MANY_ROWS
     block_d = _p2(d_model)
-    rows = CONFIG_OVERRIDES.get("rows", _ROWS_MANY if many else 1)
-    if many:
-        block_e = min(_p2(d_inner), CONFIG_OVERRIDES.get("slice", _SLICE_MANY))
-    else:
-        block_e = min(_p2(d_inner), max(1, CONFIG_OVERRIDES.get("tile", _TILE) // block_d))
-    dot = rows >= 16 and block_e >= 16 and block_d >= 16
+    tile = CONFIG_OVERRIDES.get("tile", _TILE_MANY if many else _TILE)
+    block_e = min(_p2(d_inner), max(1, tile // block_d))
     slices = triton.cdiv(d_inner, block_e)
-    return {"BB": rows, "BLOCK_D": block_d, "BE": block_e, "S": slices,
-            "SG": min(_p2(slices), max(1, 8192 // (rows * block_d))),
-            "BLOCK_R": max(_p2(dt_rank), 16 if dot else 1), "BLOCK_L": _p2(dt_rank + 2 * d_state),
-            "BN": min(_p2(d_state), max(1, (8192 if rows == 1 else 4096) // (rows * block_e))),
-            "BLOCK_W": _p2(d_conv - 1), "DOT": dot,
+    return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
+            "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1),
             "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS_MANY if many else _WARPS)}
 
 
@@ -70,59 +62,46 @@ def uses_split(d_model: int) -> bool:
 
 
 @triton.jit
-def _mv(a, w, DOT: tl.constexpr):
-    """(BB, K) rows times a (N, K) weight tile: (BB, N) float32. DOT: ``tl.dot`` in IEEE float32 (BB, K, N >= 16;
-    no (BB, N, K) product tile in registers), else a broadcast product reduced over K."""
-    if DOT:
-        return tl.dot(a, tl.trans(w), input_precision="ieee")
-    return tl.sum(a[:, None, :] * w[None, :, :], axis=2)
+def _block_sum(part_ptr, b, cols, m_cols, L: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Σ_s part[b, s, cols] of a (B, S, L) float32 partial-sum scratch, in slice order: (len(cols),)."""
+    ss = tl.arange(0, BLOCK_S)
+    v = tl.load(part_ptr + (b * S + ss[:, None]) * L + cols[None, :], mask=(ss < S)[:, None] & m_cols[None, :],
+                other=0.0, cache_modifier=".cg")
+    return tl.sum(v, axis=0)
 
 
 @triton.jit
-def _row_sum(part_ptr, rows, m_b, cols, m_cols, L: tl.constexpr, S: tl.constexpr, SG: tl.constexpr):
-    """Σ_s part[rows, s, cols] of a (B, S, L) float32 partial-sum scratch, in slice order: (BB, len(cols)); SG
-    slices per load. Read past L1 (other programs wrote them)."""
-    acc = tl.zeros([rows.shape[0], cols.shape[0]], tl.float32)
-    for g in tl.static_range(0, S, SG):
-        ss = g + tl.arange(0, SG)
-        off = (rows[:, None, None] * S + ss[None, :, None]) * L + cols[None, None, :]
-        m = m_b[:, None, None] & (ss < S)[None, :, None] & m_cols[None, None, :]
-        acc += tl.sum(tl.load(part_ptr + off, mask=m, other=0.0, cache_modifier=".cg"), axis=1)
-    return acc
-
-
-@triton.jit
-def _block_input(FIRST: tl.constexpr, i, rows, m_b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr,
-                 out_b_ptr, n_rows, offs_d, m_d, D: tl.constexpr, S: tl.constexpr, SG: tl.constexpr,
-                 UP: tl.constexpr, HAS_OUT_B: tl.constexpr):
-    """(BB, BLOCK_D) float32 input rows of block i, rounded to the activations' dtype: the stage input x (+ up) for
-    the first block, else block i-1's input (scratch) + its out_proj partials (+ bias)."""
-    m_bd = m_b[:, None] & m_d[None, :]
+def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
+                 n_rows, offs_d, m_d, D: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr, UP: tl.constexpr,
+                 HAS_OUT_B: tl.constexpr):
+    """(BLOCK_D,) float32 input row of block i, rounded to the activations' dtype: the stage input x (+ up) for the
+    first block, else block i-1's input (scratch) + its out_proj partials (+ bias)."""
     if FIRST:
-        v = tl.load(x_ptr + rows[:, None] * s_xb + offs_d[None, :] * s_xd, mask=m_bd, other=0.0).to(tl.float32)
+        v = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0).to(tl.float32)
         if UP:
-            v += tl.load(up_ptr + rows[:, None] * s_ub + offs_d[None, :] * s_ud, mask=m_bd, other=0.0).to(tl.float32)
+            v += tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32)
     else:
-        prev = hbuf_ptr + ((i + 1) % 2) * n_rows * D + rows[:, None] * D + offs_d[None, :]
-        v = tl.load(prev, mask=m_bd, other=0.0, cache_modifier=".cg").to(tl.float32)
-        v += _row_sum(opart_ptr, rows, m_b, offs_d, m_d, D, S, SG)
+        prev = hbuf_ptr + ((i + 1) % 2) * n_rows * D + b * D
+        v = tl.load(prev + offs_d, mask=m_d, other=0.0, cache_modifier=".cg").to(tl.float32)
+        # partials (B, S, D): slice s of row b at (b * S + s) * D
+        v += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
         if HAS_OUT_B:
-            v += tl.load(out_b_ptr + (i - 1) * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+            v += tl.load(out_b_ptr + (i - 1) * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
     return v.to(hbuf_ptr.dtype.element_ty).to(tl.float32)
 
 
 @triton.jit
-def _phase_in(FIRST: tl.constexpr, i, rows, m_b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr,
-              conv_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
+def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
+              norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
               eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
               D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-              S: tl.constexpr, SG: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_L: tl.constexpr,
-              BLOCK_W: tl.constexpr, DOT: tl.constexpr, UP: tl.constexpr, RMSNORM: tl.constexpr,
-              HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr,
-              HAS_OUT_B: tl.constexpr):
-    """Block i, slice s, rows ``rows``: input rows and norm, the slice's in_proj rows, conv, x_proj partial sums.
-    Every load that depends on nothing computed (weights, the conv state) is issued first, with the block
-    input's, so that the phase waits for one round of L2 reads."""
+              S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+              UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr,
+              HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr):
+    """Block i, slice s, row b: input row and norm, the slice's in_proj rows, conv, x_proj partial sums. Every load
+    that depends on nothing computed (weights, the conv state) is issued first, with the block input's, so that
+    the phase waits for one round of L2 reads."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     e = s * BE + tl.arange(0, BE)
@@ -133,158 +112,147 @@ def _phase_in(FIRST: tl.constexpr, i, rows, m_b, s, x_ptr, up_ptr, hbuf_ptr, opa
     m_ed = m_e[:, None] & m_d[None, :]
     w_u = tl.load(in_w + w_off, mask=m_ed, other=0.0).to(tl.float32)
     w_z = tl.load(in_w + E * D + w_off, mask=m_ed, other=0.0).to(tl.float32)
-    # ---- conv state (taps 0..W-2) and weights, x_proj columns of the slice (all R + 2N outputs in one tile)
+    # ---- conv state (taps 0..W-2) and weights, x_proj columns of the slice
     offs_w = tl.arange(0, BLOCK_W)
     m_ew = m_e[:, None] & (offs_w < W - 1)[None, :]
-    m_bew = m_b[:, None, None] & m_ew[None, :, :]
-    c_row = conv_ptr + i * s_ci + rows[:, None, None] * s_cb + e[None, :, None] * s_ce
-    old = tl.load(c_row + offs_w[None, None, :] * s_cw, mask=m_bew, other=0.0).to(tl.float32)  # (BB, BE, BLOCK_W)
-    nxt = tl.load(c_row + (offs_w + 1)[None, None, :] * s_cw, mask=m_bew & (offs_w < W - 2)[None, None, :],
-                  other=0.0)
+    c_row = conv_ptr + i * s_ci + b * s_cb + e[:, None] * s_ce
+    old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
+    nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
     cw = tl.load(conv_w_ptr + i * (E * W) + e[:, None] * W + offs_w[None, :], mask=m_ew, other=0.0).to(tl.float32)
     cw_last = tl.load(conv_w_ptr + i * (E * W) + e * W + (W - 1), mask=m_e, other=0.0).to(tl.float32)
-    ll = tl.arange(0, BLOCK_L)
-    m_l = ll < R + 2 * N
-    w_x = tl.load(xp_w_ptr + i * ((R + 2 * N) * E) + ll[:, None] * E + e[None, :], mask=m_l[:, None] & m_e[None, :],
-                  other=0.0).to(tl.float32)  # (BLOCK_L, BE)
+    xp_w = xp_w_ptr + i * ((R + 2 * N) * E)
+    rr = tl.arange(0, BLOCK_R)
+    m_r = rr < R
+    nn = tl.arange(0, BLOCK_N)
+    m_n = nn < N
+    m_ne = m_n[:, None] & m_e[None, :]
+    w_r = tl.load(xp_w + rr[:, None] * E + e[None, :], mask=m_r[:, None] & m_e[None, :], other=0.0).to(tl.float32)
+    w_b = tl.load(xp_w + (R + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
+    w_c = tl.load(xp_w + (R + N + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
 
-    v = _block_input(FIRST, i, rows, m_b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
-                     n_rows, offs_d, m_d, D, S, SG, UP, HAS_OUT_B)  # (BB, BLOCK_D)
-    m_bd = m_b[:, None] & m_d[None, :]
+    v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+                     offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
     if s == 0:  # block i's input, for block i+1 and the stage output
-        tl.store(hbuf_ptr + (i % 2) * n_rows * D + rows[:, None] * D + offs_d[None, :],
-                 v.to(hbuf_ptr.dtype.element_ty), mask=m_bd)
+        tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
     if RMSNORM:
-        hn = v / tl.sqrt(tl.sum(v * v, axis=1) / D + eps)[:, None]
+        hn = v / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     else:
-        xc = tl.where(m_bd, v - (tl.sum(v, axis=1) / D)[:, None], 0.0)
-        hn = xc / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)[:, None]
+        xc = tl.where(m_d, v - tl.sum(v, axis=0) / D, 0.0)
+        hn = xc / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
     if HAS_NORM_W:
-        hn = hn * tl.load(norm_w_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+        hn = hn * tl.load(norm_w_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
     if HAS_NORM_B:
-        hn = hn + tl.load(norm_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
-    hn = tl.where(m_bd, hn, 0.0)
-    u = _mv(hn, w_u, DOT)  # (BB, BE)
-    z = _mv(hn, w_z, DOT)
+        hn = hn + tl.load(norm_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    hn = tl.where(m_d, hn, 0.0)
+    u = tl.sum(w_u * hn[None, :], axis=1)  # (BE,)
+    z = tl.sum(w_z * hn[None, :], axis=1)
     if HAS_IN_B:
-        u += tl.load(in_b_ptr + i * (2 * E) + e, mask=m_e, other=0.0).to(tl.float32)[None, :]
-        z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)[None, :]
+        u += tl.load(in_b_ptr + i * (2 * E) + e, mask=m_e, other=0.0).to(tl.float32)
+        z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)
 
-    # ---- causal conv over [conv_state, u], then the x_proj partial sums over the slice (x_part[rows, s])
+    # ---- causal conv over [conv_state, u] and the state shift, in place
     u_r = u.to(conv_ptr.dtype.element_ty)  # the value the state will hold
-    pre = tl.sum(cw[None, :, :] * old, axis=2) + cw_last[None, :] * u_r.to(tl.float32)
+    pre = tl.sum(cw * old, axis=1) + cw_last * u_r.to(tl.float32)
     if HAS_CONV_B:
-        pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)[None, :]
-    m_be = m_b[:, None] & m_e[None, :]
-    c = tl.where(m_be, _silu(pre), 0.0)  # (BB, BE)
-    tl.store(xpart_ptr + (rows[:, None] * S + s) * (R + 2 * N) + ll[None, :], _mv(c, w_x, DOT),
-             mask=m_b[:, None] & m_l[None, :])
-    cz = cz_ptr + rows[:, None] * (2 * E) + e[None, :]
-    tl.store(cz, c, mask=m_be)
-    tl.store(cz + E, z, mask=m_be)
+        pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
+    c = tl.where(m_e, _silu(pre), 0.0)  # (BE,)
+
+    # ---- x_proj partial sums over the slice: (R + 2N,) at x_part[b, s]
+    dst = xpart_ptr + (b * S + s) * (R + 2 * N)
+    tl.store(dst + rr, tl.sum(w_r * c[None, :], axis=1), mask=m_r)
+    tl.store(dst + R + nn, tl.sum(w_b * c[None, :], axis=1), mask=m_n)
+    tl.store(dst + R + N + nn, tl.sum(w_c * c[None, :], axis=1), mask=m_n)
+    tl.store(cz_ptr + b * (2 * E) + e, c, mask=m_e)
+    tl.store(cz_ptr + b * (2 * E) + E + e, z, mask=m_e)
     tl.debug_barrier()  # every thread has read the old conv state before any thread overwrites it
-    tl.store(c_row + offs_w[None, None, :] * s_cw, tl.where((offs_w == W - 2)[None, None, :], u_r[:, :, None], nxt),
-             mask=m_bew)
+    tl.store(c_row + offs_w[None, :] * s_cw, tl.where((offs_w == W - 2)[None, :], u_r[:, None], nxt), mask=m_ew)
 
 
 @triton.jit
-def _phase_out(i, rows, m_b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
-               out_w_ptr, s_hi, s_hb, s_he, s_hn, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr,
-               N: tl.constexpr, S: tl.constexpr, SG: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr,
-               BLOCK_R: tl.constexpr, BN: tl.constexpr, DOT: tl.constexpr, HAS_D: tl.constexpr):
-    """Block i, slice s, rows ``rows``: Δ, the state update and readout (over chunks of BN states, chunk k+1's
-    state loaded before chunk k is updated), gate, out_proj partial sums."""
+def _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
+               s_hi, s_hb, s_he, s_hn, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+               S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr):
+    """Block i, slice s, row b: Δ, the state update and readout, gate, out_proj partial sums."""
     e = s * BE + tl.arange(0, BE)
     m_e = e < E
-    m_be = m_b[:, None] & m_e[None, :]
     rr = tl.arange(0, BLOCK_R)
     m_r = rr < R
+    nn = tl.arange(0, BLOCK_N)
+    m_n = nn < N
     L: tl.constexpr = R + 2 * N
-    # ---- loads that depend on nothing computed: weights of the slice, its first state chunk, c and z
+    # ---- loads that depend on nothing computed: weights of the slice and its state
     w_dt = tl.load(dt_w_ptr + i * (E * R) + e[:, None] * R + rr[None, :], mask=m_e[:, None] & m_r[None, :],
                    other=0.0).to(tl.float32)  # (BE, BLOCK_R)
     dt_b = tl.load(dt_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
+    m_en = m_e[:, None] & m_n[None, :]
+    a_l = tl.load(a_log_ptr + i * (E * N) + e[:, None] * N + nn[None, :], mask=m_en, other=0.0).to(tl.float32)
+    h_row = ssm_ptr + i * s_hi + b * s_hb + e[:, None] * s_he + nn[None, :] * s_hn
+    h = tl.load(h_row, mask=m_en, other=0.0)  # (BE, BLOCK_N) float32
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     w_o = tl.load(out_w_ptr + i * (D * E) + offs_d[:, None] * E + e[None, :], mask=m_d[:, None] & m_e[None, :],
                   other=0.0).to(tl.float32)  # (BLOCK_D, BE)
-    h_rows = ssm_ptr + i * s_hi + rows[:, None, None] * s_hb + e[None, :, None] * s_he
-    nn = tl.arange(0, BN)
-    h_next = tl.load(h_rows + nn[None, None, :] * s_hn, mask=m_be[:, :, None] & (nn < N)[None, None, :], other=0.0)
-    cz = cz_ptr + rows[:, None] * (2 * E) + e[None, :]
-    c = tl.load(cz, mask=m_be, other=0.0, cache_modifier=".cg")  # (BB, BE)
-    z = tl.load(cz + E, mask=m_be, other=0.0, cache_modifier=".cg")
+    c = tl.load(cz_ptr + b * (2 * E) + e, mask=m_e, other=0.0, cache_modifier=".cg")
+    z = tl.load(cz_ptr + b * (2 * E) + E + e, mask=m_e, other=0.0, cache_modifier=".cg")
 
-    # ---- δ: the x_proj partials summed over the slices; Δ (BB, BE)
-    delta = _row_sum(xpart_ptr, rows, m_b, rr, m_r, L, S, SG)  # (BB, BLOCK_R)
-    dt = _mv(delta, w_dt, DOT) + dt_b[None, :]
-    dt = tl.where(m_be, _softplus(dt), 0.0)
-    dtc = dt * c
+    # ---- δ, B, C: the x_proj partials summed over the slices
+    delta = _block_sum(xpart_ptr, b, rr, m_r, L, S, BLOCK_S)  # (BLOCK_R,)
+    bv = _block_sum(xpart_ptr, b, R + nn, m_n, L, S, BLOCK_S)  # (BLOCK_N,)
+    cv = _block_sum(xpart_ptr, b, R + N + nn, m_n, L, S, BLOCK_S)
+    dt = tl.sum(w_dt * delta[None, :], axis=1) + dt_b
+    dt = tl.where(m_e, _softplus(dt), 0.0)  # (BE,)
     if HAS_D:
-        y = tl.load(d_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)[None, :] * c
+        y = tl.load(d_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32) * c
     else:
-        y = tl.zeros([rows.shape[0], BE], tl.float32)
-    for n0 in tl.static_range(0, N, BN):
-        nn = n0 + tl.arange(0, BN)
-        m_n = nn < N
-        m_ben = m_be[:, :, None] & m_n[None, None, :]
-        h = h_next
-        if n0 + BN < N:
-            h_next = tl.load(h_rows + (nn + BN)[None, None, :] * s_hn,
-                             mask=m_be[:, :, None] & (nn + BN < N)[None, None, :], other=0.0)
-        a_l = tl.load(a_log_ptr + i * (E * N) + e[:, None] * N + nn[None, :], mask=m_e[:, None] & m_n[None, :],
-                      other=0.0).to(tl.float32)  # (BE, BN)
-        bv = _row_sum(xpart_ptr, rows, m_b, R + nn, m_n, L, S, SG)  # (BB, BN)
-        cv = _row_sum(xpart_ptr, rows, m_b, R + N + nn, m_n, L, S, SG)
-        h = tl.exp(dt[:, :, None] * -tl.exp(a_l)[None, :, :]) * h + dtc[:, :, None] * bv[:, None, :]
-        y += tl.sum(h * cv[:, None, :], axis=2)
-        tl.debug_barrier()  # the old state chunk is read everywhere before it is overwritten
-        tl.store(h_rows + nn[None, None, :] * s_hn, h, mask=m_ben)
-    y = tl.where(m_be, y * _silu(z), 0.0)
-    tl.store(opart_ptr + (rows[:, None] * S + s) * D + offs_d[None, :], _mv(y, w_o, DOT),
-             mask=m_b[:, None] & m_d[None, :])
+        y = tl.zeros([BE], tl.float32)
+    h = tl.exp(dt[:, None] * -tl.exp(a_l)) * h + (dt * c)[:, None] * bv[None, :]
+    y += tl.sum(h * cv[None, :], axis=1)
+    tl.debug_barrier()  # the old state is read everywhere before it is overwritten
+    tl.store(h_row, h, mask=m_en)
+    y = tl.where(m_e, y * _silu(z), 0.0)
+    tl.store(opart_ptr + (b * S + s) * D + offs_d, tl.sum(w_o * y[None, :], axis=1), mask=m_d)
 
 
 @triton.jit
-def _finish(i, rows, m_b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
             s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd,
-            D: tl.constexpr, P: tl.constexpr, S: tl.constexpr, SG: tl.constexpr, BLOCK_D: tl.constexpr,
-            UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr, RESIDUAL: tl.constexpr,
-            HAS_OUT_B: tl.constexpr):
-    """Rows ``rows`` after the last block i: the stage output (block i's input + its partials (+ bias) (+ the
-    stage input)), then the pool buffers: the down window takes x, the up buffer rotates by one."""
+            D: tl.constexpr, P: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+            BLOCK_P: tl.constexpr, UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr,
+            RESIDUAL: tl.constexpr, HAS_OUT_B: tl.constexpr):
+    """Row b after the last block i: the stage output (block i's input + its partials (+ bias) (+ the stage
+    input)), then the pool buffers: the down window takes x, the up buffer rotates by one."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
-    m_bd = m_b[:, None] & m_d[None, :]
-    hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + rows[:, None] * D + offs_d[None, :], mask=m_bd, other=0.0,
+    hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0,
                  cache_modifier=".cg").to(tl.float32)
-    hv += _row_sum(opart_ptr, rows, m_b, offs_d, m_d, D, S, SG)
+    hv += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
     if HAS_OUT_B:
-        hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+        hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
     o = hv.to(out_ptr.dtype.element_ty)
-    x0 = tl.load(x_ptr + rows[:, None] * s_xb + offs_d[None, :] * s_xd, mask=m_bd, other=0.0)
+    x0 = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0)
     if RESIDUAL:
         h0 = x0.to(tl.float32)
         if UP:
-            h0 += tl.load(up_ptr + rows[:, None] * s_ub + offs_d[None, :] * s_ud, mask=m_bd, other=0.0).to(tl.float32)
+            h0 = (h0 + tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32))
             h0 = h0.to(out_ptr.dtype.element_ty).to(tl.float32)
         o = (o.to(tl.float32) + h0).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + rows[:, None] * D + offs_d[None, :], o, mask=m_bd)
-    if DOWN_PUSH:  # the window (P-1, D) takes the stage input (before the up-pool add): row p ← row p+1
-        d_row = dbuf_ptr + rows[:, None] * s_db + offs_d[None, :] * s_dd
-        for p in tl.static_range(P - 2):
-            nxt = tl.load(d_row + (p + 1) * s_dp, mask=m_bd, other=0.0)
-            tl.debug_barrier()
-            tl.store(d_row + p * s_dp, nxt, mask=m_bd)
-        tl.store(d_row + (P - 2) * s_dp, x0.to(dbuf_ptr.dtype.element_ty), mask=m_bd)
+    tl.store(out_ptr + b * D + offs_d, o, mask=m_d)
+    offs_p = tl.arange(0, BLOCK_P)
+    if DOWN_PUSH:  # the window (P-1, D) takes the stage input (before the up-pool add)
+        d_off = b * s_db + offs_d[None, :] * s_dd
+        m_pd = (offs_p < P - 2)[:, None] & m_d[None, :]
+        d_nxt = tl.load(dbuf_ptr + d_off + (offs_p + 1)[:, None] * s_dp, mask=m_pd, other=0.0)
+        new_d = tl.where((offs_p == P - 2)[:, None], x0[None, :].to(dbuf_ptr.dtype.element_ty), d_nxt)
     if UP_ROTATE:  # rotate by one: the old row 0 (this step's up-pool output) lands in row P-1
-        u_row = ubuf_ptr + rows[:, None] * s_vb + offs_d[None, :] * s_vd
-        first = tl.load(u_row, mask=m_bd, other=0.0)
-        for p in tl.static_range(P - 1):
-            nxt = tl.load(u_row + (p + 1) * s_vp, mask=m_bd, other=0.0)
-            tl.debug_barrier()
-            tl.store(u_row + p * s_vp, nxt, mask=m_bd)
-        tl.store(u_row + (P - 1) * s_vp, first, mask=m_bd)
+        v_off = b * s_vb + offs_d[None, :] * s_vd
+        m_pu = (offs_p < P)[:, None] & m_d[None, :]
+        new_u = tl.load(ubuf_ptr + v_off + ((offs_p + 1) % P)[:, None] * s_vp, mask=m_pu, other=0.0)
+    tl.debug_barrier()
+    if DOWN_PUSH:
+        tl.store(dbuf_ptr + d_off + offs_p[:, None] * s_dp, new_d, mask=(offs_p < P - 1)[:, None] & m_d[None, :])
+    if UP_ROTATE:
+        tl.store(ubuf_ptr + v_off + offs_p[:, None] * s_vp, new_u, mask=m_pu)
 
 
 @triton.jit(do_not_specialize=["i"])
@@ -296,45 +264,41 @@ def _split_kernel(
     i, eps, n_rows,
     s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_ci, s_cb, s_ce, s_cw, s_hi, s_hb, s_he, s_hn,
     D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
-    S: tl.constexpr, SG: tl.constexpr, BB: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, BN: tl.constexpr, BLOCK_W: tl.constexpr,
-    DOT: tl.constexpr, MODE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+    S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
+    MODE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr, RESIDUAL: tl.constexpr,
     RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
 ):
-    """Grid (S, ceil(B / BB)): slice s = program 0, BB rows = program 1. MODE 0: block i's ``in`` phase; MODE 1:
-    its ``out`` phase (LAST: the last program of the row block to arrive finishes the stage and resets the row
-    block's counter)."""
+    """Grid (S, B): slice s = program 0, row b = program 1. MODE 0: block i's ``in`` phase; MODE 1: its ``out``
+    phase (LAST: the row's last program to arrive finishes the stage and resets the row's counter)."""
     s = tl.program_id(0)
-    t = tl.program_id(1)
-    rows = t * BB + tl.arange(0, BB)
-    m_b = rows < n_rows
-    rows = rows.to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
     if MODE == 0:
-        _phase_in(FIRST, i, rows, m_b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, norm_w_ptr,
+        _phase_in(FIRST, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, norm_w_ptr,
                   norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr, eps, n_rows,
-                  s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, SG, BLOCK_D, BE, BLOCK_L,
-                  BLOCK_W, DOT, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
+                  s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D, BE, BLOCK_S, BLOCK_R,
+                  BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
     else:
-        _phase_out(i, rows, m_b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
-                   out_w_ptr, s_hi, s_hb, s_he, s_hn, D, E, R, N, S, SG, BLOCK_D, BE, BLOCK_R, BN, DOT, HAS_D)
+        _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
+                   s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N, HAS_D)
         if LAST:
             tl.debug_barrier()  # every thread's partials are written before the arrival is counted
-            arrived = tl.atomic_add(count_ptr + t, 1)  # acq_rel: the earlier programs' partials are visible
-            if arrived == S - 1:  # the row block's last program
-                _finish(i, rows, m_b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr,
-                        n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, SG, BLOCK_D,
-                        UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
-                tl.store(count_ptr + t, 0)  # every program of the row block has arrived: ready for the next step
+            arrived = tl.atomic_add(count_ptr + b, 1)  # acq_rel: the earlier programs' partials are visible
+            if arrived == S - 1:  # the row's last program
+                _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+                        s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D, BLOCK_S,
+                        BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
+                tl.store(count_ptr + b, 0)  # every program of the row has arrived: ready for the next step
 
 
 def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
                     device, dtype: torch.dtype) -> dict:
     """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
     block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
-    (B, S, R + 2N) and (B, S, D) float32, arrival counters per block of rows (B,) int32 (zero; the kernels
-    leave them zero)."""
+    (B, S, R + 2N) and (B, S, D) float32, per-row arrival counters (B,) int32 (zero; the kernels leave them
+    zero)."""
     slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch)["S"]
     f32 = torch.float32
     return {
@@ -342,7 +306,7 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
         "cz": torch.empty(batch, 2, d_inner, device=device, dtype=f32),
         "x_part": torch.empty(batch, slices, dt_rank + 2 * d_state, device=device, dtype=f32),
         "out_part": torch.empty(batch, slices, d_model, device=device, dtype=f32),
-        "count": torch.zeros(batch, device=device, dtype=torch.int32),  # one per row block (at most B)
+        "count": torch.zeros(batch, device=device, dtype=torch.int32),
         "slices": slices,
     }
 
@@ -397,12 +361,12 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
     strides = (*x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
                *conv_states.stride(), *ssm_states.stride())
     flags = dict(
-        D=d_model, E=d_inner, R=dt_rank, N=d_state, W=width, P=max(n_pool, 2), **cfg,
+        D=d_model, E=d_inner, R=dt_rank, N=d_state, W=width, P=max(n_pool, 2), BLOCK_P=_p2(max(n_pool, 2)), **cfg,
         UP=up is not None, DOWN_PUSH=down_buffer is not None, UP_ROTATE=up_buffer is not None, RESIDUAL=residual,
         RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0], HAS_NORM_B=present[1], HAS_IN_B=present[3],
         HAS_CONV_B=present[5], HAS_D=present[10], HAS_OUT_B=present[12], num_warps=warps,
     )
-    grid = (slices, triton.cdiv(batch, cfg["BB"]))
+    grid = (slices, batch)
     for i in range(n_blocks):
         for mode in (0, 1):
             _split_kernel[grid](*args, i, float(eps), batch, *strides, MODE=mode, FIRST=mode == 0 and i == 0,

@@ -33,11 +33,11 @@ from .activations import softplus as _softplus
 from .block_step import BLOCK_WEIGHTS, _contig, _p2, _silu
 
 # Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
-# E = 512; D = 128: BE = 32, 8 slices), and warps per program: 4 for a few rows, 2 from ``_MANY_ROWS`` rows on (H200
-# sweep, kernels/NOTES.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable for the
+# E = 512; D = 128: BE = 32, 8 slices); warps per program: 4, or 2 from ``_MANY_ROWS`` rows on (H200 sweep,
+# kernels/NOTES.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable for the
 # benchmark's sweep ("tile", "num_warps", "min_d").
-_TILE, _WARPS = 4096, 4
-_TILE_MANY, _WARPS_MANY, _MANY_ROWS = 4096, 2, 16
+_TILE = 4096
+_WARPS, _WARPS_MANY, _MANY_ROWS = 4, 2, 16
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
 CONFIG_OVERRIDES: dict = {}
@@ -48,7 +48,7 @@ def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv:
     elements), S = ceil(E / BE) slices, warps."""
     many = batch >= _MANY_ROWS
     block_d = _p2(d_model)
-    tile = CONFIG_OVERRIDES.get("tile", _TILE_MANY if many else _TILE)
+    tile = CONFIG_OVERRIDES.get("tile", _TILE)
     block_e = min(_p2(d_inner), max(1, tile // block_d))
     slices = triton.cdiv(d_inner, block_e)
     return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),

@@ -19,7 +19,7 @@ buffers). A step at depth 0 (most steps) is then that one launch for stage 0: em
 rotation, blocks, stage residual, final norm, head, Gumbel-max draw and the output writes, with a per-row
 position counter. Stages below the first of width >= 128 (``block_step_split.uses_split``) instead take two
 launches per block, each block spread over slices of its inner width (one SM alone streaming their weights was
-the bound). Deeper steps run the completed down-pool frames (one gather, one cat, one linear) and the up-pool
+the bound). Deeper steps run the completed down-pool frames (the embedding, one cat, one linear) and the up-pool
 unfolds (one linear into the buffer) as ATen ops between the stage launches, the stage launches shifting the down
 windows. The pooling phase counters are not kept on this path (no step reads them).
 """
@@ -211,11 +211,7 @@ class _Stepper:
         if depth == 0:
             self._stage(0, None, push=levels > 0, embed=True, head=True)
             return
-        embed = self.model.embed
-        if embed.n_codebooks == 1:  # one gather, no offsets or sum
-            xs = [embed.embedding.weight.index_select(0, self.token.view(-1))]  # stage inputs (B, D_s)
-        else:
-            xs = [embed(self.token)[:, 0]]
+        xs = [self.model.embed(self.token)[:, 0]]  # stage inputs (B, D_s)
         main = torch.cuda.current_stream() if self.streams is not None else None
         outs, done = [], []  # stage s's output and the event after it (None without streams)
         for s in range(depth):  # the down-pool frames that complete at this step

@@ -35,6 +35,8 @@ class TokenEmbedding(nn.Module):
         self.register_buffer("offsets", torch.arange(n_codebooks) * vocab_size, persistent=False)  # (K,)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.n_codebooks == 1:  # one gather (no offset add, no sum over one codebook): the same values
+            return self.embedding(tokens[..., 0])
         return self.embedding(tokens + self.offsets).sum(dim=-2)  # (B, L, K, D) → (B, L, D)
 
 

@@ -145,6 +145,18 @@ def test_lm_with_codebooks_and_mamba2():
         model(torch.zeros(1, 4, dtype=torch.long))
 
 
+@pytest.mark.parametrize("codebooks", [1, 3])
+def test_token_embedding_sums_one_row_per_codebook(codebooks):
+    from audiomamba.models import TokenEmbedding
+
+    torch.manual_seed(codebooks)
+    emb = TokenEmbedding(vocab_size=11, n_codebooks=codebooks, d_model=5)
+    tokens = torch.randint(0, 11, (2, 7, codebooks))
+    table = emb.embedding.weight.detach()
+    want = sum(table[tokens[..., k] + 11 * k] for k in range(codebooks))  # codebook k's table starts at k V
+    assert torch.equal(emb(tokens), want)
+
+
 def test_lm_is_causal():
     model = tiny("sc09_small", **{"backbone.pool": [2, 2]})
     emb = model.embed.embedding

@@ -82,6 +82,31 @@ def _stage_input(x_ptr, s_xb, s_xd, emb_ptr, tok, m_k, up_ptr, s_ub, s_ud, rows,
 
 
 @triton.jit
+def _shift_pools(dbuf_ptr, ubuf_ptr, x0, rows, offs_d, m_bd, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, P: tl.constexpr,
+                BLOCK_P: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr):
+    """Pool buffers of the rows ``rows`` (BB,) at columns ``offs_d``: the down-pool window (B, P-1, D) takes x0
+    (BB, BLOCK_D) as its newest row (DOWN_PUSH), the up-pool buffer (B, P, D) rotates by one, its row 0 landing in
+    row P-1 (UP_ROTATE). Everything is read before anything is written (barriers on both sides of the writes)."""
+    offs_p = tl.arange(0, BLOCK_P)
+    m_p3 = m_bd[:, None, :]
+    if DOWN_PUSH:
+        d_off = rows[:, None, None] * s_db + offs_d[None, None, :] * s_dd
+        d_nxt = tl.load(dbuf_ptr + d_off + (offs_p + 1)[None, :, None] * s_dp,
+                        mask=m_p3 & (offs_p < P - 2)[None, :, None], other=0.0)
+        new_d = tl.where((offs_p == P - 2)[None, :, None], x0[:, None, :].to(dbuf_ptr.dtype.element_ty), d_nxt)
+    if UP_ROTATE:
+        v_off = rows[:, None, None] * s_vb + offs_d[None, None, :] * s_vd
+        new_u = tl.load(ubuf_ptr + v_off + ((offs_p + 1) % P)[None, :, None] * s_vp,
+                        mask=m_p3 & (offs_p < P)[None, :, None], other=0.0)
+    tl.debug_barrier()
+    if DOWN_PUSH:
+        tl.store(dbuf_ptr + d_off + offs_p[None, :, None] * s_dp, new_d, mask=m_p3 & (offs_p < P - 1)[None, :, None])
+    if UP_ROTATE:
+        tl.store(ubuf_ptr + v_off + offs_p[None, :, None] * s_vp, new_u, mask=m_p3 & (offs_p < P)[None, :, None])
+    tl.debug_barrier()
+
+
+@triton.jit
 def _block_input(i, buf_ptr, n_rows, x_ptr, s_xb, s_xd, emb_ptr, tok, m_k, up_ptr, s_ub, s_ud, rows, dd, m2,
                  out_ptr, D: tl.constexpr, EMBED: tl.constexpr, UP: tl.constexpr):
     """(BB, BD) float32: block i's input rows, the stage input for i = 0, else block i-1's output (scratch)."""
@@ -169,26 +194,12 @@ def _mamba1_stage_kernel(
     # ---- pooling buffers: the down-pool window takes the stage input, the up-pool buffer rotates by one
     # (its old row 0, this step's up-pool output, lands in row P-1, where up_ptr points)
     if DOWN_PUSH or UP_ROTATE:
-        offs_p = tl.arange(0, BLOCK_P)
-        m_p3 = m_bd[:, None, :]
+        x0 = tl.zeros([BB, BLOCK_D], tl.float32)
         if DOWN_PUSH:
             x0 = _stage_input(x_ptr, s_xb, s_xd, emb_ptr, tok, m_k, up_ptr, s_ub, s_ud, rows, offs_d, m_bd, out_ptr,
                               D, EMBED, False)
-            d_off = rows[:, None, None] * s_db + offs_d[None, None, :] * s_dd
-            d_nxt = tl.load(dbuf_ptr + d_off + (offs_p + 1)[None, :, None] * s_dp,
-                            mask=m_p3 & (offs_p < P - 2)[None, :, None], other=0.0)
-            new_d = tl.where((offs_p == P - 2)[None, :, None], x0[:, None, :].to(dbuf_ptr.dtype.element_ty), d_nxt)
-        if UP_ROTATE:
-            v_off = rows[:, None, None] * s_vb + offs_d[None, None, :] * s_vd
-            new_u = tl.load(ubuf_ptr + v_off + ((offs_p + 1) % P)[None, :, None] * s_vp,
-                            mask=m_p3 & (offs_p < P)[None, :, None], other=0.0)
-        tl.debug_barrier()
-        if DOWN_PUSH:
-            tl.store(dbuf_ptr + d_off + offs_p[None, :, None] * s_dp, new_d,
-                     mask=m_p3 & (offs_p < P - 1)[None, :, None])
-        if UP_ROTATE:
-            tl.store(ubuf_ptr + v_off + offs_p[None, :, None] * s_vp, new_u, mask=m_p3 & (offs_p < P)[None, :, None])
-        tl.debug_barrier()
+        _shift_pools(dbuf_ptr, ubuf_ptr, x0, rows, offs_d, m_bd, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, P, BLOCK_P,
+                    DOWN_PUSH, UP_ROTATE)
 
     offs_e = tl.arange(0, BLOCK_E)
     m_e = offs_e < E

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .activations import softplus as _softplus
-from .block_step import BLOCK_WEIGHTS, _contig, _p2, _silu
+from .block_step import BLOCK_WEIGHTS, _contig, _p2, _shift_pools, _silu
 
 # Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
 # E = 512; D = 128: BE = 32, 8 slices); warps per program: 4, or 2 from ``_MANY_ROWS`` rows on (H200 sweep,
@@ -238,21 +238,9 @@ def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_pt
             h0 = h0.to(out_ptr.dtype.element_ty).to(tl.float32)
         o = (o.to(tl.float32) + h0).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + b * D + offs_d, o, mask=m_d)
-    offs_p = tl.arange(0, BLOCK_P)
-    if DOWN_PUSH:  # the window (P-1, D) takes the stage input (before the up-pool add)
-        d_off = b * s_db + offs_d[None, :] * s_dd
-        m_pd = (offs_p < P - 2)[:, None] & m_d[None, :]
-        d_nxt = tl.load(dbuf_ptr + d_off + (offs_p + 1)[:, None] * s_dp, mask=m_pd, other=0.0)
-        new_d = tl.where((offs_p == P - 2)[:, None], x0[None, :].to(dbuf_ptr.dtype.element_ty), d_nxt)
-    if UP_ROTATE:  # rotate by one: the old row 0 (this step's up-pool output) lands in row P-1
-        v_off = b * s_vb + offs_d[None, :] * s_vd
-        m_pu = (offs_p < P)[:, None] & m_d[None, :]
-        new_u = tl.load(ubuf_ptr + v_off + ((offs_p + 1) % P)[:, None] * s_vp, mask=m_pu, other=0.0)
-    tl.debug_barrier()
-    if DOWN_PUSH:
-        tl.store(dbuf_ptr + d_off + offs_p[:, None] * s_dp, new_d, mask=(offs_p < P - 1)[:, None] & m_d[None, :])
-    if UP_ROTATE:
-        tl.store(ubuf_ptr + v_off + offs_p[:, None] * s_vp, new_u, mask=m_pu)
+    # the down window takes the stage input (before the up-pool add), the up buffer rotates by one
+    _shift_pools(dbuf_ptr, ubuf_ptr, x0[None, :], b + tl.arange(0, 1), offs_d, m_d[None, :], s_db, s_dp, s_dd, s_vb,
+                s_vp, s_vd, P, BLOCK_P, DOWN_PUSH, UP_ROTATE)
 
 
 @triton.jit(do_not_specialize=["i"])

@@ -268,9 +268,13 @@ def mini() -> None:
 
 # split stage step (``block_step_split``): (batch, launch overrides) swept per wide stage, and generation variants
 # (name: (block_step_split overrides, block_step overrides))
-SPLIT_SWEEP = [(1, {}), (1, {"tile": 2048}), (1, {"num_warps": 2}), (64, {}), (64, {"num_warps": 4}),
-               (64, {"tile": 8192, "num_warps": 4})]
-GEN_VARIANTS = {"split": ({}, {}), "one program per row": ({"min_d": 10**9}, {})}
+# (at 64 rows the split stages take tiles of rows, ``block_step_rows``; "rows_min" 10**9 keeps one row per program)
+ONE_ROW = {"rows_min": 10**9}
+SPLIT_SWEEP = [(1, {}), (64, ONE_ROW), (64, {}), (64, {"rows_be": 16}), (64, {"rows_be": 64, "chunk_n": 8}),
+               (64, {"rows_rb": 8}), (64, {"rows_rb": 8, "rows_be": 16}), (64, {"rows_warps": 16}),
+               (64, {"rows_bk": 32}), (64, {"chunk_n": 8}), (64, {"precision": "tf32x3"})]
+GEN_VARIANTS = {"split": ({}, {}), "split, one row per program": (ONE_ROW, {}),
+                "one program per row": ({"min_d": 10**9}, {})}
 
 
 def warm_split(workers: int = 12) -> None:
@@ -292,9 +296,11 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
             rows.append({"D": d_model, "B": batch, "kernel": "one program per row", "config": "{}", "us": us})
             for overrides in [o for b, o in sweep if b == batch]:
                 block_step_split.CONFIG_OVERRIDES.update(overrides)
+                kernel = "split (failed)"
                 try:
                     ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",
                                                           torch.float32)
+                    kernel = f"split S={ws['slices']} BB={ws['rows']}"
                     us = _time_graph(lambda a=args, u=up, w=ws: block_step_split.mamba1_stage_step_split_triton(
                         *a, up=u, workspace=w))
                 except Exception as err:  # report it and keep going
@@ -302,8 +308,7 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
                     us = float("nan")
                 finally:
                     block_step_split.CONFIG_OVERRIDES.clear()
-                rows.append({"D": d_model, "B": batch, "kernel": f"split S={ws['slices']}",
-                             "config": json.dumps(overrides), "us": us})
+                rows.append({"D": d_model, "B": batch, "kernel": kernel, "config": json.dumps(overrides), "us": us})
     return rows
 
 
@@ -326,7 +331,7 @@ def split_main(warm_first: bool = True) -> None:
                 "check": check_generation(),
             }
             if name == "split":
-                gen[name]["profile"] = profile_step_graphs(1)
+                gen[name]["profile"] = {b: profile_step_graphs(b) for b in (1, 64)}
         except Exception as err:
             print(f"generation {name} failed: {type(err).__name__}: {str(err)[:300]}")
         finally:

@@ -17,6 +17,9 @@ float32 scratch. The last program of a row to finish the last block's ``out`` (a
 that program) sums the partials in slice order (the result does not depend on which program is last), adds the
 stage residual, writes the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
 
+From ``rows_min`` rows on (16) the same launcher runs ``block_step_rows``' kernel instead: a tile of rows per
+program, its products as ``tl.dot``, so that each weight is read once per tile of rows rather than once per row.
+
 Same contract as ``mamba1_stage_step_triton`` without the embedding and the head (the stages below the first
 never have them); float32 arithmetic and SSM state, float32 / bfloat16 weights and activations, values rounded
 to the activations' dtype where the unfused modules round them. Partial sums go through float32 scratch, so the
@@ -31,15 +34,19 @@ import triton.language as tl
 
 from .activations import softplus as _softplus
 from .block_step import BLOCK_WEIGHTS, _contig, _p2, _shift_pools, _silu
+from .block_step_rows import rows_config, rows_kernel
 
 # Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
 # E = 512; D = 128: BE = 32, 8 slices); warps per program: 4, or 2 from ``_MANY_ROWS`` rows on (H200 sweep,
 # kernels/NOTES.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable for the
-# benchmark's sweep ("tile", "num_warps", "min_d").
+# benchmark's sweep ("tile", "num_warps", "min_d", "rows_min"; ``block_step_rows.rows_config`` reads its own keys
+# from the same dict).
 _TILE = 4096
 _WARPS, _WARPS_MANY, _MANY_ROWS = 4, 2, 16
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
+# From this many rows on, tiles of rows per program (``block_step_rows``).
+_ROWS_MIN = 16
 CONFIG_OVERRIDES: dict = {}
 
 
@@ -54,6 +61,11 @@ def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv:
     return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
             "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1),
             "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS_MANY if many else _WARPS)}
+
+
+def uses_rows(batch: int) -> bool:
+    """Whether a split stage of ``batch`` rows runs ``block_step_rows``' kernel (tiles of rows per program)."""
+    return batch >= CONFIG_OVERRIDES.get("rows_min", _ROWS_MIN)
 
 
 def uses_split(d_model: int) -> bool:
@@ -284,11 +296,26 @@ def _split_kernel(
 def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
                     device, dtype: torch.dtype) -> dict:
     """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
-    block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
-    (B, S, R + 2N) and (B, S, D) float32, per-row arrival counters (B,) int32 (zero; the kernels leave them
-    zero)."""
-    slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch)["S"]
+    block inputs in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums float32, arrival
+    counters int32 (zero; the kernels leave them zero). One row per program: block inputs (2, B, D) (ping-pong),
+    partials (B, S, R + 2N) and (B, S, D), a counter per row. Tiles of rows (``rows`` > 0, the rows per program):
+    block inputs (1, B, D) (updated in place), partials (S, B, ·), the summed x_proj partials (B, R + 2N), a
+    counter per tile for each of the two launches."""
     f32 = torch.float32
+    if uses_rows(batch):
+        cfg = rows_config(d_model, d_inner, d_state, dt_rank, d_conv, CONFIG_OVERRIDES)
+        slices, rows = cfg["S"], cfg["RB"]
+        return {
+            "h": torch.empty(1, batch, d_model, device=device, dtype=dtype),
+            "cz": torch.empty(batch, 2, d_inner, device=device, dtype=f32),
+            "x_part": torch.empty(slices, batch, dt_rank + 2 * d_state, device=device, dtype=f32),
+            "x_sum": torch.empty(batch, dt_rank + 2 * d_state, device=device, dtype=f32),
+            "out_part": torch.empty(slices, batch, d_model, device=device, dtype=f32),
+            "count": torch.zeros(2, triton.cdiv(batch, rows), device=device, dtype=torch.int32),
+            "slices": slices,
+            "rows": rows,
+        }
+    slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch)["S"]
     return {
         "h": torch.empty(2, batch, d_model, device=device, dtype=dtype),
         "cz": torch.empty(batch, 2, d_inner, device=device, dtype=f32),
@@ -296,6 +323,7 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
         "out_part": torch.empty(batch, slices, d_model, device=device, dtype=f32),
         "count": torch.zeros(batch, device=device, dtype=torch.int32),
         "slices": slices,
+        "rows": 0,
     }
 
 
@@ -331,21 +359,34 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         return out
     if workspace is None:
         workspace = split_workspace(batch, d_model, d_inner, d_state, dt_rank, width, x.device, x.dtype)
-    cfg = split_config(d_model, d_inner, d_state, dt_rank, width, batch)
+    if uses_rows(batch):
+        kernel, cfg = rows_kernel, rows_config(d_model, d_inner, d_state, dt_rank, width, CONFIG_OVERRIDES)
+        tile = cfg["RB"]
+        grid = (cfg["S"], triton.cdiv(batch, tile))
+    else:
+        kernel, cfg = _split_kernel, split_config(d_model, d_inner, d_state, dt_rank, width, batch)
+        grid, tile = (cfg["S"], batch), 0
     warps = cfg.pop("num_warps")
     slices = cfg["S"]
-    if workspace["slices"] != slices or workspace["h"].shape[1:] != (batch, d_model):
+    if (workspace["slices"], workspace["rows"]) != (slices, tile) or workspace["h"].shape[1:] != (batch, d_model):
         raise ValueError(f"workspace: made for {workspace['h'].shape[1]} rows of width {workspace['h'].shape[2]} "
-                         f"in {workspace['slices']} slices, this stage needs {batch} x {d_model} in {slices}")
+                         f"in {workspace['slices']} slices (row tiles {workspace['rows']}), this stage needs "
+                         f"{batch} x {d_model} in {slices} (row tiles {tile})")
     present = [t is not None for t in ws]
     ws = [t if t is not None else ws[2] for t in ws]  # unused pointers (their HAS_* flag is off)
     if up_buffer is not None:
         up = up_buffer[:, 0]  # the row that the rotation moves to P-1: read before the rotation (by the finish)
     n_pool = 0 if down_buffer is None and up_buffer is None else (
         up_buffer.shape[1] if up_buffer is not None else down_buffer.shape[1] + 1)
+    # scratch (the tiles of rows also take the summed x_proj partials), then the sizes after the block index
+    scratch = [workspace["h"], workspace["out_part"], workspace["cz"], workspace["x_part"]]
+    sizes = (batch,)
+    if tile:
+        scratch.append(workspace["x_sum"])
+        sizes = (batch, grid[1])
     args = (x, up if up is not None else x, down_buffer if down_buffer is not None else out,
-            up_buffer if up_buffer is not None else out, out, workspace["h"], workspace["out_part"], workspace["cz"],
-            workspace["x_part"], conv_states, ssm_states, workspace["count"], *ws)
+            up_buffer if up_buffer is not None else out, out, *scratch, conv_states, ssm_states, workspace["count"],
+            *ws)
     strides = (*x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
                *conv_states.stride(), *ssm_states.stride())
     flags = dict(
@@ -354,12 +395,11 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0], HAS_NORM_B=present[1], HAS_IN_B=present[3],
         HAS_CONV_B=present[5], HAS_D=present[10], HAS_OUT_B=present[12], num_warps=warps,
     )
-    grid = (slices, batch)
     for i in range(n_blocks):
         for mode in (0, 1):
-            _split_kernel[grid](*args, i, float(eps), batch, *strides, MODE=mode, FIRST=mode == 0 and i == 0,
-                                LAST=mode == 1 and i == n_blocks - 1, **flags)
+            kernel[grid](*args, i, float(eps), *sizes, *strides, MODE=mode, FIRST=mode == 0 and i == 0,
+                         LAST=mode == 1 and i == n_blocks - 1, **flags)
     return out
 
 
-__all__ = ["mamba1_stage_step_split_triton", "split_config", "split_workspace", "uses_split"]
+__all__ = ["mamba1_stage_step_split_triton", "split_config", "split_workspace", "uses_rows", "uses_split"]

@@ -268,13 +268,14 @@ def mini() -> None:
 
 # split stage step (``block_step_split``): (batch, launch overrides) swept per wide stage, and generation variants
 # (name: (block_step_split overrides, block_step overrides))
-# (at 64 rows the split stages take tiles of rows, ``block_step_rows``; "rows_min" 10**9 keeps one row per program)
-ONE_ROW = {"rows_min": 10**9}
-SPLIT_SWEEP = [(1, {}), (64, ONE_ROW), (64, {}), (64, {"rows_be": 16}), (64, {"rows_be": 64, "chunk_n": 8}),
-               (64, {"rows_rb": 8}), (64, {"rows_rb": 8, "rows_be": 16}), (64, {"rows_warps": 16}),
-               (64, {"rows_bk": 32}), (64, {"chunk_n": 8}), (64, {"precision": "tf32x3"})]
-GEN_VARIANTS = {"split": ({}, {}), "split, one row per program": (ONE_ROW, {}),
-                "one program per row": ({"min_d": 10**9}, {})}
+# (from 16 rows on a program takes 4 rows with 8 warps by default; "rows": 1 is the earlier one row per program)
+SPLIT_SWEEP = [(1, {}), (64, {"rows": 1, "num_warps": 2}), (64, {}), (64, {"rows": 2, "num_warps": 4}),
+               (64, {"rows": 2}), (64, {"rows": 8}), (64, {"rows": 8, "num_warps": 16}), (64, {"num_warps": 4}),
+               (64, {"num_warps": 16}), (64, {"tile": 2048}), (64, {"tile": 2048, "rows": 8}),
+               (64, {"tile": 8192, "num_warps": 16})]
+GEN_VARIANTS = {"split": ({}, {}), "split, one row per program": ({"rows": 1, "num_warps": 2}, {}),
+                "split, 2 rows per program": ({"rows": 2, "num_warps": 4}, {}),
+                "split, 8 rows per program": ({"rows": 8, "num_warps": 16}, {})}
 
 
 def warm_split(workers: int = 12) -> None:
@@ -296,11 +297,10 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
             rows.append({"D": d_model, "B": batch, "kernel": "one program per row", "config": "{}", "us": us})
             for overrides in [o for b, o in sweep if b == batch]:
                 block_step_split.CONFIG_OVERRIDES.update(overrides)
-                kernel = "split (failed)"
+                cfg = block_step_split.split_config(d_model, 2 * d_model, 64, rank, 4, batch)
                 try:
                     ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",
                                                           torch.float32)
-                    kernel = f"split S={ws['slices']} BB={ws['rows']}"
                     us = _time_graph(lambda a=args, u=up, w=ws: block_step_split.mamba1_stage_step_split_triton(
                         *a, up=u, workspace=w))
                 except Exception as err:  # report it and keep going
@@ -308,7 +308,8 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
                     us = float("nan")
                 finally:
                     block_step_split.CONFIG_OVERRIDES.clear()
-                rows.append({"D": d_model, "B": batch, "kernel": kernel, "config": json.dumps(overrides), "us": us})
+                rows.append({"D": d_model, "B": batch, "kernel": f"split S={cfg['S']} RB={cfg['RB']}",
+                             "config": json.dumps(overrides), "us": us})
     return rows
 
 

@@ -281,13 +281,12 @@ def test_stage_kernel_matches_reference(shape, dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("rows,split", [(1, False), (2, False), (1, "split"), (1, "split-tiles")],
-                         ids=["rows1", "rows2", "split", "split-tiles"])
+@pytest.mark.parametrize("rows,split", [(1, False), (2, False), (1, 1), (1, 2)],
+                         ids=["rows1", "rows2", "split", "split-rows2"])
 def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     """The fused generation step (one launch per stage, embedding / pools / head / sampling inside; with
-    ``split`` the stages below the first through the split kernels, one row or a tile of rows per program) at
-    every depth, two codebooks, a temperature and the log-likelihood; greedy decoding picks the forward's
-    argmax."""
+    ``split`` the stages below the first through the split kernels, that many rows per program) at every depth, two
+    codebooks, a temperature and the log-likelihood; greedy decoding picks the forward's argmax."""
     from audiomamba.kernels import block_step, block_step_split
 
     import audiomamba.generation as generation
@@ -300,13 +299,11 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     monkeypatch.setitem(block_step.CONFIG_OVERRIDES, "rows", rows)
     monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "min_d", 1 if split else 10**9)
     monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "tile", 256)  # several slices per block
-    monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "rows_be", 16)
-    monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "rows_min", 1 if split == "split-tiles" else 10**9)
+    monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "rows", split or 1)
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
     stages = generation._fused_stages(model, model.init_state(3, DEVICE), torch.zeros(3, 1, 2, dtype=torch.long,
                                                                                       device=DEVICE))
     assert [st["split"] is not None for st in stages] == [False] + [bool(split)] * (len(stages) - 1)
-    assert all((st["split"]["rows"] > 0) == (split == "split-tiles") for st in stages[1:] if split)
     out = model.generate(3, 13, seed=4, progress=False, return_logits=True, return_log_likelihood=True,
                          temperature=0.8, cuda_graphs=False)
     greedy = model.generate(3, 13, progress=False, return_logits=True, temperature=0, cuda_graphs=False)
@@ -325,31 +322,24 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     assert rel_err(out.log_likelihood, logp) < 1e-5
 
 
-# (n_blocks, B, D, E, N, R, W, norm, biases, overrides): the split stage step. One row per program: "tile" sets
-# the slice width (BE = tile / BLOCK_D): 5 slices of E = 20 (the last one partial), 6 of 24, 1 of 16. Tiles of
-# rows (block_step_rows, "rows_min" 1 forces them): 2 slices of 20 with 3 rows of a 16-row tile used; 3 slices of
-# 48 with two tiles (the second partial), D = 40 in chunks of 16 (the last one empty), the partial sums reduced in
-# chunks of 16 columns and the state in chunks of 4 (two partial or empty); 1 slice of 16; tiles of 4 rows (3 of
-# 11 rows, the last one partial).
-ROWS = {"rows_min": 1, "rows_be": 16}
+# (n_blocks, B, D, E, N, R, W, norm, biases, overrides): the split stage step. "tile" sets the slice width (BE =
+# tile / BLOCK_D): 5 slices of E = 20 (the last one partial), 6 of 24, 1 of 16; "rows" the rows per program: 2 (3
+# rows: the second group partial), 4 (11 rows in 3 groups).
 SPLIT_STAGES = [
     (3, 3, 8, 20, 4, 2, 4, "layernorm", True, {"tile": 32}),
     (2, 2, 12, 24, 6, 3, 3, "rmsnorm", False, {"tile": 64}),
     (2, 1, 16, 16, 5, 1, 2, "layernorm", False, {"tile": 4096}),
-    (3, 3, 8, 20, 4, 2, 4, "layernorm", True, ROWS),
-    (2, 20, 40, 48, 6, 3, 3, "rmsnorm", False, {**ROWS, "chunk_n": 4, "rows_bk": 16,
-                                                "rows_reduce": 256}),
-    (2, 2, 16, 16, 5, 1, 2, "layernorm", False, {**ROWS, "rows_be": 64}),
-    (2, 11, 12, 24, 6, 3, 3, "layernorm", True, {**ROWS, "rows_rb": 4}),
+    (3, 3, 8, 20, 4, 2, 4, "layernorm", True, {"tile": 32, "rows": 2}),
+    (2, 11, 12, 24, 6, 3, 3, "rmsnorm", False, {"tile": 64, "rows": 4}),
 ]
-# real sizes: sc09_small's wide stages at batch 1 and 64 (64: tiles of rows), sc09_large's D = 192 stage at 5
-# rows, and 37 rows in tiles (the last tile partial)
+# real sizes: sc09_small's wide stages at batch 1 and 64 (64: 4 rows per program, and 1), sc09_large's D = 192
+# stage at 5 rows, 37 rows (the last group of 4 partial)
 REAL_SPLIT_STAGES = [
     (8, 1, 128, 256, 64, 8, 4, "layernorm", False, {}),
     (8, 1, 256, 512, 64, 16, 4, "rmsnorm", True, {}),
     (8, 64, 256, 512, 64, 16, 4, "layernorm", False, {}),
     (8, 64, 128, 256, 64, 8, 4, "rmsnorm", True, {}),
-    (8, 64, 256, 512, 64, 16, 4, "layernorm", False, {"rows_min": 10**9}),
+    (8, 64, 256, 512, 64, 16, 4, "layernorm", False, {"rows": 1}),
     (8, 37, 256, 512, 64, 16, 4, "rmsnorm", True, {}),
     (8, 5, 96, 192, 64, 6, 4, "layernorm", True, {"tile": 2048}),
 ]
@@ -365,7 +355,7 @@ def _split_id(shape):
                          ids=_split_id)
 def test_split_stage_kernel_matches_reference(shape, dtype):
     """The stage step with every block split over slices of E (two launches per block, partial sums, the last
-    program of a row or of a tile of rows finishing): against the reference blocks, with the up-pool add, without
+    program of a group of rows finishing): against the reference blocks, with the up-pool add, without
     the residual, and with the pool buffer shifts; three steps on one workspace (its arrival counters must come
     back to zero)."""
     from audiomamba.kernels import block_step, block_step_split
@@ -386,7 +376,6 @@ def test_split_stage_kernel_matches_reference(shape, dtype):
         for k, v in overrides.items():
             mp.setitem(block_step_split.CONFIG_OVERRIDES, k, v)
         ws = block_step_split.split_workspace(batch, d, e, n, r, w, DEVICE, dtype)
-        assert ws["rows"] == (overrides.get("rows_rb", 16) if batch >= overrides.get("rows_min", 16) else 0)
         assert ws["slices"] > 1 or e <= 16
         for step in range(3):
             down = torch.randn(batch, pool - 1, d, generator=gen).to(DEVICE, dtype)

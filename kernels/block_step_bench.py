@@ -268,14 +268,9 @@ def mini() -> None:
 
 # split stage step (``block_step_split``): (batch, launch overrides) swept per wide stage, and generation variants
 # (name: (block_step_split overrides, block_step overrides))
-# (from 16 rows on a program takes 4 rows with 8 warps by default; "rows": 1 is the earlier one row per program)
-SPLIT_SWEEP = [(1, {}), (64, {"rows": 1, "num_warps": 2}), (64, {}), (64, {"rows": 2, "num_warps": 4}),
-               (64, {"rows": 2}), (64, {"rows": 8}), (64, {"rows": 8, "num_warps": 16}), (64, {"num_warps": 4}),
-               (64, {"num_warps": 16}), (64, {"tile": 2048}), (64, {"tile": 2048, "rows": 8}),
-               (64, {"tile": 8192, "num_warps": 16})]
-GEN_VARIANTS = {"split": ({}, {}), "split, one row per program": ({"rows": 1, "num_warps": 2}, {}),
-                "split, 2 rows per program": ({"rows": 2, "num_warps": 4}, {}),
-                "split, 8 rows per program": ({"rows": 8, "num_warps": 16}, {})}
+SPLIT_SWEEP = [(1, {}), (1, {"tile": 2048}), (1, {"num_warps": 2}), (64, {}), (64, {"num_warps": 4}),
+               (64, {"tile": 8192, "num_warps": 4})]
+GEN_VARIANTS = {"split": ({}, {}), "one program per row": ({"min_d": 10**9}, {})}
 
 
 def warm_split(workers: int = 12) -> None:
@@ -297,7 +292,6 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
             rows.append({"D": d_model, "B": batch, "kernel": "one program per row", "config": "{}", "us": us})
             for overrides in [o for b, o in sweep if b == batch]:
                 block_step_split.CONFIG_OVERRIDES.update(overrides)
-                cfg = block_step_split.split_config(d_model, 2 * d_model, 64, rank, 4, batch)
                 try:
                     ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",
                                                           torch.float32)
@@ -308,7 +302,7 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
                     us = float("nan")
                 finally:
                     block_step_split.CONFIG_OVERRIDES.clear()
-                rows.append({"D": d_model, "B": batch, "kernel": f"split S={cfg['S']} RB={cfg['RB']}",
+                rows.append({"D": d_model, "B": batch, "kernel": f"split S={ws['slices']}",
                              "config": json.dumps(overrides), "us": us})
     return rows
 
@@ -332,7 +326,7 @@ def split_main(warm_first: bool = True) -> None:
                 "check": check_generation(),
             }
             if name == "split":
-                gen[name]["profile"] = {b: profile_step_graphs(b) for b in (1, 64)}
+                gen[name]["profile"] = profile_step_graphs(1)
         except Exception as err:
             print(f"generation {name} failed: {type(err).__name__}: {str(err)[:300]}")
         finally:

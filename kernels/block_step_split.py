@@ -2,8 +2,7 @@
 
 ``block_step.py`` runs a whole stage in one program per batch row: at D >= 128 that one SM streams the stage's
 weights alone (D = 256: 8 blocks x 1.7 MB of float32) and the step is bound by its L2 port. Here every block is
-split over ``S`` slices of its inner width E (``BE`` channels each) and takes two launches, grid (S, B / RB) (a
-program takes RB rows: 1 at small batch, 4 from 16 rows on):
+split over ``S`` slices of its inner width E (``BE`` channels each) and takes two launches, grid (S, B):
 
     in   (block i)  h_i = h_{i-1} + Σ_s out_part[s] (+ out_proj bias), or the stage input for i = 0
                     (u, z)[slice] = in_proj[slice rows](Norm(h_i));  conv over the slice;  c[slice]
@@ -12,12 +11,11 @@ program takes RB rows: 1 at small batch, 4 from 16 rows on):
                     ssm[slice] ← exp(Δ A) ⊙ ssm + (Δ c) ⊗ Bv;  y = (ssm Cv + D c) ⊙ SiLU(z)
                     out_part[s] = out_proj[:, slice] y[slice]                (D,) partial sums
 
-so each program reads 1/S of the block's weights (one kernel, ``MODE`` 0 and 1), once for its RB rows. Program
-s = 0 of ``in`` keeps h_i in a (2, B, D) ping-pong scratch for the next block; c and z pass from ``in`` to ``out``
-through a (B, 2, E) float32 scratch. The last program of a group of rows to finish the last block's ``out`` (an
-arrival counter per group, reset by that program) sums the partials in slice order (the result does not depend on
-which program is last), adds the stage residual, writes the stage output and moves the rows' pool buffers
-(down-pool window push, up-pool rotation).
+so each program reads 1/S of the block's weights (one kernel, ``MODE`` 0 and 1). Program s = 0 of ``in`` keeps h_i
+in a (2, B, D) ping-pong scratch for the next block; c and z pass from ``in`` to ``out`` through a (B, 2, E)
+float32 scratch. The last program of a row to finish the last block's ``out`` (a per-row arrival counter, reset by
+that program) sums the partials in slice order (the result does not depend on which program is last), adds the
+stage residual, writes the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
 
 Same contract as ``mamba1_stage_step_triton`` without the embedding and the head (the stages below the first
 never have them); float32 arithmetic and SSM state, float32 / bfloat16 weights and activations, values rounded
@@ -35,27 +33,25 @@ from .activations import softplus as _softplus
 from .block_step import BLOCK_WEIGHTS, _contig, _p2, _shift_pools, _silu
 
 # Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
-# E = 512; D = 128: BE = 32, 8 slices); warps per program: 4. From ``_MANY_ROWS`` rows on (at batch 64 every row
-# reading every weight made the stage L2-bound, kernels/NOTES.md) a program takes ``_ROWS`` rows, so that each
-# weight tile read serves that many rows, with ``_WARPS_MANY`` warps. Overridable for the benchmark's sweep
-# ("tile", "num_warps", "rows", "min_d").
+# E = 512; D = 128: BE = 32, 8 slices); warps per program: 4, or 2 from ``_MANY_ROWS`` rows on (H200 sweep,
+# kernels/NOTES.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable for the
+# benchmark's sweep ("tile", "num_warps", "min_d").
 _TILE = 4096
-_WARPS, _WARPS_MANY, _MANY_ROWS, _ROWS = 4, 8, 16, 4
+_WARPS, _WARPS_MANY, _MANY_ROWS = 4, 2, 16
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
 CONFIG_OVERRIDES: dict = {}
 
 
 def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, batch: int = 1) -> dict:
-    """Block sizes of the kernel for ``batch`` rows: RB rows per program, BE channels per slice (every (BE, D) tile
-    at most ``tile`` elements), S = ceil(E / BE) slices, warps."""
+    """Block sizes of the kernel for ``batch`` rows: BE channels per slice (every (BE, D) tile at most ``tile``
+    elements), S = ceil(E / BE) slices, warps."""
     many = batch >= _MANY_ROWS
     block_d = _p2(d_model)
     tile = CONFIG_OVERRIDES.get("tile", _TILE)
     block_e = min(_p2(d_inner), max(1, tile // block_d))
     slices = triton.cdiv(d_inner, block_e)
-    return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices),
-            "RB": _p2(CONFIG_OVERRIDES.get("rows", _ROWS if many else 1)), "BLOCK_R": _p2(dt_rank),
+    return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
             "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1),
             "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS_MANY if many else _WARPS)}
 
@@ -66,68 +62,63 @@ def uses_split(d_model: int) -> bool:
 
 
 @triton.jit
-def _block_sum(part_ptr, rows, m_b, cols, m_cols, L: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Σ_s part[rows, s, cols] of a (B, S, L) float32 partial-sum scratch, in slice order: (RB, len(cols))."""
+def _block_sum(part_ptr, b, cols, m_cols, L: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Σ_s part[b, s, cols] of a (B, S, L) float32 partial-sum scratch, in slice order: (len(cols),)."""
     ss = tl.arange(0, BLOCK_S)
-    off = (rows[:, None, None] * S + ss[None, :, None]) * L + cols[None, None, :]
-    mask = m_b[:, None, None] & (ss < S)[None, :, None] & m_cols[None, None, :]
-    return tl.sum(tl.load(part_ptr + off, mask=mask, other=0.0, cache_modifier=".cg"), axis=1)
+    v = tl.load(part_ptr + (b * S + ss[:, None]) * L + cols[None, :], mask=(ss < S)[:, None] & m_cols[None, :],
+                other=0.0, cache_modifier=".cg")
+    return tl.sum(v, axis=0)
 
 
 @triton.jit
-def _block_input(FIRST: tl.constexpr, i, rows, m_b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr,
-                 out_b_ptr, n_rows, offs_d, m_d, D: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr,
-                 UP: tl.constexpr, HAS_OUT_B: tl.constexpr):
-    """(RB, BLOCK_D) float32 input rows of block i, rounded to the activations' dtype: the stage input x (+ up) for
-    the first block, else block i-1's input (scratch) + its out_proj partials (+ bias)."""
-    m_bd = m_b[:, None] & m_d[None, :]
+def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
+                 n_rows, offs_d, m_d, D: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr, UP: tl.constexpr,
+                 HAS_OUT_B: tl.constexpr):
+    """(BLOCK_D,) float32 input row of block i, rounded to the activations' dtype: the stage input x (+ up) for the
+    first block, else block i-1's input (scratch) + its out_proj partials (+ bias)."""
     if FIRST:
-        v = tl.load(x_ptr + rows[:, None] * s_xb + offs_d[None, :] * s_xd, mask=m_bd, other=0.0).to(tl.float32)
+        v = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0).to(tl.float32)
         if UP:
-            v += tl.load(up_ptr + rows[:, None] * s_ub + offs_d[None, :] * s_ud, mask=m_bd, other=0.0).to(tl.float32)
+            v += tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32)
     else:
-        prev = hbuf_ptr + ((i + 1) % 2) * n_rows * D
-        v = tl.load(prev + rows[:, None] * D + offs_d[None, :], mask=m_bd, other=0.0,
-                    cache_modifier=".cg").to(tl.float32)
+        prev = hbuf_ptr + ((i + 1) % 2) * n_rows * D + b * D
+        v = tl.load(prev + offs_d, mask=m_d, other=0.0, cache_modifier=".cg").to(tl.float32)
         # partials (B, S, D): slice s of row b at (b * S + s) * D
-        v += _block_sum(opart_ptr, rows, m_b, offs_d, m_d, D, S, BLOCK_S)
+        v += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
         if HAS_OUT_B:
-            v += tl.load(out_b_ptr + (i - 1) * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+            v += tl.load(out_b_ptr + (i - 1) * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
     return v.to(hbuf_ptr.dtype.element_ty).to(tl.float32)
 
 
 @triton.jit
-def _phase_in(FIRST: tl.constexpr, i, rows, m_b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr,
-              conv_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
+def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
+              norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
               eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
               D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
               S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
               UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr,
               HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr):
-    """Block i, slice s, the program's rows: input rows and norm, the slice's in_proj rows, conv, x_proj partial
-    sums. Every load that depends on nothing computed (weights, the conv state) is issued first, with the block
-    input's, so that the phase waits for one round of L2 reads; each weight tile serves every row of the program."""
+    """Block i, slice s, row b: input row and norm, the slice's in_proj rows, conv, x_proj partial sums. Every load
+    that depends on nothing computed (weights, the conv state) is issued first, with the block input's, so that
+    the phase waits for one round of L2 reads."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     e = s * BE + tl.arange(0, BE)
     m_e = e < E
-    m_be = m_b[:, None] & m_e[None, :]
     # ---- in_proj rows of the slice: (BE, BLOCK_D) tiles of the u and z halves
     in_w = in_w_ptr + i * (2 * E * D)
     w_off = e[:, None] * D + offs_d[None, :]
     m_ed = m_e[:, None] & m_d[None, :]
     w_u = tl.load(in_w + w_off, mask=m_ed, other=0.0).to(tl.float32)
     w_z = tl.load(in_w + E * D + w_off, mask=m_ed, other=0.0).to(tl.float32)
-    # ---- conv state (RB, BE, taps 0..W-2) and weights, x_proj columns of the slice
+    # ---- conv state (taps 0..W-2) and weights, x_proj columns of the slice
     offs_w = tl.arange(0, BLOCK_W)
-    m_w = offs_w < W - 1
-    m_bew = m_be[:, :, None] & m_w[None, None, :]
-    c_row = conv_ptr + i * s_ci + rows[:, None, None] * s_cb + e[None, :, None] * s_ce
-    old = tl.load(c_row + offs_w[None, None, :] * s_cw, mask=m_bew, other=0.0).to(tl.float32)
-    nxt = tl.load(c_row + (offs_w + 1)[None, None, :] * s_cw, mask=m_bew & (offs_w < W - 2)[None, None, :], other=0.0)
-    cw = tl.load(conv_w_ptr + i * (E * W) + e[:, None] * W + offs_w[None, :], mask=m_e[:, None] & m_w[None, :],
-                 other=0.0).to(tl.float32)
+    m_ew = m_e[:, None] & (offs_w < W - 1)[None, :]
+    c_row = conv_ptr + i * s_ci + b * s_cb + e[:, None] * s_ce
+    old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
+    nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
+    cw = tl.load(conv_w_ptr + i * (E * W) + e[:, None] * W + offs_w[None, :], mask=m_ew, other=0.0).to(tl.float32)
     cw_last = tl.load(conv_w_ptr + i * (E * W) + e * W + (W - 1), mask=m_e, other=0.0).to(tl.float32)
     xp_w = xp_w_ptr + i * ((R + 2 * N) * E)
     rr = tl.arange(0, BLOCK_R)
@@ -139,129 +130,117 @@ def _phase_in(FIRST: tl.constexpr, i, rows, m_b, s, x_ptr, up_ptr, hbuf_ptr, opa
     w_b = tl.load(xp_w + (R + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
     w_c = tl.load(xp_w + (R + N + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
 
-    v = _block_input(FIRST, i, rows, m_b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
-                     n_rows, offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (RB, BLOCK_D)
-    m_bd = m_b[:, None] & m_d[None, :]
+    v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+                     offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
     if s == 0:  # block i's input, for block i+1 and the stage output
-        tl.store(hbuf_ptr + (i % 2) * n_rows * D + rows[:, None] * D + offs_d[None, :],
-                 v.to(hbuf_ptr.dtype.element_ty), mask=m_bd)
+        tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
     if RMSNORM:
-        hn = v / tl.sqrt(tl.sum(v * v, axis=1) / D + eps)[:, None]
+        hn = v / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
     else:
-        xc = tl.where(m_bd, v - (tl.sum(v, axis=1) / D)[:, None], 0.0)
-        hn = xc / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)[:, None]
+        xc = tl.where(m_d, v - tl.sum(v, axis=0) / D, 0.0)
+        hn = xc / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
     if HAS_NORM_W:
-        hn = hn * tl.load(norm_w_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+        hn = hn * tl.load(norm_w_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
     if HAS_NORM_B:
-        hn = hn + tl.load(norm_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
-    hn = tl.where(m_bd, hn, 0.0)[:, None, :]
-    u = tl.sum(w_u[None, :, :] * hn, axis=2)  # (RB, BE)
-    z = tl.sum(w_z[None, :, :] * hn, axis=2)
+        hn = hn + tl.load(norm_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    hn = tl.where(m_d, hn, 0.0)
+    u = tl.sum(w_u * hn[None, :], axis=1)  # (BE,)
+    z = tl.sum(w_z * hn[None, :], axis=1)
     if HAS_IN_B:
-        u += tl.load(in_b_ptr + i * (2 * E) + e, mask=m_e, other=0.0).to(tl.float32)[None, :]
-        z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)[None, :]
+        u += tl.load(in_b_ptr + i * (2 * E) + e, mask=m_e, other=0.0).to(tl.float32)
+        z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)
 
     # ---- causal conv over [conv_state, u] and the state shift, in place
     u_r = u.to(conv_ptr.dtype.element_ty)  # the value the state will hold
-    pre = tl.sum(cw[None, :, :] * old, axis=2) + cw_last[None, :] * u_r.to(tl.float32)
+    pre = tl.sum(cw * old, axis=1) + cw_last * u_r.to(tl.float32)
     if HAS_CONV_B:
-        pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)[None, :]
-    c = tl.where(m_be, _silu(pre), 0.0)  # (RB, BE)
+        pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
+    c = tl.where(m_e, _silu(pre), 0.0)  # (BE,)
 
-    # ---- x_proj partial sums over the slice: (RB, R + 2N) at x_part[rows, s]
-    dst = xpart_ptr + (rows[:, None] * S + s) * (R + 2 * N)
-    c3 = c[:, None, :]
-    tl.store(dst + rr[None, :], tl.sum(w_r[None, :, :] * c3, axis=2), mask=m_b[:, None] & m_r[None, :])
-    m_bn = m_b[:, None] & m_n[None, :]
-    tl.store(dst + R + nn[None, :], tl.sum(w_b[None, :, :] * c3, axis=2), mask=m_bn)
-    tl.store(dst + R + N + nn[None, :], tl.sum(w_c[None, :, :] * c3, axis=2), mask=m_bn)
-    cz = cz_ptr + rows[:, None] * (2 * E) + e[None, :]
-    tl.store(cz, c, mask=m_be)
-    tl.store(cz + E, z, mask=m_be)
+    # ---- x_proj partial sums over the slice: (R + 2N,) at x_part[b, s]
+    dst = xpart_ptr + (b * S + s) * (R + 2 * N)
+    tl.store(dst + rr, tl.sum(w_r * c[None, :], axis=1), mask=m_r)
+    tl.store(dst + R + nn, tl.sum(w_b * c[None, :], axis=1), mask=m_n)
+    tl.store(dst + R + N + nn, tl.sum(w_c * c[None, :], axis=1), mask=m_n)
+    tl.store(cz_ptr + b * (2 * E) + e, c, mask=m_e)
+    tl.store(cz_ptr + b * (2 * E) + E + e, z, mask=m_e)
     tl.debug_barrier()  # every thread has read the old conv state before any thread overwrites it
-    tl.store(c_row + offs_w[None, None, :] * s_cw, tl.where((offs_w == W - 2)[None, None, :], u_r[:, :, None], nxt),
-             mask=m_bew)
+    tl.store(c_row + offs_w[None, :] * s_cw, tl.where((offs_w == W - 2)[None, :], u_r[:, None], nxt), mask=m_ew)
 
 
 @triton.jit
-def _phase_out(i, rows, m_b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
-               out_w_ptr, s_hi, s_hb, s_he, s_hn, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr,
-               N: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
+def _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
+               s_hi, s_hb, s_he, s_hn, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+               S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr):
-    """Block i, slice s, the program's rows: Δ, the state update and readout, gate, out_proj partial sums."""
+    """Block i, slice s, row b: Δ, the state update and readout, gate, out_proj partial sums."""
     e = s * BE + tl.arange(0, BE)
     m_e = e < E
-    m_be = m_b[:, None] & m_e[None, :]
     rr = tl.arange(0, BLOCK_R)
     m_r = rr < R
     nn = tl.arange(0, BLOCK_N)
     m_n = nn < N
     L: tl.constexpr = R + 2 * N
-    # ---- loads that depend on nothing computed: weights of the slice and the rows' states
+    # ---- loads that depend on nothing computed: weights of the slice and its state
     w_dt = tl.load(dt_w_ptr + i * (E * R) + e[:, None] * R + rr[None, :], mask=m_e[:, None] & m_r[None, :],
                    other=0.0).to(tl.float32)  # (BE, BLOCK_R)
     dt_b = tl.load(dt_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
-    a_l = tl.load(a_log_ptr + i * (E * N) + e[:, None] * N + nn[None, :], mask=m_e[:, None] & m_n[None, :],
-                  other=0.0).to(tl.float32)
-    m_ben = m_be[:, :, None] & m_n[None, None, :]
-    h_row = ssm_ptr + i * s_hi + rows[:, None, None] * s_hb + e[None, :, None] * s_he + nn[None, None, :] * s_hn
-    h = tl.load(h_row, mask=m_ben, other=0.0)  # (RB, BE, BLOCK_N) float32
+    m_en = m_e[:, None] & m_n[None, :]
+    a_l = tl.load(a_log_ptr + i * (E * N) + e[:, None] * N + nn[None, :], mask=m_en, other=0.0).to(tl.float32)
+    h_row = ssm_ptr + i * s_hi + b * s_hb + e[:, None] * s_he + nn[None, :] * s_hn
+    h = tl.load(h_row, mask=m_en, other=0.0)  # (BE, BLOCK_N) float32
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     w_o = tl.load(out_w_ptr + i * (D * E) + offs_d[:, None] * E + e[None, :], mask=m_d[:, None] & m_e[None, :],
                   other=0.0).to(tl.float32)  # (BLOCK_D, BE)
-    cz = cz_ptr + rows[:, None] * (2 * E) + e[None, :]
-    c = tl.load(cz, mask=m_be, other=0.0, cache_modifier=".cg")
-    z = tl.load(cz + E, mask=m_be, other=0.0, cache_modifier=".cg")
+    c = tl.load(cz_ptr + b * (2 * E) + e, mask=m_e, other=0.0, cache_modifier=".cg")
+    z = tl.load(cz_ptr + b * (2 * E) + E + e, mask=m_e, other=0.0, cache_modifier=".cg")
 
     # ---- δ, B, C: the x_proj partials summed over the slices
-    delta = _block_sum(xpart_ptr, rows, m_b, rr, m_r, L, S, BLOCK_S)  # (RB, BLOCK_R)
-    bv = _block_sum(xpart_ptr, rows, m_b, R + nn, m_n, L, S, BLOCK_S)  # (RB, BLOCK_N)
-    cv = _block_sum(xpart_ptr, rows, m_b, R + N + nn, m_n, L, S, BLOCK_S)
-    dt = tl.sum(w_dt[None, :, :] * delta[:, None, :], axis=2) + dt_b[None, :]
-    dt = tl.where(m_be, _softplus(dt), 0.0)  # (RB, BE)
+    delta = _block_sum(xpart_ptr, b, rr, m_r, L, S, BLOCK_S)  # (BLOCK_R,)
+    bv = _block_sum(xpart_ptr, b, R + nn, m_n, L, S, BLOCK_S)  # (BLOCK_N,)
+    cv = _block_sum(xpart_ptr, b, R + N + nn, m_n, L, S, BLOCK_S)
+    dt = tl.sum(w_dt * delta[None, :], axis=1) + dt_b
+    dt = tl.where(m_e, _softplus(dt), 0.0)  # (BE,)
     if HAS_D:
-        y = tl.load(d_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)[None, :] * c
+        y = tl.load(d_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32) * c
     else:
-        y = tl.zeros_like(c)
-    h = tl.exp(dt[:, :, None] * -tl.exp(a_l)[None, :, :]) * h + (dt * c)[:, :, None] * bv[:, None, :]
-    y += tl.sum(h * cv[:, None, :], axis=2)
+        y = tl.zeros([BE], tl.float32)
+    h = tl.exp(dt[:, None] * -tl.exp(a_l)) * h + (dt * c)[:, None] * bv[None, :]
+    y += tl.sum(h * cv[None, :], axis=1)
     tl.debug_barrier()  # the old state is read everywhere before it is overwritten
-    tl.store(h_row, h, mask=m_ben)
-    y = tl.where(m_be, y * _silu(z), 0.0)
-    tl.store(opart_ptr + (rows[:, None] * S + s) * D + offs_d[None, :], tl.sum(w_o[None, :, :] * y[:, None, :], axis=2),
-             mask=m_b[:, None] & m_d[None, :])
+    tl.store(h_row, h, mask=m_en)
+    y = tl.where(m_e, y * _silu(z), 0.0)
+    tl.store(opart_ptr + (b * S + s) * D + offs_d, tl.sum(w_o * y[None, :], axis=1), mask=m_d)
 
 
 @triton.jit
-def _finish(i, rows, m_b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
             s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd,
             D: tl.constexpr, P: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
             BLOCK_P: tl.constexpr, UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr,
             RESIDUAL: tl.constexpr, HAS_OUT_B: tl.constexpr):
-    """The program's rows after the last block i: the stage output (block i's input + its partials (+ bias)
-    (+ the stage input)), then the pool buffers: the down window takes x, the up buffer rotates by one."""
+    """Row b after the last block i: the stage output (block i's input + its partials (+ bias) (+ the stage
+    input)), then the pool buffers: the down window takes x, the up buffer rotates by one."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
-    m_bd = m_b[:, None] & m_d[None, :]
-    hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + rows[:, None] * D + offs_d[None, :], mask=m_bd, other=0.0,
+    hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0,
                  cache_modifier=".cg").to(tl.float32)
-    hv += _block_sum(opart_ptr, rows, m_b, offs_d, m_d, D, S, BLOCK_S)
+    hv += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
     if HAS_OUT_B:
-        hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+        hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
     o = hv.to(out_ptr.dtype.element_ty)
-    x0 = tl.load(x_ptr + rows[:, None] * s_xb + offs_d[None, :] * s_xd, mask=m_bd, other=0.0)
+    x0 = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0)
     if RESIDUAL:
         h0 = x0.to(tl.float32)
         if UP:
-            h0 = h0 + tl.load(up_ptr + rows[:, None] * s_ub + offs_d[None, :] * s_ud, mask=m_bd,
-                              other=0.0).to(tl.float32)
+            h0 = (h0 + tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32))
             h0 = h0.to(out_ptr.dtype.element_ty).to(tl.float32)
         o = (o.to(tl.float32) + h0).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + rows[:, None] * D + offs_d[None, :], o, mask=m_bd)
+    tl.store(out_ptr + b * D + offs_d, o, mask=m_d)
     # the down window takes the stage input (before the up-pool add), the up buffer rotates by one
-    _shift_pools(dbuf_ptr, ubuf_ptr, x0, rows, offs_d, m_bd, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, P, BLOCK_P,
-                 DOWN_PUSH, UP_ROTATE)
+    _shift_pools(dbuf_ptr, ubuf_ptr, x0[None, :], b + tl.arange(0, 1), offs_d, m_d[None, :], s_db, s_dp, s_dd, s_vb,
+                s_vp, s_vd, P, BLOCK_P, DOWN_PUSH, UP_ROTATE)
 
 
 @triton.jit(do_not_specialize=["i"])
@@ -273,44 +252,41 @@ def _split_kernel(
     i, eps, n_rows,
     s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_ci, s_cb, s_ce, s_cw, s_hi, s_hb, s_he, s_hn,
     D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
-    S: tl.constexpr, RB: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
+    S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
     MODE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr, RESIDUAL: tl.constexpr,
     RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
 ):
-    """Grid (S, ceil(B / RB)): slice s = program 0, rows t·RB ... t·RB + RB-1 = program 1. MODE 0: block i's ``in``
-    phase; MODE 1: its ``out`` phase (LAST: the last program of the rows to arrive finishes the stage and resets
-    their counter)."""
+    """Grid (S, B): slice s = program 0, row b = program 1. MODE 0: block i's ``in`` phase; MODE 1: its ``out``
+    phase (LAST: the row's last program to arrive finishes the stage and resets the row's counter)."""
     s = tl.program_id(0)
-    t = tl.program_id(1).to(tl.int64)
-    rows = t * RB + tl.arange(0, RB)
-    m_b = rows < n_rows
+    b = tl.program_id(1).to(tl.int64)
     if MODE == 0:
-        _phase_in(FIRST, i, rows, m_b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
-                  norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr, eps,
-                  n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D, BE, BLOCK_S,
-                  BLOCK_R, BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
+        _phase_in(FIRST, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, norm_w_ptr,
+                  norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr, eps, n_rows,
+                  s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D, BE, BLOCK_S, BLOCK_R,
+                  BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
     else:
-        _phase_out(i, rows, m_b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
-                   out_w_ptr, s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N, HAS_D)
+        _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
+                   s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N, HAS_D)
         if LAST:
             tl.debug_barrier()  # every thread's partials are written before the arrival is counted
-            arrived = tl.atomic_add(count_ptr + t, 1)  # acq_rel: the earlier programs' partials are visible
-            if arrived == S - 1:  # the last program of these rows
-                _finish(i, rows, m_b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr,
-                        n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D,
-                        BLOCK_S, BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
-                tl.store(count_ptr + t, 0)  # every program of these rows has arrived: ready for the next step
+            arrived = tl.atomic_add(count_ptr + b, 1)  # acq_rel: the earlier programs' partials are visible
+            if arrived == S - 1:  # the row's last program
+                _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
+                        s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D, BLOCK_S,
+                        BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
+                tl.store(count_ptr + b, 0)  # every program of the row has arrived: ready for the next step
 
 
 def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
                     device, dtype: torch.dtype) -> dict:
     """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
     block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
-    (B, S, R + 2N) and (B, S, D) float32, arrival counters (B,) int32, one per program row of the grid (zero; the
-    kernels leave them zero)."""
+    (B, S, R + 2N) and (B, S, D) float32, per-row arrival counters (B,) int32 (zero; the kernels leave them
+    zero)."""
     slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch)["S"]
     f32 = torch.float32
     return {
@@ -378,7 +354,7 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0], HAS_NORM_B=present[1], HAS_IN_B=present[3],
         HAS_CONV_B=present[5], HAS_D=present[10], HAS_OUT_B=present[12], num_warps=warps,
     )
-    grid = (slices, triton.cdiv(batch, cfg["RB"]))
+    grid = (slices, batch)
     for i in range(n_blocks):
         for mode in (0, 1):
             _split_kernel[grid](*args, i, float(eps), batch, *strides, MODE=mode, FIRST=mode == 0 and i == 0,

@@ -257,6 +257,23 @@ def _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mask, s_yb, s_yl, s_yh, s_yp, s_zb
     return dy, g, sig, zz
 
 
+@triton.jit
+def _dstate_ahead(cum_ptr, x_ptr, ys_ptr, b, bh, h, t, in_chunk, p, pm, L, H, P: tl.constexpr,
+                  s_xb, s_xl, s_xh, s_xp, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """The rows t ([BK]) of the dstate loop's loads that feed no product: S_t [BK], x_t and y_ssm_t [BK, BP] (the
+    log decay in their place where HAS_D / HAS_Z is off; zero outside the chunk and the sequence)."""
+    m = in_chunk & (t < L)
+    mo = m[:, None] & pm[None, :]
+    cum = tl.load(cum_ptr + bh * L + t, mask=m, other=0.0)
+    x = cum
+    y = cum
+    if HAS_D:
+        x = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo, other=0.0)
+    if HAS_Z:
+        y = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0)
+    return cum, x, y
+
+
 @triton.jit(do_not_specialize=["NC"])  # one compile for any number of chunks
 def _ssd_bwd_chunk_dstate_kernel(
     x_ptr, C_ptr, D_ptr, z_ptr, dy_ptr, ys_ptr, cum_ptr, hs_ptr, dhl_ptr, g_ptr, dz_ptr, dSt_ptr, dD_ptr,
@@ -288,31 +305,15 @@ def _ssd_bwd_chunk_dstate_kernel(
         dDacc = tl.zeros([BP], tl.float32)
     acc = tl.zeros([BP, BN], tl.float32)
     # the loads that feed no product (x, y_ssm, S; not pipelined by the compiler) one block ahead, by hand
-    t = c * Q + kk
-    m = (kk < Q) & (t < L)
-    mo = m[:, None] & pm[None, :]
-    cum_n = tl.load(cum_ptr + bh * L + t, mask=m, other=0.0)
-    if HAS_D:
-        x_n = tl.load(x_ptr + b * s_xb + t[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mo, other=0.0)
-    if HAS_Z:
-        y_n = tl.load(ys_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :], mask=mo, other=0.0)
+    cum_n, x_n, y_n = _dstate_ahead(cum_ptr, x_ptr, ys_ptr, b, bh, h, c * Q + kk, kk < Q, p, pm, L, H, P,
+                                    s_xb, s_xl, s_xh, s_xp, HAS_D, HAS_Z)
     for k0 in range(0, Q, BK):
         t = c * Q + k0 + kk
         m = (k0 + kk < Q) & (t < L)
         mo = m[:, None] & pm[None, :]
-        cum_c = cum_n
-        if HAS_D:
-            x_c = x_n
-        if HAS_Z:
-            y_c = y_n
-        tn = t + BK
-        mn = (k0 + BK + kk < Q) & (tn < L)
-        mno = mn[:, None] & pm[None, :]
-        cum_n = tl.load(cum_ptr + bh * L + tn, mask=mn, other=0.0)
-        if HAS_D:
-            x_n = tl.load(x_ptr + b * s_xb + tn[:, None] * s_xl + h * s_xh + p[None, :] * s_xp, mask=mno, other=0.0)
-        if HAS_Z:
-            y_n = tl.load(ys_ptr + ((b * L + tn[:, None]) * H + h) * P + p[None, :], mask=mno, other=0.0)
+        cum_c, x_c, y_c = cum_n, x_n, y_n
+        cum_n, x_n, y_n = _dstate_ahead(cum_ptr, x_ptr, ys_ptr, b, bh, h, t + BK, k0 + BK + kk < Q, p, pm, L, H,
+                                        P, s_xb, s_xl, s_xh, s_xp, HAS_D, HAS_Z)
         et = tl.where(m, tl.exp(cum_c), 0.0)
         dy, g, sig, zz = _ssd_gate_grad(dy_ptr, z_ptr, b, t, h, p, mo,
                                         s_yb, s_yl, s_yh, s_yp, s_zb, s_zl, s_zh, s_zp, HAS_Z)  # [BK, BP]

@@ -336,7 +336,7 @@ def cmd_bench(args) -> int:
             raise CLIError("bench kernels needs a CUDA GPU")
         bench.bench_kernels()
     elif args.what == "generate":
-        kw = {"preset": args.preset or "sc09_small", "batch_sizes": tuple(args.batch_sizes)}
+        kw = {"preset": args.preset or "sc09_small", "batch_sizes": tuple(args.batch_sizes), "dtype": args.dtype}
         if args.steps:
             kw["num_steps"] = args.steps
         if args.device:
@@ -528,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", formatter_class=fmt, help="benchmarks: kernels (GPU), generate, stream",
                        epilog="examples:\n  audiomamba bench kernels\n  audiomamba bench generate --batch-sizes 1 64\n"
+                       "  audiomamba bench generate --dtype bfloat16\n"
                        "  audiomamba bench stream --chunk-ms 20 --threads 1\n  audiomamba bench stream --compile\n"
                        "  audiomamba bench stream --compile --weights bfloat16")
     b.add_argument("what", choices=("kernels", "generate", "stream"))
@@ -538,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=10.0)
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--device", default=None)
+    b.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="generate: the model's weights and activations (the SSM state stays float32)")
     b.add_argument("--compile", action="store_true",
                    help="stream: measure the torch.compile'd push (CPU; compile time reported apart, not in the RTF)")
     b.add_argument("--weights", choices=WEIGHTS, default="float32",

@@ -267,22 +267,39 @@ def mini() -> None:
 
 
 # split stage step (``block_step_split``): (batch, launch overrides) swept per wide stage, and generation variants
-# (name: (block_step_split overrides, block_step overrides))
-SPLIT_SWEEP = [(1, {}), (1, {"tile": 2048}), (1, {"num_warps": 2}), (64, {}), (64, {"num_warps": 4}),
-               (64, {"tile": 8192, "num_warps": 4})]
-GEN_VARIANTS = {"split": ({}, {}), "one program per row": ({"min_d": 10**9}, {})}
+# (name: (block_step_split overrides, block_step overrides)); {} is the default for that batch
+SPLIT_SWEEP = [(1, {}), (64, {}), (64, {"rows": 1, "once": False}), (64, {"rows": 1, "once": True}),
+               (64, {"rows": 2, "once": True}), (64, {"rows": 8, "once": True}), (64, {"rows": 4, "once": False}),
+               (64, {"rows": 4, "once": True, "num_warps": 4}), (64, {"rows": 4, "once": True, "tile": 2048}),
+               (64, {"rows": 8, "once": True, "tile": 8192, "num_warps": 4})]
+GEN_VARIANTS = {"split": ({}, {}), "split, 1 row per program": ({"rows": 1, "once": False}, {}),
+                "split, 2 rows, once": ({"rows": 2, "once": True}, {})}
 
 
 def warm_split(workers: int = 12) -> None:
     """Compile every kernel of ``split_main`` in parallel processes."""
     jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b, o in SPLIT_SWEEP]
-    _pool(jobs + [("gen", "float32", b, *o) for b in (1, 64) for o in GEN_VARIANTS.values()], workers)
+    gen = [("gen", "float32", b, *o) for b in (1, 64) for o in GEN_VARIANTS.values()]
+    _pool(jobs + gen + [("gen", "bfloat16", b) for b in (1, 64)], workers)
+
+
+def _split_error(x, conv, ssm, weights, up, ws) -> float:
+    """Max relative error of one split stage step (output and SSM states) against the one-program kernel, both from
+    copies of the same states."""
+    conv_a, ssm_a, conv_b, ssm_b = conv.clone(), ssm.clone(), conv.clone(), ssm.clone()
+    want = block_step.mamba1_stage_step_triton(x, conv_a, ssm_a, weights, up=up)
+    got = block_step_split.mamba1_stage_step_split_triton(x, conv_b, ssm_b, weights, up=up, workspace=ws)
+    if ws["count"].any():
+        return float("inf")  # the arrival counters must come back to zero
+    return max(((g - w).abs().max() / w.abs().max()).item() for g, w in ((got, want), (ssm_b, ssm_a), (conv_b, conv_a)))
 
 
 @torch.no_grad()
 def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
     """µs per stage launch(es) (8 blocks, up-pool add, residual) of the wide stages, float32, per batch of
-    ``sweep`` ((batch, overrides) points): the one-program-per-row kernel and the split kernels."""
+    ``sweep`` ((batch, overrides) points): the one-program-per-row kernel and the split kernels; each split point
+    first checked against the one-program kernel (max relative error of the output and the SSM states after one
+    step from the same states)."""
     rows = []
     for d_model, rank in STAGES[1:]:
         for batch in sorted({b for b, _ in sweep}):
@@ -292,9 +309,11 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
             rows.append({"D": d_model, "B": batch, "kernel": "one program per row", "config": "{}", "us": us})
             for overrides in [o for b, o in sweep if b == batch]:
                 block_step_split.CONFIG_OVERRIDES.update(overrides)
+                err_out = float("nan")
                 try:
                     ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",
                                                           torch.float32)
+                    err_out = _split_error(x, conv, ssm, weights, up, ws)
                     us = _time_graph(lambda a=args, u=up, w=ws: block_step_split.mamba1_stage_step_split_triton(
                         *a, up=u, workspace=w))
                 except Exception as err:  # report it and keep going
@@ -303,7 +322,7 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
                 finally:
                     block_step_split.CONFIG_OVERRIDES.clear()
                 rows.append({"D": d_model, "B": batch, "kernel": f"split S={ws['slices']}",
-                             "config": json.dumps(overrides), "us": us})
+                             "config": json.dumps(overrides), "us": us, "err": err_out})
     return rows
 
 
@@ -323,22 +342,28 @@ def split_main(warm_first: bool = True) -> None:
             gen[name] = {
                 "graphs": {b: step_graph_times(b) for b in (1, 64)},
                 "generate": bench_generate(dtype="float32", num_steps=4000),
-                "check": check_generation(),
+                "check": max(check_generation(), check_generation(batch=64)),
             }
             if name == "split":
-                gen[name]["profile"] = profile_step_graphs(1)
+                gen[name]["profile"] = profile_step_graphs(64)
         except Exception as err:
             print(f"generation {name} failed: {type(err).__name__}: {str(err)[:300]}")
         finally:
             block_step_split.CONFIG_OVERRIDES.clear()
             block_step.CONFIG_OVERRIDES.clear()
+    try:
+        gen["split, bfloat16"] = {"graphs": {}, "generate": bench_generate(dtype="bfloat16", num_steps=4000),
+                                  "check": check_generation(batch=64, dtype_name="bfloat16")}
+    except Exception as err:
+        print(f"generation bfloat16 failed: {type(err).__name__}: {str(err)[:300]}")
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "block_step_split_bench.json"), "w") as f:
             json.dump({"stage": stage_rows, "generate": gen}, f, indent=1, default=str)
     print("\n== wide stage step, float32, µs per stage (8 blocks)")
     for r in stage_rows:
-        print(f"D={r['D']:<4} B={r['B']:<3} {r['kernel']:>20} {r['config']:>34} {r['us']:8.1f}")
+        err = f"  err {r['err']:.1e}" if "err" in r else ""
+        print(f"D={r['D']:<4} B={r['B']:<3} {r['kernel']:>20} {r['config']:>56} {r['us']:8.1f}{err}")
     print("== generation sc09_small float32 (targets B=1: 16,000; B=64: 1,000,000 samples/s)")
     for name, res in gen.items():
         for b, t in res["graphs"].items():

@@ -17,6 +17,13 @@ float32 scratch. The last program of a row to finish the last block's ``out`` (a
 that program) sums the partials in slice order (the result does not depend on which program is last), adds the
 stage residual, writes the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
 
+Many rows (batch 64: every row reads every weight, and every program of a row reads all S partial sums of its row,
+so the stage is bound by L2 traffic, kernels/NOTES.md): a program takes ``RB`` consecutive rows (grid (S, B / RB)),
+loads its weight slices once and runs the rows one after the other with them; with ``ONCE`` the partial sums are
+reduced once per row rather than once per program: the last program of a row group to arrive (arrival counters)
+sums the x_proj partials into a (B, R + 2N) scratch after ``in``, and after ``out`` sums the out_proj partials into
+the next block's input in the h scratch, so the programs of the next phase read one row instead of S.
+
 Same contract as ``mamba1_stage_step_triton`` without the embedding and the head (the stages below the first
 never have them); float32 arithmetic and SSM state, float32 / bfloat16 weights and activations, values rounded
 to the activations' dtype where the unfused modules round them. Partial sums go through float32 scratch, so the
@@ -38,6 +45,9 @@ from .block_step import BLOCK_WEIGHTS, _contig, _p2, _shift_pools, _silu
 # benchmark's sweep ("tile", "num_warps", "min_d").
 _TILE = 4096
 _WARPS, _WARPS_MANY, _MANY_ROWS = 4, 2, 16
+# From ``_MANY_ROWS`` rows on: rows per program and whether the partial sums are reduced once per row (module
+# docstring). Overridable ("rows", "once").
+_ROWS_MANY, _ONCE_MANY = 4, True
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
 CONFIG_OVERRIDES: dict = {}
@@ -45,14 +55,16 @@ CONFIG_OVERRIDES: dict = {}
 
 def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, batch: int = 1) -> dict:
     """Block sizes of the kernel for ``batch`` rows: BE channels per slice (every (BE, D) tile at most ``tile``
-    elements), S = ceil(E / BE) slices, warps."""
+    elements), S = ceil(E / BE) slices, RB rows per program, ONCE (partial sums reduced once per row), warps."""
     many = batch >= _MANY_ROWS
     block_d = _p2(d_model)
     tile = CONFIG_OVERRIDES.get("tile", _TILE)
     block_e = min(_p2(d_inner), max(1, tile // block_d))
     slices = triton.cdiv(d_inner, block_e)
     return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
-            "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1),
+            "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1), "BLOCK_L": _p2(dt_rank + 2 * d_state),
+            "RB": max(1, int(CONFIG_OVERRIDES.get("rows", _ROWS_MANY if many else 1))),
+            "ONCE": bool(CONFIG_OVERRIDES.get("once", _ONCE_MANY if many else False)),
             "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS_MANY if many else _WARPS)}
 
 
@@ -91,17 +103,27 @@ def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_u
 
 
 @triton.jit
-def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr,
-              norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
-              eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
+def _arrive(count_ptr, S: tl.constexpr):
+    """Count this program's arrival (after every thread's stores); True for the last of the S programs, which then
+    sees the others' stores (acq_rel atomic) and must reset the counter."""
+    tl.debug_barrier()
+    return tl.atomic_add(count_ptr, 1) == S - 1
+
+
+@triton.jit
+def _phase_in(FIRST: tl.constexpr, i, g, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr,
+              count_ptr, conv_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr,
+              out_b_ptr, eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
               D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
               S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
-              BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr,
+              RB: tl.constexpr, ONCE: tl.constexpr,
               UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr,
               HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr):
-    """Block i, slice s, row b: input row and norm, the slice's in_proj rows, conv, x_proj partial sums. Every load
-    that depends on nothing computed (weights, the conv state) is issued first, with the block input's, so that
-    the phase waits for one round of L2 reads."""
+    """Block i, slice s, rows g·RB ... g·RB + RB - 1: input row and norm, the slice's in_proj rows, conv, x_proj
+    partial sums (with ONCE, the group's last program sums them per row). The weights are loaded once for the rows;
+    every load that depends on nothing computed (weights, the first row's conv state) is issued first, with the
+    block input's, so that a row waits for one round of L2 reads."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     e = s * BE + tl.arange(0, BE)
@@ -112,12 +134,9 @@ def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, 
     m_ed = m_e[:, None] & m_d[None, :]
     w_u = tl.load(in_w + w_off, mask=m_ed, other=0.0).to(tl.float32)
     w_z = tl.load(in_w + E * D + w_off, mask=m_ed, other=0.0).to(tl.float32)
-    # ---- conv state (taps 0..W-2) and weights, x_proj columns of the slice
+    # ---- conv weights, x_proj columns of the slice
     offs_w = tl.arange(0, BLOCK_W)
     m_ew = m_e[:, None] & (offs_w < W - 1)[None, :]
-    c_row = conv_ptr + i * s_ci + b * s_cb + e[:, None] * s_ce
-    old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
-    nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
     cw = tl.load(conv_w_ptr + i * (E * W) + e[:, None] * W + offs_w[None, :], mask=m_ew, other=0.0).to(tl.float32)
     cw_last = tl.load(conv_w_ptr + i * (E * W) + e * W + (W - 1), mask=m_e, other=0.0).to(tl.float32)
     xp_w = xp_w_ptr + i * ((R + 2 * N) * E)
@@ -130,50 +149,75 @@ def _phase_in(FIRST: tl.constexpr, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, 
     w_b = tl.load(xp_w + (R + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
     w_c = tl.load(xp_w + (R + N + nn)[:, None] * E + e[None, :], mask=m_ne, other=0.0).to(tl.float32)
 
-    v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
-                     offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
-    if s == 0:  # block i's input, for block i+1 and the stage output
-        tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
-    if RMSNORM:
-        hn = v / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
-    else:
-        xc = tl.where(m_d, v - tl.sum(v, axis=0) / D, 0.0)
-        hn = xc / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
-    if HAS_NORM_W:
-        hn = hn * tl.load(norm_w_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
-    if HAS_NORM_B:
-        hn = hn + tl.load(norm_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
-    hn = tl.where(m_d, hn, 0.0)
-    u = tl.sum(w_u * hn[None, :], axis=1)  # (BE,)
-    z = tl.sum(w_z * hn[None, :], axis=1)
-    if HAS_IN_B:
-        u += tl.load(in_b_ptr + i * (2 * E) + e, mask=m_e, other=0.0).to(tl.float32)
-        z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)
+    for r in tl.static_range(RB):
+        b = g * RB + r
+        if b < n_rows:
+            # ---- conv state (taps 0..W-2) of the row
+            c_row = conv_ptr + i * s_ci + b * s_cb + e[:, None] * s_ce
+            old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
+            nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
+            if ONCE and not FIRST:  # block i's input, summed by block i-1's last program
+                v = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0,
+                            cache_modifier=".cg").to(tl.float32)
+            else:
+                v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
+                                 n_rows, offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
+                if s == 0:  # block i's input, for block i+1 and the stage output
+                    tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty),
+                             mask=m_d)
+            if RMSNORM:
+                hn = v / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
+            else:
+                xc = tl.where(m_d, v - tl.sum(v, axis=0) / D, 0.0)
+                hn = xc / tl.sqrt(tl.sum(xc * xc, axis=0) / D + eps)
+            if HAS_NORM_W:
+                hn = hn * tl.load(norm_w_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+            if HAS_NORM_B:
+                hn = hn + tl.load(norm_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
+            hn = tl.where(m_d, hn, 0.0)
+            u = tl.sum(w_u * hn[None, :], axis=1)  # (BE,)
+            z = tl.sum(w_z * hn[None, :], axis=1)
+            if HAS_IN_B:
+                u += tl.load(in_b_ptr + i * (2 * E) + e, mask=m_e, other=0.0).to(tl.float32)
+                z += tl.load(in_b_ptr + i * (2 * E) + E + e, mask=m_e, other=0.0).to(tl.float32)
 
-    # ---- causal conv over [conv_state, u] and the state shift, in place
-    u_r = u.to(conv_ptr.dtype.element_ty)  # the value the state will hold
-    pre = tl.sum(cw * old, axis=1) + cw_last * u_r.to(tl.float32)
-    if HAS_CONV_B:
-        pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
-    c = tl.where(m_e, _silu(pre), 0.0)  # (BE,)
+            # ---- causal conv over [conv_state, u] and the state shift, in place
+            u_r = u.to(conv_ptr.dtype.element_ty)  # the value the state will hold
+            pre = tl.sum(cw * old, axis=1) + cw_last * u_r.to(tl.float32)
+            if HAS_CONV_B:
+                pre += tl.load(conv_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
+            c = tl.where(m_e, _silu(pre), 0.0)  # (BE,)
 
-    # ---- x_proj partial sums over the slice: (R + 2N,) at x_part[b, s]
-    dst = xpart_ptr + (b * S + s) * (R + 2 * N)
-    tl.store(dst + rr, tl.sum(w_r * c[None, :], axis=1), mask=m_r)
-    tl.store(dst + R + nn, tl.sum(w_b * c[None, :], axis=1), mask=m_n)
-    tl.store(dst + R + N + nn, tl.sum(w_c * c[None, :], axis=1), mask=m_n)
-    tl.store(cz_ptr + b * (2 * E) + e, c, mask=m_e)
-    tl.store(cz_ptr + b * (2 * E) + E + e, z, mask=m_e)
-    tl.debug_barrier()  # every thread has read the old conv state before any thread overwrites it
-    tl.store(c_row + offs_w[None, :] * s_cw, tl.where((offs_w == W - 2)[None, :], u_r[:, None], nxt), mask=m_ew)
+            # ---- x_proj partial sums over the slice: (R + 2N,) at x_part[b, s]
+            dst = xpart_ptr + (b * S + s) * (R + 2 * N)
+            tl.store(dst + rr, tl.sum(w_r * c[None, :], axis=1), mask=m_r)
+            tl.store(dst + R + nn, tl.sum(w_b * c[None, :], axis=1), mask=m_n)
+            tl.store(dst + R + N + nn, tl.sum(w_c * c[None, :], axis=1), mask=m_n)
+            tl.store(cz_ptr + b * (2 * E) + e, c, mask=m_e)
+            tl.store(cz_ptr + b * (2 * E) + E + e, z, mask=m_e)
+            tl.debug_barrier()  # every thread has read the old conv state before any thread overwrites it
+            tl.store(c_row + offs_w[None, :] * s_cw, tl.where((offs_w == W - 2)[None, :], u_r[:, None], nxt),
+                     mask=m_ew)
+    if ONCE:
+        if _arrive(count_ptr + g, S):  # the group's last program: x_part summed once per row
+            cols = tl.arange(0, BLOCK_L)
+            m_l = cols < R + 2 * N
+            for r in tl.static_range(RB):
+                b = g * RB + r
+                if b < n_rows:
+                    tl.store(xsum_ptr + b * (R + 2 * N) + cols,
+                             _block_sum(xpart_ptr, b, cols, m_l, R + 2 * N, S, BLOCK_S), mask=m_l)
+            tl.store(count_ptr + g, 0)
 
 
 @triton.jit
-def _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
-               s_hi, s_hb, s_he, s_hn, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
-               S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
-               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HAS_D: tl.constexpr):
-    """Block i, slice s, row b: Δ, the state update and readout, gate, out_proj partial sums."""
+def _phase_out(i, g, s, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
+               out_w_ptr, n_rows, s_hi, s_hb, s_he, s_hn, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr,
+               N: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, RB: tl.constexpr, ONCE: tl.constexpr,
+               HAS_D: tl.constexpr):
+    """Block i, slice s, rows g·RB ... g·RB + RB - 1: Δ, the state update and readout, gate, out_proj partial
+    sums."""
     e = s * BE + tl.arange(0, BE)
     m_e = e < E
     rr = tl.arange(0, BLOCK_R)
@@ -181,37 +225,46 @@ def _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_pt
     nn = tl.arange(0, BLOCK_N)
     m_n = nn < N
     L: tl.constexpr = R + 2 * N
-    # ---- loads that depend on nothing computed: weights of the slice and its state
+    # ---- loads that depend on nothing computed: weights of the slice (and the first row's state)
     w_dt = tl.load(dt_w_ptr + i * (E * R) + e[:, None] * R + rr[None, :], mask=m_e[:, None] & m_r[None, :],
                    other=0.0).to(tl.float32)  # (BE, BLOCK_R)
     dt_b = tl.load(dt_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
     m_en = m_e[:, None] & m_n[None, :]
     a_l = tl.load(a_log_ptr + i * (E * N) + e[:, None] * N + nn[None, :], mask=m_en, other=0.0).to(tl.float32)
-    h_row = ssm_ptr + i * s_hi + b * s_hb + e[:, None] * s_he + nn[None, :] * s_hn
-    h = tl.load(h_row, mask=m_en, other=0.0)  # (BE, BLOCK_N) float32
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     w_o = tl.load(out_w_ptr + i * (D * E) + offs_d[:, None] * E + e[None, :], mask=m_d[:, None] & m_e[None, :],
                   other=0.0).to(tl.float32)  # (BLOCK_D, BE)
-    c = tl.load(cz_ptr + b * (2 * E) + e, mask=m_e, other=0.0, cache_modifier=".cg")
-    z = tl.load(cz_ptr + b * (2 * E) + E + e, mask=m_e, other=0.0, cache_modifier=".cg")
-
-    # ---- δ, B, C: the x_proj partials summed over the slices
-    delta = _block_sum(xpart_ptr, b, rr, m_r, L, S, BLOCK_S)  # (BLOCK_R,)
-    bv = _block_sum(xpart_ptr, b, R + nn, m_n, L, S, BLOCK_S)  # (BLOCK_N,)
-    cv = _block_sum(xpart_ptr, b, R + N + nn, m_n, L, S, BLOCK_S)
-    dt = tl.sum(w_dt * delta[None, :], axis=1) + dt_b
-    dt = tl.where(m_e, _softplus(dt), 0.0)  # (BE,)
     if HAS_D:
-        y = tl.load(d_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32) * c
-    else:
-        y = tl.zeros([BE], tl.float32)
-    h = tl.exp(dt[:, None] * -tl.exp(a_l)) * h + (dt * c)[:, None] * bv[None, :]
-    y += tl.sum(h * cv[None, :], axis=1)
-    tl.debug_barrier()  # the old state is read everywhere before it is overwritten
-    tl.store(h_row, h, mask=m_en)
-    y = tl.where(m_e, y * _silu(z), 0.0)
-    tl.store(opart_ptr + (b * S + s) * D + offs_d, tl.sum(w_o * y[None, :], axis=1), mask=m_d)
+        d_skip = tl.load(d_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
+    for r in tl.static_range(RB):
+        b = g * RB + r
+        if b < n_rows:
+            h_row = ssm_ptr + i * s_hi + b * s_hb + e[:, None] * s_he + nn[None, :] * s_hn
+            h = tl.load(h_row, mask=m_en, other=0.0)  # (BE, BLOCK_N) float32
+            c = tl.load(cz_ptr + b * (2 * E) + e, mask=m_e, other=0.0, cache_modifier=".cg")
+            z = tl.load(cz_ptr + b * (2 * E) + E + e, mask=m_e, other=0.0, cache_modifier=".cg")
+            # ---- δ, B, C: the x_proj partials summed over the slices
+            if ONCE:  # summed once, by the ``in`` phase's last program
+                delta = tl.load(xsum_ptr + b * L + rr, mask=m_r, other=0.0, cache_modifier=".cg")
+                bv = tl.load(xsum_ptr + b * L + R + nn, mask=m_n, other=0.0, cache_modifier=".cg")
+                cv = tl.load(xsum_ptr + b * L + R + N + nn, mask=m_n, other=0.0, cache_modifier=".cg")
+            else:
+                delta = _block_sum(xpart_ptr, b, rr, m_r, L, S, BLOCK_S)  # (BLOCK_R,)
+                bv = _block_sum(xpart_ptr, b, R + nn, m_n, L, S, BLOCK_S)  # (BLOCK_N,)
+                cv = _block_sum(xpart_ptr, b, R + N + nn, m_n, L, S, BLOCK_S)
+            dt = tl.sum(w_dt * delta[None, :], axis=1) + dt_b
+            dt = tl.where(m_e, _softplus(dt), 0.0)  # (BE,)
+            if HAS_D:
+                y = d_skip * c
+            else:
+                y = tl.zeros([BE], tl.float32)
+            h = tl.exp(dt[:, None] * -tl.exp(a_l)) * h + (dt * c)[:, None] * bv[None, :]
+            y += tl.sum(h * cv[None, :], axis=1)
+            tl.debug_barrier()  # the old state is read everywhere before it is overwritten
+            tl.store(h_row, h, mask=m_en)
+            y = tl.where(m_e, y * _silu(z), 0.0)
+            tl.store(opart_ptr + (b * S + s) * D + offs_d, tl.sum(w_o * y[None, :], axis=1), mask=m_d)
 
 
 @triton.jit
@@ -245,7 +298,7 @@ def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_pt
 
 @triton.jit(do_not_specialize=["i"])
 def _split_kernel(
-    x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, ssm_ptr,
+    x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, conv_ptr, ssm_ptr,
     count_ptr,
     norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr,
     d_ptr, out_w_ptr, out_b_ptr,
@@ -253,48 +306,63 @@ def _split_kernel(
     s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_ci, s_cb, s_ce, s_cw, s_hi, s_hb, s_he, s_hn,
     D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
     S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
-    MODE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    RB: tl.constexpr, ONCE: tl.constexpr, MODE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
     UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr, RESIDUAL: tl.constexpr,
     RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
 ):
-    """Grid (S, B): slice s = program 0, row b = program 1. MODE 0: block i's ``in`` phase; MODE 1: its ``out``
-    phase (LAST: the row's last program to arrive finishes the stage and resets the row's counter)."""
+    """Grid (S, B / RB): slice s = program 0, row group g = program 1. MODE 0: block i's ``in`` phase; MODE 1: its
+    ``out`` phase, after which the group's last program to arrive finishes the stage (LAST) or, with ONCE, writes
+    the next block's input rows; it resets the group's counter. Counters: (2, B) int32, row 0 for ``in``, row 1
+    for ``out``."""
     s = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
     if MODE == 0:
-        _phase_in(FIRST, i, b, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, conv_ptr, norm_w_ptr,
-                  norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr, eps, n_rows,
-                  s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D, BE, BLOCK_S, BLOCK_R,
-                  BLOCK_N, BLOCK_W, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
+        _phase_in(FIRST, i, g, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, count_ptr,
+                  conv_ptr, norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, out_b_ptr,
+                  eps, n_rows, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, D, E, R, N, W, S, BLOCK_D, BE,
+                  BLOCK_S, BLOCK_R, BLOCK_N, BLOCK_W, BLOCK_L, RB, ONCE, UP, RMSNORM, HAS_NORM_W, HAS_NORM_B,
+                  HAS_IN_B, HAS_CONV_B, HAS_OUT_B)
     else:
-        _phase_out(i, b, s, opart_ptr, cz_ptr, xpart_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr, out_w_ptr,
-                   s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N, HAS_D)
-        if LAST:
-            tl.debug_barrier()  # every thread's partials are written before the arrival is counted
-            arrived = tl.atomic_add(count_ptr + b, 1)  # acq_rel: the earlier programs' partials are visible
-            if arrived == S - 1:  # the row's last program
-                _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
-                        s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S, BLOCK_D, BLOCK_S,
-                        BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
-                tl.store(count_ptr + b, 0)  # every program of the row has arrived: ready for the next step
+        _phase_out(i, g, s, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, ssm_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
+                   out_w_ptr, n_rows, s_hi, s_hb, s_he, s_hn, D, E, R, N, S, BLOCK_D, BE, BLOCK_S, BLOCK_R, BLOCK_N,
+                   RB, ONCE, HAS_D)
+        if LAST or ONCE:
+            cnt = count_ptr + n_rows + g
+            if _arrive(cnt, S):  # the group's last program: the partials of every slice are visible
+                offs_d = tl.arange(0, BLOCK_D)
+                m_d = offs_d < D
+                for r in tl.static_range(RB):
+                    b = g * RB + r
+                    if b < n_rows:
+                        if LAST:
+                            _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr,
+                                    n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S,
+                                    BLOCK_D, BLOCK_S, BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
+                        else:  # block i+1's input row, summed once
+                            v = _block_input(False, i + 1, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr,
+                                             opart_ptr, out_b_ptr, n_rows, offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)
+                            tl.store(hbuf_ptr + ((i + 1) % 2) * n_rows * D + b * D + offs_d,
+                                     v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
+                tl.store(cnt, 0)  # every program of the group has arrived: ready for the next launch
 
 
 def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
                     device, dtype: torch.dtype) -> dict:
     """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
     block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
-    (B, S, R + 2N) and (B, S, D) float32, per-row arrival counters (B,) int32 (zero; the kernels leave them
-    zero)."""
+    (B, S, R + 2N) and (B, S, D) float32 and the x_proj sums (B, R + 2N) float32, arrival counters (2, B) int32
+    (zero; the kernels leave them zero)."""
     slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch)["S"]
     f32 = torch.float32
     return {
         "h": torch.empty(2, batch, d_model, device=device, dtype=dtype),
         "cz": torch.empty(batch, 2, d_inner, device=device, dtype=f32),
         "x_part": torch.empty(batch, slices, dt_rank + 2 * d_state, device=device, dtype=f32),
+        "x_sum": torch.empty(batch, dt_rank + 2 * d_state, device=device, dtype=f32),
         "out_part": torch.empty(batch, slices, d_model, device=device, dtype=f32),
-        "count": torch.zeros(batch, device=device, dtype=torch.int32),
+        "count": torch.zeros(2, batch, device=device, dtype=torch.int32),
         "slices": slices,
     }
 
@@ -345,7 +413,7 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         up_buffer.shape[1] if up_buffer is not None else down_buffer.shape[1] + 1)
     args = (x, up if up is not None else x, down_buffer if down_buffer is not None else out,
             up_buffer if up_buffer is not None else out, out, workspace["h"], workspace["out_part"], workspace["cz"],
-            workspace["x_part"], conv_states, ssm_states, workspace["count"], *ws)
+            workspace["x_part"], workspace["x_sum"], conv_states, ssm_states, workspace["count"], *ws)
     strides = (*x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
                *conv_states.stride(), *ssm_states.stride())
     flags = dict(
@@ -354,7 +422,7 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
         RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0], HAS_NORM_B=present[1], HAS_IN_B=present[3],
         HAS_CONV_B=present[5], HAS_D=present[10], HAS_OUT_B=present[12], num_warps=warps,
     )
-    grid = (slices, batch)
+    grid = (slices, triton.cdiv(batch, cfg["RB"]))
     for i in range(n_blocks):
         for mode in (0, 1):
             _split_kernel[grid](*args, i, float(eps), batch, *strides, MODE=mode, FIRST=mode == 0 and i == 0,

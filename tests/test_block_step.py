@@ -281,11 +281,13 @@ def test_stage_kernel_matches_reference(shape, dtype):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("rows,split", [(1, False), (2, False), (1, True)], ids=["rows1", "rows2", "split"])
+@pytest.mark.parametrize("rows,split", [(1, False), (2, False), (1, True), (1, "once")],
+                         ids=["rows1", "rows2", "split", "split-rows2-once"])
 def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     """The fused generation step (one launch per stage, embedding / pools / head / sampling inside; with
-    ``split`` the stages below the first through the split kernels) at every depth, two codebooks, a temperature
-    and the log-likelihood; greedy decoding picks the forward's argmax."""
+    ``split`` the stages below the first through the split kernels, "once": two rows per program and the partial
+    sums reduced once per row) at every depth, two codebooks, a temperature and the log-likelihood; greedy decoding
+    picks the forward's argmax."""
     from audiomamba.kernels import block_step, block_step_split
 
     import audiomamba.generation as generation
@@ -298,10 +300,13 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     monkeypatch.setitem(block_step.CONFIG_OVERRIDES, "rows", rows)
     monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "min_d", 1 if split else 10**9)
     monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "tile", 256)  # several slices per block
+    if split == "once":
+        monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "rows", 2)  # 3 rows: groups of 2 and 1
+        monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "once", True)
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
     stages = generation._fused_stages(model, model.init_state(3, DEVICE), torch.zeros(3, 1, 2, dtype=torch.long,
                                                                                       device=DEVICE))
-    assert [st["split"] is not None for st in stages] == [False] + [split] * (len(stages) - 1)
+    assert [st["split"] is not None for st in stages] == [False] + [bool(split)] * (len(stages) - 1)
     out = model.generate(3, 13, seed=4, progress=False, return_logits=True, return_log_likelihood=True,
                          temperature=0.8, cuda_graphs=False)
     greedy = model.generate(3, 13, progress=False, return_logits=True, temperature=0, cuda_graphs=False)
@@ -320,32 +325,43 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     assert rel_err(out.log_likelihood, logp) < 1e-5
 
 
-# (n_blocks, B, D, E, N, R, W, norm, biases, tile): the split stage step; tile sets the slice width (BE = tile /
-# BLOCK_D): 5 slices of E = 20 (the last one partial), 6 of 24, 1 of 16
+# (n_blocks, B, D, E, N, R, W, norm, biases, overrides): the split stage step; "tile" sets the slice width (BE =
+# tile / BLOCK_D): 5 slices of E = 20 (the last one partial), 6 of 24, 1 of 16; "rows" rows per program (5 rows in
+# groups of 2: the last group partial), "once": the partial sums reduced once per row by the group's last program
 SPLIT_STAGES = [
-    (3, 3, 8, 20, 4, 2, 4, "layernorm", True, 32),
-    (2, 2, 12, 24, 6, 3, 3, "rmsnorm", False, 64),
-    (2, 1, 16, 16, 5, 1, 2, "layernorm", False, 4096),
+    (3, 3, 8, 20, 4, 2, 4, "layernorm", True, {"tile": 32}),
+    (2, 2, 12, 24, 6, 3, 3, "rmsnorm", False, {"tile": 64}),
+    (2, 1, 16, 16, 5, 1, 2, "layernorm", False, {"tile": 4096}),
+    (3, 5, 8, 20, 4, 2, 4, "layernorm", True, {"tile": 32, "rows": 2, "once": True}),
+    (2, 3, 12, 24, 6, 3, 3, "rmsnorm", False, {"tile": 64, "rows": 3}),
+    (2, 3, 12, 24, 6, 3, 3, "layernorm", True, {"tile": 64, "once": True}),
 ]
 REAL_SPLIT_STAGES = [
-    (8, 1, 128, 256, 64, 8, 4, "layernorm", False, None),
-    (8, 1, 256, 512, 64, 16, 4, "rmsnorm", True, None),
-    (8, 64, 256, 512, 64, 16, 4, "layernorm", False, None),
-    (8, 5, 96, 192, 64, 6, 4, "layernorm", True, 2048),
+    (8, 1, 128, 256, 64, 8, 4, "layernorm", False, {}),
+    (8, 1, 256, 512, 64, 16, 4, "rmsnorm", True, {}),
+    (8, 64, 256, 512, 64, 16, 4, "layernorm", False, {}),
+    (8, 64, 128, 256, 64, 8, 4, "rmsnorm", True, {}),
+    (8, 64, 256, 512, 64, 16, 4, "layernorm", False, {"rows": 1, "once": False}),
+    (8, 30, 256, 512, 64, 16, 4, "layernorm", True, {"rows": 4, "once": True}),
+    (8, 5, 96, 192, 64, 6, 4, "layernorm", True, {"tile": 2048}),
 ]
+
+
+def _split_id(shape):
+    return "x".join(map(str, shape[:9])) + "".join(f"-{k}{v}" for k, v in shape[9].items())
 
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SPLIT_STAGES + ([] if INTERPRET else REAL_SPLIT_STAGES),
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SPLIT_STAGES + ([] if INTERPRET else REAL_SPLIT_STAGES), ids=_split_id)
 def test_split_stage_kernel_matches_reference(shape, dtype):
     """The stage step with every block split over slices of E (two launches per block, partial sums, the last
-    program of a row finishing): against the reference blocks, with the up-pool add, without the residual, and
-    with the pool buffer shifts; three steps on one workspace (its arrival counters must come back to zero)."""
+    program of a row finishing; several rows per program, partial sums reduced once per row): against the reference
+    blocks, with the up-pool add, without the residual, and with the pool buffer shifts; three steps on one
+    workspace (its arrival counters must come back to zero)."""
     from audiomamba.kernels import block_step, block_step_split
 
-    n_blocks, batch, d, e, n, r, w, norm, biases, tile = shape
+    n_blocks, batch, d, e, n, r, w, norm, biases, overrides = shape
     gen = torch.Generator().manual_seed(sum(shape[:7]) + 1)
     blocks = []
     for _ in range(n_blocks):
@@ -357,12 +373,13 @@ def test_split_stage_kernel_matches_reference(shape, dtype):
     ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
     pool = 3
-    overrides = {} if tile is None else {"tile": tile}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in overrides.items():
             mp.setitem(block_step_split.CONFIG_OVERRIDES, k, v)
         ws = block_step_split.split_workspace(batch, d, e, n, r, w, DEVICE, dtype)
-        if tile is not None and tile < 4096:
+        cfg = block_step_split.split_config(d, e, n, r, w, batch)
+        assert (cfg["RB"], cfg["ONCE"]) == (overrides.get("rows", cfg["RB"]), overrides.get("once", cfg["ONCE"]))
+        if overrides.get("tile", 4096) < 4096:
             assert ws["slices"] > 1
         for step in range(3):
             down = torch.randn(batch, pool - 1, d, generator=gen).to(DEVICE, dtype)

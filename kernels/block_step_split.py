@@ -45,9 +45,11 @@ from .block_step import BLOCK_WEIGHTS, _contig, _p2, _shift_pools, _silu
 # benchmark's sweep ("tile", "num_warps", "min_d").
 _TILE = 4096
 _WARPS, _WARPS_MANY, _MANY_ROWS = 4, 2, 16
-# From ``_MANY_ROWS`` rows on: rows per program and whether the partial sums are reduced once per row (module
-# docstring). Overridable ("rows", "once").
-_ROWS_MANY, _ONCE_MANY = 4, True
+# From ``_MANY_ROWS`` rows on: the partial sums reduced once per row, and up to ``_ROWS_MANY`` rows per program as
+# long as the launch keeps ``_MIN_PROGRAMS`` programs (module docstring; H200, batch 64, kernels/NOTES.md version 5:
+# D = 256, 32 slices: 4 rows 251 µs per stage against 311 for one; D = 128, 8 slices: one row, 100 µs, 2 rows 135).
+# Overridable ("rows", "once").
+_ROWS_MANY, _MIN_PROGRAMS, _ONCE_MANY = 4, 512, True
 # Stages of at least this width take the split step in generation (D = 64 stays one program per row).
 _MIN_D = 128
 CONFIG_OVERRIDES: dict = {}
@@ -63,9 +65,18 @@ def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv:
     slices = triton.cdiv(d_inner, block_e)
     return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
             "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1), "BLOCK_L": _p2(dt_rank + 2 * d_state),
-            "RB": max(1, int(CONFIG_OVERRIDES.get("rows", _ROWS_MANY if many else 1))),
+            "RB": max(1, int(CONFIG_OVERRIDES.get("rows", _rows_per_program(slices, batch) if many else 1))),
             "ONCE": bool(CONFIG_OVERRIDES.get("once", _ONCE_MANY if many else False)),
             "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS_MANY if many else _WARPS)}
+
+
+def _rows_per_program(slices: int, batch: int) -> int:
+    """Rows per program for many rows: the largest power of two up to ``_ROWS_MANY`` that keeps ``_MIN_PROGRAMS``
+    programs per launch (at least 1)."""
+    rows = 1
+    while rows < _ROWS_MANY and slices * batch // (2 * rows) >= _MIN_PROGRAMS:
+        rows *= 2
+    return rows
 
 
 def uses_split(d_model: int) -> bool:

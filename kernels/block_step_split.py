@@ -94,6 +94,12 @@ def _block_sum(part_ptr, b, cols, m_cols, L: tl.constexpr, S: tl.constexpr, BLOC
 
 
 @triton.jit
+def _h_row(hbuf_ptr, i, b, n_rows, D: tl.constexpr):
+    """Row b of block i's input in the (2, B, D) ping-pong h scratch."""
+    return hbuf_ptr + (i % 2) * n_rows * D + b * D
+
+
+@triton.jit
 def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
                  n_rows, offs_d, m_d, D: tl.constexpr, S: tl.constexpr, BLOCK_S: tl.constexpr, UP: tl.constexpr,
                  HAS_OUT_B: tl.constexpr):
@@ -104,7 +110,7 @@ def _block_input(FIRST: tl.constexpr, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_u
         if UP:
             v += tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32)
     else:
-        prev = hbuf_ptr + ((i + 1) % 2) * n_rows * D + b * D
+        prev = _h_row(hbuf_ptr, i - 1, b, n_rows, D)
         v = tl.load(prev + offs_d, mask=m_d, other=0.0, cache_modifier=".cg").to(tl.float32)
         # partials (B, S, D): slice s of row b at (b * S + s) * D
         v += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
@@ -132,9 +138,9 @@ def _phase_in(FIRST: tl.constexpr, i, g, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, 
               UP: tl.constexpr, RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr,
               HAS_IN_B: tl.constexpr, HAS_CONV_B: tl.constexpr, HAS_OUT_B: tl.constexpr):
     """Block i, slice s, rows g·RB ... g·RB + RB - 1: input row and norm, the slice's in_proj rows, conv, x_proj
-    partial sums (with ONCE, the group's last program sums them per row). The weights are loaded once for the rows;
-    every load that depends on nothing computed (weights, the first row's conv state) is issued first, with the
-    block input's, so that a row waits for one round of L2 reads."""
+    partial sums (with ONCE, the group's last program sums them per row). The weight slices are loaded once, first,
+    for all the rows; each row's conv state and input are loaded together, so that a row waits for one round of L2
+    reads."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     e = s * BE + tl.arange(0, BE)
@@ -168,14 +174,13 @@ def _phase_in(FIRST: tl.constexpr, i, g, s, x_ptr, up_ptr, hbuf_ptr, opart_ptr, 
             old = tl.load(c_row + offs_w[None, :] * s_cw, mask=m_ew, other=0.0).to(tl.float32)  # (BE, BLOCK_W)
             nxt = tl.load(c_row + (offs_w + 1)[None, :] * s_cw, mask=m_ew & (offs_w < W - 2)[None, :], other=0.0)
             if ONCE and not FIRST:  # block i's input, summed by block i-1's last program
-                v = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0,
+                v = tl.load(_h_row(hbuf_ptr, i, b, n_rows, D) + offs_d, mask=m_d, other=0.0,
                             cache_modifier=".cg").to(tl.float32)
             else:
                 v = _block_input(FIRST, i, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr, opart_ptr, out_b_ptr,
                                  n_rows, offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)  # (BLOCK_D,)
                 if s == 0:  # block i's input, for block i+1 and the stage output
-                    tl.store(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, v.to(hbuf_ptr.dtype.element_ty),
-                             mask=m_d)
+                    tl.store(_h_row(hbuf_ptr, i, b, n_rows, D) + offs_d, v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
             if RMSNORM:
                 hn = v / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
             else:
@@ -236,7 +241,7 @@ def _phase_out(i, g, s, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, ssm_ptr, dt_w_pt
     nn = tl.arange(0, BLOCK_N)
     m_n = nn < N
     L: tl.constexpr = R + 2 * N
-    # ---- loads that depend on nothing computed: weights of the slice (and the first row's state)
+    # ---- loads that depend on nothing computed: weights of the slice, once for the rows
     w_dt = tl.load(dt_w_ptr + i * (E * R) + e[:, None] * R + rr[None, :], mask=m_e[:, None] & m_r[None, :],
                    other=0.0).to(tl.float32)  # (BE, BLOCK_R)
     dt_b = tl.load(dt_b_ptr + i * E + e, mask=m_e, other=0.0).to(tl.float32)
@@ -288,7 +293,7 @@ def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_pt
     input)), then the pool buffers: the down window takes x, the up buffer rotates by one."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
-    hv = tl.load(hbuf_ptr + (i % 2) * n_rows * D + b * D + offs_d, mask=m_d, other=0.0,
+    hv = tl.load(_h_row(hbuf_ptr, i, b, n_rows, D) + offs_d, mask=m_d, other=0.0,
                  cache_modifier=".cg").to(tl.float32)
     hv += _block_sum(opart_ptr, b, offs_d, m_d, D, S, BLOCK_S)
     if HAS_OUT_B:
@@ -354,7 +359,7 @@ def _split_kernel(
                         else:  # block i+1's input row, summed once
                             v = _block_input(False, i + 1, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr,
                                              opart_ptr, out_b_ptr, n_rows, offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)
-                            tl.store(hbuf_ptr + ((i + 1) % 2) * n_rows * D + b * D + offs_d,
+                            tl.store(_h_row(hbuf_ptr, i + 1, b, n_rows, D) + offs_d,
                                      v.to(hbuf_ptr.dtype.element_ty), mask=m_d)
                 tl.store(cnt, 0)  # every program of the group has arrived: ready for the next launch
 

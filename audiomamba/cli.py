@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=10.0)
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--device", default=None)
-    b.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+    b.add_argument("--dtype", choices=WEIGHTS, default="float32",
                    help="generate: the model's weights and activations (the SSM state stays float32)")
     b.add_argument("--compile", action="store_true",
                    help="stream: measure the torch.compile'd push (CPU; compile time reported apart, not in the RTF)")

@@ -1,8 +1,8 @@
-"""Driver of the recipes' GPU batch (recipes/run_gpu_batch.sh): time-boxed training runs, then evaluation.
+"""Driver of the recipes' GPU batch (recipes/gpu_batch/run.sh): time-boxed training runs, then evaluation.
 
-    python recipes/gpu_batch.py train NAME --runs DIR --budget SECONDS [--pair KEY] [overrides ...]
-    python recipes/gpu_batch.py eval PART --runs DIR --out DIR       (PART: classify | copy | fsdd_gen | music)
-    python recipes/gpu_batch.py table --runs DIR --out DIR
+    python recipes/gpu_batch/driver.py train NAME --runs DIR --budget SECONDS [--pair KEY] [overrides ...]
+    python recipes/gpu_batch/driver.py eval PART --runs DIR --out DIR       (PART: classify | copy | fsdd_gen | music)
+    python recipes/gpu_batch/driver.py table --runs DIR --out DIR
 
 ``train`` runs ``audiomamba.training.train`` on an experiment preset with a wall-clock budget. After a few
 warm-up steps it measures its own step time and fits the run into the budget: it sets the number of steps (a
@@ -298,7 +298,7 @@ def render_results(results: dict, date: str) -> dict[str, str]:
                    m.get("steps", "-"), _fmt(r.get("ms_per_step"), 1), _fmt(r.get("wall_s"), 0)]
 
     n = len(train)
-    how = (f"Measured by `bash recipes/run_gpu_batch.sh` on {device} ({date}): {n} runs trained at once (up to four "
+    how = (f"Measured by `bash recipes/gpu_batch/run.sh` on {device} ({date}): {n} runs trained at once (up to four "
            "per GPU), each fitted to a wall-clock budget after measuring its own speed; the two runs of a "
            "Mamba-vs-S4D pair train for the same number of steps. Steps, time per step (with the GPU shared by the "
            "runs) and wall time (all included) are per run.")

@@ -1,24 +1,23 @@
 #!/usr/bin/env bash
-# The recipes' GPU batch: eight training runs at once on the two GPUs of an nvidia-h200-x2 machine, then their
-# evaluation, in about 8 minutes of wall-clock time. Writes under $OUT (6 files): results.json, table.md,
-# logs.txt, the generated FSDD digits of both models as two WAVs (8 clips each), classifiers.tar (the two
-# trained FSDD classifiers, for `audiomamba evaluate --classifier` elsewhere). Prints a table last.
+# The recipes' GPU batch: eight training runs at once on one or two GPUs, then their evaluation, in about
+# 8 minutes of wall-clock time on two H200s. Writes under $OUT (6 files): results.json, table.md, logs.txt, the
+# generated FSDD digits of both models as two WAVs (8 clips each), classifiers.tar (the two trained FSDD
+# classifiers, for `audiomamba evaluate --classifier` elsewhere). Prints a table last.
 #
 #   GPU 0: fsdd_classification_causal, fsdd_classification_bidirectional, selective_copying_mamba, _s4d
-#   GPU 1: fsdd_generation_mamba, fsdd_generation_s4d, music_mamba, music_s4d
+#   GPU 1: fsdd_generation_mamba, fsdd_generation_s4d, music_mamba, music_s4d   (GPU 0 too if there is one GPU)
 #
 # Each run gets TRAIN_BUDGET seconds (default 270) all included; it fits its step count to that budget after
 # measuring its own speed, and the two runs of a Mamba-vs-S4D pair agree on the same number of steps.
 #
-# Data travels in .gpu_data/ (git-ignored), made here by:   bash recipes/prepare_gpu_data.sh
-# Wheels travel in .whl/ (made by ../shared/tools/gpu-wheels.sh). Device call (from the repo root):
-#   run(kind="nvidia-h200-x2", carry=[".whl", ".gpu_data"], timeout_s=600,
-#       command="bash recipes/run_gpu_batch.sh")
-# A CPU smoke test of the whole pipeline (tiny models, a few steps):  SMOKE=1 bash recipes/run_gpu_batch.sh
+# Data: GPU_DATA (default .gpu_data/) holds fsdd/ and bach_piano/{train,val,test}/, made by
+#   bash recipes/gpu_batch/prepare_data.sh FSDD_DIR BACH_PIANO_DIR
+# Run from the repository root:   bash recipes/gpu_batch/run.sh
+# A CPU smoke test of the whole pipeline (tiny models, a few steps):  SMOKE=1 bash recipes/gpu_batch/run.sh
 # A subset of the runs (their evaluations follow; parts whose runs are missing report so and are skipped):
-#   ONLY="fsdd_classification_causal fsdd_generation_mamba" bash recipes/run_gpu_batch.sh
+#   ONLY="fsdd_classification_causal fsdd_generation_mamba" bash recipes/gpu_batch/run.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 T0=$(date +%s)
 OUT=${OUT:-outputs/gpu_batch}
 RUNS=${RUNS:-/tmp/audiomamba_runs}
@@ -37,14 +36,13 @@ else
   PY=python3
   GPU0=0; GPU1=1
   [ "$(nvidia-smi -L | wc -l)" -ge 2 ] || GPU1=0   # one GPU: all runs share it
-  if ! $PY -c "import omegaconf, soundfile, librosa" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
+  # without an installed package: the source tree as pyproject.toml lays it out (kernels/ -> audiomamba.kernels,
+  # configs/ -> audiomamba.configs); omegaconf, soundfile and librosa must be importable
+  if ! $PY -c "import audiomamba.kernels" 2>/dev/null; then
+    rm -rf /tmp/am && mkdir -p /tmp/am && cp -r audiomamba /tmp/am/ && cp -r kernels /tmp/am/audiomamba/kernels \
+      && cp -r configs /tmp/am/audiomamba/configs || exit 1
+    export PYTHONPATH=/tmp/am:${PYTHONPATH:-}
   fi
-  # the package as pyproject lays it out: kernels/ -> audiomamba.kernels, configs/ -> audiomamba.configs
-  rm -rf /tmp/am && mkdir -p /tmp/am && cp -r audiomamba /tmp/am/ && cp -r kernels /tmp/am/audiomamba/kernels \
-    && cp -r configs /tmp/am/audiomamba/configs || exit 1
-  export PYTHONPATH=/tmp/am:${PYTHONPATH:-}
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 fi
 echo "[batch] setup done at +$(( $(date +%s) - T0 )) s"
@@ -93,7 +91,7 @@ fi
 job() {  # job GPU NAME PAIR PARTNER [overrides...]: one training run in the background, logged under $RUNS
   local gpu=$1 name=$2 pair=$3 partner=$4; shift 4
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi  # ONLY="name ...": a subset
-  CUDA_VISIBLE_DEVICES=$gpu timeout $(( BUDGET + GRACE )) $PY recipes/gpu_batch.py train --runs "$RUNS" \
+  CUDA_VISIBLE_DEVICES=$gpu timeout $(( BUDGET + GRACE )) $PY recipes/gpu_batch/driver.py train --runs "$RUNS" \
     --budget "$BUDGET" "${PROBE[@]}" \
     ${pair:+--pair "$pair" --partner "$partner"} "$name" "$@" > "$RUNS/$name.log" 2>&1 &
 }
@@ -110,7 +108,7 @@ job "$GPU1" music_mamba music music_s4d data.root=$DATA/bach_piano "${LM_GPU[@]}
 job "$GPU1" music_s4d music music_mamba data.root=$DATA/bach_piano "${LM_GPU[@]}" "${TINY_MUSIC[@]}"
 wait
 echo "[batch] training done at +$(( $(date +%s) - T0 )) s"
-$PY recipes/gpu_batch.py table --runs "$RUNS" --out "$OUT" > /dev/null 2>&1   # training results, in case
+$PY recipes/gpu_batch/driver.py table --runs "$RUNS" --out "$OUT" > /dev/null 2>&1   # training results, in case
 echo "[batch] evaluation until +$(( LIMIT - 20 )) s at the latest"
 
 ev() {  # ev GPU LOGNAME PART [args...]: one evaluation, cut off at the batch's deadline
@@ -118,7 +116,7 @@ ev() {  # ev GPU LOGNAME PART [args...]: one evaluation, cut off at the batch's 
   local left=$(( LIMIT - 20 - ($(date +%s) - T0) ))
   [ "$SMOKE" = 1 ] && left=3600
   [ "$left" -gt 5 ] || { echo "[batch] no time left for eval $log"; return; }
-  CUDA_VISIBLE_DEVICES=$gpu timeout "$left" $PY recipes/gpu_batch.py eval "$@" --runs "$RUNS" --out "$OUT" \
+  CUDA_VISIBLE_DEVICES=$gpu timeout "$left" $PY recipes/gpu_batch/driver.py eval "$@" --runs "$RUNS" --out "$OUT" \
     > "$RUNS/eval_$log.log" 2>&1
 }
 NS=256; NC=2048; SEG=(); [ "$SMOKE" = 1 ] && NS=16 && NC=32 && SEG=(--max-segments 16 --max-reference 64)
@@ -134,5 +132,5 @@ for f in "$RUNS"/*.log; do echo "===== $(basename "$f")"; grep -v "Warning\|warn
 for name in fsdd_classification_causal fsdd_classification_bidirectional; do
   [ -d "$RUNS/$name/model" ] && tar -C "$RUNS" -rf "$OUT/classifiers.tar" "$name/model" "$name/config.yaml"
 done
-$PY recipes/gpu_batch.py table --runs "$RUNS" --out "$OUT"
+$PY recipes/gpu_batch/driver.py table --runs "$RUNS" --out "$OUT"
 echo "[batch] all done at +$(( $(date +%s) - T0 )) s"

@@ -19,7 +19,8 @@ def test_examples_hold_the_tokens_in_order():
         assert sep == 9 and ((copy >= 1) & (copy <= 8)).all()
         assert torch.equal(context[context != BLANK], copy)  # the data tokens, in order
         assert (context != BLANK).sum() == 6 and mask.sum() == 6 and mask[41:].all()
-    assert torch.equal(ds[7]["tokens"], ds[7]["tokens"])  # a pure function of (seed, index)
+    twin = SelectiveCopying(50, context_length=40, n_tokens=6, vocab_size=10, seed=3)
+    assert torch.equal(ds[7]["tokens"], twin[7]["tokens"])  # a pure function of (seed, index)
     other = SelectiveCopying(50, context_length=40, n_tokens=6, vocab_size=10, seed=4)
     assert not torch.equal(ds[7]["tokens"], other[7]["tokens"])
 
@@ -35,8 +36,25 @@ def test_lm_task_scores_only_the_copied_tokens():
     task = build_task(cfg)
     total, count = task.nll(task.model, batch)
     assert int(count) == 4 * 3  # the separator's target and the context carry no loss
-    acc = copying_accuracy(task.model, SelectiveCopying(8, 12, 3, 16, seed=2), batch_size=3)
-    assert acc["n_examples"] == 8 and 0 <= acc["sequence_accuracy"] <= acc["generated_token_accuracy"] <= 1
+    data = SelectiveCopying(8, 12, 3, 16, seed=2)
+    model = task.model.eval()
+    tokens = torch.stack([data.example(i)[0] for i in range(len(data))])  # (8, 16)
+    target = tokens[:, 13:]  # (8, 3)
+    with torch.no_grad():  # bias the head towards the most frequent copied token, so that some guesses hit
+        model.head.linear.bias[int(target.flatten().mode().values)] += 20.0
+    acc = copying_accuracy(model, data, batch_size=3)
+    assert acc["token_accuracy"] > 0 and acc["generated_token_accuracy"] > 0
+    # the same accuracies computed independently: full forward passes, greedy decoding by re-reading the prefix
+    with torch.no_grad():
+        forced = model(tokens)[0][:, 12:15].argmax(-1)
+        seq = tokens[:, :13]
+        for _ in range(3):
+            seq = torch.cat([seq, model(seq)[0][:, -1:].argmax(-1)], 1)
+    greedy = seq[:, 13:]
+    assert acc["n_examples"] == 8
+    assert acc["token_accuracy"] == int((forced == target).sum()) / 24
+    assert acc["generated_token_accuracy"] == int((greedy == target).sum()) / 24
+    assert acc["sequence_accuracy"] == int((greedy == target).all(1).sum()) / 8
 
 
 def test_config_checks_vocabulary():

@@ -24,7 +24,7 @@ gate (B, L, H, P)); g_t = dy_t SiLU(z_t):
 6. ``_ssd_bwd_chunk_kernel`` (per batch, head, chunk, block of 64 rows), the quadratic part as [64, 32] tiles on
    tensor cores: target rows t (dC, the target side of dS; loop over source blocks ≤ t) and source rows s (dx,
    dB, Δ's gradient through Δ x, the source side of dS, the chunk-state terms; loop over target blocks ≥ s), as
-   two launches (or one, see ``_BWD_CONFIG``).
+   two launches (or one, see ``SSDLaunch``).
 7. ``_ssd_bwd_dt_kernel`` (per batch, head, chunk): dS reverse-summed inside the chunk gives A's and Δ's
    gradients through S = cumsum Δ A; softplus; partial sums for A and dt_bias.
 Then PyTorch sums those partials, dD's, and B's and C's per-head gradients over the heads of a group (no atomics).
@@ -34,6 +34,8 @@ dt_bias (H,), states (B, H, P, N) float32. Any strides.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -529,42 +531,70 @@ def _ssd_bwd_dt_kernel(
     tl.store(dtbp_ptr + bh * NC + c, tl.sum(tl.where(m, dd, 0.0), axis=0))
 
 
-# Launch of the [T, T] backward kernel for 16-bit inputs (False) and float32 inputs (True): rows per block, columns
-# per block of the other side, warps, pipeline stages, target and source phases as two launches (split) or one, an
-# optional register cap, and min_programs (target phase, or both in one launch) / min_programs_source: each
-# program takes as many heads of its group (dC / dB summed over them in registers) as keep at least that many
-# programs (None: one head per program). Offline sm_90a compiles, P = N = 64 (kernels/NOTES.md, "SSD backward
-# v2"): 16-bit 64/32, 4 warps, 2 stages, split: target with a loop over heads 196 registers, source with one head
-# 239, no spills (8 warps: the [64, 32] score tiles are computed by both warpgroups; a loop over heads in the
-# source phase spills 24-200 bytes); float32 32/16, 8 warps, 2 stages, split: 70/102.
-# H200 sweep (bf16, `python -m audiomamba.kernels.bench ssd`): 3 pipeline stages for 16-bit inputs, fwd+bwd
-# 1.404 / 2.158 / 5.889 ms on the three bench shapes (2 stages: 1.594 / 1.892 / 6.030).
-_BWD_CONFIG = {
-    False: dict(rows=64, cols=32, warps=4, stages=3, split=True, maxnreg=None, min_programs=2048,
-                min_programs_source=None),
-    True: dict(rows=32, cols=16, warps=8, stages=2, split=True, maxnreg=None, min_programs=None,
-               min_programs_source=None),
-}
-# Launch of the backward's chunk-dstate kernel: warps, steps per block (16-bit / float32 inputs), pipeline stages,
-# an optional register cap. H200 (kernels/NOTES.md, SSD v3): 16-step blocks, also at 128 registers with 2 stages,
-# were slower on (8, 4, 65536).
-_DSTATE_CONFIG = dict(warps=8, bk=32, bk_ieee=16, stages=3, maxnreg=None)
-# Forward chunk-state kernel: steps per block (64: a loop of 4 blocks per 256-step chunk), warps and pipeline
-# stages; elements of P·N per program of the state pass.
-_CHUNK_STATE_CONFIG = dict(bk=64, warps=4, stages=3, pass_block=256)
-# Launch of the forward chunk scan for 16-bit inputs (False) and float32 inputs (True): rows per block (float32
-# products run as exact FMA loops, no tf32: smaller blocks keep them in registers), warps, pipeline stages, an
-# optional register cap. H200 (kernels/NOTES.md, SSD v3b): 2 stages at 168 registers (3 programs per SM, no
-# spills) beat 3 stages at 178 (2 per SM) by 19 % on (8, 4, 65536); 32-row blocks were slower.
-_FWD_CONFIG = {
-    False: dict(rows=64, warps=4, stages=2, maxnreg=168),
-    True: dict(rows=32, warps=4, stages=3, maxnreg=None),
-}
-_OFFLINE = False  # set by an offline compile (no GPU), so that maxnreg is passed with CPU tensors
+@dataclass(frozen=True)
+class SSDLaunch:
+    """Launch settings of the SSD kernels; ``default_launch`` gives the tuned ones per input precision.
+
+    Forward: ``state_*`` the chunk-state kernel (steps per block, warps, pipeline stages), ``pass_block`` the
+    elements of P·N per program of the state pass; ``fwd_*`` the chunk scan (rows per block, warps, stages, an
+    optional register cap).
+    Backward: ``dstate_*`` the chunk-dstate kernel (steps per block, warps, stages, register cap); ``bwd_*`` the
+    [T, T] kernel: rows per block, columns per block of the other side, warps, stages, ``bwd_split`` (target and
+    source phases as two launches, or both in one), register cap, and ``bwd_min_programs`` (the target phase, or
+    both in one launch) / ``bwd_min_programs_source``: each program takes as many heads of its group (dC / dB
+    summed over them in registers) as keep at least that many programs (None: one head per program).
+    A register cap only applies on a GPU (the interpreter has none).
+    """
+
+    state_bk: int = 64
+    state_warps: int = 4
+    state_stages: int = 3
+    pass_block: int = 256
+    fwd_rows: int = 64
+    fwd_warps: int = 4
+    fwd_stages: int = 2
+    fwd_maxnreg: int | None = 168
+    dstate_bk: int = 32
+    dstate_warps: int = 8
+    dstate_stages: int = 3
+    dstate_maxnreg: int | None = None
+    bwd_rows: int = 64
+    bwd_cols: int = 32
+    bwd_warps: int = 4
+    bwd_stages: int = 3
+    bwd_split: bool = True
+    bwd_maxnreg: int | None = None
+    bwd_min_programs: int | None = 2048
+    bwd_min_programs_source: int | None = None
+
+
+# 16-bit inputs: tensor-core tiles of 64 rows; the forward chunk scan at a 168-register cap (three programs per SM
+# without spills), the backward with 64 x 32 tiles, its target phase looping over the heads of a group, 3 stages.
+# float32 inputs: exact FMA loops (no tf32), so smaller tiles that stay in registers. The sweeps behind these
+# choices are in benchmarks/notes/ssd.md.
+_LAUNCH_16BIT = SSDLaunch()
+_LAUNCH_FLOAT32 = SSDLaunch(
+    fwd_rows=32, fwd_stages=3, fwd_maxnreg=None, dstate_bk=16, bwd_rows=32, bwd_cols=16, bwd_warps=8, bwd_stages=2,
+    bwd_min_programs=None,
+)
+
+
+def default_launch(ieee: bool) -> SSDLaunch:
+    """The tuned launch for float32 inputs (``ieee``: exact float32 products) or 16-bit inputs."""
+    return _LAUNCH_FLOAT32 if ieee else _LAUNCH_16BIT
+
+
+def _maxnreg(cap, t):
+    """Launch keywords for an optional register cap (GPU tensors only)."""
+    return {"maxnreg": cap} if cap and t.is_cuda else {}
+
+
+def _is_ieee(x, B):
+    return x.dtype == torch.float32 or B.dtype == torch.float32
 
 
 def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
-                  initial_state=None, return_aux=False):
+                  initial_state=None, return_aux=False, launch=None):
     """Triton forward. Returns (y (B, L, H, P) in x's dtype, final_state (B, H, P, N) float32), and with
     ``return_aux`` a third item for the backward: (S (B, H, L), Δ (B, H, L), states entering each chunk
     (B, NC, H, P, N), chunk log decays S_end (B, H, NC), all float32, and with z the SSM output before D x and the
@@ -580,12 +610,12 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
     if length == 0:
         hT.copy_(initial_state if initial_state is not None else torch.zeros_like(hT))
         return (y, hT, None) if return_aux else (y, hT)
-    ieee = x.dtype == torch.float32 or B.dtype == torch.float32
+    ieee = _is_ieee(x, B)
+    cfg = launch or default_launch(ieee)
     BP = max(16, triton.next_power_of_2(headdim))
     BN = max(16, triton.next_power_of_2(n))
-    BK = max(16, min(_CHUNK_STATE_CONFIG["bk"], triton.next_power_of_2(Q)))
-    fcfg = _FWD_CONFIG[ieee]
-    BT = max(16, min(fcfg["rows"], triton.next_power_of_2(Q)))
+    BK = max(16, min(cfg.state_bk, triton.next_power_of_2(Q)))
+    BT = max(16, min(cfg.fwd_rows, triton.next_power_of_2(Q)))
     cum = torch.empty(batch, heads, length, device=dev, dtype=f32)
     dtp = torch.empty_like(cum)
     st = torch.empty(batch, nc, heads, headdim, n, device=dev, dtype=f32)
@@ -596,12 +626,12 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
         x, dt, A, B, dt_bias if dt_bias is not None else dummy, cum, dtp, st, tot,
         length, heads, hg, nc, Q, *x.stride(), *dt.stride(), *B.stride(),
         P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_DTB=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        IEEE=ieee, num_warps=_CHUNK_STATE_CONFIG["warps"], num_stages=_CHUNK_STATE_CONFIG["stages"],
+        IEEE=ieee, num_warps=cfg.state_warps, num_stages=cfg.state_stages,
     )
     hs = torch.empty_like(st)
     M = headdim * n
     h0 = None if initial_state is None else initial_state.to(f32).contiguous()
-    sblk = _CHUNK_STATE_CONFIG["pass_block"]
+    sblk = cfg.pass_block
     _ssd_state_pass_kernel[(batch * heads, triton.cdiv(M, sblk))](
         st, tot, h0 if h0 is not None else dummy, hs, hT, heads, nc, M,
         HAS_H0=h0 is not None, BLOCK=sblk, num_warps=4,
@@ -619,13 +649,12 @@ def _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_s
         *(D.stride() if D is not None else (0, 0)), *z_.stride(), *y.stride(),
         P=headdim, N=n, BP=BP, BN=BN, BT=BT, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
         STORE_YS=store_ys, EVEN=length % Q == 0 and Q % BT == 0 and BP == headdim and BN == n,
-        num_warps=fcfg["warps"], num_stages=fcfg["stages"],
-        **({"maxnreg": fcfg["maxnreg"]} if fcfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages, **_maxnreg(cfg.fwd_maxnreg, x),
     )
     return (y, hT, (cum, dtp, hs, tot, ys)) if return_aux else (y, hT)
 
 
-def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, aux):
+def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, aux, launch=None):
     """Triton backward by recomputation from the forward's per-chunk states ``aux`` (see ``_ssd_scan_fwd``).
 
     Args:
@@ -648,15 +677,14 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         zeros = [torch.zeros_like(t) if t is not None else None for t in (x, dt, A, B, C, D, z, dt_bias)]
         return (*zeros, dhT.clone())
     cum, dtp, hs, tot, ys = aux
-    ieee = x.dtype == torch.float32 or B.dtype == torch.float32
+    ieee = _is_ieee(x, B)
+    cfg = launch or default_launch(ieee)
     BP = max(16, triton.next_power_of_2(headdim))
     BN = max(16, triton.next_power_of_2(n))
-    dcfg = _DSTATE_CONFIG
-    BK = max(16, min(dcfg["bk_ieee" if ieee else "bk"], triton.next_power_of_2(Q)))
+    BK = max(16, min(cfg.dstate_bk, triton.next_power_of_2(Q)))
     # [T, T] kernel: 64-row blocks with 16-bit tensor-core operands; exact float32 FMAs on 32-row blocks
-    cfg = _BWD_CONFIG[ieee]
-    BT = max(16, min(cfg["rows"], triton.next_power_of_2(Q)))
-    BS = min(BT, cfg["cols"])
+    BT = max(16, min(cfg.bwd_rows, triton.next_power_of_2(Q)))
+    BS = min(BT, cfg.bwd_cols)
     ntb = triton.cdiv(Q, BT)
     M = headdim * n
     NBLK = triton.cdiv(M, 1024)
@@ -675,8 +703,7 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
         length, heads, hg, nc, Q, *x.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)),
         *z_.stride(), *dy.stride(),
         P=headdim, N=n, BP=BP, BN=BN, BK=BK, HAS_D=D is not None, HAS_Z=z is not None, IEEE=ieee,
-        num_warps=dcfg["warps"], num_stages=dcfg["stages"],
-        **({"maxnreg": dcfg["maxnreg"]} if dcfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
+        num_warps=cfg.dstate_warps, num_stages=cfg.dstate_stages, **_maxnreg(cfg.dstate_maxnreg, x),
     )
     dH = torch.empty_like(dhl)
     dh0 = torch.empty(batch, heads, headdim, n, device=dev, dtype=f32)
@@ -692,8 +719,8 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
 
     # one launch per phase (the target phase has a loop over heads without spilling, the source phase does not),
     # or both phases in one launch with one count of heads per program
-    launches = ((True, False, cfg["min_programs"]), (False, True, cfg["min_programs_source"])) if cfg["split"] \
-        else ((True, True, cfg["min_programs"]),)
+    launches = ((True, False, cfg.bwd_min_programs), (False, True, cfg.bwd_min_programs_source)) if cfg.bwd_split \
+        else ((True, True, cfg.bwd_min_programs),)
     nhb_c = heads // heads_per_program(launches[0][2])
     nhb_b = heads // heads_per_program(launches[-1][2])
     dCh = torch.empty(batch, length, nhb_c, n, device=dev, dtype=f32)
@@ -707,8 +734,8 @@ def _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplu
             length, heads, hg, nc, Q, ntb, hpp, heads // hpp,
             *x.stride(), *B.stride(), *C.stride(), *(D.stride() if D is not None else (0, 0)),
             P=headdim, N=n, BP=BP, BN=BN, BT=BT, BS=BS, HAS_D=D is not None, IEEE=ieee,
-            TARGET=target, SOURCE=source, num_warps=cfg["warps"], num_stages=cfg["stages"],
-            **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] and (x.is_cuda or _OFFLINE) else {}),
+            TARGET=target, SOURCE=source, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+            **_maxnreg(cfg.bwd_maxnreg, x),
         )
     # Δ's and A's gradients through S (reverse sums of dS inside each chunk), softplus, dt_bias partials
     ddt = torch.empty(batch, length, heads, device=dev, dtype=dt.dtype)
@@ -740,11 +767,11 @@ class SSDScanFn(torch.autograd.Function):
     """Triton forward and Triton backward (recomputation from the per-chunk states the forward keeps)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state):
+    def forward(ctx, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, launch):
         y, hT, aux = _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state,
-                                   return_aux=True)
+                                   return_aux=True, launch=launch)
         ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, *(aux or ()))
-        ctx.chunk_size, ctx.dt_softplus = chunk_size, dt_softplus
+        ctx.chunk_size, ctx.dt_softplus, ctx.launch = chunk_size, dt_softplus, launch
         return y, hT
 
     @staticmethod
@@ -752,21 +779,23 @@ class SSDScanFn(torch.autograd.Function):
         # dy and dhT are tensors: autograd materializes the gradient of an unused output as zeros.
         x, dt, A, B, C, D, z, dt_bias, h0, *aux = ctx.saved_tensors
         grads = _ssd_scan_bwd(dy, dhT, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, ctx.dt_softplus,
-                              aux or None)
+                              aux or None, ctx.launch)
         dx, ddt, dA, dB, dC, dD, dz, ddtb, dh0 = grads
         dh0 = dh0.to(h0.dtype) if h0 is not None else None
         need = ctx.needs_input_grad
-        out = [dx, ddt, dA, dB, dC, None, dD, dz, ddtb, None, dh0]
+        out = [dx, ddt, dA, dB, dC, None, dD, dz, ddtb, None, dh0, None]
         return tuple(g if need[i] else None for i, g in enumerate(out))
 
 
 def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
-                    initial_state=None, return_final_state=False):
-    """Mamba-2 SSD with a Triton forward; contract of ``ssd_scan_ref``.
+                    initial_state=None, return_final_state=False, launch=None):
+    """Mamba-2 SSD with a Triton forward and backward; contract of ``ssd_scan_ref``.
 
     Args:
         x: (B, L, H, P); dt: (B, L, H); A: (H,); B, C: (B, L, G, N); D: (H,) or (H, P); z: (B, L, H, P);
         dt_bias: (H,); initial_state: (B, H, P, N) float32; chunk_size: steps per chunk.
+        launch: an ``SSDLaunch`` for every kernel of the call and its backward (default: ``default_launch``
+            for the input precision).
 
     Returns:
         y: (B, L, H, P) in x's dtype, or (y, final_state (B, H, P, N) float32).
@@ -775,10 +804,10 @@ def ssd_scan_triton(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_state)
     )
     if needs_graph:
-        y, hT = SSDScanFn.apply(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state)
+        y, hT = SSDScanFn.apply(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, launch)
     else:
-        y, hT = _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state)
+        y, hT = _ssd_scan_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, launch=launch)
     return (y, hT) if return_final_state else y
 
 
-__all__ = ["SSDScanFn", "ssd_scan_triton"]
+__all__ = ["SSDLaunch", "SSDScanFn", "default_launch", "ssd_scan_triton"]

@@ -9,6 +9,7 @@ machine these run compiled on the GPU instead (tests/test_kernels_gpu.py has the
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 
@@ -190,61 +191,18 @@ def test_causal_conv1d_matches_reference(batch, channels, length, width, activat
     _assert_close(errs, TOL[torch.float32])
 
 
-def test_decode_step_matches_reference_and_sequence_ops(monkeypatch):
-    from audiomamba.kernels import decode_step as ds
-    from audiomamba.kernels.reference import (
-        causal_conv1d_ref,
-        mamba1_decode_step_ref,
-        selective_scan_ref,
-        selective_state_update_ref,
-    )
-
-    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
-    torch.manual_seed(3)
-    b, e, n, w, r = 2, 10, 5, 4, 3
-
-    def rnd(*shape, scale=1.0):
-        return torch.randn(*shape, device=DEVICE) * scale
-
-    x, z, conv_state, ssm_state = rnd(b, e), rnd(b, e), rnd(b, e, w - 1), rnd(b, e, n)
-    conv_w, conv_b, x_proj = rnd(e, w), rnd(e), rnd(r + 2 * n, e, scale=0.3)
-    dt_w, dt_b, A, D = rnd(e, r, scale=0.3), rnd(e, scale=0.3), -torch.rand(e, n, device=DEVICE) - 0.1, rnd(e)
-    cs1, ss1, cs2, ss2 = conv_state.clone(), ssm_state.clone(), conv_state.clone(), ssm_state.clone()
-    y1 = ds.mamba1_decode_step(x, z, cs1, ss1, conv_w, conv_b, x_proj, dt_w, dt_b, A, D)
-    y2 = mamba1_decode_step_ref(x, z, cs2, ss2, conv_w, conv_b, x_proj, dt_w, dt_b, A, D)
-    assert _rel(y1, y2) <= 1e-5 and _rel(cs1, cs2) <= 1e-6 and _rel(ss1, ss2) <= 1e-5
-    # grouped B/C in the state update
-    Bm, Cm, dt = rnd(b, 2, n), rnd(b, 2, n), rnd(b, e)
-    s1, s2 = ssm_state.clone(), ssm_state.clone()
-    ya = ds.selective_state_update(s1, x, dt, A, Bm, Cm, None, None, None, True)
-    yb = selective_state_update_ref(s2, x, dt, A, Bm, Cm, None, None, None, True)
-    assert _rel(ya, yb) <= 1e-5 and _rel(s1, s2) <= 1e-5
-    # L single steps equal the sequence ops over L samples
-    length = 4
-    xs, us, dts = rnd(b, e, length), rnd(b, e, length), rnd(b, e, length)
-    Bs, Cs = rnd(b, n, length), rnd(b, n, length)
-    st, h = conv_state.clone(), ssm_state.clone()
-    yc = torch.stack([ds.causal_conv1d_update(xs[..., t], st, conv_w, conv_b, "silu") for t in range(length)], -1)
-    yc_ref, st_ref = causal_conv1d_ref(xs, conv_w, conv_b, conv_state, True, "silu")
-    ys = torch.stack([ds.selective_state_update(h, us[..., t], dts[..., t], A, Bs[..., t], Cs[..., t], D, None,
-                                                dt_b, True) for t in range(length)], -1)
-    ys_ref, h_ref = selective_scan_ref(us, dts, A, Bs, Cs, D, None, dt_b, True, ssm_state, True)
-    assert _rel(yc, yc_ref) <= 1e-5 and _rel(st, st_ref) <= 1e-6
-    assert _rel(ys, ys_ref) <= 1e-5 and _rel(h, h_ref) <= 1e-5
-
-
 SSD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
 
 
 def _ssd_case(batch, length, heads, headdim, groups, n, chunk, D="head", z=True, bias=True,
               softplus=True, h0=True, strided=False, outputs=("y", "final_state"), frozen=(), seed=0,
-              dtype=torch.float32):
+              dtype=torch.float32, launch=None):
     """Triton SSD (Triton forward and backward) against the sequential reference on fresh inputs: {name: rel err}.
 
     ``D``: "head" (H,), "channel" (H, P) or None; ``strided``: x, z and B are views of transposed storage;
     ``outputs``: which outputs the loss uses (the reference leaves None for inputs the loss does not reach);
     ``frozen``: inputs that do not require grad; ``dtype``: of x, dt, B, C, z (the reference gets the same
-    rounded values in float64).
+    rounded values in float64); ``launch``: an ``SSDLaunch`` (default: the tuned one).
     """
     from audiomamba.kernels.reference import ssd_scan_ref
     from audiomamba.kernels.ssd import ssd_scan_triton
@@ -279,7 +237,7 @@ def _ssd_case(batch, length, heads, headdim, groups, n, chunk, D="head", z=True,
         ref.append(t.double().clone().requires_grad_(name not in frozen))
     if strided:
         assert not ours[0].is_contiguous()
-    y, hT = ssd_scan_triton(*ours[:5], chunk, *ours[5:8], softplus, ours[8], True)
+    y, hT = ssd_scan_triton(*ours[:5], chunk, *ours[5:8], softplus, ours[8], True, launch=launch)
     yr, hTr = ssd_scan_ref(*ref[:5], chunk, *ref[5:8], softplus, ref[8], True)
     gy, gh = torch.randn(yr.shape, dtype=torch.float64), torch.randn(hTr.shape, dtype=torch.float64)
     loss = sum((a.double().cpu() * w).sum() for name, a, w in (("y", y, gy), ("final_state", hT, gh))
@@ -324,30 +282,29 @@ def test_ssd_gradients_of_one_output_and_frozen_inputs(outputs, frozen):
     _assert_close(_ssd_case(1, 30, 2, 4, 1, 4, 16, outputs=outputs, frozen=frozen, seed=1), TOL[torch.float32])
 
 
-@pytest.mark.parametrize("config", [
-    dict(rows=16, cols=16, split=False, min_programs=1),
-    dict(rows=32, cols=32, split=True, min_programs=None, min_programs_source=None),
-    dict(rows=32, cols=16, split=True, min_programs=1, min_programs_source=1),
+@pytest.mark.parametrize("launch", [
+    dict(bwd_rows=16, bwd_cols=16, bwd_split=False, bwd_min_programs=1),
+    dict(bwd_rows=32, bwd_cols=32, bwd_split=True, bwd_min_programs=None, bwd_min_programs_source=None),
+    dict(bwd_rows=32, bwd_cols=16, bwd_split=True, bwd_min_programs=1, bwd_min_programs_source=1),
 ])
-def test_ssd_backward_launch_variants(config, monkeypatch):
+def test_ssd_backward_launch_variants(launch):
     """The [T, T] backward kernel in one launch (both phases), with square blocks, with both heads of a group in
     one program (min_programs 1) or one head per program: the same gradients."""
-    from audiomamba.kernels import ssd
+    from audiomamba.kernels.ssd import default_launch
 
-    monkeypatch.setitem(ssd._BWD_CONFIG, True, {**ssd._BWD_CONFIG[True], **config})
-    _assert_close(_ssd_case(1, 77, 4, 3, 2, 5, 64, seed=2), TOL[torch.float32])
+    cfg = dataclasses.replace(default_launch(True), **launch)
+    _assert_close(_ssd_case(1, 77, 4, 3, 2, 5, 64, seed=2, launch=cfg), TOL[torch.float32])
 
 
-@pytest.mark.parametrize("fwd, dstate", [(dict(rows=16), dict(bk_ieee=32)), (dict(rows=64), dict(bk_ieee=16))])
+@pytest.mark.parametrize("launch", [dict(fwd_rows=16, dstate_bk=32), dict(fwd_rows=64, dstate_bk=16)])
 @pytest.mark.parametrize("length", [77, 128])
-def test_ssd_forward_and_dstate_launch_variants(fwd, dstate, length, monkeypatch):
+def test_ssd_forward_and_dstate_launch_variants(launch, length):
     """The forward chunk scan with other row blocks (4 or 1 per chunk) and the backward's chunk-dstate kernel with
     other step blocks: the same results, masked (77) and unmasked (128)."""
-    from audiomamba.kernels import ssd
+    from audiomamba.kernels.ssd import default_launch
 
-    monkeypatch.setitem(ssd._FWD_CONFIG, True, {**ssd._FWD_CONFIG[True], **fwd})
-    monkeypatch.setattr(ssd, "_DSTATE_CONFIG", {**ssd._DSTATE_CONFIG, **dstate})
-    _assert_close(_ssd_case(1, length, 2, 16, 1, 16, 64, seed=4), TOL[torch.float32])
+    cfg = dataclasses.replace(default_launch(True), **launch)
+    _assert_close(_ssd_case(1, length, 2, 16, 1, 16, 64, seed=4, launch=cfg), TOL[torch.float32])
 
 
 def test_ssd_float16_matches_reference():

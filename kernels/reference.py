@@ -17,7 +17,10 @@ import torch.nn.functional as F
 
 
 def _expand_groups(M: torch.Tensor, channels: int) -> torch.Tensor:
-    """(B, N, L) or (B, G, N, L) -> (B, E, N, L) view/expansion that pairs each channel with its group."""
+    """(B, N, L) or (B, G, N, L) -> (B, E, N, L) view/expansion that pairs each channel with its group;
+    a fixed (E, N) matrix -> a (1, E, N, 1) view."""
+    if M.dim() == 2:
+        return M[None, :, :, None]
     if M.dim() == 3:
         return M.unsqueeze(1).expand(-1, channels, -1, -1)
     groups = M.shape[1]
@@ -26,6 +29,7 @@ def _expand_groups(M: torch.Tensor, channels: int) -> torch.Tensor:
 
 _ACC = {torch.float64: torch.float64, torch.float32: torch.float32, torch.bfloat16: torch.float32,
         torch.float16: torch.float32}
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -34,23 +38,45 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return acc if acc is not None else torch.promote_types(dtype, torch.float32)
 
 
+def _state_dtype(u: torch.Tensor, A: torch.Tensor) -> torch.dtype:
+    """dtype of the scan state: the accumulation dtype, or its complex twin for a complex ``A``."""
+    acc = _acc(u.dtype)
+    return _COMPLEX[acc] if A.is_complex() else acc
+
+
+def _bc_values(M: torch.Tensor, A: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """B or C as values of the state's dtype, same layout. With a complex ``A`` an input-dependent B/C is either a
+    complex tensor (..., N, L) or mamba_ssm's real form (..., N, 2L): (real, imaginary) pairs interleaved along
+    time; a fixed (E, N) one may be real or complex."""
+    if A.is_complex() and M.dim() > 2 and not M.is_complex():
+        M = torch.view_as_complex(M.to(_acc(M.dtype)).unflatten(-1, (-1, 2)).contiguous())
+    return M.to(dtype)
+
+
+def _readout(y: torch.Tensor) -> torch.Tensor:
+    """C·h summed over states -> the real output: 2 Re(·) for a complex state (the conjugate-pair convention of
+    S4D-Lin: each complex state stands for itself and its conjugate), the value itself for a real one."""
+    return 2 * y.real if y.is_complex() else y
+
+
 def _scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
     """Shared preprocessing of the two selective-scan references, in the accumulation dtype."""
     batch, channels, _ = u.shape
     acc = _acc(u.dtype)
+    sdt = _state_dtype(u, A)
     u32 = u.to(acc)
     delta32 = delta.to(acc)
     if delta_bias is not None:
         delta32 = delta32 + delta_bias.to(acc)[None, :, None]
     if delta_softplus:
         delta32 = F.softplus(delta32)
-    B32 = _expand_groups(B.to(acc), channels)  # (B, E, N, L)
-    C32 = _expand_groups(C.to(acc), channels)  # (B, E, N, L)
+    B32 = _expand_groups(_bc_values(B, A, sdt), channels)  # (B, E, N, L) or (1, E, N, 1)
+    C32 = _expand_groups(_bc_values(C, A, sdt), channels)  # (B, E, N, L) or (1, E, N, 1)
     if initial_state is None:
-        h = u32.new_zeros(batch, channels, A.shape[1])
+        h = u32.new_zeros(batch, channels, A.shape[1], dtype=sdt)
     else:
-        h = initial_state.to(acc)
-    return u32, delta32, A.to(acc), B32, C32, h
+        h = initial_state.to(sdt)
+    return u32, delta32, A.to(sdt), B32, C32, h
 
 
 def _scan_output(y, u32, D, z, out_dtype):
@@ -61,6 +87,11 @@ def _scan_output(y, u32, D, z, out_dtype):
     return y.to(out_dtype)
 
 
+def _groups(B: torch.Tensor, C: torch.Tensor) -> int:
+    """Number of B/C groups: G of a (B, G, N, L) B or C, else 1."""
+    return B.shape[1] if B.dim() == 4 else C.shape[1] if C.dim() == 4 else 1
+
+
 def selective_scan_ref(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     initial_state=None, return_final_state=False,
@@ -68,25 +99,31 @@ def selective_scan_ref(
     """Mamba-1 selective scan (S6), sequential over time.
 
     h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t ;  y_t = C_t · h_t + D u_t ;  y_t *= silu(z_t)
-    with Δ = softplus(delta + delta_bias) when ``delta_softplus``.
+    with Δ = softplus(delta + delta_bias) when ``delta_softplus``. With a complex A the state is complex and
+    y_t = 2 Re(C_t · h_t) + D u_t (S4D-Lin's conjugate pairs, as mamba_ssm).
 
     Args:
         u, delta: (B, E, L) input and step size (any float dtype, any strides).
-        A: (E, N) float32 state matrix (diagonal, real, negative for stability).
-        B, C: (B, N, L) or (B, G, N, L) input/output projections; E must be divisible by G.
+        A: (E, N) state matrix (diagonal): real float32 (negative for stability) or complex64 (negative real part).
+        B, C: each input-dependent (B, N, L), grouped (B, G, N, L) with E divisible by G, or fixed (E, N).
+            With a complex A: an input-dependent B/C is complex, or real (B, [G,] N, 2L) with (real, imaginary)
+            pairs interleaved along time (mamba_ssm's layout); a fixed one is complex (or real).
         D: (E,) skip; z: (B, E, L) gate; delta_bias: (E,).
-        initial_state: (B, E, N) float32 state before the first step (zeros when None).
-        return_final_state: also return the (B, E, N) float32 state after the last step.
+        initial_state: (B, E, N) state before the first step (zeros when None): float32, complex64 for a complex A.
+        return_final_state: also return the (B, E, N) state after the last step (float32 / complex64).
 
     Returns:
         y: (B, E, L) in u's dtype, or (y, final_state).
     """
     u32, delta32, A32, B32, C32, h = _scan_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state)
+    fixed_B, fixed_C = B.dim() == 2, C.dim() == 2
     ys = []
     for t in range(u.shape[-1]):
         dt = delta32[:, :, t, None]  # (B, E, 1)
-        h = torch.exp(dt * A32) * h + dt * B32[..., t] * u32[:, :, t, None]  # (B, E, N)
-        ys.append((h * C32[..., t]).sum(-1))  # (B, E)
+        Bt = B32[..., 0] if fixed_B else B32[..., t]
+        Ct = C32[..., 0] if fixed_C else C32[..., t]
+        h = torch.exp(dt * A32) * h + dt * Bt * u32[:, :, t, None]  # (B, E, N)
+        ys.append(_readout((h * Ct).sum(-1)))  # (B, E)
     y = torch.stack(ys, dim=-1) if ys else u32.new_zeros(u.shape)  # (B, E, L)
     y = _scan_output(y, u32, D, z, u.dtype)
     return (y, h) if return_final_state else y
@@ -107,33 +144,41 @@ def selective_scan_chunked_ref(
     """
     batch, channels, length = u.shape
     acc = _acc(u.dtype)
-    groups = 1 if B.dim() == 3 else B.shape[1]
+    sdt = _state_dtype(u, A)
+    groups = _groups(B, C)
     u32, delta32 = u.to(acc), delta.to(acc)
     if delta_bias is not None:
         delta32 = delta32 + delta_bias.to(acc)[None, :, None]
     if delta_softplus:
         delta32 = F.softplus(delta32)
-    h = u32.new_zeros(batch, channels, A.shape[1]) if initial_state is None else initial_state.to(acc)
+    h = u32.new_zeros(batch, channels, A.shape[1], dtype=sdt) if initial_state is None else initial_state.to(sdt)
     if length == 0:
         y = _scan_output(u32.new_zeros(u.shape), u32, D, z, u.dtype)
         return (y, h) if return_final_state else y
-    A32 = A.to(acc).unflatten(0, (groups, -1))  # (G, E/G, N)
+    A32 = A.to(sdt).unflatten(0, (groups, -1))  # (G, E/G, N)
     # Largest per-step |ΔA| bounds the log-decay growth inside a chunk.
     with torch.no_grad():
         step = (delta32.abs().amax(dim=(0, 2)) * A.abs().amax(dim=1)).max().item()
     chunk = max_chunk if step <= 0 else int(min(max_chunk, max(1, math.floor(max_log_decay / step))))
+    n_chunks = -(-length // chunk)
+
+    def bc_chunks(M):  # [(B, G, 1, T, N)] per chunk, or the fixed (1, G, E/G, 1, N) for every chunk
+        M = _bc_values(M, A, sdt)
+        if M.dim() == 2:
+            return [M.reshape(1, groups, channels // groups, 1, -1)] * n_chunks
+        return M.reshape(batch, groups if M.dim() == 4 else 1, 1, -1, length).transpose(-1, -2).split(chunk, dim=-2)
+
     # Grouped layouts; split (not slice) along time so that autograd's backward is a cat, not a zero-fill.
     dts = delta32.unflatten(1, (groups, -1)).split(chunk, dim=-1)  # [(B, G, E/G, T)]
     xs = (delta32 * u32).unflatten(1, (groups, -1)).split(chunk, dim=-1)  # [(B, G, E/G, T)]
-    Bs = B.to(acc).reshape(batch, groups, 1, -1, length).transpose(-1, -2).split(chunk, dim=-2)  # [(B,G,1,T,N)]
-    Cs = C.to(acc).reshape(batch, groups, 1, -1, length).transpose(-1, -2).split(chunk, dim=-2)  # [(B,G,1,T,N)]
+    Bs, Cs = bc_chunks(B), bc_chunks(C)
     h = h.unflatten(1, (groups, -1))  # (B, G, E/G, N)
     ys = []
     for dt, x, Bc, Cc in zip(dts, xs, Bs, Cs):
         S = torch.cumsum(dt.unsqueeze(-1) * A32[:, :, None, :], dim=3)  # (B, G, E/G, T, N)
-        back = torch.exp(S[..., -1:, :] - S)  # decay from each step to the chunk end, <= 1
+        back = torch.exp(S[..., -1:, :] - S)  # decay from each step to the chunk end, |.| <= 1
         hs = torch.exp(S) * h.unsqueeze(3) + torch.cumsum(back * (x.unsqueeze(-1) * Bc), dim=3) / back
-        ys.append((hs * Cc).sum(-1))  # (B, G, E/G, T)
+        ys.append(_readout((hs * Cc).sum(-1)))  # (B, G, E/G, T)
         h = hs[..., -1, :]  # (B, G, E/G, N)
     y = torch.cat(ys, dim=-1).flatten(1, 2)  # (B, E, L)
     y = _scan_output(y, u32, D, z, u.dtype)
@@ -170,7 +215,8 @@ def selective_scan_loop_ref(
     """
     batch, channels, length = u.shape
     acc = _acc(u.dtype)
-    groups = 1 if B.dim() == 3 else B.shape[1]
+    sdt = _state_dtype(u, A)
+    groups = _groups(B, C)
     n = A.shape[1]
     grad = _needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
     u_t = _to(u.transpose(1, 2), acc)  # (B, L, E)
@@ -179,18 +225,25 @@ def selective_scan_loop_ref(
         dt = dt + _to(delta_bias, acc)
     if delta_softplus:
         dt = F.softplus(dt)
-    # B, C: (B, N, L) or (B, G, N, L) -> (B, L, G, N)
-    Bt = _to((B.unsqueeze(1) if B.dim() == 3 else B).permute(0, 3, 1, 2), acc)
-    Ct = _to((C.unsqueeze(1) if C.dim() == 3 else C).permute(0, 3, 1, 2), acc)
-    A2 = (_to(A, acc) * _LOG2_E).reshape(groups, channels // groups, n)  # (G, E/G, N)
+
+    def time_major(M):  # (B, N, L) or (B, G, N, L) -> (B, L, G, 1, N); fixed (E, N) -> (G, E/G, N)
+        M = _bc_values(M, A, sdt) if sdt != acc else _to(M, acc)
+        if M.dim() == 2:
+            return M.reshape(groups, channels // groups, n)
+        return (M.unsqueeze(1) if M.dim() == 3 else M).permute(0, 3, 1, 2).unsqueeze(3)
+
+    Bt, Ct = time_major(B), time_major(C)
     dtg = dt.reshape(batch, length, groups, channels // groups, 1)  # (B, L, G, E/G, 1)
-    dA = dtg * A2  # (B, L, G, E/G, N) log2 of the decays
-    dA = torch.exp2(dA) if grad else dA.exp2_()
-    dBu = (dt * u_t).reshape(batch, length, groups, channels // groups, 1) * Bt.unsqueeze(3)  # (B, L, G, E/G, N)
+    if sdt == acc:
+        dA = dtg * (_to(A, acc) * _LOG2_E).reshape(groups, channels // groups, n)  # (B, L, G, E/G, N) log2 decays
+        dA = torch.exp2(dA) if grad else dA.exp2_()
+    else:  # complex decays
+        dA = torch.exp(dtg * A.to(sdt).reshape(groups, channels // groups, n))
+    dBu = (dt * u_t).reshape(batch, length, groups, channels // groups, 1) * Bt  # (B, L, G, E/G, N)
     if initial_state is None:
-        h = u_t.new_zeros(batch, groups, channels // groups, n)
+        h = u_t.new_zeros(batch, groups, channels // groups, n, dtype=sdt)
     else:
-        h = _to(initial_state, acc).reshape(batch, groups, channels // groups, n)  # (B, G, E/G, N)
+        h = _to(initial_state, sdt).reshape(batch, groups, channels // groups, n)  # (B, G, E/G, N)
     if grad:
         hs = []
         for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
@@ -201,9 +254,13 @@ def selective_scan_loop_ref(
         for dA_t, dBu_t in zip(dA.unbind(1), dBu.unbind(1)):
             h = dBu_t.addcmul_(dA_t, h)  # dBu[:, t] now holds h_t
         hs = dBu
-    # y_t = C_t · h_t: (B·L·G, E/G, N) @ (B·L·G, N, 1) -> (B, L, E)
-    rows = batch * length * groups
-    y = torch.bmm(hs.reshape(rows, channels // groups, n), Ct.reshape(rows, n, 1)).view(batch, length, channels)
+    if Ct.dim() == 3:  # fixed C
+        y = _readout((hs * Ct).sum(-1)).reshape(batch, length, channels)
+    else:  # y_t = C_t · h_t: (B·L·G, E/G, N) @ (B·L·G, N, 1) -> (B, L, E)
+        rows = batch * length * groups
+        Ct = Ct.expand(batch, length, groups, 1, n) if Ct.shape[2] != groups else Ct
+        y = torch.bmm(hs.reshape(rows, channels // groups, n), Ct.reshape(rows, n, 1))
+        y = _readout(y).view(batch, length, channels)
     if D is not None:
         y = torch.addcmul(y, u_t, _to(D, acc)) if grad else y.addcmul_(u_t, _to(D, acc))
     if z is not None:

@@ -46,6 +46,8 @@ _BACKENDS = ("reference", "triton")
 # loop / shift twins, which issue far fewer and cheaper ops there than the chunked scan and the library conv.
 SHORT_LENGTH = 64
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_REALS = (torch.float32, torch.float64)  # state-precision dtypes (A, states)
+_COMPLEXES = (torch.complex64, torch.complex128)  # a complex A (S4D-Lin style) and its states
 
 
 def get_backend(t: torch.Tensor) -> str:
@@ -83,19 +85,39 @@ def _check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state):
     batch, channels, length = u.shape
     dev = u.device
     _check_tensor("delta", delta, (batch, channels, length), device=dev)
-    _check_tensor("A", A, (channels, None), (torch.float32, torch.float64), device=dev)
+    _check_tensor("A", A, (channels, None), _REALS + _COMPLEXES, device=dev)
     n = A.shape[1]
+    cplx = A.is_complex()
+    groups = []
     for name, M in (("B", B), ("C", C)):
+        if M is not None and M.dim() == 2:  # fixed (non-selective)
+            _check_tensor(name, M, (channels, n), _FLOATS + (_COMPLEXES if cplx else ()), device=dev)
+            continue
+        dtypes, steps = _FLOATS, length
+        if cplx and isinstance(M, torch.Tensor) and M.dim() in (3, 4):
+            if M.is_complex():
+                dtypes = _COMPLEXES
+            elif M.shape[-1] != 2 * length:
+                raise ValueError(f"{name}: with a complex A, an input-dependent {name} is complex (..., N, L) or "
+                                 f"real (..., N, 2L) with (real, imaginary) pairs along time; got shape "
+                                 f"{tuple(M.shape)} for L = {length}")
+            else:
+                steps = 2 * length
         if M is not None and M.dim() == 4:
-            _check_tensor(name, M, (batch, None, n, length), device=dev)
+            _check_tensor(name, M, (batch, None, n, steps), dtypes, device=dev)
             if channels % M.shape[1]:
                 raise ValueError(f"{name}: {M.shape[1]} groups do not divide {channels} channels")
+            groups.append(M.shape[1])
         else:
-            _check_tensor(name, M, (batch, n, length), device=dev)
+            _check_tensor(name, M, (batch, n, steps), dtypes, device=dev)
+            groups.append(1)
+    if len(groups) == 2 and groups[0] != groups[1]:
+        raise ValueError(f"B, C: input-dependent B and C need the same number of groups, got {groups[0]} and "
+                         f"{groups[1]}")
     _check_tensor("D", D, (channels,), device=dev, optional=True)
     _check_tensor("z", z, (batch, channels, length), device=dev, optional=True)
     _check_tensor("delta_bias", delta_bias, (channels,), device=dev, optional=True)
-    _check_tensor("initial_state", initial_state, (batch, channels, n), (torch.float32, torch.float64),
+    _check_tensor("initial_state", initial_state, (batch, channels, n), _COMPLEXES if cplx else _REALS,
                   device=dev, optional=True)
 
 
@@ -168,13 +190,20 @@ def selective_scan(
 ):
     """Mamba-1 selective scan; the one entry point every model calls.
 
-    Same contract as ``selective_scan_ref`` (see there for the recurrence):
-    u, delta, z: (B, E, L); A: (E, N) float32; B, C: (B, N, L) or (B, G, N, L); D, delta_bias: (E,);
-    initial_state: (B, E, N) float32. Returns y (B, E, L) in u's dtype, or (y, final_state (B, E, N)).
+    Same contract as ``selective_scan_ref`` (see there for the recurrence), and mamba_ssm's input space:
+    u, delta, z: (B, E, L); A: (E, N) float32 or complex64; B, C: each (B, N, L), (B, G, N, L) or fixed (E, N)
+    (with a complex A: complex, or real (B, [G,] N, 2L) with (real, imaginary) pairs along time); D, delta_bias:
+    (E,); initial_state: (B, E, N) float32 (complex64 for a complex A). Returns y (B, E, L) in u's dtype, or
+    (y, final_state (B, E, N)). On the Triton backend real A with input-dependent B and C takes the fast kernels
+    (``mamba1_scan``), everything else the general ones (``mamba1_scan_general``).
     """
     _check_selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
     if get_backend(u) == "triton":
+        if A.is_complex() or B.dim() == 2 or C.dim() == 2:
+            from .mamba1_scan_general import selective_scan_general_triton
+
+            return selective_scan_general_triton(*args)
         from .mamba1_scan import selective_scan_triton
 
         return selective_scan_triton(*args)

@@ -35,7 +35,7 @@ class Scheduler:
     Args:
         engine: the engine whose slots are fed.
         max_wait_ms: how long a ready chunk may wait for the batch to fill.
-        max_buffer: samples a stream's buffer may hold (``feed`` refuses more: BufferError).
+        max_buffer: samples a stream's buffer may hold before ``feed`` refuses more (BufferError).
         on_results: called after each tick with (slots, PushResult) on the ticking thread.
     """
 
@@ -78,17 +78,28 @@ class Scheduler:
         with self._cond:
             return self._buffers[slot].copy()
 
+    def full(self, slot: int) -> bool:
+        """Whether a slot's buffer holds ``max_buffer`` samples or more (``feed`` refuses more)."""
+        with self._cond:
+            return len(self._buffers[slot]) >= self.max_buffer
+
     def feed(self, slot: int, x: np.ndarray) -> None:
-        """Append model-rate input (L,) to a slot's buffer; BufferError (nothing appended) past ``max_buffer``."""
+        """Append model-rate input (L,) to a slot's buffer; BufferError (nothing appended) when it already holds
+        ``max_buffer`` samples (so a buffer holds at most ``max_buffer`` plus one feed)."""
         with self._cond:
             buf = self._buffers[slot]
-            if len(buf) + len(x) > self.max_buffer:
+            if len(buf) >= self.max_buffer:
                 raise BufferError(f"input buffer full ({len(buf)} samples waiting, at most {self.max_buffer}): "
                                   "audio arrives faster than the server processes it")
             buf = self._buffers[slot] = np.concatenate([buf, np.asarray(x, self.dtype)])
             if len(buf) >= self.engine.chunk and slot not in self._ready_since:
                 self._ready_since[slot] = time.monotonic()
                 self._cond.notify_all()
+
+    def drained(self, slot: int) -> bool:
+        """Whether a slot has no full chunk waiting and none in flight."""
+        with self._cond:
+            return len(self._buffers[slot]) < self.engine.chunk and slot not in self._busy
 
     @property
     def streams(self) -> int:

@@ -51,9 +51,7 @@ from .activations import softplus as _softplus
 LOG2E = 1.4426950408889634
 
 # Warps wanted in flight before time is cut into parallel segments (about 16 per SM on an H200).
-_TARGET_WARPS = int(os.environ.get("AUDIOMAMBA_SCAN_TARGET_WARPS", "8192"))
-# Keyword overrides of ``_config`` (tests and the benchmark use them to reach every code path / tune).
-_CONFIG_OVERRIDES: dict = {}
+_TARGET_WARPS = 8192
 
 
 # ---------------------------------------------------------------- device helpers
@@ -73,21 +71,6 @@ def _exp2(x, FAST: tl.constexpr):
                                          is_pure=True, pack=1)
     else:
         return tl.exp2(x)
-
-
-@triton.jit
-def _row(x, tt, t: tl.constexpr):
-    """x[t] of a [T, ...] tile whose first axis lives in registers (folds to a register pick)."""
-    return tl.max(tl.where(tt == t, x, float("-inf")), axis=0)
-
-
-@triton.jit
-def _shift_up(x, nxt, tt, T: tl.constexpr):
-    """y[t] = x[t + 1] for t < T - 1 and y[T - 1] = nxt[0], for a [T, NP, BE] tile and a [1, NP, BE] nxt."""
-    y = tl.where(tt == T - 1, nxt, x)
-    for t in tl.static_range(T - 1):
-        y = tl.where(tt == t, _row(x, tt, t + 1)[None, :, :], y)
-    return y
 
 
 @triton.jit
@@ -134,96 +117,6 @@ def _tile_tn(ptr, b, g, n, t, sb, sg, sn, sl, mask):
 
 @triton.jit
 def _ss_fwd_kernel(
-    # pointers
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr,
-    hs_ptr, ck_ptr, hT_ptr, S_ptr, P_ptr,
-    # sizes
-    E, L, EG, NEB, SEG, NSEG, NCK,
-    # strides
-    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
-    s_zb, s_ze, s_zl, s_yb, s_ye, s_yl,
-    # meta
-    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr,
-    LOCAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr,
-):
-    """One program: batch row b, channels [e0, e0+BE) of group g, time segment s.
-
-    LOCAL: run the segment from a zero state, write its end state S and total decay P (B, E, NSEG, N).
-    Otherwise: run from hs[b, e, s] (or zero), write y, the chunk-start checkpoints ck (B, E, NCK, N) and,
-    for the last segment, the final state hT (B, E, N).
-    """
-    pid_r = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    b = (pid_r // (NEB * (E // EG))).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
-    rem = pid_r % (NEB * (E // EG))
-    g = rem // NEB
-    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
-    e_mask = e_loc < EG
-    e = g * EG + e_loc  # [BE]
-    n = tl.arange(0, NP)
-    n_mask = n < N
-    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
-    A2 = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)
-    A2 = A2 * 1.4426950408889634
-    if HAS_DTB:
-        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    else:
-        dtb = tl.zeros([BE], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]  # into (B, E, NSEG, N)
-    if HAS_H0 and not LOCAL:
-        h = tl.load(hs_ptr + st_off, mask=en_mask, other=0.0)
-    else:
-        h = tl.zeros([NP, BE], tl.float32)
-    dt_sum = tl.zeros([BE], tl.float32)
-    tt = tl.arange(0, T)
-    last = (tt == T - 1)[None, None, :]
-    t_begin = pid_s * SEG
-    n_chunks = tl.cdiv(tl.minimum(SEG, L - t_begin), T)
-    for c in range(0, n_chunks):
-        t0 = t_begin + c * T
-        t = t0 + tt
-        t_mask = t < L
-        m2 = e_mask[:, None] & t_mask[None, :]
-        if STORE_CK:
-            tl.store(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // T) * N + n[:, None], h, mask=en_mask)
-        u = tl.load(u_ptr + b * s_ub + e[:, None] * s_ue + t[None, :] * s_ul, mask=m2, other=0.0).to(tl.float32)
-        _, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2, dtb[:, None], HAS_DTB, SOFTPLUS)
-        nt_mask = n_mask[:, None] & t_mask[None, :]
-        Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + t[None, :] * s_Bl,
-                     mask=nt_mask, other=0.0).to(tl.float32)  # [NP, T]
-        a = tl.exp2(dt[None, :, :] * A2[:, :, None])  # [NP, BE, T]
-        bx = (dt * u)[None, :, :] * Bt[:, None, :]  # [NP, BE, T]
-        acum, hs = tl.associative_scan((a, bx), axis=2, combine_fn=_pair_combine)
-        hs = hs + acum * h[:, :, None]  # states after each step
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)  # [NP, BE], state after the chunk
-        if LOCAL:
-            dt_sum += tl.sum(dt, axis=1)
-        else:
-            Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[:, None] * s_Cn + t[None, :] * s_Cl,
-                         mask=nt_mask, other=0.0).to(tl.float32)
-            y = tl.sum(hs * Ct[:, None, :], axis=0)  # [BE, T]
-            if HAS_D:
-                y += Dv[:, None] * u
-            if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + e[:, None] * s_ze + t[None, :] * s_zl, mask=m2, other=0.0)
-                zz = zz.to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(y_ptr + b * s_yb + e[:, None] * s_ye + t[None, :] * s_yl,
-                     y.to(y_ptr.dtype.element_ty), mask=m2)
-    if LOCAL:
-        tl.store(S_ptr + st_off, h, mask=en_mask)
-        tl.store(P_ptr + st_off, tl.exp2(A2 * dt_sum[None, :]), mask=en_mask)
-    else:
-        if pid_s == NSEG - 1:
-            tl.store(hT_ptr + (b * E + e[None, :]) * N + n[:, None], h, mask=en_mask)
-
-
-@triton.jit
-def _ss_fwd_seq_kernel(
     # pointers
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr,
     hs_ptr, ck_ptr, hT_ptr, S_ptr, P_ptr,
@@ -373,361 +266,6 @@ def _ss_pass_kernel(S_ptr, P_ptr, x0_ptr, out_ptr, M, NSEG,
 
 
 @triton.jit
-def _ss_bwd_kernel(
-    # pointers
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
-    ck_ptr, gc_ptr, Gl_ptr, Q_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
-    # sizes
-    E, L, G, EG, NEB, SEG, NSEG, NCK,
-    # strides
-    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
-    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl,
-    s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
-    # meta
-    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr,
-    LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr,
-):
-    """Reverse pass over one (b, channel block, segment); chunks walked from last to first.
-
-    LOCAL: adjoint from a zero carry only; write Gl (adjoint at the segment's first step) and
-    Q = Π a_{t+1} over the segment, both (B, E, NSEG, N). Otherwise: full gradients, with the carry
-    gc[b, e, s] = adjoint of the state at the first step after the segment (or the final-state gradient).
-    """
-    pid_r = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    b = (pid_r // (NEB * G)).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
-    rem = pid_r % (NEB * G)
-    g = rem // NEB
-    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
-    e_mask = e_loc < EG
-    e = g * EG + e_loc
-    n = tl.arange(0, NP)
-    n_mask = n < N
-    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
-    A = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
-    if HAS_DTB:
-        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    else:
-        dtb = tl.zeros([BE], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]
-    if HAS_GC and not LOCAL:
-        carry = tl.load(gc_ptr + st_off, mask=en_mask, other=0.0)
-    else:
-        carry = tl.zeros([NP, BE], tl.float32)
-    dA_acc = tl.zeros([NP, BE], tl.float32)
-    dD_acc = tl.zeros([BE], tl.float32)
-    ddtb_acc = tl.zeros([BE], tl.float32)
-    dtn_sum = tl.zeros([BE], tl.float32)
-    tt = tl.arange(0, T)
-    first = (tt == 0)[None, None, :]
-    t_begin = pid_s * SEG
-    n_chunks = tl.cdiv(tl.minimum(SEG, L - t_begin), T)
-    for i in range(0, n_chunks):
-        t0 = t_begin + (n_chunks - 1 - i) * T
-        t = t0 + tt
-        t_mask = t < L
-        m2 = e_mask[:, None] & t_mask[None, :]
-        nt_mask = n_mask[:, None] & t_mask[None, :]
-        # Δ one step ahead: a_{t+1} couples the adjoint of step t to step t+1 (1 past the end).
-        mn = e_mask[:, None] & (t + 1 < L)[None, :]
-        _, dtn = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + (t + 1)[None, :] * s_dl, mn, dtb[:, None],
-                          HAS_DTB, SOFTPLUS)
-        an = tl.exp2(dtn[None, :, :] * A2[:, :, None])  # [NP, BE, T]
-        dout = tl.load(dy_ptr + b * s_gb + e[:, None] * s_ge + t[None, :] * s_gl, mask=m2, other=0.0)
-        dout = dout.to(tl.float32)
-        Ct = tl.load(C_ptr + b * s_Cb + g * s_Cg + n[:, None] * s_Cn + t[None, :] * s_Cl,
-                     mask=nt_mask, other=0.0).to(tl.float32)  # [NP, T]
-        if HAS_Z:
-            zz = tl.load(z_ptr + b * s_zb + e[:, None] * s_ze + t[None, :] * s_zl, mask=m2, other=0.0)
-            zz = zz.to(tl.float32)
-            zsig = tl.sigmoid(zz)
-            dyv = dout * zz * zsig
-        else:
-            dyv = dout
-        cc = Ct[:, None, :] * dyv[None, :, :]
-        pc, gs = tl.associative_scan((an, cc), axis=2, combine_fn=_pair_combine, reverse=True)
-        gg = gs + pc * carry[:, :, None]  # adjoint of h_t
-        carry = tl.sum(tl.where(first, gg, 0.0), axis=2)
-        if LOCAL:
-            dtn_sum += tl.sum(dtn, axis=1)
-        else:
-            u = tl.load(u_ptr + b * s_ub + e[:, None] * s_ue + t[None, :] * s_ul, mask=m2, other=0.0)
-            u = u.to(tl.float32)
-            raw, dt = _load_dt(dt_ptr, b * s_db + e[:, None] * s_de + t[None, :] * s_dl, m2,
-                               dtb[:, None], HAS_DTB, SOFTPLUS)
-            Bt = tl.load(B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + t[None, :] * s_Bl,
-                         mask=nt_mask, other=0.0).to(tl.float32)
-            h0 = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // T) * N + n[:, None], mask=en_mask,
-                         other=0.0)
-            a = tl.exp2(dt[None, :, :] * A2[:, :, None])
-            x = dt * u
-            bx = x[None, :, :] * Bt[:, None, :]
-            acum, hs = tl.associative_scan((a, bx), axis=2, combine_fn=_pair_combine)
-            hs = hs + acum * h0[:, :, None]
-            if NEED_DH0:
-                if t0 == 0:
-                    dh0 = tl.sum(tl.where(first, a * gg, 0.0), axis=2)
-                    tl.store(dh0_ptr + (b * E + e[None, :]) * N + n[:, None], dh0, mask=en_mask)
-            if HAS_Z:
-                yp = tl.sum(hs * Ct[:, None, :], axis=0)
-                if HAS_D:
-                    yp += Dv[:, None] * u
-                dz = dout * yp * zsig * (1.0 + zz * (1.0 - zsig))
-                tl.store(dz_ptr + b * s_dzb + e[:, None] * s_dze + t[None, :] * s_dzl,
-                         dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            ghp = gg * (hs - bx)  # g_t a_t h_{t-1}
-            gB = tl.sum(gg * Bt[:, None, :], axis=0)  # [BE, T]
-            ddt = tl.sum(ghp * A[:, :, None], axis=0) + u * gB
-            du = dt * gB
-            if HAS_D:
-                du += Dv[:, None] * dyv
-                dD_acc += tl.sum(dyv * u, axis=1)
-            dA_acc += tl.sum(ghp * dt[None, :, :], axis=2)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(raw)
-            ddt = tl.where(m2, ddt, 0.0)
-            ddtb_acc += tl.sum(ddt, axis=1)
-            tl.store(du_ptr + b * s_dub + e[:, None] * s_due + t[None, :] * s_dul,
-                     du.to(du_ptr.dtype.element_ty), mask=m2)
-            tl.store(ddt_ptr + b * s_ddb + e[:, None] * s_dde + t[None, :] * s_ddl,
-                     ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-            bc_off = ((b * G + g) * NP + n[:, None]) * L + t[None, :]  # into (B, G, NP, L) float32
-            tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[None, :, :], axis=1), mask=nt_mask, sem="relaxed")
-            tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * dyv[None, :, :], axis=1), mask=nt_mask, sem="relaxed")
-    if LOCAL:
-        tl.store(Gl_ptr + st_off, carry, mask=en_mask)
-        tl.store(Q_ptr + st_off, tl.exp2(A2 * dtn_sum[None, :]), mask=en_mask)
-    else:
-        tl.atomic_add(dA_ptr + e[None, :] * N + n[:, None], dA_acc, mask=en_mask, sem="relaxed")
-        if HAS_D:
-            tl.atomic_add(dD_ptr + e, dD_acc, mask=e_mask, sem="relaxed")
-        if HAS_DTB:
-            tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
-
-
-@triton.jit
-def _ss_bwd_seq_kernel(
-    # pointers
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
-    ck_ptr, gc_ptr, Gl_ptr, Q_ptr, scr_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
-    # sizes
-    E, L, G, EG, NEB, SEG, NSEG, NCK,
-    # strides
-    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
-    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
-    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl,
-    s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
-    # meta
-    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
-    LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
-):
-    """Backward with time inside each thread (tiles [T, NP, BE], channels in lanes); same contract as
-    ``_ss_bwd_kernel``. Per checkpoint interval of CK steps (walked last to first): phase A reruns the
-    forward from the checkpoint and parks the state at each T-step sub-chunk start in a small per-program
-    scratch (L1/L2 resident); phase B walks the sub-chunks in reverse, recomputes their states from the
-    scratch, and runs the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers, carrying (g, a) of the step
-    after the sub-chunk. a_{t+1} inside a sub-chunk is a register shift of a_t, so no exponential is redone.
-    """
-    pid_r = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    b = (pid_r // (NEB * G)).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
-    rem = pid_r % (NEB * G)
-    g = rem // NEB
-    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
-    e_mask = e_loc < EG
-    e = g * EG + e_loc
-    n = tl.arange(0, NP)
-    n_mask = n < N
-    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
-    # Values carried from step to step are kept as [1, NP, BE] tiles (the layout of the [T, NP, BE] work), so
-    # that no layout conversion happens inside the loops.
-    A = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)[None, :, :]
-    A2 = A * 1.4426950408889634
-    if HAS_DTB:
-        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    else:
-        dtb = tl.zeros([BE], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None]
-    t_begin = pid_s * SEG
-    t_end = tl.minimum(t_begin + SEG, L)
-    # carry: adjoint of the state at step t_end and a_{t_end} (1 past the sequence end)
-    raw_after, dt_after = _load_dt(dt_ptr, b * s_db + e * s_de + t_end * s_dl, e_mask & (t_end < L), dtb,
-                           HAS_DTB, SOFTPLUS)
-    a_next = _exp2(A2 * dt_after[None, None, :], FAST_EXP)  # [1, NP, BE]
-    if HAS_GC and not LOCAL:
-        g_next = tl.load(gc_ptr + st_off, mask=en_mask, other=0.0)[None, :, :]
-    else:
-        g_next = tl.zeros([1, NP, BE], tl.float32)
-    dA_acc = tl.zeros([1, NP, BE], tl.float32)
-    dD_acc = tl.zeros([BE], tl.float32)
-    ddtb_acc = tl.zeros([BE], tl.float32)
-    dt_sum = tl.zeros([BE], tl.float32)
-    dt_first = tl.zeros([BE], tl.float32)
-    tt1 = tl.arange(0, T)
-    tt = tt1[:, None, None]
-    NSUB: tl.constexpr = CK // T
-    scr = scr_ptr + ((pid_r * NSEG + pid_s) * NSUB) * NP * BE + n[:, None] * BE + tl.arange(0, BE)[None, :]
-    n_ck = tl.cdiv(t_end - t_begin, CK)
-    for i in range(0, n_ck):
-        k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
-        n_sub = tl.cdiv(tl.minimum(CK, L - k0), T)
-        k_lim = tl.minimum(L, k0 + CK)
-        if not LOCAL:
-            # phase A: states at sub-chunk starts (tiles of sub-chunk j + 1 prefetched while j computes)
-            h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask,
-                        other=0.0)[None, :, :]
-            t = k0 + tt1
-            pm = (t < k_lim)[:, None] & e_mask[None, :]
-            u_n = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, pm)
-            d_n = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, pm)
-            B_n = _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, (t < k_lim)[:, None] & n_mask[None, :])
-            for j in range(0, n_sub):
-                tl.store(scr[None, :, :] + j * NP * BE, h)
-                t = k0 + j * T + tt1
-                m2 = (t < L)[:, None] & e_mask[None, :]
-                u_c = u_n
-                d_c = d_n
-                B_c = B_n
-                tq = t + T
-                pm = (tq < k_lim)[:, None] & e_mask[None, :]
-                u_n = _tile_te(u_ptr, b, e, tq, s_ub, s_ue, s_ul, pm)
-                d_n = _tile_te(dt_ptr, b, e, tq, s_db, s_de, s_dl, pm)
-                B_n = _tile_tn(B_ptr, b, g, n, tq, s_Bb, s_Bg, s_Bn, s_Bl, (tq < k_lim)[:, None] & n_mask[None, :])
-                u = u_c.to(tl.float32)
-                raw_a, dt = _dt_from_raw(d_c, m2, dtb[None, :], HAS_DTB, SOFTPLUS)
-                Bt = B_c.to(tl.float32)
-                a = _exp2(dt[:, None, :] * A2, FAST_EXP)
-                bx = (dt * u)[:, None, :] * Bt[:, :, None]
-                bx = tl.where(tt == 0, bx + a * h, bx)
-                acum_a, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
-                h = _row(hs, tt, T - 1)[None, :, :]
-        # phase B: sub-chunks in reverse (tiles of sub-chunk j - 1 prefetched while j computes)
-        t = k0 + (n_sub - 1) * T + tt1
-        pm = (t < L)[:, None] & e_mask[None, :]
-        pn = (t < L)[:, None] & n_mask[None, :]
-        d_n = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, pm)
-        o_n = _tile_te(dy_ptr, b, e, t, s_gb, s_ge, s_gl, pm)
-        C_n = _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, pn)
-        if HAS_Z:
-            z_n = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, pm)
-        else:
-            z_n = o_n
-        if LOCAL:
-            u_n = o_n
-            B_n = C_n
-            h_n = tl.zeros([NP, BE], tl.float32)
-        else:
-            u_n = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, pm)
-            B_n = _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, pn)
-            h_n = tl.load(scr + (n_sub - 1) * NP * BE)
-        for jj in range(0, n_sub):
-            j = n_sub - 1 - jj
-            t = k0 + j * T + tt1
-            t_mask = t < L
-            m2 = t_mask[:, None] & e_mask[None, :]
-            tn_mask = t_mask[:, None] & n_mask[None, :]
-            d_c = d_n
-            o_c = o_n
-            C_c = C_n
-            z_c = z_n
-            u_c = u_n
-            B_c = B_n
-            h_c = h_n
-            tq = t - T
-            ok = jj + 1 < n_sub
-            pm = ((tq >= k0) & ok)[:, None] & e_mask[None, :]
-            pn = ((tq >= k0) & ok)[:, None] & n_mask[None, :]
-            d_n = _tile_te(dt_ptr, b, e, tq, s_db, s_de, s_dl, pm)
-            o_n = _tile_te(dy_ptr, b, e, tq, s_gb, s_ge, s_gl, pm)
-            C_n = _tile_tn(C_ptr, b, g, n, tq, s_Cb, s_Cg, s_Cn, s_Cl, pn)
-            if HAS_Z:
-                z_n = _tile_te(z_ptr, b, e, tq, s_zb, s_ze, s_zl, pm)
-            if not LOCAL:
-                u_n = _tile_te(u_ptr, b, e, tq, s_ub, s_ue, s_ul, pm)
-                B_n = _tile_tn(B_ptr, b, g, n, tq, s_Bb, s_Bg, s_Bn, s_Bl, pn)
-                h_n = tl.load(scr + (j - 1) * NP * BE, mask=(tl.zeros([NP, BE], tl.int32) + jj + 1) < n_sub,
-                              other=0.0)
-            raw, dt = _dt_from_raw(d_c, m2, dtb[None, :], HAS_DTB, SOFTPLUS)
-            a = _exp2(dt[:, None, :] * A2, FAST_EXP)  # [T, NP, BE]
-            dout = o_c.to(tl.float32)
-            Ct = C_c.to(tl.float32)  # [T, NP]
-            if HAS_Z:
-                zz = z_c.to(tl.float32)
-                zsig = tl.sigmoid(zz)
-                dyv = dout * zz * zsig
-            else:
-                dyv = dout
-            an = _shift_up(a, a_next, tt, T)
-            cc = Ct[:, :, None] * dyv[:, None, :]
-            cc = tl.where(tt == T - 1, cc + an * g_next, cc)
-            pcum, gg = tl.associative_scan((an, cc), axis=0, combine_fn=_pair_combine, reverse=True)
-            g_next = _row(gg, tt, 0)[None, :, :]
-            a_next = _row(a, tt, 0)[None, :, :]
-            if LOCAL:
-                dt_sum += tl.sum(dt, axis=0)
-                dt_first = _row(dt, tt1[:, None], 0)
-            else:
-                h0 = h_c[None, :, :]
-                u = u_c.to(tl.float32)
-                Bt = B_c.to(tl.float32)
-                x = dt * u
-                bx0 = x[:, None, :] * Bt[:, :, None]
-                bx = tl.where(tt == 0, bx0 + a * h0, bx0)
-                acum_b, hs = tl.associative_scan((a, bx), axis=0, combine_fn=_pair_combine)
-                if HAS_Z:
-                    yp = tl.sum(hs * Ct[:, :, None], axis=1)  # [T, BE]
-                    if HAS_D:
-                        yp += Dv[None, :] * u
-                    dz = dout * yp * zsig * (1.0 + zz * (1.0 - zsig))
-                    tl.store(dz_ptr + b * s_dzb + e[None, :] * s_dze + t[:, None] * s_dzl,
-                             dz.to(dz_ptr.dtype.element_ty), mask=m2)
-                ghp = gg * (hs - bx0)  # g_t a_t h_{t-1}
-                gB = tl.sum(gg * Bt[:, :, None], axis=1)  # [T, BE]
-                ddt = tl.sum(ghp * A, axis=1) + u * gB
-                du = dt * gB
-                if HAS_D:
-                    du += Dv[None, :] * dyv
-                    dD_acc += tl.sum(dyv * u, axis=0)
-                dA_acc += tl.sum(ghp * dt[:, None, :], axis=0)[None, :, :]
-                if SOFTPLUS:
-                    ddt = ddt * tl.sigmoid(raw)
-                ddt = tl.where(m2, ddt, 0.0)
-                ddtb_acc += tl.sum(ddt, axis=0)
-                tl.store(du_ptr + b * s_dub + e[None, :] * s_due + t[:, None] * s_dul,
-                         du.to(du_ptr.dtype.element_ty), mask=m2)
-                tl.store(ddt_ptr + b * s_ddb + e[None, :] * s_dde + t[:, None] * s_ddl,
-                         ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-                bc_off = ((b * G + g) * NP + n[None, :]) * L + t[:, None]  # into (B, G, NP, L) float32
-                tl.atomic_add(dB_ptr + bc_off, tl.sum(gg * x[:, None, :], axis=2), mask=tn_mask, sem="relaxed")
-                tl.atomic_add(dC_ptr + bc_off, tl.sum(hs * dyv[:, None, :], axis=2), mask=tn_mask, sem="relaxed")
-    if LOCAL:
-        tl.store(Gl_ptr + st_off[None, :, :], g_next, mask=en_mask[None, :, :])
-        tl.store(Q_ptr + st_off[None, :, :], _exp2(A2 * (dt_sum - dt_first + dt_after)[None, None, :], FAST_EXP),
-                 mask=en_mask[None, :, :])
-    else:
-        if NEED_DH0:
-            if pid_s == 0:
-                tl.store(dh0_ptr + ((b * E + e[None, :]) * N + n[:, None])[None, :, :], a_next * g_next,
-                         mask=en_mask[None, :, :])
-        tl.atomic_add(dA_ptr + (e[None, :] * N + n[:, None])[None, :, :], dA_acc, mask=en_mask[None, :, :],
-                      sem="relaxed")
-        if HAS_D:
-            tl.atomic_add(dD_ptr + e, dD_acc, mask=e_mask, sem="relaxed")
-        if HAS_DTB:
-            tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
-
-
-@triton.jit
 def _pe_off(r, eo, BE: tl.constexpr):
     """Offset of (row r, channel eo) in one [CK, BE] slot of the lean scratch (broadcasts r against eo). Rows are
     stored in pairs, channel-major inside a pair ((CK/2, BE, 2)): rows r and r + 1 of a channel (r even) are one
@@ -821,7 +359,22 @@ def _lean_two(dA_acc, h0, h1, a1, a_nx, g_nx, A2, dt0, dt1, dy0, dy1, u0, u1, sp
 
 
 @triton.jit
-def _ss_bwd_lean_kernel(
+def _softplus_sig(raw, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr):
+    """(softplus(raw), σ(raw)) from one exponential, softplus as in activations.softplus (log1p accuracy, linear
+    above 20); (raw, 1) without SOFTPLUS."""
+    if SOFTPLUS:
+        ex = _exp2(raw * 1.4426950408889634, FAST_EXP)
+        one_e = 1.0 + ex
+        dtv = tl.where(raw > 20.0, raw, tl.where(one_e == 1.0, ex, tl.log(one_e) * tl.fdiv(ex, one_e - 1.0)))
+        dsp = tl.where(raw > 20.0, 1.0, tl.fdiv(ex, one_e))
+    else:
+        dtv = raw
+        dsp = tl.full(raw.shape, 1.0, tl.float32)
+    return dtv, dsp
+
+
+@triton.jit
+def _ss_bwd_kernel(
     # pointers
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
     ck_ptr, gc_ptr, Gl_ptr, Q_ptr, scr_ptr, pe_ptr,
@@ -834,7 +387,7 @@ def _ss_bwd_lean_kernel(
     s_zb, s_ze, s_zl, s_gb, s_ge, s_gl,
     s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
     # meta
-    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CK: tl.constexpr, PT: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CK: tl.constexpr, CKS: tl.constexpr, PT: tl.constexpr,
     LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
@@ -890,7 +443,8 @@ def _ss_bwd_lean_kernel(
     dt_sum = tl.zeros([BE], tl.float32)
     prog = pid_r * NSEG + pid_s
     # parked states n-fastest, like A, the checkpoints and the carries: one [NP, BE] layout for all state tiles
-    scr = scr_ptr + prog * ((CK // 4) * NP * BE) + n[:, None] + eo[None, :] * NP
+    scr = scr_ptr + prog * ((CK // 4 + CKS // CK) * NP * BE) + n[:, None] + eo[None, :] * NP
+    rg = scr + (CK // 4) * NP * BE  # the states at the interval starts of the current block, regenerated
     # scratch per program: slots (Δ, dy·SiLU(z), u, σ(raw Δ), dz factor) [CK, BE] each, then B, C, dB, dC rows
     pe = pe_ptr + prog * ((5 * BE + 4 * NP) * CK)
     p_dt = pe
@@ -907,24 +461,46 @@ def _ss_bwd_lean_kernel(
     n_ck = tl.cdiv(t_end - t_begin, CK)
     for i in range(0, n_ck):
         k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
+        kb = k0 - k0 % CKS  # first step of the saved checkpoint's block
+        if not LOCAL:
+            if (i == 0) | ((k0 + CK) % CKS == 0):
+                # entering a block (walked backwards: at its last interval): regenerate the states at its interval
+                # starts up to k0 from the saved checkpoint, into rg (Δ, u, B staged in pe per interval)
+                h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + kb // CKS) * N + n[:, None], mask=en_mask,
+                            other=0.0)
+                tl.store(rg, h)
+                for jb in range(0, (k0 - kb) // CK):
+                    tl.debug_barrier()  # the previous reads of pe are done
+                    for q in tl.static_range(CK // PT):
+                        t = kb + jb * CK + q * PT + tp
+                        m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
+                        raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
+                        if HAS_DTB:
+                            raw += dtb[None, :]
+                        dtv, _ = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
+                        tl.store(p_dt + q * PT * BE + pe_tp, tl.where(m2, dtv, 0.0))
+                        tl.store(p_u + q * PT * BE + pe_tp,
+                                 _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
+                        tl.store(pbc_tp + q * PT * NP, _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl,
+                                                                (t < L)[:, None] & n_mask[None, :]).to(tl.float32))
+                    tl.debug_barrier()
+                    for j in range(0, CK // 2):
+                        dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE)
+                        u0, u1 = _pe_rows(p_u, 2 * j, eo, BE)
+                        B0 = tl.load(pbc + 2 * j * NP + n)
+                        B1 = tl.load(pbc + (2 * j + 1) * NP + n)
+                        h = _exp2(dt0[None, :] * A2, FAST_EXP) * h + (dt0 * u0)[None, :] * B0[:, None]
+                        h = _exp2(dt1[None, :] * A2, FAST_EXP) * h + (dt1 * u1)[None, :] * B1[:, None]
+                    tl.store(rg + (jb + 1) * (NP * BE), h)
         # prologue: per-(step, channel) values, once each, PT steps at a time (few registers)
-        tl.debug_barrier()  # the previous interval's reads of pe are done
+        tl.debug_barrier()  # the previous interval's reads of pe (and the writes of rg) are done
         for q in tl.static_range(CK // PT):
             t = k0 + q * PT + tp
             m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
             raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
             if HAS_DTB:
                 raw += dtb[None, :]
-            if SOFTPLUS:
-                ex = _exp2(raw * 1.4426950408889634, FAST_EXP)
-                one_e = 1.0 + ex
-                # softplus as in activations.softplus (log1p accuracy, linear above 20), σ(raw) from the same exp
-                dtv = tl.where(raw > 20.0, raw,
-                               tl.where(one_e == 1.0, ex, tl.log(one_e) * tl.fdiv(ex, one_e - 1.0)))
-                dsp = tl.where(raw > 20.0, 1.0, tl.fdiv(ex, one_e))
-            else:
-                dtv = raw
-                dsp = tl.full([PT, BE], 1.0, tl.float32)
+            dtv, dsp = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
             dtv = tl.where(m2, dtv, 0.0)
             dout = _tile_te(dy_ptr, b, e, t, s_gb, s_ge, s_gl, m2).to(tl.float32)
             if HAS_Z:
@@ -950,7 +526,7 @@ def _ss_bwd_lean_kernel(
         if not LOCAL:
             # phase A: the interval's forward from its checkpoint; the state after the first step of each
             # 4-step sub-chunk parked (phase B needs no state before it: a_t h_{t-1} = h_t - Δ_t B_t u_t)
-            h = tl.load(ck_ptr + ((b * E + e[None, :]) * NCK + k0 // CK) * N + n[:, None], mask=en_mask, other=0.0)
+            h = tl.load(rg + ((k0 - kb) // CK) * (NP * BE))
             for j in range(0, n_sub):
                 dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE)
                 u0, u1 = _pe_rows(p_u, 2 * j, eo, BE)
@@ -1060,66 +636,57 @@ def _fast_exp(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-def _config(batch, channels, groups, length, n, channel_first=True, **kw):
-    """Launch configuration for a problem size. Keywords (or ``_CONFIG_OVERRIDES``) override the choices:
-    fwd_variant ("seq" | "scan"), bwd_variant ("seq" | "lean" | "scan"), fwd_block/bwd_block (channels per
-    program), fwd_chunk/bwd_chunk (steps per register tile of the "seq" kernels), bwd_warps (warps per "lean"
-    program), bwd_maxnreg (register cap of the "lean" kernel), fwd_target/bwd_target (warps wanted before time
-    is cut into segments), ck (checkpoint spacing = the "scan" chunk).
+def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_block=None, fwd_chunk=None,
+                fwd_warps=None, fwd_target=None, bwd_block=None, bwd_warps=None, bwd_maxnreg=None, bwd_target=None,
+                ck=None, ck_save=None):
+    """Launch configuration of one problem size (a dict for ``selective_scan_triton(config=...)``); every keyword
+    left None takes the default below.
 
-    Defaults from the H200 sweeps in NOTES.md: forward [T=4, N, 32] tiles; one time segment when the channel
-    blocks alone give >= 384 warps and memory is channel-first (L1 then serves 16 steps per sector), else
-    segments up to 8192 warps; backward "lean" (fwd+bwd 2.154 / 2.942 / 11.193 ms on the three bench shapes,
-    against "seq"'s 3.31 / 5.09 / 19.69) with checkpoints every 8 steps, 4-step sub-chunks of [N, 16] tiles, one
-    segment from 768 warps up, else 4096."""
-    kw = {**_CONFIG_OVERRIDES, **{k: v for k, v in kw.items() if v is not None}}
+    Forward: ``fwd_block`` channels per program, ``fwd_chunk`` steps per register tile, ``fwd_warps`` warps per
+    program, ``fwd_target`` warps wanted in flight before time is cut into segments (segments cost a second
+    pass). Backward: ``bwd_block`` channels per program, ``bwd_warps``, ``bwd_maxnreg`` (register cap, None: the
+    compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``: steps between the states
+    the forward keeps for the backward ((B, E, ceil(L / ck_save), N) float32); the backward regenerates the
+    interval starts in between. Defaults from the H200/H100 sweeps (benchmarks/notes/mamba1_scan*.md).
+    """
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
     eg2 = max(1, triton.next_power_of_2(eg))
-    bwd_variant = kw.get("bwd_variant") or os.environ.get("AUDIOMAMBA_SCAN_BWD", "lean")
-    # checkpoint spacing: 8 for the "lean" backward (less per-interval scratch per warp; H200 sweep: backward
-    # -1 / -5 / -4 % against 16 on the three bench shapes, for twice the forward's checkpoint memory)
-    cfg = {"CK": kw.get("ck") or (8 if bwd_variant == "lean" else 16 if np2 > 16 else 32)}
-    variant = kw.get("fwd_variant") or os.environ.get("AUDIOMAMBA_SCAN_FWD", "seq")
-    if variant == "seq":
-        be = min(kw.get("fwd_block") or 32, eg2)
-        T = kw.get("fwd_chunk") or (4 if np2 <= 16 else 1)
-        nw = max(1, be // 32)
+    ck = ck or 8
+    ck_save = ck_save or 128
+    if ck_save % ck:
+        raise ValueError(f"ck_save: expected a multiple of ck = {ck}, got {ck_save}")
+    if np2 <= 16:
+        be = min(fwd_block or 32, eg2)
+        T = fwd_chunk or 4
     else:
-        be = kw.get("fwd_block") or min(eg2, 16 * 16 // np2)
-        T = cfg["CK"]
-        nw = 4
+        be = min(fwd_block or 8, eg2)
+        T = fwd_chunk or 4
+    if ck_save % T:
+        raise ValueError(f"fwd_chunk: expected a divisor of ck_save = {ck_save}, got {T}")
+    nw = fwd_warps or max(1, be * np2 // 512)
     rows = batch * groups * triton.cdiv(eg, be)
-    target = kw.get("fwd_target") or (1 if channel_first and rows * nw >= 384 else _TARGET_WARPS)
-    seg, nseg = _segments(rows, nw, length, cfg["CK"], target)
-    cfg.update(fwd_variant=variant, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg, fwd_nseg=nseg)
-    variant = bwd_variant
-    if variant == "seq":
-        be = min(kw.get("bwd_block") or 16, eg2)
-        T = kw.get("bwd_chunk") or (2 if np2 <= 16 else 1)
-        nw = max(1, be // 32)
-    elif variant == "lean":
-        be = min(kw.get("bwd_block") or 16, eg2)
-        T = 4  # sub-chunks of 4 steps, written out in the kernel (one state parked per sub-chunk)
-        nw = kw.get("bwd_warps") or max(1, be * np2 // 512)
-        cfg["bwd_maxnreg"] = kw.get("bwd_maxnreg")  # register cap (ptxas), None: the compiler's choice
-    elif variant == "scan":
-        be = kw.get("bwd_block") or min(eg2, 8 * 16 // np2)
-        T = cfg["CK"]
-        nw = 4
-    else:
-        raise ValueError(f"bwd_variant: expected 'seq', 'lean' or 'scan', got {variant!r}")
+    if fwd_target is None:
+        if np2 <= 16:
+            fwd_target = 1 if channel_first and rows * nw >= 384 else _TARGET_WARPS
+        else:
+            fwd_target = 1 if rows * nw >= 256 else _TARGET_WARPS
+    seg, nseg = _segments(rows, nw, length, ck_save, fwd_target)
+    cfg = dict(CK=ck, CKS=ck_save, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg, fwd_nseg=nseg)
+    be = min(bwd_block or (16 if np2 <= 16 else 4), eg2)
+    nw = bwd_warps or max(1, be * np2 // 512)
     rows = batch * groups * triton.cdiv(eg, be)
-    target = kw.get("bwd_target") or (1 if rows * nw >= 768 else _TARGET_WARPS // 2)
-    seg, nseg = _segments(rows, nw, length, cfg["CK"], target)
-    cfg.update(bwd_variant=variant, bwd_BE=be, bwd_T=T, bwd_warps=nw, bwd_seg=seg, bwd_nseg=nseg)
+    target = bwd_target or (1 if rows * nw >= 768 else _TARGET_WARPS // 2)
+    seg, nseg = _segments(rows, nw, length, ck_save, target)
+    cfg.update(bwd_BE=be, bwd_warps=nw, bwd_maxnreg=bwd_maxnreg, bwd_seg=seg, bwd_nseg=nseg)
     return cfg
 
 
 def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                         initial_state=None, store_checkpoints=False, config=None):
     """Launch the forward. Returns (y (B, E, L) in u's dtype, final_state (B, E, N) float32,
-    checkpoints (B, E, ceil(L/CK), N) float32 or None, config)."""
+    checkpoints (B, E, ceil(L / ck_save), N) float32 or None, config). ``config``: from ``scan_config`` (None:
+    its defaults for this size)."""
     batch, channels, length = u.shape
     n = A.shape[1]
     Bg, Cg = _as_grouped(B), _as_grouped(C)
@@ -1127,11 +694,11 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     if Cg.shape[1] != groups:
         raise ValueError(f"B and C: expected the same number of groups, got {Bg.shape[1]} and {Cg.shape[1]}")
     eg = channels // groups
-    cfg = config or _config(batch, channels, groups, length, n, channel_first=u.stride(-1) == 1)
-    BE, T, seg, nseg, CK = cfg["fwd_BE"], cfg["fwd_T"], cfg["fwd_seg"], cfg["fwd_nseg"], cfg["CK"]
+    cfg = config or scan_config(batch, channels, groups, length, n, channel_first=u.stride(-1) == 1)
+    BE, T, seg, nseg, CKS = cfg["fwd_BE"], cfg["fwd_T"], cfg["fwd_seg"], cfg["fwd_nseg"], cfg["CKS"]
     np2 = triton.next_power_of_2(n)
     neb = triton.cdiv(eg, BE)
-    nck = max(1, triton.cdiv(length, CK))
+    nck = max(1, triton.cdiv(length, CKS))
     dev = u.device
     y = torch.empty_like(u)
     hT = torch.empty(batch, channels, n, device=dev, dtype=torch.float32)
@@ -1143,15 +710,10 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         return y, hT, (ck if store_checkpoints else None), cfg
     z_ = z if z is not None else u
     grid = (batch * groups * neb, nseg)
-    if cfg["fwd_variant"] == "seq":
-        kernel, extra = _ss_fwd_seq_kernel, {"CK": CK, "FAST_EXP": _fast_exp(u)}
-    else:
-        if T != CK:
-            raise ValueError(f"config: the 'scan' forward needs fwd_T == CK, got {T} and {CK}")
-        kernel, extra = _ss_fwd_kernel, {}
+    kernel = _ss_fwd_kernel
     common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
                   HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=cfg["fwd_warps"],
-                  **extra)
+                  CK=CKS, FAST_EXP=_fast_exp(u))
     strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *y.stride())
     dummy = hT
     Dp = D if D is not None else dummy
@@ -1184,7 +746,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 
 def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_softplus, checkpoints,
                         need_dh0, config):
-    """Launch the backward (``config`` from the forward: the checkpoint spacing CK is the chunk here).
+    """Launch the backward (``config`` and ``checkpoints`` from the forward).
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, d_initial_state); entries for absent inputs are
     None."""
     batch, channels, length = u.shape
@@ -1192,12 +754,11 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
     Bg, Cg = _as_grouped(B), _as_grouped(C)
     groups = Bg.shape[1]
     eg = channels // groups
-    CK, BE, num_warps, seg, nseg = config["CK"], config["bwd_BE"], config["bwd_warps"], config["bwd_seg"], \
-        config["bwd_nseg"]
-    T = config["bwd_T"]
+    CK, CKS, BE, num_warps = config["CK"], config["CKS"], config["bwd_BE"], config["bwd_warps"]
+    seg, nseg = config["bwd_seg"], config["bwd_nseg"]
     np2 = triton.next_power_of_2(n)
     neb = triton.cdiv(eg, BE)
-    nck = max(1, triton.cdiv(length, CK))
+    nck = max(1, triton.cdiv(length, CKS))
     dev = u.device
     f32 = torch.float32
     du = torch.empty_like(u)
@@ -1218,27 +779,14 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
     grid = (batch * groups * neb, nseg)
     common = dict(N=n, NP=np2, BE=BE, HAS_D=D is not None, HAS_Z=z is not None,
                   HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
-    if config["bwd_variant"] in ("seq", "lean"):
-        if CK % T:
-            raise ValueError(f"config: bwd_T {T} must divide the checkpoint spacing {CK}")
-        programs = grid[0] * nseg
-        scratch = (torch.empty(programs * (CK // T) * np2 * BE, device=dev, dtype=f32),)
-        common.update(CK=CK, FAST_EXP=_fast_exp(u))
-        if config["bwd_variant"] == "seq":
-            kernel = _ss_bwd_seq_kernel
-            common.update(T=T)
-        else:
-            kernel = _ss_bwd_lean_kernel
-            common.update(PT=next(p for p in (8, 4, 2) if CK % p == 0))
-            if config.get("bwd_maxnreg"):
-                common.update(maxnreg=config["bwd_maxnreg"])
-            scratch += (torch.empty(programs * (5 * BE + 4 * np2) * CK, device=dev, dtype=f32),)
-    else:
-        if T != CK:
-            raise ValueError(f"config: the 'scan' backward needs bwd_T == CK, got {T} and {CK}")
-        kernel = _ss_bwd_kernel
-        common.update(T=T)
-        scratch = ()
+    programs = grid[0] * nseg
+    # per program: parked states (CK / 4 + CKS / CK) x [NP, BE]; the interval's staged values and dB, dC rows
+    scratch = (torch.empty(programs * (CK // 4 + CKS // CK) * np2 * BE, device=dev, dtype=f32),
+               torch.empty(programs * (5 * BE + 4 * np2) * CK, device=dev, dtype=f32))
+    common.update(CK=CK, CKS=CKS, PT=next(p for p in (8, 4) if CK % p == 0), FAST_EXP=_fast_exp(u))
+    if config.get("bwd_maxnreg"):
+        common.update(maxnreg=config["bwd_maxnreg"])
+    kernel = _ss_bwd_kernel
     if length > 0:
         Dp = D if D is not None else dummy
         dtbp = delta_bias if delta_bias is not None else dummy
@@ -1286,12 +834,12 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """Autograd wrapper: the forward keeps chunk-start state checkpoints; the backward recomputes from them."""
+    """Autograd wrapper: the forward keeps the state every ck_save steps; the backward recomputes from them."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config=None):
         y, hT, ck, cfg = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                             initial_state, store_checkpoints=True)
+                                             initial_state, store_checkpoints=True, config=config)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ck)
         ctx.delta_softplus = delta_softplus
         ctx.has_h0 = initial_state is not None
@@ -1309,18 +857,19 @@ class SelectiveScanFn(torch.autograd.Function):
         )
         if dh0 is not None:
             dh0 = dh0.to(ctx.h0_dtype)
-        return du, ddelta, dA, dB, dC, dD, dz, ddtb, None, dh0
+        return du, ddelta, dA, dB, dC, dD, dz, ddtb, None, dh0, None
 
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    initial_state=None, return_final_state=False,
+    initial_state=None, return_final_state=False, *, config=None,
 ):
     """Mamba-1 selective scan in Triton; contract of ``selective_scan_ref``.
 
     Args:
         u, delta, z: (B, E, L), any strides; A: (E, N) float32; B, C: (B, N, L) or (B, G, N, L);
         D, delta_bias: (E,); initial_state: (B, E, N) float32.
+        config: launch configuration from ``scan_config`` for this size (None: its defaults).
 
     Returns:
         y: (B, E, L) in u's dtype, or (y, final_state (B, E, N) float32).
@@ -1329,10 +878,11 @@ def selective_scan_triton(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
     )
     if needs_graph:
-        y, hT = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        y, hT = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, config)
     else:
-        y, hT, _, _ = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        y, hT, _, _ = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                          config=config)
     return (y, hT) if return_final_state else y
 
 
-__all__ = ["SelectiveScanFn", "selective_scan_triton", "_selective_scan_bwd", "_selective_scan_fwd"]
+__all__ = ["SelectiveScanFn", "scan_config", "selective_scan_triton", "_selective_scan_bwd", "_selective_scan_fwd"]

@@ -2,9 +2,10 @@
 
 Every case draws fresh random inputs and compares the forward output, the final state and every gradient
 (initial state included) with relative error <= 1e-4 in float32. Shapes include lengths that are not multiples
-of any block, grouped B/C, channel-last memory, and launch configurations that force each code path (one time
-segment or several, both forward kernels and the three backward kernels: "seq", "lean", "scan"). On a CUDA
-machine these run compiled on the GPU instead (tests/test_kernels_gpu.py has the real-size cases).
+of any block, grouped B/C, channel-last memory, N = 16 and N = 64, and launch configurations that reach each code
+path (one time segment or several, channel blocks and chunks of several sizes, saved states every few steps so
+that the backward regenerates interval starts across several blocks). On a CUDA machine these run compiled on the
+GPU instead (tests/test_kernels_gpu.py has the real-size cases).
 """
 
 from __future__ import annotations
@@ -67,12 +68,8 @@ def _scan_case(batch, channels, length, n, groups=None, z=True, D=True, bias=Tru
     ours = {k: None if v is None else v.to(DEVICE).clone().requires_grad_(True) for k, v in inputs.items()}
     ref = {k: None if v is None else v.detach().double().clone().requires_grad_(True) for k, v in inputs.items()}
     order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-    ss._CONFIG_OVERRIDES.clear()
-    ss._CONFIG_OVERRIDES.update(config or {})
-    try:
-        y, hT = ss.selective_scan_triton(*[ours[k] for k in order], softplus, ours["h0"], True)
-    finally:
-        ss._CONFIG_OVERRIDES.clear()
+    cfg = ss.scan_config(batch, channels, groups or 1, length, n, channel_first=not channel_last, **(config or {}))
+    y, hT = ss.selective_scan_triton(*[ours[k] for k in order], softplus, ours["h0"], True, config=cfg)
     yr, hTr = selective_scan_ref(*[ref[k] for k in order], softplus, ref["h0"], True)
     gy = torch.randn(yr.shape, generator=g, dtype=torch.float64)
     gh = torch.randn(hTr.shape, generator=g, dtype=torch.float64)
@@ -101,31 +98,29 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
         ((2, 6, 37, 5), {}, MANY_SEG),
         ((1, 8, 70, 4), {"groups": 2, "channel_last": True}, MANY_SEG),
         ((2, 8, 45, 3), {"groups": 2, "z": False, "D": False, "bias": False, "softplus": False, "h0": False}, ONE_SEG),
-        ((1, 5, 33, 4), {"z": False, "h0": False}, {**MANY_SEG, "fwd_chunk": 2, "bwd_chunk": 1}),
+        ((1, 5, 33, 4), {"z": False, "h0": False}, {**MANY_SEG, "fwd_chunk": 2, "bwd_block": 4}),
         ((1, 4, 1, 4), {}, ONE_SEG),
-        ((1, 3, 64, 2), {"channel_last": True}, {**ONE_SEG, "bwd_chunk": 4, "fwd_chunk": 1}),
-        ((1, 6, 40, 4), {"groups": 3}, {**MANY_SEG, "fwd_variant": "scan", "bwd_variant": "scan"}),
-        # the "lean" backward: one segment and several, grouped and channel-last, no optional inputs, L = 1,
-        # several channel blocks with a partial one, a short checkpoint spacing (CK = 8: many intervals)
-        ((2, 6, 37, 5), {}, {**ONE_SEG, "bwd_variant": "lean"}),
-        ((2, 6, 37, 5), {}, {**MANY_SEG, "bwd_variant": "lean"}),
-        ((1, 8, 70, 4), {"groups": 2, "channel_last": True}, {**MANY_SEG, "bwd_variant": "lean"}),
-        ((2, 8, 45, 3), {"groups": 2, "z": False, "D": False, "bias": False, "softplus": False, "h0": False},
-         {**ONE_SEG, "bwd_variant": "lean"}),
-        ((1, 4, 1, 4), {}, {**ONE_SEG, "bwd_variant": "lean"}),
-        ((1, 5, 45, 4), {"z": False, "h0": False}, {**MANY_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8}),
-        ((1, 6, 29, 4), {"D": False, "bias": False},
-         {**ONE_SEG, "bwd_variant": "lean", "bwd_block": 4, "ck": 8, "bwd_maxnreg": 128}),
+        ((1, 3, 64, 2), {"channel_last": True}, {**ONE_SEG, "fwd_chunk": 1, "fwd_block": 2}),
+        ((1, 6, 40, 4), {"groups": 3}, {**MANY_SEG, "ck": 16}),
+        # states saved every 16 / 8 steps: the backward regenerates interval starts in several blocks, with one
+        # segment and several (segments start on saved states), a partial channel block, a register cap
+        ((1, 5, 45, 4), {"z": False, "h0": False}, {**MANY_SEG, "bwd_block": 4, "ck_save": 16}),
+        ((2, 6, 53, 4), {}, {**ONE_SEG, "ck_save": 16, "fwd_chunk": 8}),
+        ((1, 6, 29, 4), {"D": False, "bias": False}, {**ONE_SEG, "bwd_block": 4, "ck_save": 8, "bwd_maxnreg": 128}),
+        # N = 16 and N = 64 (the presets' state sizes), odd lengths
+        ((1, 4, 23, 16), {}, {**ONE_SEG, "ck_save": 16}),
+        ((1, 4, 19, 64), {"groups": 2}, {**ONE_SEG, "ck_save": 8}),
+        ((1, 3, 21, 64), {"channel_last": True}, {**MANY_SEG, "ck_save": 8, "fwd_block": 2, "bwd_block": 2}),
     ],
 )
 def test_selective_scan_matches_reference(shape, kwargs, config):
     _assert_close(_scan_case(*shape, config=config, **kwargs), TOL[torch.float32])
 
 
-@pytest.mark.parametrize("bwd_variant", ["seq", "lean"])
+@pytest.mark.parametrize("n", [4, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_selective_scan_half_inputs(dtype, bwd_variant):
-    _assert_close(_scan_case(1, 6, 40, 4, dtype=dtype, config={**MANY_SEG, "bwd_variant": bwd_variant}), TOL[dtype])
+def test_selective_scan_half_inputs(dtype, n):
+    _assert_close(_scan_case(1, 6, 27, n, dtype=dtype, config={**MANY_SEG, "ck_save": 8}), TOL[dtype])
 
 
 def test_selective_scan_chunked_calls_equal_one_call():

@@ -1,0 +1,248 @@
+"""Selective scan at the presets' shapes (N = 64): correctness at real sizes, launch sweeps, end-to-end table.
+
+Run on a CUDA machine from the repository root: ``python benchmarks/scan_n64.py``. It imports the kernels as a
+top-level package (``kernels``), so it needs only torch and triton. What it does, in one process:
+
+1. Forward sweep at the sc09_small stage-0 shape (16, 128, 16000, 64), bf16, channel-last memory (the models'
+   layout): channel block, chunk, warps, segments. Backward sweep at the same shape: channel block, warps, register
+   cap, recomputation interval, saved-state spacing, segments.
+2. Every swept launch is checked in bf16 against the float32 chunked reference at (2, 128, 2000, 64) (output, final
+   state, every gradient, initial state included; 1e-2 relative); the chosen launch also in float32 (1e-4).
+3. End to end with the best launches and with the defaults: the three sc09_small stage shapes, forward and
+   forward+backward through autograd, the exponential floor, peak memory and the bytes kept for the backward; the
+   N = 16 anchor shapes with the defaults.
+
+Details go to $OUT/scan_n64.json (or ./scan_n64.json); a short table is printed last. SCAN_BUDGET_S bounds the
+sweeps (default 240 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from kernels import mamba1_scan as S  # noqa: E402
+from kernels.reference import selective_scan_chunked_ref  # noqa: E402
+
+EXP_RATE = 4.2e12  # MUFU exponentials per second, H100/H200 (132 SMs x 16 per clock x ~1.98 GHz)
+STAGES = [(16, 128, 16000, 64), (16, 256, 4000, 64), (16, 512, 1000, 64)]
+ANCHORS = [(8, 1536, 2048, 16), (16, 128, 16384, 16), (8, 256, 65536, 16)]
+KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
+BUDGET = float(os.environ.get("SCAN_BUDGET_S", "240"))
+T0 = time.time()
+RESULT: dict = {"fwd_sweep": [], "bwd_sweep": [], "checks": [], "rows": [], "errors": []}
+
+
+def dump():
+    out = os.environ.get("OUT", ".")
+    with open(os.path.join(out, "scan_n64.json"), "w") as f:
+        json.dump(RESULT, f, indent=1, default=str)
+
+
+def floor_ms(shape):
+    b, e, length, n = shape
+    return b * e * length * n / EXP_RATE * 1e3
+
+
+def inputs(shape, dtype, channel_last=True, grad=False, seed=0):
+    b, e, length, n = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def act(scale=1.0, shift=0.0):
+        t = torch.randn(b, length, e, device="cuda", generator=g).transpose(1, 2) if channel_last else \
+            torch.randn(b, e, length, device="cuda", generator=g)
+        return (t * scale + shift).to(dtype)
+
+    def bc():
+        t = torch.randn(b, length, n, device="cuda", generator=g).transpose(1, 2) if channel_last else \
+            torch.randn(b, n, length, device="cuda", generator=g)
+        return t.to(dtype)
+
+    d = {"u": act(), "delta": act(0.5), "A": -torch.exp(torch.randn(e, n, device="cuda", generator=g) * 0.5),
+         "B": bc(), "C": bc(), "D": torch.randn(e, device="cuda", generator=g), "z": act(),
+         "delta_bias": torch.randn(e, device="cuda", generator=g) * 0.5 - 2.0,
+         "h0": torch.randn(b, e, n, device="cuda", generator=g)}
+    if grad:
+        d = {k: v.requires_grad_(True) for k, v in d.items()}
+    return d
+
+
+def call(d, cfg, fn=None):
+    if fn is not None:
+        return fn(*[d[k] for k in KEYS[:8]], True, d["h0"], True)
+    return S.selective_scan_triton(*[d[k] for k in KEYS[:8]], True, d["h0"], True, config=cfg)
+
+
+def bench(fn):
+    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+
+def cfg_for(shape, channel_last=True, **kw):
+    b, e, length, n = shape
+    return S.scan_config(b, e, 1, length, n, channel_first=not channel_last, **kw)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def check(kw, dtype=torch.bfloat16, shape=(2, 128, 2000, 64), channel_last=True):
+    """Max relative error over y, final state and every gradient against the float32 chunked reference."""
+    d = inputs(shape, dtype, channel_last, seed=7)
+    ours = {k: v.clone().requires_grad_(True) for k, v in d.items()}
+    ref = {k: v.detach().float().clone().requires_grad_(True) for k, v in d.items()}
+    y, hT = call(ours, cfg_for(shape, channel_last, **kw))
+    yr, hTr = call(ref, None, selective_scan_chunked_ref)
+    gy, gh = torch.randn_like(yr), torch.randn_like(hTr)
+    ((y.float() * gy).sum() + (hT * gh).sum()).backward()
+    ((yr * gy).sum() + (hTr * gh).sum()).backward()
+    errs = {"y": rel(y, yr), "hT": rel(hT, hTr)}
+    errs.update({"d" + k: rel(ours[k].grad, ref[k].grad) for k in KEYS})
+    worst = max(errs.values())
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    ok = worst <= tol and all(v == v for v in errs.values())
+    RESULT["checks"].append(dict(kw=kw, dtype=str(dtype), shape=shape, errs=errs, ok=ok))
+    return ok, worst
+
+
+def time_fwd(shape, kw, channel_last=True):
+    d = inputs(shape, torch.bfloat16, channel_last)
+    cfg = cfg_for(shape, channel_last, **kw)
+    with torch.no_grad():
+        return bench(lambda: call(d, cfg))
+
+
+def time_bwd(shape, kw, channel_last=True):
+    """Backward launch alone (checkpoints from one forward)."""
+    d = inputs(shape, torch.bfloat16, channel_last)
+    cfg = cfg_for(shape, channel_last, **kw)
+    y, hT, ck, cfg = S._selective_scan_fwd(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
+                                           d["delta_bias"], True, d["h0"], store_checkpoints=True, config=cfg)
+    dy = torch.randn_like(y)
+    dhT = torch.randn_like(hT)
+    return bench(lambda: S._selective_scan_bwd(dy, dhT, d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
+                                               d["delta_bias"], True, ck, True, cfg))
+
+
+def end_to_end(shape, kw, channel_last=True, label=""):
+    d = inputs(shape, torch.bfloat16, channel_last, grad=True)
+    cfg = cfg_for(shape, channel_last, **kw)
+    with torch.no_grad():
+        t_f = bench(lambda: call(d, cfg))
+    dy = torch.randn(shape[:3], device="cuda", dtype=torch.bfloat16)
+
+    def fb():
+        for v in d.values():
+            v.grad = None
+        y, hT = call(d, cfg)
+        y.backward(dy)
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fb()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    t_fb = bench(fb)
+    b, e, length, n = shape
+    saved = b * e * triton.cdiv(length, cfg["CKS"]) * n * 4 / 2**20
+    row = dict(label=label, shape=shape, kw=kw, fwd_ms=t_f, fwd_bwd_ms=t_fb, floor_ms=floor_ms(shape),
+               x_floor=t_f / floor_ms(shape), fb_over_f=t_fb / t_f, peak_mb=peak, saved_mb=saved,
+               layout="channel-last" if channel_last else "channel-first")
+    RESULT["rows"].append(row)
+    dump()
+    print(f"  {label:8s} {str(shape):22s} fwd {t_f:8.3f} f+b {t_fb:8.3f} floor {floor_ms(shape):6.3f} "
+          f"x{t_f / floor_ms(shape):5.2f} f+b/f {t_fb / t_f:5.2f} peak {peak:8.0f} MB saved {saved:6.0f} MB",
+          flush=True)
+    torch.cuda.empty_cache()
+    return row
+
+
+FWD = [dict(), dict(fwd_block=4, fwd_chunk=8), dict(fwd_block=4, fwd_chunk=4), dict(fwd_block=8, fwd_chunk=2),
+       dict(fwd_block=8, fwd_chunk=8, fwd_warps=2), dict(fwd_block=16, fwd_chunk=4, fwd_warps=2),
+       dict(fwd_block=16, fwd_chunk=4, fwd_warps=4), dict(fwd_block=16, fwd_chunk=2, fwd_warps=2),
+       dict(fwd_block=2, fwd_chunk=8), dict(fwd_block=4, fwd_chunk=2), dict(fwd_target=8192),
+       dict(fwd_block=4, fwd_chunk=8, fwd_target=8192), dict(fwd_block=32, fwd_chunk=1)]
+BWD = [dict(), dict(bwd_target=1), dict(bwd_block=2), dict(bwd_block=2, bwd_target=1), dict(ck=16),
+       dict(bwd_block=8, bwd_warps=2), dict(bwd_block=8, bwd_warps=2, bwd_target=1), dict(ck_save=64),
+       dict(ck_save=256), dict(bwd_block=4, bwd_warps=2), dict(bwd_block=16, bwd_warps=2, ck_save=8)]
+
+
+def sweep(kind, configs, timer):
+    out = RESULT[kind + "_sweep"]
+    for kw in configs:
+        if time.time() - T0 > BUDGET:
+            print(f"  {kind} sweep: budget reached", flush=True)
+            break
+        try:
+            ms = timer(STAGES[0], kw)
+            ok, worst = check(kw)
+            out.append(dict(kw=kw, ms=ms, ok=ok, worst=worst))
+            dump()
+            print(f"  {kind} {json.dumps(kw):60s} {ms:8.3f} ms  check {'ok' if ok else 'FAIL'} {worst:.1e}",
+                  flush=True)
+        except Exception as exc:  # noqa: BLE001 - record and go on with the next launch
+            RESULT["errors"].append(f"{kind} {kw}: {exc!r}")
+            print(f"  {kind} {kw}: ERROR {exc!r}", flush=True)
+            traceback.print_exc()
+        torch.cuda.empty_cache()
+
+
+def best(kind):
+    good = [r for r in RESULT[kind + "_sweep"] if r["ok"]]
+    return min(good, key=lambda r: r["ms"])["kw"] if good else {}
+
+
+def main():
+    print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
+    RESULT["device"] = torch.cuda.get_device_name()
+    sweep("fwd", FWD, time_fwd)
+    sweep("bwd", BWD, time_bwd)
+    bf, bb = best("fwd"), best("bwd")
+    fwd_keys = {"fwd_block", "fwd_chunk", "fwd_warps", "fwd_target"}
+    chosen = {**{k: v for k, v in bf.items() if k in fwd_keys}, **{k: v for k, v in bb.items() if k not in fwd_keys}}
+    RESULT["chosen"] = chosen
+    print("chosen:", chosen, flush=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        for n in (64, 16):
+            try:
+                ok, worst = check(chosen, dtype, shape=(2, 128, 2000, n))
+                print(f"  check chosen {dtype} N={n}: {'ok' if ok else 'FAIL'} {worst:.1e}", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                RESULT["errors"].append(f"check chosen {dtype} {n}: {exc!r}")
+    print("end to end (bf16, median ms):", flush=True)
+    for shape in STAGES:
+        for label, kw in (("default", {}), ("chosen", chosen)):
+            try:
+                end_to_end(shape, kw, label=label)
+            except Exception as exc:  # noqa: BLE001
+                RESULT["errors"].append(f"e2e {label} {shape}: {exc!r}")
+    try:
+        end_to_end(STAGES[0], dict(fwd_block=32, fwd_chunk=1, fwd_warps=1, bwd_block=16, bwd_warps=2, ck_save=8),
+                   label="before")
+    except Exception as exc:  # noqa: BLE001
+        RESULT["errors"].append(f"e2e before: {exc!r}")
+    for shape in ANCHORS:
+        try:
+            end_to_end(shape, {}, channel_last=False, label="N16")
+        except Exception as exc:  # noqa: BLE001
+            RESULT["errors"].append(f"e2e anchor {shape}: {exc!r}")
+    dump()
+    print("\n| label | shape | fwd ms | f+b ms | floor | fwd/floor | f+b/fwd | peak MB | saved MB |")
+    for r in RESULT["rows"]:
+        print(f"| {r['label']} | {r['shape']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['floor_ms']:.3f} | "
+              f"{r['x_floor']:.2f} | {r['fb_over_f']:.2f} | {r['peak_mb']:.0f} | {r['saved_mb']:.0f} |")
+    bad = [c for c in RESULT["checks"] if not c["ok"]]
+    print(f"checks: {len(RESULT['checks']) - len(bad)} ok, {len(bad)} failed; errors: {len(RESULT['errors'])}; "
+          f"{time.time() - T0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,10 @@
-"""The ``audiomamba`` command line: quickstart, train, generate, classify, stream, evaluate, export, bench."""
+"""The ``audiomamba`` command line: quickstart, train, generate, classify, stream, evaluate, export, bench.
+
+Each command imports the package (torch, Lightning) when it runs, not when this module is imported: building
+the parser needs only the standard library, so ``audiomamba --help`` answers in a tenth of a second rather
+than the ~7 s those imports take. Everything audio about a model (sample rate, tokenizer, label names) comes
+from its audio contract (``model.audio``), and files become model inputs through ``audiomamba.inference``.
+"""
 
 from __future__ import annotations
 
@@ -50,12 +56,16 @@ def _quiet_lightning() -> None:
 
 
 def load_any(spec: str, device: str = "cpu"):
-    """(model, info) from a model directory, a run directory or a training checkpoint.
+    """(model, experiment) from a model directory, a run directory or a training checkpoint.
 
-    info: {"task", "sample_rate", "tokenizer", "bits", "classes", "experiment" (ExperimentConfig or None)}.
+    The model carries its audio contract (``model.audio``: sample rate, input kind, tokenizer, label names);
+    ``experiment`` is the ExperimentConfig it was trained with (its data splits, for ``evaluate``), or None
+    when the directory holds none.
     """
     from audiomamba.config import load_experiment_config
     from audiomamba.models import CONFIG_FILE, WEIGHTS_FILE, load_model
+    from audiomamba.training import load_task
+    from audiomamba.training.run import EXPERIMENT_FILE
 
     path = Path(spec).expanduser()
     if not path.exists():
@@ -63,59 +73,17 @@ def load_any(spec: str, device: str = "cpu"):
     if path.is_file():
         if path.suffix != ".ckpt":
             raise CLIError(f"{path}: expected a model directory, a run directory or a .ckpt checkpoint")
-        from audiomamba.training import load_task
-
         task, cfg = load_task(path)
-        d = cfg.data
-        info = {"task": cfg.task, "sample_rate": d.sample_rate, "tokenizer": d.tokenizer, "bits": d.bits,
-                "length": d.length, "classes": list(task.classes), "experiment": cfg}
-        return task.eval_model.to(device).eval(), info
+        return task.eval_model.to(device).eval(), cfg
     if not (path / WEIGHTS_FILE).is_file() and (path / "model" / WEIGHTS_FILE).is_file():
         path = path / "model"
     if not (path / WEIGHTS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
         raise CLIError(f"{path}: no {WEIGHTS_FILE} + {CONFIG_FILE} inside (not a model directory)")
     model = load_model(path, device=device).eval()
-    info = {"task": "lm" if model.config.kind == "lm" else "classify", "sample_rate": 16000,
-            "tokenizer": "mulaw" if model.config.input == "tokens" else "none", "bits": 8, "classes": [],
-            "experiment": None}
-    if (path / "task.json").is_file():
-        info.update(json.loads((path / "task.json").read_text()))
-    if (path / "experiment.yaml").is_file():
-        info["experiment"] = load_experiment_config(str(path / "experiment.yaml"))
-    return model, info
-
-
-def _tokenizer(info):
-    from audiomamba.tokenizers import build_tokenizer
-
-    return None if info["tokenizer"] == "none" else build_tokenizer(info["tokenizer"], info["bits"])
-
-
-def _read_audio(path: str, sample_rate: int, info=None):
-    """(L,) float32 waveform at ``sample_rate``, trimmed and loudness-normalized as the model's training data was
-    (``trim_db`` / ``loudness_db`` of the experiment saved beside the model, when there is one)."""
-    from audiomamba.data.audio_folder import BadFileError, read_audio
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CLIError(f"audio file not found: {p}")
-    exp = (info or {}).get("experiment")
-    trim_db = exp.data.trim_db if exp is not None else None
-    loudness_db = exp.data.loudness_db if exp is not None else None
-    try:
-        return read_audio(p, sample_rate, trim_db, loudness_db, check=True)
-    except BadFileError as e:
-        raise CLIError(str(e)) from None
-
-
-def _model_input(model, info, wave):
-    """(L,) waveform -> (1, L) model input (tokens when the model takes tokens)."""
-    tok = _tokenizer(info)
-    if model.config.input == "tokens" or model.config.kind == "lm":
-        if tok is None:
-            raise CLIError("this model takes tokens but its tokenizer is unknown (no task.json beside it)")
-        return tok.encode(wave[None])
-    return wave[None]
+    experiment = None
+    if (path / EXPERIMENT_FILE).is_file():
+        experiment = load_experiment_config(str(path / EXPERIMENT_FILE))
+    return model, experiment
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -140,35 +108,33 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _generate_to(model, info, n, steps, out_dir: Path, seed, temperature, top_k, top_p, prefix="sample",
+def _generate_to(model, n, steps, out_dir: Path, seed, temperature, top_k, top_p, prefix="sample",
                  prompt=None) -> list[Path]:
+    """Sample ``n`` clips of ``steps`` tokens (after ``prompt``, (1, L) tokens, when given) and write them as
+    WAVs at the model's rate; returns the paths."""
+    import torch
+
+    from audiomamba.inference import tokens_to_audio
     from audiomamba.training.callbacks import write_samples
 
-    tok = _tokenizer(info)
-    if tok is None:
-        raise CLIError("generate needs a waveform tokenizer (mulaw or linear) to decode tokens to audio")
     tokens = model.generate(batch_size=n, num_steps=steps, prompt=prompt, temperature=temperature, top_k=top_k,
                             top_p=top_p, seed=seed, progress=True)
     if prompt is not None:  # write the prompt followed by its continuation
-        import torch
-
         tokens = torch.cat([prompt.expand(n, -1).to(tokens.device), tokens], dim=1)
-    waves = tok.decode(tokens.cpu())
-    return write_samples(waves, info["sample_rate"], out_dir, prefix)
+    return write_samples(tokens_to_audio(model, tokens.cpu()), model.audio.sample_rate, out_dir, prefix)
 
 
 def cmd_generate(args) -> int:
-    model, info = load_any(args.model, args.device)
+    from audiomamba.inference import audio_contract, file_to_input
+
+    model, _ = load_any(args.model, args.device)
     if model.config.kind != "lm":
         raise CLIError(f"{args.model} is a classifier; generate needs a language model (task lm)")
-    steps = args.steps if args.steps is not None else int(round(args.seconds * info["sample_rate"]))
+    steps = args.steps if args.steps is not None else int(round(args.seconds * audio_contract(model).sample_rate))
     if steps < 1:
         raise CLIError("--seconds/--steps must give at least one sample")
-    prompt = None
-    if args.prompt:
-        wave = _read_audio(args.prompt, info["sample_rate"], info)
-        prompt = _model_input(model, info, wave).to(args.device)
-    paths = _generate_to(model, info, args.n, steps, Path(args.out), args.seed, args.temperature, args.top_k,
+    prompt = file_to_input(model, args.prompt).to(args.device) if args.prompt else None
+    paths = _generate_to(model, args.n, steps, Path(args.out), args.seed, args.temperature, args.top_k,
                          args.top_p, prompt=prompt)
     for p in paths:
         print(p)
@@ -178,18 +144,18 @@ def cmd_generate(args) -> int:
 def cmd_classify(args) -> int:
     import torch
 
-    model, info = load_any(args.model, args.device)
+    from audiomamba.inference import audio_contract, file_to_input
+
+    model, _ = load_any(args.model, args.device)
     if model.config.kind != "classifier":
         raise CLIError(f"{args.model} is a language model; classify needs a classifier")
-    classes = info.get("classes") or [str(i) for i in range(model.config.n_classes)]
-    sr = args.sample_rate or info["sample_rate"]
-    length = info.get("length")  # clips shorter than the training length are padded with silence, as in testing
+    audio_contract(model)
+    classes = model.labels or [str(i) for i in range(model.config.n_classes)]
     for f in args.files:
-        wave = _read_audio(f, sr, info)
-        if length and wave.shape[0] < length:
-            wave = torch.nn.functional.pad(wave, (0, length - wave.shape[0]))
+        # read as the test clips were: resampled, trimmed, normalized, padded to the training clip length
+        x = file_to_input(model, f, pad=True).to(args.device)  # (1, L)
         with torch.no_grad():
-            probs = model.classify(_model_input(model, info, wave).to(args.device)).float().softmax(-1)[0]
+            probs = model.classify(x).float().softmax(-1)[0]
         top = probs.topk(min(args.top, probs.numel()))
         ranked = ", ".join(f"{classes[int(i)]} {float(p):.3f}" for p, i in zip(top.values, top.indices))
         print(f"{f}\t{classes[int(top.indices[0])]}\t({ranked})")
@@ -201,10 +167,11 @@ def cmd_stream(args) -> int:
 
     import torch
 
-    model, info = load_any(args.model, args.device)
-    sr = args.sample_rate or info["sample_rate"]
-    wave = _read_audio(args.file, sr, info)
-    x = _model_input(model, info, wave).to(args.device)  # (1, L)
+    from audiomamba.inference import audio_contract, file_to_input
+
+    model, _ = load_any(args.model, args.device)
+    sr = audio_contract(model).sample_rate
+    x = file_to_input(model, args.file).to(args.device)  # (1, L)
     chunk = max(1, int(round(sr * args.chunk_ms / 1000)))
     try:
         stream = model.stream(1, compile=args.compile, weights=args.weights)
@@ -212,7 +179,7 @@ def cmd_stream(args) -> int:
         raise CLIError(str(e)) from None
     n_chunks = math.ceil(x.shape[1] / chunk)
     every = max(1, int(round(args.print_every_ms / args.chunk_ms)))
-    classes = info.get("classes") or [str(i) for i in range(getattr(model.config, "n_classes", 0))]
+    classes = model.labels or [str(i) for i in range(model.config.n_classes)]
     total_bits, count, start = 0.0, 0, time.perf_counter()
     print(f"streaming {args.file}: {x.shape[1] / sr:.2f} s in {n_chunks} chunks of {chunk} samples "
           f"({args.chunk_ms:g} ms)")
@@ -256,15 +223,17 @@ def cmd_evaluate(args) -> int:
 
     from audiomamba.config import load_experiment_config
     from audiomamba.data import AudioDataModule
+    from audiomamba.evaluation import check_data_matches, evaluate_extras
+    from audiomamba.inference import audio_contract
     from audiomamba.training import build_task
 
-    model, info = load_any(args.model, args.device)
+    model, cfg = load_any(args.model, args.device)
+    audio_contract(model)
     if args.weights != "float32":
         try:
             model = model.low_precision_copy(args.weights)  # what `stream --weights` streams
         except ValueError as e:
             raise CLIError(str(e)) from None
-    cfg = info["experiment"]
     if cfg is None:
         raise CLIError(f"{args.model}: no experiment config beside the model; pass --config")
     if args.config or args.overrides:
@@ -272,12 +241,13 @@ def cmd_evaluate(args) -> int:
 
         base = OmegaConf.to_container(OmegaConf.structured(cfg))
         cfg = load_experiment_config(args.config or base, args.overrides)
+    check_data_matches(model, cfg)
     dm = AudioDataModule(cfg.data, seed=cfg.trainer.seed)
     dm.setup("test")
     split = {"test": dm.test_set, "val": dm.val_set, "train": dm.train_set}[args.split]
     loader = dm._eval_loader(split)
     task = build_task(cfg)
-    task.model = model  # evaluate these weights with the task's loss
+    task.model = model  # evaluate these weights (and their audio contract's tokenizer) with the task's loss
     task.ema = None
     model.eval()
     sums = {"nll": 0.0, "count": 0.0, "correct": 0.0, "n": 0.0}
@@ -299,13 +269,10 @@ def cmd_evaluate(args) -> int:
         result["nll_bits_per_token"] = result["nll_nats"] / math.log(2)
     else:
         result["accuracy"] = sums["correct"] / max(sums["count"], 1)
-    # per-speaker accuracy, NLL over real samples only, generated WAVs and classifier scores (audiomamba.metrics)
-    from audiomamba.metrics import evaluate_extras
-
+    # per-speaker accuracy, NLL over real samples only, generated WAVs and classifier scores
     clf = clf_cfg = None
     if args.classifier:
-        clf, clf_info = load_any(args.classifier, args.device)
-        clf_cfg = clf_info["experiment"]
+        clf, clf_cfg = load_any(args.classifier, args.device)
         if clf.config.kind != "classifier" or clf_cfg is None:
             raise CLIError(f"--classifier {args.classifier}: expected a trained classifier run (with its config)")
     result.update(evaluate_extras(model, cfg, args.split, clf, clf_cfg, args.n_samples, args.out, args.seed,
@@ -334,7 +301,10 @@ def cmd_bench(args) -> int:
 
         if not torch.cuda.is_available():
             raise CLIError("bench kernels needs a CUDA GPU")
-        bench.bench_kernels()
+        bench.bench_kernels(presets=args.presets, batch=args.batch, length=args.length)
+    elif args.what == "train":
+        bench.bench_train(presets=args.presets or ["sc09_small"], length=args.length, batch=args.batch,
+                          steps=args.steps, device=args.device, profile=args.profile, tiny=args.tiny)
     elif args.what == "generate":
         kw = {"preset": args.preset or "sc09_small", "batch_sizes": tuple(args.batch_sizes), "dtype": args.dtype}
         if args.steps:
@@ -388,12 +358,12 @@ def run_quickstart(out_dir: Path, classifier_steps=None, lm_steps=None, sample_s
             print(f"      test NLL {entry['test_nll_bits_per_sample']:.3f} bits/sample (uniform: {cfg.data.bits}), "
                   f"{entry['parameters']:,} parameters, {entry['train_seconds']:.0f} s", flush=True)
         summary[key] = entry
-    model, info = load_any(summary["lm"]["model_dir"])
-    steps = int(round(sample_seconds * info["sample_rate"]))
+    model, _ = load_any(summary["lm"]["model_dir"])
+    steps = int(round(sample_seconds * model.audio.sample_rate))
     print(f"[3/3] generating {n_samples} x {sample_seconds:g} s ({steps} samples each, one step per sample)",
           flush=True)
     t0 = time.perf_counter()
-    paths = _generate_to(model, info, n_samples, steps, Path(out_dir) / "samples", seed=0, temperature=1.0,
+    paths = _generate_to(model, n_samples, steps, Path(out_dir) / "samples", seed=0, temperature=1.0,
                          top_k=None, top_p=None)
     summary["samples"] = {"files": [str(p) for p in paths], "seconds": round(time.perf_counter() - t0, 1)}
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
@@ -469,13 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classify", formatter_class=fmt, help="classify audio files",
                        description="Classify whole files. Each file is read as the model's test data was: "
-                       "resampled, trimmed and loudness-normalized as its experiment's data section says, and "
-                       "zero-padded at the end when shorter than the training length.",
+                       "resampled to the model's sample rate, trimmed and loudness-normalized as its audio contract "
+                       "says, and zero-padded at the end when shorter than the training length.",
                        epilog="example:\n  audiomamba classify outputs/quickstart/quickstart_classifier a.wav b.flac")
     c.add_argument("model")
     c.add_argument("files", nargs="+")
     c.add_argument("--top", type=int, default=3, help="classes shown per file (default: 3)")
-    c.add_argument("--sample-rate", type=int, default=None, help="model rate (default: from the model)")
     c.add_argument("--device", default="cpu")
     c.set_defaults(fn=cmd_classify)
 
@@ -489,7 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length in ms (default: 20)")
     s.add_argument("--print-every-ms", type=float, default=100.0, help="print a line every ... ms of audio")
-    s.add_argument("--sample-rate", type=int, default=None)
     s.add_argument("--device", default="cpu")
     s.add_argument("--compile", action="store_true",
                    help="push through torch.compile (CPU, float32 state; the first chunk of a length compiles)")
@@ -526,15 +494,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("out")
     x.set_defaults(fn=cmd_export)
 
-    b = sub.add_parser("bench", formatter_class=fmt, help="benchmarks: kernels (GPU), generate, stream",
+    b = sub.add_parser("bench", formatter_class=fmt, help="benchmarks: kernels (GPU), generate, stream, train",
                        epilog="examples:\n  audiomamba bench kernels\n  audiomamba bench generate --batch-sizes 1 64\n"
                        "  audiomamba bench generate --dtype bfloat16\n"
                        "  audiomamba bench stream --chunk-ms 20 --threads 1\n  audiomamba bench stream --compile\n"
-                       "  audiomamba bench stream --compile --weights bfloat16")
-    b.add_argument("what", choices=("kernels", "generate", "stream"))
+                       "  audiomamba bench stream --compile --weights bfloat16\n"
+                       "  audiomamba bench train\n  audiomamba bench train --length 64000 --profile\n"
+                       "  audiomamba bench train --presets sc09_small sc09_mamba2\n  audiomamba bench train --tiny")
+    b.add_argument("what", choices=("kernels", "generate", "stream", "train"))
+    b.add_argument("--presets", nargs="+", default=None,
+                   help="kernels: presets whose stage shapes are timed (default: all); train: presets to time beside "
+                   "the baselines (default: sc09_small)")
+    b.add_argument("--length", type=int, default=16_000,
+                   help="kernels, train: samples per sequence (train: above 16000 the batch shrinks to keep the "
+                   "tokens per step)")
+    b.add_argument("--batch", type=int, default=16, help="kernels, train: sequences per step")
+    b.add_argument("--profile", action="store_true", help="train: the top-10 kernels of each model's step")
+    b.add_argument("--tiny", action="store_true", help="train: tiny models, 2 × 64 tokens (a CPU smoke test)")
     b.add_argument("--preset", default=None, help="model preset (default: sc09_small / classifier_small)")
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    b.add_argument("--steps", type=int, default=None)
+    b.add_argument("--steps", type=int, default=None, help="generate: steps per run; train: timed steps (10)")
     b.add_argument("--chunk-ms", type=float, default=20.0)
     b.add_argument("--seconds", type=float, default=10.0)
     b.add_argument("--threads", type=int, default=1)

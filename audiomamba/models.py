@@ -2,27 +2,36 @@
 
 Both follow the state contract: ``init_state(batch_size)`` and ``forward(x, state=None) -> (output, state)``,
 exact for any chunking (a bidirectional classifier has no state). ``build_model(spec, **overrides)`` builds
-either from a preset name, a YAML path or a mapping; ``model.save(dir)`` / ``load_model(dir)`` round-trip it.
+either from a preset name, a YAML path or a mapping; ``model.save(dir)`` / ``load_model(dir)`` round-trip it,
+together with the model's audio contract (``model.audio``: sample rate, input kind, tokenizer, label names; see
+``audiomamba.contract``).
 """
 
 from __future__ import annotations
 
-import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbone import BackboneState, MultiResolutionBackbone
-from .config import ModelConfig, load_model_config, model_config_to_yaml
+from .config import ModelConfig, load_experiment_config, load_model_config, model_config_to_yaml
+from .contract import METADATA_KEY, AudioContract, TokenizerSpec
+from .generation import generate
 from .heads import ClassifierHead, LMHead, MeanPoolState
+from .precision import LowPrecisionLinear, low_precision_copy
+from .streaming import Stream
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
+# what training runs before the audio contract wrote beside the weights (read by ``load_model`` as a fallback)
+LEGACY_TASK_FILE = "task.json"
+LEGACY_EXPERIMENT_FILE = "experiment.yaml"
 
 
 class TokenEmbedding(nn.Module):
@@ -40,47 +49,6 @@ class TokenEmbedding(nn.Module):
         return self.embedding(tokens + self.offsets).sum(dim=-2)  # (B, L, K, D) → (B, L, D)
 
 
-# precisions of ``low_precision_copy`` / ``stream(weights=...)``: float32 (the model as it is) or bfloat16 weights
-INFERENCE_WEIGHTS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def inference_weights_dtype(weights: str | torch.dtype | None) -> torch.dtype:
-    """The dtype named by a ``weights`` argument ("float32", "bfloat16", a torch dtype, or None = float32)."""
-    if weights is None:
-        return torch.float32
-    for name, dtype in INFERENCE_WEIGHTS.items():
-        if weights == name or weights is dtype:
-            return dtype
-    raise ValueError(f"weights: expected one of {sorted(INFERENCE_WEIGHTS)}, got {weights!r}")
-
-
-class LowPrecisionLinear(nn.Module):
-    """Inference stand-in for an ``nn.Linear`` (B, ..., D_in) → (B, ..., D_out) whose weight is kept rounded to a
-    lower precision (bfloat16): the product takes the input rounded to it as well (oneDNN's bfloat16 kernels on
-    CPUs, float32 accumulation) and returns the input's dtype; the bias stays in float32 and is added after.
-    ``weight`` gives the rounded weight in float32 for code that reads it directly (e.g. the Mamba-1 Δ
-    projection of the short-chunk path). No autograd: an inference copy (see ``low_precision_copy``)."""
-
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.compute_dtype = linear.weight.dtype
-        self.register_buffer("weight_low", linear.weight.detach().to(dtype).contiguous())  # (D_out, D_in)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.weight_low.to(self.compute_dtype)  # (D_out, D_in): the rounded weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # eager: oneDNN reorders the weight at each call; compiled streams freeze it (inductor keeps it prepacked)
-        y = F.linear(x.to(self.weight_low.dtype), self.weight_low).to(x.dtype)  # (..., D_out)
-        return y if self.bias is None else y + self.bias
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.weight_low.dtype}"
-
-
 class _AudioModel(nn.Module):
     """What both models share: config, backbone, state, streaming, saving."""
 
@@ -89,6 +57,24 @@ class _AudioModel(nn.Module):
         self.config = config
         self.backbone = MultiResolutionBackbone(config.backbone)
         self.d_model = config.backbone.d_model
+        self._audio: AudioContract | None = None
+
+    @property
+    def audio(self) -> AudioContract | None:
+        """The model's audio contract (sample rate, input kind, tokenizer, label names), or None for a model
+        built without one. ``model.save`` stores it; ``load_model`` restores it."""
+        return self._audio
+
+    @audio.setter
+    def audio(self, contract: AudioContract | None) -> None:
+        if contract is not None:
+            check_contract(self.config, contract)
+        self._audio = contract
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A classifier's class names in index order (from the audio contract; empty without one)."""
+        return self._audio.labels if self._audio is not None else ()
 
     @property
     def causal(self) -> bool:
@@ -117,8 +103,6 @@ class _AudioModel(nn.Module):
         """A :class:`audiomamba.streaming.Stream` over this (causal) model: push chunks, get their outputs.
         ``compile``: pushes through ``torch.compile`` (CPU, float32; see ``audiomamba.streaming``).
         ``weights``: "float32" (default: this model, exact) or "bfloat16" (a ``low_precision_copy``, made now)."""
-        from .streaming import Stream
-
         return Stream(self, batch_size, device=device, dtype=dtype, compile=compile, weights=weights)
 
     def low_precision_copy(self, weights: str | torch.dtype = "bfloat16") -> _AudioModel:
@@ -130,28 +114,20 @@ class _AudioModel(nn.Module):
         product and are no faster than float32. Its outputs approximate this model's (deviations of order 1e-3
         to 1e-2 of the largest output, not the 1e-5 of the state contract): measure the task metric before
         relying on it. ``weights="float32"`` returns an exact copy."""
-        dtype = inference_weights_dtype(weights)
-        if any(p.dtype != torch.float32 for p in self.parameters()):
-            raise ValueError("low_precision_copy: expects a float32 model, got parameters in "
-                             f"{sorted({str(p.dtype) for p in self.parameters()})}")
-        model = copy.deepcopy(self).eval().requires_grad_(False)
-        if dtype == torch.float32:
-            return model
-        for module in list(model.modules()):
-            for name, child in list(module.named_children()):
-                # every weight matrix; not a one-input map (the waveform embedding: a broadcast product, no matmul)
-                if type(child) is nn.Linear and child.in_features > 1:
-                    setattr(module, name, LowPrecisionLinear(child, dtype))
-        return model
+        return low_precision_copy(self, weights)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` (weights) and ``config.yaml`` (the resolved config) into ``directory``."""
+        """Write ``model.safetensors`` (weights; its metadata holds the audio contract, when the model has one)
+        and ``config.yaml`` (the resolved config) into ``directory``."""
         if any(isinstance(m, LowPrecisionLinear) for m in self.modules()):
             raise ValueError("save: this is a low_precision_copy (an inference copy); save the float32 model instead")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        metadata = {"format": "pt"}
+        if self._audio is not None:
+            metadata[METADATA_KEY] = self._audio.to_json()
+        save_file(weights, str(directory / WEIGHTS_FILE), metadata=metadata)
         (directory / CONFIG_FILE).write_text(model_config_to_yaml(self.config))
         return directory
 
@@ -203,8 +179,6 @@ class AudioLM(_AudioModel):
 
     def generate(self, batch_size: int = 1, num_steps: int = 16000, prompt: torch.Tensor | None = None, **kwargs):
         """Sample ``num_steps`` new tokens; see :func:`audiomamba.generation.generate` for the arguments."""
-        from .generation import generate
-
         return generate(self, batch_size, num_steps, prompt=prompt, **kwargs)
 
 
@@ -273,17 +247,75 @@ class AudioClassifier(_AudioModel):
 MODEL_CLASSES = {"lm": AudioLM, "classifier": AudioClassifier}
 
 
-def build_model(spec: Any, **overrides: Any) -> AudioLM | AudioClassifier:
+def check_contract(config: ModelConfig, audio: AudioContract) -> None:
+    """ValueError unless ``audio`` fits a model of ``config`` (input kind, vocabulary, codebooks, classes)."""
+    want = "tokens" if config.kind == "lm" else config.input
+    if audio.input != want:
+        raise ValueError(f"audio contract: input {audio.input!r} does not fit a model that takes {want}")
+    tok = audio.tokenizer
+    if tok is not None and tok.kind != "codec" and 2**tok.bits != config.vocab_size:
+        raise ValueError(f"audio contract: a {tok.bits}-bit {tok.kind} tokenizer makes {2**tok.bits} tokens, the "
+                         f"model's vocabulary has {config.vocab_size}")
+    if tok is not None and tok.kind == "codec" and tok.pattern != "flatten" and tok.n_codebooks != config.n_codebooks:
+        raise ValueError(f"audio contract: {tok.n_codebooks} codebooks ({tok.pattern} pattern), the model "
+                         f"embeds {config.n_codebooks}")
+    if config.kind == "classifier" and audio.labels and len(audio.labels) != config.n_classes:
+        raise ValueError(f"audio contract: {len(audio.labels)} labels for a classifier of {config.n_classes} classes")
+    if config.kind == "lm" and audio.labels:
+        raise ValueError("audio contract: a language model has no labels")
+
+
+def build_model(spec: Any, audio: AudioContract | None = None, **overrides: Any) -> AudioLM | AudioClassifier:
     """Build a model from a preset name (``"sc09_small"``), a YAML path, a mapping or a ModelConfig.
 
-    Overrides are dotted keys: ``build_model("sc09_small", **{"backbone.d_model": 32})``.
+    Overrides are dotted keys: ``build_model("sc09_small", **{"backbone.d_model": 32})``. ``audio``: the model's
+    audio contract (``model.audio``; training sets it from the experiment's data).
     """
     config = load_model_config(spec, overrides)
-    return MODEL_CLASSES[config.kind](config)
+    model = MODEL_CLASSES[config.kind](config)
+    model.audio = audio
+    return model
+
+
+def read_audio_contract(weights_file: str | Path) -> AudioContract | None:
+    """The audio contract stored in a ``model.safetensors`` file's metadata (None when it holds none)."""
+    with safe_open(str(weights_file), framework="pt") as f:
+        text = (f.metadata() or {}).get(METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        return AudioContract.from_json(text)
+    except ValueError as e:
+        raise ValueError(f"{weights_file}: {e}") from None
+
+
+def _legacy_audio_contract(directory: Path, config: ModelConfig) -> AudioContract | None:
+    """The contract of a model directory written before contracts were stored in the weights: rebuilt from the
+    ``task.json`` (rate, tokenizer, class names) and ``experiment.yaml`` (clip length, trimming, loudness) that
+    training wrote beside it. None when neither is there."""
+    task_file, exp_file = directory / LEGACY_TASK_FILE, directory / LEGACY_EXPERIMENT_FILE
+    if exp_file.is_file():
+        cfg = load_experiment_config(str(exp_file))
+        labels = json.loads(task_file.read_text()).get("classes", []) if task_file.is_file() else []
+        return AudioContract.from_experiment(cfg, labels)
+    if task_file.is_file():
+        info = json.loads(task_file.read_text())
+        tokenizer = info.get("tokenizer", "none")
+        return AudioContract(
+            sample_rate=int(info["sample_rate"]), input="tokens" if config.kind == "lm" else config.input,
+            tokenizer=None if tokenizer == "none" else TokenizerSpec(tokenizer, bits=int(info.get("bits", 8))),
+            labels=tuple(info.get("classes", [])) if config.kind == "classifier" else (), length=info.get("length"))
+    return None
 
 
 def load_model(directory: str | Path, device: torch.device | str | None = None) -> AudioLM | AudioClassifier:
-    """Restore a model written by ``model.save(directory)`` (same config, bit-identical weights)."""
+    """Restore a model written by ``model.save(directory)``: same config, bit-identical weights, and its audio
+    contract (``model.audio``).
+
+    Directories saved before the contract existed: when training wrote ``task.json`` / ``experiment.yaml``
+    beside the weights, the contract is rebuilt from them; otherwise ``model.audio`` is None (set it, then save
+    again, to use the model from the command line).
+    """
     directory = Path(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
@@ -294,4 +326,6 @@ def load_model(directory: str | Path, device: torch.device | str | None = None) 
     if len(float_dtypes) == 1:
         model.to(float_dtypes.pop())  # saved in bfloat16 (say): restore in bfloat16, not upcast
     model.load_state_dict(weights, strict=True)
+    audio = read_audio_contract(directory / WEIGHTS_FILE)
+    model.audio = audio if audio is not None else _legacy_audio_contract(directory, model.config)
     return model.to(device) if device is not None else model

@@ -46,6 +46,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .layers.pool import _phase_of
+from .precision import inference_weights_name
 from .state import flatten_state, map_state, state_to, unflatten_state
 
 MAX_COMPILED_PATTERNS = 8  # chunk patterns (length, pooling phases) compiled per stream; more run eagerly
@@ -82,7 +83,7 @@ class Stream:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.weights = _weights_name(weights)
+        self.weights = inference_weights_name(weights)
         if self.weights != "float32":
             if dtype not in (None, torch.float32):
                 raise ValueError(f"weights={self.weights!r}: the stream's state stays float32, got dtype {dtype}")
@@ -202,7 +203,7 @@ class Stream:
                 graph = graphs[key] = _compile_push_graph()
             # a low-precision copy is private to this stream: its weights are frozen into the graph as constants,
             # which lets inductor keep them prepacked for oneDNN's bfloat16 kernels
-            from torch._inductor.exc import InductorError
+            from torch._inductor.exc import InductorError  # inductor costs ~1.4 s to import: only when compiling
 
             with torch._inductor.config.patch(freezing=self.weights != "float32"):
                 try:
@@ -249,14 +250,6 @@ class Stream:
         if not Path(path).is_file():
             raise FileNotFoundError(f"stream state file not found: {path}")
         self.load_state_dict(load_file(str(path)))
-
-
-def _weights_name(weights) -> str:
-    """The name ("float32", "bfloat16") of a ``weights`` argument; ValueError naming the choices otherwise."""
-    from .models import INFERENCE_WEIGHTS, inference_weights_dtype
-
-    dtype = inference_weights_dtype(weights)
-    return next(name for name, d in INFERENCE_WEIGHTS.items() if d is dtype)
 
 
 def _check_compilable(model, device: torch.device, dtype: torch.dtype) -> None:

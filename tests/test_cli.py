@@ -11,11 +11,15 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+import torchaudio.functional as AF
 
 from audiomamba.cli import WEIGHTS, main
+from audiomamba.config import load_experiment_config
+from audiomamba.contract import AudioContract, TokenizerSpec
 from audiomamba.data import SyntheticAudio
-from audiomamba.models import INFERENCE_WEIGHTS, load_model
-from audiomamba.tokenizers import MuLawTokenizer
+from audiomamba.models import build_model, load_model
+from audiomamba.precision import INFERENCE_WEIGHTS
+from audiomamba.tokenizers import LinearTokenizer, MuLawTokenizer
 
 TINY = [
     "model.backbone.d_model=8", "model.backbone.pool=[2]", "model.backbone.n_blocks=[1]",
@@ -79,7 +83,7 @@ def test_classifier_train_classify_stream_evaluate_export(capsys, tmp_path):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("streaming") and out[-1].startswith("done")
     last = out[-2].split()
-    assert last[2] == json.loads((run / "model" / "task.json").read_text())["classes"][int(probs.argmax())]
+    assert last[2] == model.labels[int(probs.argmax())]
     assert float(last[3].split("=")[1]) == pytest.approx(float(probs.max()), abs=2e-3)
 
     assert main(["evaluate", str(run)]) == 0
@@ -116,7 +120,8 @@ def test_classify_preprocesses_like_the_training_data(capsys, tmp_path):
     printed = {name: float(p) for name, p in (r.split() for r in ranked)}
 
     model = load_model(run / "model").eval()
-    classes = json.loads((run / "model" / "task.json").read_text())["classes"]
+    classes = model.labels
+    assert model.audio.loudness_db == -20.0 and model.audio.length == 64
     wave = normalize_loudness(torch.from_numpy(sf.read(str(wav), dtype="float32")[0]), -20.0)
     wave = torch.nn.functional.pad(wave, (0, 64 - 40))
     with torch.no_grad():
@@ -160,9 +165,58 @@ def test_quickstart_end_to_end_small(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "test accuracy" in out and "bits/sample" in out and "quickstart done" in out
     summary = json.loads((tmp_path / "metrics.json").read_text())
-    assert 0 <= summary["classifier"]["test_accuracy"] <= 1 and summary["lm"]["test_nll_bits_per_sample"] > 0
+    # the reported test accuracy is the exported classifier's accuracy on the test clips, computed here anew
+    cfg = load_experiment_config("quickstart_classifier", small)
+    syn = cfg.data.synthetic
+    test_set = SyntheticAudio(size=syn.test_size, length=cfg.data.length, sample_rate=cfg.data.sample_rate,
+                              classes=list(syn.classes), seed=syn.seed + 2)
+    clf = load_model(summary["classifier"]["model_dir"]).eval()
+    audio = torch.stack([test_set[i]["audio"] for i in range(len(test_set))])
+    labels = torch.stack([test_set[i]["label"] for i in range(len(test_set))])
+    with torch.no_grad():
+        predicted = clf.classify(MuLawTokenizer(8).encode(audio)).argmax(-1)
+    assert summary["classifier"]["test_accuracy"] == pytest.approx(float((predicted == labels).double().mean()),
+                                                                   abs=1e-6)
+    assert summary["lm"]["test_nll_bits_per_sample"] > 0
     assert (tmp_path / "samples" / "sample_0.wav").is_file() and (tmp_path / "samples" / "sample_0.png").is_file()
     assert summary["classifier"]["steps"] == 2 and summary["lm"]["steps"] == 2
+
+
+def test_classify_and_stream_honour_the_models_audio_contract(capsys, tmp_path):
+    """A model saved at 8 kHz with 6-bit linear tokens and its own label names: a 16 kHz file is resampled to
+    8 kHz and tokenized with that tokenizer (no guessed rate or mu-law), and the labels printed are the model's."""
+    torch.manual_seed(0)
+    audio = AudioContract(8000, "tokens", TokenizerSpec("linear", bits=6), labels=("low", "mid", "high"))
+    model = build_model("classifier_small", audio=audio, input="tokens", vocab_size=64, n_classes=3,
+                        **{"backbone.d_model": 8, "backbone.n_blocks": [1], "backbone.pool": [2, 2]}).eval()
+    model.save(tmp_path / "m")
+    wave16k = (0.3 * torch.randn(1, 1600)).clamp(-1, 1)
+    wav = tmp_path / "clip16k.wav"
+    sf.write(str(wav), wave16k[0].numpy(), 16000, subtype="FLOAT")
+    x = LinearTokenizer(6).encode(AF.resample(wave16k, 16000, 8000))  # (1, 800) at the model's rate
+    with torch.no_grad():
+        probs = model.classify(x).softmax(-1)[0]
+    assert main(["classify", str(tmp_path / "m"), str(wav), "--top", "3"]) == 0
+    ranked = capsys.readouterr().out.strip().split("\t")[2].strip("()").split(", ")
+    printed = {name: float(p) for name, p in (r.split() for r in ranked)}
+    assert set(printed) == {"low", "mid", "high"}
+    for i, name in enumerate(audio.labels):
+        assert printed[name] == pytest.approx(float(probs[i]), abs=1.5e-3), name
+
+    assert main(["stream", str(tmp_path / "m"), str(wav), "--chunk-ms", "20", "--print-every-ms", "100"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].endswith("0.10 s in 5 chunks of 160 samples (20 ms)")  # 800 samples at 8 kHz
+    last = out[-2].split()
+    assert last[2] == audio.labels[int(probs.argmax())]
+    assert float(last[3].split("=")[1]) == pytest.approx(float(probs.max()), abs=2e-3)
+
+
+def test_model_without_audio_contract_is_a_one_line_error(capsys, tmp_path):
+    torch.manual_seed(0)
+    build_model("classifier_small", **{"backbone.d_model": 8, "backbone.n_blocks": [1]}).save(tmp_path / "bare")
+    wav = _wav(tmp_path / "clip.wav", 0)
+    _one_line_error(capsys, ["classify", str(tmp_path / "bare"), str(wav)], "no audio contract")
+    _one_line_error(capsys, ["stream", str(tmp_path / "bare"), str(wav)], "no audio contract")
 
 
 def test_bench_stream_runs(capsys):

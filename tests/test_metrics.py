@@ -8,18 +8,19 @@ import pytest
 import torch
 from scipy import linalg
 
+from audiomamba.config import load_experiment_config
+from audiomamba.contract import AudioContract
+from audiomamba.evaluation import classifier_outputs, evaluate_generation, nll_bits_per_sample, segment_nll_bits
 from audiomamba.metrics import (
     ClassifierOutputs,
     am_score,
-    classifier_outputs,
-    evaluate_generation,
     frechet_distance,
     generation_scores,
     inception_score,
     modified_inception_score,
-    nll_bits_per_sample,
 )
 from audiomamba.models import build_model
+from audiomamba.tokenizers import build_tokenizer
 
 
 def _random_probs(n, c, gen):
@@ -146,18 +147,34 @@ def test_evaluate_generation_same_set():
     clf = _tiny_classifier(True).eval()
     gen = torch.Generator().manual_seed(8)
     waves = 0.3 * torch.randn(12, 192, generator=gen)
-    res = evaluate_generation(clf, waves, waves, batch_size=5, reference_labels=torch.zeros(12))
+    labels = torch.randint(0, 3, (12,), generator=gen)
+    res = evaluate_generation(clf, waves, waves, batch_size=5, reference_labels=labels)
     assert res["fid"] == pytest.approx(0.0, abs=1e-6)
     assert res["is"] == pytest.approx(res["reference_is"], rel=1e-9)
-    assert sum(res["class_histogram"]) == 12 and 0 <= res["reference_accuracy"] <= 1
+    with torch.no_grad():
+        predicted = clf.classify(waves).argmax(-1)  # (12,): the classifier on the whole set at once
+    assert res["class_histogram"] == [int((predicted == c).sum()) for c in range(3)]
+    assert res["reference_accuracy"] == pytest.approx(float((predicted == labels).double().mean()), abs=1e-12)
 
 
-def test_generation_scores_keys():
+def test_generation_scores_match_independent_computations():
     gen = torch.Generator().manual_seed(9)
     a = ClassifierOutputs(_random_probs(10, 3, gen), torch.randn(10, 4, dtype=torch.float64, generator=gen))
-    b = ClassifierOutputs(_random_probs(10, 3, gen), torch.randn(10, 4, dtype=torch.float64, generator=gen))
+    b = ClassifierOutputs(_random_probs(14, 3, gen), torch.randn(14, 4, dtype=torch.float64, generator=gen) + 0.5)
     res = generation_scores(a, b)
-    assert {"is", "mis", "am", "fid", "class_histogram"} <= res.keys()
+    rows, ref_rows = [r.tolist() for r in a.probs], [r.tolist() for r in b.probs]
+    mean, ref_mean = np.mean(rows, 0).tolist(), np.mean(ref_rows, 0).tolist()
+    assert res["is"] == pytest.approx(math.exp(np.mean([_kl(r, mean) for r in rows])), rel=1e-10)
+    assert res["mis"] == pytest.approx(math.exp(np.mean([_kl(r, s) for r in rows for s in rows])), rel=1e-10)
+    entropy = np.mean([-sum(x * math.log(x) for x in r) for r in rows])
+    assert res["am"] == pytest.approx(_kl(ref_mean, mean) + entropy, rel=1e-10)
+    fa, fb = b.features.numpy(), a.features.numpy()  # FID of the generated features against the reference ones
+    s_a, s_b = np.cov(fa, rowvar=False), np.cov(fb, rowvar=False)
+    fid = ((fa.mean(0) - fb.mean(0)) ** 2).sum() + np.trace(s_a + s_b - 2 * linalg.sqrtm(s_a @ s_b).real)
+    assert res["fid"] == pytest.approx(float(fid), rel=1e-7)
+    argmax = [max(range(3), key=r.__getitem__) for r in rows]
+    assert res["class_histogram"] == [argmax.count(c) for c in range(3)]
+    assert (res["n_generated"], res["n_reference"]) == (10, 14)
 
 
 def test_nll_bits_per_sample_matches_manual():
@@ -184,10 +201,6 @@ def test_segment_nll_counts_every_real_sample_once(tmp_path):
     left out), over files cut into data.length pieces."""
     import soundfile as sf
 
-    from audiomamba.config import load_experiment_config
-    from audiomamba.metrics import segment_nll_bits
-    from audiomamba.tokenizers import build_tokenizer
-
     gen = np.random.default_rng(11)
     for split, lengths in (("train", [300]), ("val", [250]), ("test", [700, 130, 64])):
         (tmp_path / split).mkdir()
@@ -196,7 +209,7 @@ def test_segment_nll_counts_every_real_sample_once(tmp_path):
     cfg = load_experiment_config("music_mamba", [f"data.root={tmp_path}", "data.sample_rate=8000", "data.length=256",
                                                  "model.backbone.d_model=8", "model.backbone.n_blocks=[1]"])
     torch.manual_seed(0)
-    lm = build_model(cfg.model).eval()
+    lm = build_model(cfg.model, audio=AudioContract.from_experiment(cfg)).eval()
     res = segment_nll_bits(lm, cfg, "test", batch_size=3)
     assert res["n_segments"] == 3 + 1 + 1 and res["n_samples"] == 255 + 255 + 187 + 129 + 63
     tok = build_tokenizer("mulaw", 8)

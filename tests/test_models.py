@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -10,7 +11,8 @@ from helpers import random_chunks, rel_err
 
 import audiomamba
 from audiomamba import AudioClassifier, AudioLM, build_model, load_model
-from audiomamba.config import load_model_config, model_preset_names
+from audiomamba.config import load_experiment_config, load_model_config, model_preset_names
+from audiomamba.contract import METADATA_KEY, AudioContract, TokenizerSpec
 
 torch.set_num_threads(1)
 
@@ -77,6 +79,84 @@ def test_save_load_keeps_dtype(tmp_path):
     loaded = load_model(tmp_path)
     assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters()))
+
+
+CONTRACTS = {  # one audio contract per kind of model input, each with non-default values
+    "lm_mulaw": ("sc09_small", {}, AudioContract(16000, "tokens", TokenizerSpec("mulaw", bits=8), length=8000,
+                                                 loudness_db=-18.0)),
+    "lm_linear6": ("sc09_small", {"vocab_size": 64}, AudioContract(11025, "tokens", TokenizerSpec("linear", bits=6))),
+    "lm_codec": ("sc09_small", {"vocab_size": 9, "n_codebooks": 3},
+                 AudioContract(24000, "tokens", TokenizerSpec("codec", n_codebooks=3, pattern="delay",
+                                                              codebook_size=8))),
+    "classifier_wave": ("classifier_small", {"n_classes": 3},
+                        AudioContract(8000, "waveform", labels=("yes", "no", "up"), length=4096, trim_db=30.0)),
+    "classifier_tokens": ("classifier_bidirectional", {"input": "tokens", "n_classes": 2},
+                          AudioContract(22050, "tokens", TokenizerSpec("mulaw", bits=8), labels=("cat", "dog"))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTRACTS))
+def test_save_load_keeps_the_audio_contract(case, tmp_path):
+    spec, overrides, audio = CONTRACTS[case]
+    model = tiny(spec, **overrides)
+    model.audio = audio
+    model.save(tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.audio == audio and loaded.labels == audio.labels
+    assert isinstance(loaded.audio.tokenizer, (TokenizerSpec, type(None)))
+    if audio.tokenizer is not None:
+        assert (loaded.audio.tokenizer.kind, loaded.audio.tokenizer.bits) == (audio.tokenizer.kind,
+                                                                              audio.tokenizer.bits)
+    # stored as JSON in the weights file's metadata (read without unpickling)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        stored = json.loads(f.metadata()[METADATA_KEY])
+    assert stored["sample_rate"] == audio.sample_rate and stored["input"] == audio.input
+    assert stored["labels"] == list(audio.labels)
+
+
+def test_contract_from_experiment_and_training_tokenizer():
+    cfg = load_experiment_config("quickstart_classifier", ["data.bits=6", "model.vocab_size=64",
+                                                           "data.tokenizer=linear", "data.loudness_db=-20"])
+    audio = AudioContract.from_experiment(cfg, labels=cfg.data.synthetic.classes)
+    assert audio == AudioContract(cfg.data.sample_rate, "tokens", TokenizerSpec("linear", bits=6),
+                                  labels=tuple(cfg.data.synthetic.classes), length=cfg.data.length,
+                                  loudness_db=-20.0)
+    x = torch.rand(2, 50) * 2 - 1
+    assert torch.equal(audio.tokenizer.build().encode(x), torch.round((x.double() + 1) * 31.5).long())
+    lm = load_experiment_config("quickstart_lm")
+    assert AudioContract.from_experiment(lm, labels=["a", "b"]).labels == ()  # a language model has no labels
+
+
+def test_contract_must_fit_the_model():
+    with pytest.raises(ValueError, match="makes 64 tokens, the model's vocabulary has 256"):
+        tiny("sc09_small").audio = AudioContract(8000, "tokens", TokenizerSpec("linear", bits=6))
+    with pytest.raises(ValueError, match="2 labels for a classifier of 10 classes"):
+        build_model("classifier_small", audio=AudioContract(8000, "waveform", labels=("a", "b")),
+                    **TINY)
+    with pytest.raises(ValueError, match="input 'tokens' does not fit a model that takes waveform"):
+        tiny("classifier_small").audio = AudioContract(8000, "tokens", TokenizerSpec("mulaw", bits=8))
+    with pytest.raises(ValueError, match="a waveform-input model has no tokenizer"):
+        AudioContract(8000, "waveform", TokenizerSpec("mulaw", bits=8))
+    with pytest.raises(ValueError, match="sample_rate"):
+        AudioContract(0, "waveform")
+    with pytest.raises(ValueError, match="unsupported version 7"):
+        AudioContract.from_json('{"version": 7, "sample_rate": 8000, "input": "waveform"}')
+
+
+def test_model_without_contract_and_legacy_directories(tmp_path):
+    model = tiny("classifier_small", n_classes=3)
+    assert model.audio is None and model.labels == ()
+    model.save(tmp_path / "bare")
+    assert load_model(tmp_path / "bare").audio is None  # saved without one: none is made up
+    # a directory written before contracts existed: training left task.json beside the weights
+    model.save(tmp_path / "old")
+    (tmp_path / "old" / "task.json").write_text(json.dumps(
+        {"task": "classify", "sample_rate": 8000, "tokenizer": "none", "bits": 8, "length": 512,
+         "classes": ["x", "y", "z"]}))
+    assert load_model(tmp_path / "old").audio == AudioContract(8000, "waveform", labels=("x", "y", "z"),
+                                                               length=512)
 
 
 def test_load_model_missing_files(tmp_path):

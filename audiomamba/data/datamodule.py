@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from audiomamba.data.audio_folder import AUDIO_EXTENSIONS, FSDD_REGEX, AudioFolder, list_files
+from audiomamba.data.selective_copying import SelectiveCopying
 from audiomamba.data.synthetic import SyntheticAudio
 from audiomamba.data.tokens import TOKEN_EXTENSIONS, TokenFolder
 
@@ -163,8 +164,6 @@ class AudioDataModule(L.LightningDataModule):
             self.test_set = SyntheticAudio(size=s.test_size, seed=s.seed + 2, **kw)
             return
         if c.source == "selective_copying":
-            from audiomamba.data.selective_copying import SelectiveCopying
-
             s = c.selective_copying
             kw = dict(context_length=s.context_length, n_tokens=s.n_tokens, vocab_size=s.vocab_size)
             self.train_set = SelectiveCopying(s.train_size, seed=s.seed, **kw)

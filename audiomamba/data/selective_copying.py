@@ -18,8 +18,15 @@ An item is a pure function of (seed, index): every split is reproducible and nee
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import torch
 from torch.utils.data import Dataset
+
+from audiomamba.config import load_experiment_config
+from audiomamba.models import load_model
 
 BLANK = 0
 
@@ -125,12 +132,6 @@ def main(argv: list[str] | None = None) -> int:
 
     MODEL_DIR is a ``model.save`` directory (``outputs/<run>/model``); the task's sizes come from the run's
     ``config.yaml`` beside it when present (else the options). Prints one JSON line."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    from audiomamba.models import load_model
-
     parser = argparse.ArgumentParser(prog="python -m audiomamba.data.selective_copying", description=main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir")
@@ -142,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"context_length": 256, "n_tokens": 16, "vocab_size": 16, "test_size": 2048, "seed": 0}
     run_config = Path(args.model_dir).parent / "config.yaml"
     if run_config.is_file():
-        from audiomamba.config import load_experiment_config
-
         sc = load_experiment_config(str(run_config)).data.selective_copying
         sizes = {k: getattr(sc, k) for k in sizes}
     model = load_model(args.model_dir, device=args.device)

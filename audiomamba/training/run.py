@@ -18,7 +18,6 @@ from audiomamba.training.callbacks import LoaderProgress, SampleCallback
 from audiomamba.training.tasks import build_task
 
 EXPERIMENT_FILE = "experiment.yaml"
-TASK_FILE = "task.json"
 
 
 def resolve_precision(cfg: ExperimentConfig) -> str:
@@ -71,8 +70,8 @@ def train(cfg: ExperimentConfig, resume: str | None = None, callbacks=(), test: 
 
     ``quiet`` skips printing the resolved config, the model summary and the test table (progress bars follow
     ``trainer.progress_bar``). Writes under ``output_dir/run_name``: config.yaml, checkpoints/, logs/version_N/,
-    tb/version_N/, model/ (safetensors, experiment.yaml, task.json), metrics.json. Returns run_dir, checkpoint,
-    model_dir, metrics.
+    tb/version_N/, model/ (model.safetensors with the audio contract, config.yaml, experiment.yaml),
+    metrics.json. Returns run_dir, checkpoint, model_dir, metrics.
     """
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=not quiet)
     run_dir = run_dir_of(cfg)
@@ -108,15 +107,12 @@ def train(cfg: ExperimentConfig, resume: str | None = None, callbacks=(), test: 
 
 
 def export_model(task, out_dir: str | Path) -> Path:
-    """Save the task's (EMA) model with ``model.save`` plus what inference needs beside the weights:
-    ``experiment.yaml`` (the resolved experiment config: tokenizer, sample rate, data) and ``task.json``."""
+    """Save the task's (EMA) model with ``model.save`` (weights, config and audio contract: sample rate,
+    tokenizer, label names) plus ``experiment.yaml`` (the resolved experiment config, whose data section
+    ``audiomamba evaluate`` reads)."""
     out_dir = Path(out_dir)
     task.eval_model.save(out_dir)
     (out_dir / EXPERIMENT_FILE).write_text(experiment_config_to_yaml(task.cfg))
-    d = task.cfg.data
-    info = {"task": task.cfg.task, "sample_rate": d.sample_rate, "tokenizer": d.tokenizer, "bits": d.bits,
-            "length": d.length, "classes": list(task.classes)}
-    (out_dir / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
 

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from audiomamba.config import ExperimentConfig, experiment_config_to_yaml
+from audiomamba.contract import AudioContract
 from audiomamba.models import build_model
-from audiomamba.tokenizers import CodebookPattern, build_tokenizer
+from audiomamba.tokenizers import CodebookPattern
 from audiomamba.training.optim import build_optimizer
 
 LN2 = math.log(2.0)
@@ -48,15 +49,37 @@ class _Task(L.LightningModule):
     def __init__(self, cfg: ExperimentConfig):
         super().__init__()
         self.cfg = cfg
-        self.model = build_model(cfg.model)
+        # the model carries the audio contract of its data (rate, tokenizer; label names once the data is scanned)
+        self.model = build_model(cfg.model, audio=AudioContract.from_experiment(cfg))
         self.ema = None
         if cfg.optim.ema_decay:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),
                                      use_buffers=True)
             self.ema.requires_grad_(False)
-        d = cfg.data
-        self.tokenizer = build_tokenizer(d.tokenizer, d.bits) if d.tokenizer != "none" else None
-        self.classes: list[str] = []  # label names in index order (set by the run; saved in checkpoints)
+
+    @property
+    def tokenizer(self):
+        """The waveform tokenizer of the model's audio contract (audio batches → tokens); None for waveform
+        input, codec tokens and non-audio tokens."""
+        tok = self.model.audio.tokenizer if self.model.audio is not None else None
+        return tok.build() if tok is not None and tok.kind != "codec" else None
+
+    @property
+    def classes(self) -> list[str]:
+        """A classifier's label names in index order (its model's ``audio.labels``; saved in checkpoints)."""
+        return list(self.model.labels)
+
+    @classes.setter
+    def classes(self, names) -> None:
+        if self.cfg.model.kind != "classifier":
+            return  # a language model has no labels
+        names = list(names)
+        if names and len(names) != self.cfg.model.n_classes:
+            raise ValueError(f"the data has {len(names)} classes, model.n_classes is {self.cfg.model.n_classes}: "
+                             f"set model.n_classes={len(names)}")
+        for model in (self.model, self.ema.module if self.ema is not None else None):
+            if model is not None:
+                model.audio = model.audio.with_labels(names)
 
     @property
     def eval_model(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -163,8 +164,6 @@ def cmd_classify(args) -> int:
 
 
 def cmd_stream(args) -> int:
-    import math
-
     import torch
 
     from audiomamba.inference import audio_contract, file_to_input
@@ -216,8 +215,6 @@ def cmd_stream(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import math
-
     import torch
     from tqdm import tqdm
 

@@ -17,6 +17,7 @@ import struct
 import warnings
 from pathlib import Path
 
+import librosa  # a lazy loader: its submodules load on first use
 import numpy as np
 import soundfile as sf
 import torch
@@ -271,8 +272,6 @@ def read_audio(path, sample_rate: int, trim_db: float | None = None, loudness_db
     if sr != sample_rate:
         wave = AF.resample(wave, sr, sample_rate)
     if trim_db is not None:
-        import librosa
-
         trimmed, _ = librosa.effects.trim(wave.numpy(), top_db=trim_db, frame_length=1024, hop_length=256)
         if trimmed.size:
             wave = torch.from_numpy(np.ascontiguousarray(trimmed))

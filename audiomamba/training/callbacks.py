@@ -23,6 +23,7 @@ class LoaderProgress(L.Callback):
 
 def save_spectrogram_png(wave: np.ndarray, sample_rate: int, path: Path, title: str = "") -> Path:
     """A log-magnitude STFT spectrogram of (L,) ``wave`` as a PNG (librosa + matplotlib, headless)."""
+    # plotting imports matplotlib (~2 s) and must pick the headless backend first: only when a PNG is written
     import librosa
     import librosa.display
     import matplotlib

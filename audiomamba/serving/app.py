@@ -108,7 +108,8 @@ class StreamServer:
         chunk = int(round(self.rate * config.chunk_ms / 1000))
         self.engine = Engine(model, config.max_streams, chunk, compile=compile)
         self.kind = self.engine.kind
-        self.labels = list(contract.labels) or [str(i) for i in range(getattr(model.config, "n_classes", 0) or 0)]
+        self.labels = [] if self.kind == "lm" else (list(contract.labels) or
+                                                    [str(i) for i in range(model.config.n_classes)])
         self.tokenizer = None
         if self.engine.tokens:
             if contract.tokenizer is None:
@@ -200,7 +201,8 @@ class StreamServer:
         if not self._authorized(request):
             return web.Response(status=401, text="missing or wrong token\n")
         cfg = self.config
-        ws = web.WebSocketResponse(max_msg_size=4 * cfg.max_frame_bytes, heartbeat=max(cfg.idle_timeout_s, 1.0))
+        ws = web.WebSocketResponse(max_msg_size=4 * cfg.max_frame_bytes, heartbeat=max(cfg.idle_timeout_s, 1.0),
+                                   timeout=2.0)  # for the client's answer to a close
         await ws.prepare(request)
         self.counts["connections"] += 1
         session = None
@@ -216,8 +218,12 @@ class StreamServer:
                 await ws.close()
         return ws
 
-    async def _error(self, ws, message: str, close_code: int | None = None) -> None:
+    async def _error(self, ws, message: str, close_code: int | None = None, session: Session | None = None) -> None:
+        """Send an error to this client; with ``close_code``, close the connection (detaching ``session`` from it
+        first, so that the stream can be resumed at once)."""
         self.counts["errors"] += 1
+        if close_code is not None and session is not None and session.ws is ws:
+            self._detach(session)
         if not ws.closed:
             await ws.send_str(json.dumps({"type": "error", "message": message}))
             if close_code is not None:
@@ -290,7 +296,7 @@ class StreamServer:
                 msg = await ws.receive(timeout=cfg.idle_timeout_s)
             except asyncio.TimeoutError:
                 await self._error(ws, f"idle for {cfg.idle_timeout_s:g} s: closing (the stream is kept for "
-                                  f"{cfg.keep_s:g} s)", 1001)
+                                  f"{cfg.keep_s:g} s)", 1001, session)
                 return
             if session.ws is not ws:  # cut (slow reader) while waiting
                 return
@@ -322,7 +328,7 @@ class StreamServer:
             return True
         if self.scheduler.full(session.slot):
             await self._error(ws, f"input queue full ({cfg.max_buffer_s:g} s of audio waiting): closing; the stream "
-                              f"is kept for {cfg.keep_s:g} s, resume from its 'received' count", 1008)
+                              f"is kept for {cfg.keep_s:g} s, resume from its 'received' count", 1008, session)
             return False
         try:
             x = session.path(data, session.format)

@@ -1,78 +1,16 @@
-"""Benchmarks behind ``audiomamba bench ...``.
-
-``bench_kernels`` (``audiomamba bench kernels``) lives with the kernels in ``audiomamba.kernels.bench`` and is
-re-exported here. ``bench_generate`` (``audiomamba bench generate``: AudioLM sampling rate) and ``bench_stream``
-(``audiomamba bench stream``: CPU streaming real-time factor and per-chunk latency) are below.
-"""
+"""``audiomamba bench stream``: real-time factor and per-chunk latency of ``Stream.push``."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
 import torch
 
-from audiomamba.kernels.bench import bench_kernels, bench_scan, bench_ssd  # noqa: F401
+from audiomamba.models import build_model
 
-# ---------------------------------------------------------------------------------------------- generation
-
-GENERATE_TARGETS = {1: 16_000.0, 64: 1_000_000.0}  # aggregate samples/s on the H200 (16 kHz real time at B=1)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bench_generate(
-    preset: str = "sc09_small", batch_sizes: tuple[int, ...] = (1, 64), num_steps: int | None = None,
-    device: str | None = None, dtype: str = "float32", cuda_graphs: bool | None = None, seed: int = 0,
-) -> list[dict]:
-    """Samples per second of ``AudioLM.generate`` (16 kHz 8-bit mu-law: V = 256), untrained weights.
-
-    Two runs per batch size, of n and 2n steps: ``steady`` = B·n / (t(2n) - t(n)) is the stepping rate without
-    the one-off set-up of a call (state allocation, CUDA-graph capture), ``end_to_end`` = B·2n / t(2n).
-
-    Args:
-        preset: model preset. batch_sizes: B values. num_steps: n (default 16000 on CUDA, 256 on CPU).
-        device: default CUDA when available. dtype: model dtype. cuda_graphs: default on for CUDA.
-    """
-    from .models import build_model
-
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    n = num_steps if num_steps is not None else (16_000 if dev.type == "cuda" else 256)
-    torch.manual_seed(seed)
-    model = build_model(preset).to(dev, getattr(torch, dtype)).eval()
-    rows = []
-    for batch in batch_sizes:
-        model.generate(batch, min(n, 64), seed=seed, progress=False, cuda_graphs=cuda_graphs)  # compile, warm up
-        times = {}
-        for steps in (n, 2 * n):
-            _sync(dev)
-            start = time.perf_counter()
-            model.generate(batch, steps, seed=seed, progress=False, cuda_graphs=cuda_graphs)
-            _sync(dev)
-            times[steps] = time.perf_counter() - start
-        steady = batch * n / max(times[2 * n] - times[n], 1e-9)
-        rows.append({
-            "preset": preset, "device": str(dev), "dtype": dtype, "batch": batch, "steps": 2 * n,
-            "steady_samples_per_s": steady, "end_to_end_samples_per_s": batch * 2 * n / times[2 * n],
-            "target": GENERATE_TARGETS.get(batch) if dev.type == "cuda" else None,
-        })
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
-    graphs = cuda_graphs if cuda_graphs is not None else dev.type == "cuda"
-    print(f"generate: {preset} ({model.num_parameters() / 1e6:.1f}M params), {name}, {dtype}, "
-          f"CUDA graphs {'on' if graphs else 'off'}")
-    print(f"{'batch':>5} {'steps':>7} {'steady samples/s':>17} {'end-to-end':>12} {'target':>10}  ok")
-    for r in rows:
-        target = r["target"]
-        ok = "-" if target is None else ("yes" if r["steady_samples_per_s"] >= target else "NO")
-        print(f"{r['batch']:>5} {r['steps']:>7} {r['steady_samples_per_s']:>17,.0f} "
-              f"{r['end_to_end_samples_per_s']:>12,.0f} {'' if target is None else f'{target:,.0f}':>10}  {ok}")
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------- streaming
+from .timing import sync
 
 STREAM_TARGETS = {"rtf": 0.05, "ms_per_chunk": 2.0}  # one CPU thread, 20 ms chunks at 16 kHz
 
@@ -91,10 +29,6 @@ def bench_stream(
     is reported as ``compile_s`` and is not part of the RTF or the latencies. ``weights``: "float32" (the model,
     exact) or "bfloat16" (``model.stream(..., weights="bfloat16")``, an approximation): measured as its own row.
     """
-    import os
-
-    from .models import build_model
-
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -112,7 +46,7 @@ def bench_stream(
             start, start_cpu = time.perf_counter(), time.thread_time()
             stream.push(x)
             if device != "cpu":
-                _sync(torch.device(device))
+                sync(device)
             lat.append(time.perf_counter() - start)
             cpu.append(time.thread_time() - start_cpu)
     finally:

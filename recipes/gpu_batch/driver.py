@@ -168,7 +168,7 @@ def _concat_wavs(wav_dir: Path, dest: Path, n: int, sample_rate: int) -> None:
 
 
 def cmd_eval(args) -> int:
-    from audiomamba import metrics
+    from audiomamba import evaluation
     from audiomamba.data.selective_copying import SelectiveCopying, copying_accuracy
 
     runs, out_dir = Path(args.runs), Path(args.out)
@@ -179,7 +179,7 @@ def cmd_eval(args) -> int:
         for name in ("fsdd_classification_causal", "fsdd_classification_bidirectional"):
             if (runs / name / "model").is_dir():
                 model, cfg = _load_run(runs, name)
-                res[name] = _safe(metrics.classifier_accuracy, model, cfg, "test")
+                res[name] = _safe(evaluation.classifier_accuracy, model, cfg, "test")
     elif args.part == "copy":
         for name in ("selective_copying_mamba", "selective_copying_s4d"):
             if (runs / name / "model").is_dir():
@@ -191,7 +191,7 @@ def cmd_eval(args) -> int:
         for name in ("music_mamba", "music_s4d"):
             if (runs / name / "model").is_dir():
                 model, cfg = _load_run(runs, name)
-                res[name] = _safe(metrics.segment_nll_bits, model, cfg, "val", batch_size=8,
+                res[name] = _safe(evaluation.segment_nll_bits, model, cfg, "val", batch_size=8,
                                   max_segments=args.max_segments)
     elif args.part == "fsdd_gen":
         clf_name = _best_classifier(runs)
@@ -200,14 +200,14 @@ def cmd_eval(args) -> int:
             if not (runs / name / "model").is_dir():
                 continue
             model, cfg = _load_run(runs, name)
-            entry = {"test_real_samples": _safe(metrics.segment_nll_bits, model, cfg, "test", batch_size=16,
+            entry = {"test_real_samples": _safe(evaluation.segment_nll_bits, model, cfg, "test", batch_size=16,
                                                 max_segments=args.max_segments)}
             wav_dir = runs / name / "samples"
-            gen = _safe(metrics.evaluate_lm_generation, model, cfg, classifier=clf, classifier_cfg=clf_cfg,
+            gen = _safe(evaluation.evaluate_lm_generation, model, cfg, classifier=clf, classifier_cfg=clf_cfg,
                         n_samples=args.n_samples, out_dir=wav_dir, seed=0, batch_size=args.n_samples,
                         max_reference=args.max_reference)
             if "error" in gen and torch.cuda.is_available():  # once more without CUDA graphs, fewer clips
-                gen = _safe(metrics.evaluate_lm_generation, model, cfg, classifier=clf, classifier_cfg=clf_cfg,
+                gen = _safe(evaluation.evaluate_lm_generation, model, cfg, classifier=clf, classifier_cfg=clf_cfg,
                             n_samples=min(64, args.n_samples), out_dir=wav_dir, seed=0, batch_size=64,
                             max_reference=args.max_reference, cuda_graphs=False)
                 gen["note"] = "generated without CUDA graphs after an error with them (see logs.txt)"

@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import time
-import traceback
 
 import torch
 import triton
@@ -119,16 +118,19 @@ def time_fwd(shape, kw, channel_last=True):
         return bench(lambda: call(d, cfg))
 
 
-def time_bwd(shape, kw, channel_last=True):
-    """Backward launch alone (checkpoints from one forward)."""
+def time_bwd(shape, kw, channel_last=True, reps=True):
+    """Backward launch alone (checkpoints from one forward); reps=False: run it once."""
     d = inputs(shape, torch.bfloat16, channel_last)
     cfg = cfg_for(shape, channel_last, **kw)
     y, hT, ck, cfg = S._selective_scan_fwd(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
                                            d["delta_bias"], True, d["h0"], store_checkpoints=True, config=cfg)
     dy = torch.randn_like(y)
     dhT = torch.randn_like(hT)
-    return bench(lambda: S._selective_scan_bwd(dy, dhT, d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
-                                               d["delta_bias"], True, ck, True, cfg))
+    def run():
+        return S._selective_scan_bwd(dy, dhT, d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
+                                     d["delta_bias"], True, ck, True, cfg)
+
+    return bench(run) if reps else run()
 
 
 def end_to_end(shape, kw, channel_last=True, label=""):
@@ -165,25 +167,45 @@ def end_to_end(shape, kw, channel_last=True, label=""):
     return row
 
 
-FWD = [dict(), dict(fwd_block=4, fwd_chunk=8), dict(fwd_block=4, fwd_chunk=4), dict(fwd_block=8, fwd_chunk=2),
-       dict(fwd_block=8, fwd_chunk=8, fwd_warps=2), dict(fwd_block=16, fwd_chunk=4, fwd_warps=2),
-       dict(fwd_block=16, fwd_chunk=4, fwd_warps=4), dict(fwd_block=16, fwd_chunk=2, fwd_warps=2),
-       dict(fwd_block=2, fwd_chunk=8), dict(fwd_block=4, fwd_chunk=2), dict(fwd_target=8192),
-       dict(fwd_block=4, fwd_chunk=8, fwd_target=8192), dict(fwd_block=32, fwd_chunk=1)]
-BWD = [dict(), dict(bwd_target=1), dict(bwd_block=2), dict(bwd_block=2, bwd_target=1), dict(ck=16),
-       dict(bwd_block=8, bwd_warps=2), dict(bwd_block=8, bwd_warps=2, bwd_target=1), dict(ck_save=64),
-       dict(ck_save=256), dict(bwd_block=4, bwd_warps=2), dict(bwd_block=16, bwd_warps=2, ck_save=8)]
+FWD = [dict(), dict(fwd_chunk=16), dict(fwd_block=2), dict(fwd_block=2, fwd_chunk=16), dict(fwd_block=8),
+       dict(fwd_block=8, fwd_chunk=16), dict(fwd_block=8, fwd_target=8192), dict(fwd_target=8192),
+       dict(fwd_block=16, fwd_warps=2), dict(fwd_kernel="tile", fwd_block=8, fwd_chunk=4),
+       dict(fwd_kernel="tile", fwd_block=32, fwd_chunk=1, fwd_warps=1)]
+BWD = [dict(), dict(bwd_target=1), dict(bwd_block=2), dict(bwd_block=2, bwd_target=1), dict(bwd_block=8, bwd_warps=2),
+       dict(ck=16), dict(ck_save=64), dict(ck_save=256), dict(bwd_maxnreg=168),
+       dict(bwd_block=16, bwd_warps=2, ck_save=8)]
 
 
-def sweep(kind, configs, timer):
+def _warm(job):
+    """Worker: compile (into Triton's cache) and check one launch; returns (kind, kw, ok, worst)."""
+    kind, kw = job
+    try:
+        ok, worst = check(kw)
+        if kind == "fwd":
+            d = inputs(STAGES[0], torch.bfloat16)
+            with torch.no_grad():
+                call(d, cfg_for(STAGES[0], **kw))
+        else:
+            time_bwd(STAGES[0], kw, reps=False)
+        torch.cuda.synchronize()
+        return kind, kw, ok, worst, None
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        return kind, kw, False, float("nan"), repr(exc)
+
+
+def sweep(kind, configs, timer, warm):
     out = RESULT[kind + "_sweep"]
     for kw in configs:
+        ok, worst, err = warm[(kind, json.dumps(kw, sort_keys=True))]
+        if err:
+            RESULT["errors"].append(f"{kind} {kw}: {err}")
+            print(f"  {kind} {json.dumps(kw):60s} ERROR {err}", flush=True)
+            continue
         if time.time() - T0 > BUDGET:
             print(f"  {kind} sweep: budget reached", flush=True)
             break
         try:
             ms = timer(STAGES[0], kw)
-            ok, worst = check(kw)
             out.append(dict(kw=kw, ms=ms, ok=ok, worst=worst))
             dump()
             print(f"  {kind} {json.dumps(kw):60s} {ms:8.3f} ms  check {'ok' if ok else 'FAIL'} {worst:.1e}",
@@ -191,7 +213,6 @@ def sweep(kind, configs, timer):
         except Exception as exc:  # noqa: BLE001 - record and go on with the next launch
             RESULT["errors"].append(f"{kind} {kw}: {exc!r}")
             print(f"  {kind} {kw}: ERROR {exc!r}", flush=True)
-            traceback.print_exc()
         torch.cuda.empty_cache()
 
 
@@ -203,8 +224,17 @@ def best(kind):
 def main():
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
     RESULT["device"] = torch.cuda.get_device_name()
-    sweep("fwd", FWD, time_fwd)
-    sweep("bwd", BWD, time_bwd)
+    import multiprocessing as mp
+
+    jobs = [("fwd", kw) for kw in FWD] + [("bwd", kw) for kw in BWD]
+    with mp.get_context("spawn").Pool(min(len(jobs), 14)) as pool:
+        warm = {(k, json.dumps(kw, sort_keys=True)): (ok, worst, err) for k, kw, ok, worst, err in
+                pool.imap_unordered(_warm, jobs)}
+    print(f"compiled and checked {len(jobs)} launches in {time.time() - T0:.0f} s", flush=True)
+    for (k, kw), (ok, worst, err) in warm.items():
+        RESULT["checks"].append(dict(kind=k, kw=kw, ok=ok, worst=worst, err=err))
+    sweep("fwd", FWD, time_fwd, warm)
+    sweep("bwd", BWD, time_bwd, warm)
     bf, bb = best("fwd"), best("bwd")
     fwd_keys = {"fwd_block", "fwd_chunk", "fwd_warps", "fwd_target"}
     chosen = {**{k: v for k, v in bf.items() if k in fwd_keys}, **{k: v for k, v in bb.items() if k not in fwd_keys}}
@@ -234,6 +264,16 @@ def main():
             end_to_end(shape, {}, channel_last=False, label="N16")
         except Exception as exc:  # noqa: BLE001
             RESULT["errors"].append(f"e2e anchor {shape}: {exc!r}")
+    print("N = 16 anchors, forward with the step kernel (channel-first):", flush=True)
+    for shape in ANCHORS:
+        for kw in (dict(fwd_kernel="step", fwd_block=8), dict(fwd_kernel="step", fwd_block=16),
+                   dict(fwd_kernel="step", fwd_block=32)):
+            try:
+                ms = time_fwd(shape, kw, channel_last=False)
+                RESULT["anchor_step"] = RESULT.get("anchor_step", []) + [dict(shape=shape, kw=kw, fwd_ms=ms)]
+                print(f"  {str(shape):22s} {json.dumps(kw):50s} fwd {ms:.3f}", flush=True)
+            except Exception as exc:  # noqa: BLE001
+                RESULT["errors"].append(f"anchor step {shape} {kw}: {exc!r}")
     dump()
     print("\n| label | shape | fwd ms | f+b ms | floor | fwd/floor | f+b/fwd | peak MB | saved MB |")
     for r in RESULT["rows"]:

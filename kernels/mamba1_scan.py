@@ -101,6 +101,21 @@ def _dt_from_raw(raw, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _softplus_sig(raw, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr):
+    """(softplus(raw), σ(raw)) from one exponential, softplus as in activations.softplus (log1p accuracy, linear
+    above 20); (raw, 1) without SOFTPLUS."""
+    if SOFTPLUS:
+        ex = _exp2(raw * 1.4426950408889634, FAST_EXP)
+        one_e = 1.0 + ex
+        dtv = tl.where(raw > 20.0, raw, tl.where(one_e == 1.0, ex, tl.log(one_e) * tl.fdiv(ex, one_e - 1.0)))
+        dsp = tl.where(raw > 20.0, 1.0, tl.fdiv(ex, one_e))
+    else:
+        dtv = raw
+        dsp = tl.full(raw.shape, 1.0, tl.float32)
+    return dtv, dsp
+
+
+@triton.jit
 def _tile_te(ptr, b, e, t, sb, se, sl, mask):
     """[T, BE] tile at (b, e, t) in the input dtype (zeros where masked)."""
     return tl.load(ptr + b * sb + e[None, :] * se + t[:, None] * sl, mask=mask, other=0.0)
@@ -237,6 +252,144 @@ def _ss_fwd_kernel(
             tl.store(hT_ptr + (b * E + e[None, :]) * N + n[:, None], h, mask=en_mask)
 
 
+@triton.jit(do_not_specialize=["s_an", "s_ckn"])
+def _ss_fwd_step_kernel(
+    # pointers
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, y_ptr,
+    hs_ptr, ck_ptr, hT_ptr, S_ptr, P_ptr, scr_ptr,
+    # sizes
+    E, L, EG, NEB, SEG, NSEG, NCK,
+    # strides
+    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_zb, s_ze, s_zl, s_yb, s_ye, s_yl, s_ckn,
+    # meta
+    N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, T: tl.constexpr, CK: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr, FAST_EXP: tl.constexpr,
+):
+    """Same contract as ``_ss_fwd_kernel``, for large N: the state is an [NP, BE] tile whose states are spread
+    over the lanes as well as the channels (BE < 32), and the T steps of a chunk are written out one by one.
+
+    Per chunk, the per-(step, channel) values (Δ after bias and softplus, Δu) are computed once on coalesced
+    [T, BE] tiles and parked in a small per-program scratch (L1), then each step reads its [BE] rows back
+    (broadcast over the lanes that hold other states) and its B, C rows [NP] straight from memory, and does one
+    exponential, two FMAs and a multiply per (state, channel); the readout over N is an in-thread sum plus a
+    short reduction across the lanes that share a channel. The step outputs go to the scratch too, and the chunk's
+    y gets the D skip and the SiLU(z) gate on a [T, BE] tile before one coalesced store. The tiles of chunk c + 1
+    are requested before chunk c is computed.
+    """
+    # The strides s_an and s_ckn (n-stride of the state tensors, 1) are not specialised: the loads and stores of A and
+    # of the states then impose no layout, and the state tile takes the B/C row loads' one (8 contiguous states
+    # per thread for bf16, no conversions in the loop).
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = (pid_r // (NEB * (E // EG))).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
+    rem = pid_r % (NEB * (E // EG))
+    g = rem // NEB
+    eo = tl.arange(0, BE)
+    e_loc = (rem % NEB) * BE + eo
+    e_mask = e_loc < EG
+    e = g * EG + e_loc  # [BE]
+    n = tl.arange(0, NP)
+    n_mask = n < N
+    en_mask = n_mask[:, None] & e_mask[None, :]  # [NP, BE]
+    A2 = tl.load(A_ptr + e[None, :] * s_ae + n[:, None] * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BE], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    st_off = ((b * E + e[None, :]) * NSEG + pid_s) * N + n[:, None] * s_ckn  # into (B, E, NSEG, N)
+    if HAS_H0 and not LOCAL:
+        h = tl.load(hs_ptr + st_off, mask=en_mask, other=0.0)
+    else:
+        h = tl.zeros([NP, BE], tl.float32)
+    dt_sum = tl.zeros([BE], tl.float32)
+    tt = tl.arange(0, T)
+    # scratch per program: Δ, Δu, y rows of the chunk, (3, T, BE) float32
+    scr = scr_ptr + (pid_r * NSEG + pid_s) * (3 * T * BE)
+    scr_te = scr + tt[:, None] * BE + eo[None, :]  # [T, BE]
+    t_begin = pid_s * SEG
+    t_lim = tl.minimum(L, t_begin + SEG)
+    n_chunks = tl.cdiv(t_lim - t_begin, T)
+    t = t_begin + tt
+    pm = (t < t_lim)[:, None] & e_mask[None, :]
+    u_n = _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, pm)
+    d_n = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, pm)
+    if HAS_Z and not LOCAL:
+        z_n = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, pm)
+    else:
+        z_n = u_n
+    # B and C rows are loaded as [NP, BE] tiles (the same address for every channel): their contiguous, vectorized
+    # layout then becomes the state tile's, with no conversion between the loads and the arithmetic. Steps past
+    # the end read row L - 1 (their Δ is 0: the state does not move, and their y is not stored).
+    zero_e = tl.zeros([1, BE], tl.int32)
+    B_row = B_ptr + b * s_Bb + g * s_Bg + n[:, None] * s_Bn + zero_e
+    C_row = C_ptr + b * s_Cb + g * s_Cg + n[:, None] * s_Cn + zero_e
+    bc_mask = n_mask[:, None] & (zero_e == 0)
+    for c in range(0, n_chunks):
+        t0 = t_begin + c * T
+        t = t0 + tt
+        m2 = (t < L)[:, None] & e_mask[None, :]  # [T, BE]
+        if STORE_CK:
+            if t0 % CK == 0:
+                tl.store(ck_ptr + ((b * E + e[None, :]) * NCK + t0 // CK) * N + n[:, None] * s_ckn, h, mask=en_mask)
+        u_c = u_n
+        d_c = d_n
+        z_c = z_n
+        tq = t + T
+        pm = (tq < t_lim)[:, None] & e_mask[None, :]
+        u_n = _tile_te(u_ptr, b, e, tq, s_ub, s_ue, s_ul, pm)
+        d_n = _tile_te(dt_ptr, b, e, tq, s_db, s_de, s_dl, pm)
+        if HAS_Z and not LOCAL:
+            z_n = _tile_te(z_ptr, b, e, tq, s_zb, s_ze, s_zl, pm)
+        u = u_c.to(tl.float32)
+        raw = d_c.to(tl.float32)
+        if HAS_DTB:
+            raw += dtb[None, :]
+        dtv, _ = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
+        dtv = tl.where(m2, dtv, 0.0)
+        if LOCAL:
+            dt_sum += tl.sum(dtv, axis=0)
+        tl.debug_barrier()  # the previous chunk's reads of the scratch are done
+        tl.store(scr_te, dtv)
+        tl.store(scr_te + T * BE, dtv * u)
+        tl.debug_barrier()
+        for s in tl.static_range(T):
+            ts = tl.minimum(t0 + s, L - 1)
+            dts = tl.load(scr + s * BE + eo)
+            xs = tl.load(scr + (T + s) * BE + eo)
+            if NP == N:
+                Bs = tl.load(B_row + ts * s_Bl).to(tl.float32)
+            else:
+                Bs = tl.load(B_row + ts * s_Bl, mask=bc_mask, other=0.0).to(tl.float32)
+            h = _exp2(dts[None, :] * A2, FAST_EXP) * h + xs[None, :] * Bs
+            if not LOCAL:
+                if NP == N:
+                    Cs = tl.load(C_row + ts * s_Cl).to(tl.float32)
+                else:
+                    Cs = tl.load(C_row + ts * s_Cl, mask=bc_mask, other=0.0).to(tl.float32)
+                tl.store(scr + (2 * T + s) * BE + eo, tl.sum(h * Cs, axis=0))
+        if not LOCAL:
+            tl.debug_barrier()
+            y = tl.load(scr_te + 2 * T * BE)
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                zz = z_c.to(tl.float32)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(y_ptr + b * s_yb + e[None, :] * s_ye + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
+    if LOCAL:
+        tl.store(S_ptr + st_off, h, mask=en_mask)
+        tl.store(P_ptr + st_off, _exp2(A2 * dt_sum[None, :], FAST_EXP), mask=en_mask)
+    else:
+        if pid_s == NSEG - 1:
+            tl.store(hT_ptr + (b * E + e[None, :]) * N + n[:, None] * s_ckn, h, mask=en_mask)
+
+
 @triton.jit
 def _ss_pass_kernel(S_ptr, P_ptr, x0_ptr, out_ptr, M, NSEG,
                     N: tl.constexpr, HAS_X0: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
@@ -356,21 +509,6 @@ def _lean_two(dA_acc, h0, h1, a1, a_nx, g_nx, A2, dt0, dt1, dy0, dy1, u0, u1, sp
     if HAS_Z:
         _pe_store_rows(p_kz, r0, eo, dz0, dz1, BE)
     return dA_acc, g0, ddt0 + ddt1, dy0 * u0 + dy1 * u1
-
-
-@triton.jit
-def _softplus_sig(raw, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr):
-    """(softplus(raw), σ(raw)) from one exponential, softplus as in activations.softplus (log1p accuracy, linear
-    above 20); (raw, 1) without SOFTPLUS."""
-    if SOFTPLUS:
-        ex = _exp2(raw * 1.4426950408889634, FAST_EXP)
-        one_e = 1.0 + ex
-        dtv = tl.where(raw > 20.0, raw, tl.where(one_e == 1.0, ex, tl.log(one_e) * tl.fdiv(ex, one_e - 1.0)))
-        dsp = tl.where(raw > 20.0, 1.0, tl.fdiv(ex, one_e))
-    else:
-        dtv = raw
-        dsp = tl.full(raw.shape, 1.0, tl.float32)
-    return dtv, dsp
 
 
 @triton.jit
@@ -636,18 +774,20 @@ def _fast_exp(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
-def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_block=None, fwd_chunk=None,
-                fwd_warps=None, fwd_target=None, bwd_block=None, bwd_warps=None, bwd_maxnreg=None, bwd_target=None,
-                ck=None, ck_save=None):
+def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_kernel=None, fwd_block=None,
+                fwd_chunk=None, fwd_warps=None, fwd_target=None, bwd_block=None, bwd_warps=None, bwd_maxnreg=None,
+                bwd_target=None, ck=None, ck_save=None):
     """Launch configuration of one problem size (a dict for ``selective_scan_triton(config=...)``); every keyword
     left None takes the default below.
 
-    Forward: ``fwd_block`` channels per program, ``fwd_chunk`` steps per register tile, ``fwd_warps`` warps per
-    program, ``fwd_target`` warps wanted in flight before time is cut into segments (segments cost a second
-    pass). Backward: ``bwd_block`` channels per program, ``bwd_warps``, ``bwd_maxnreg`` (register cap, None: the
-    compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``: steps between the states
-    the forward keeps for the backward ((B, E, ceil(L / ck_save), N) float32); the backward regenerates the
-    interval starts in between. Defaults from the H200/H100 sweeps (benchmarks/notes/mamba1_scan*.md).
+    Forward: ``fwd_kernel`` "tile" ([T, N, channels] register tiles, for small N) or "step" (the steps written out
+    on [N, channels] tiles whose states are spread over lanes too, for large N); ``fwd_block`` channels per
+    program, ``fwd_chunk`` steps per chunk T, ``fwd_warps`` warps per program, ``fwd_target`` warps wanted in
+    flight before time is cut into segments (segments cost a second pass). Backward: ``bwd_block`` channels per
+    program, ``bwd_warps``, ``bwd_maxnreg`` (register cap, None: the compiler's), ``bwd_target``, ``ck`` steps per
+    recomputation interval. ``ck_save``: steps between the states the forward keeps for the backward
+    ((B, E, ceil(L / ck_save), N) float32); the backward regenerates the interval starts in between. Defaults
+    from the GPU sweeps in benchmarks/notes/mamba1_scan*.md.
     """
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
@@ -656,12 +796,15 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_b
     ck_save = ck_save or 128
     if ck_save % ck:
         raise ValueError(f"ck_save: expected a multiple of ck = {ck}, got {ck_save}")
-    if np2 <= 16:
+    fwd_kernel = fwd_kernel or ("tile" if np2 <= 16 else "step")
+    if fwd_kernel not in ("tile", "step"):
+        raise ValueError(f"fwd_kernel: expected 'tile' or 'step', got {fwd_kernel!r}")
+    if fwd_kernel == "tile":
         be = min(fwd_block or 32, eg2)
         T = fwd_chunk or 4
     else:
-        be = min(fwd_block or 8, eg2)
-        T = fwd_chunk or 4
+        be = min(fwd_block or 4, eg2)
+        T = fwd_chunk or 8
     if ck_save % T:
         raise ValueError(f"fwd_chunk: expected a divisor of ck_save = {ck_save}, got {T}")
     nw = fwd_warps or max(1, be * np2 // 512)
@@ -672,7 +815,8 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_b
         else:
             fwd_target = 1 if rows * nw >= 256 else _TARGET_WARPS
     seg, nseg = _segments(rows, nw, length, ck_save, fwd_target)
-    cfg = dict(CK=ck, CKS=ck_save, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg, fwd_nseg=nseg)
+    cfg = dict(CK=ck, CKS=ck_save, fwd_kernel=fwd_kernel, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg,
+               fwd_nseg=nseg)
     be = min(bwd_block or (16 if np2 <= 16 else 4), eg2)
     nw = bwd_warps or max(1, be * np2 // 512)
     rows = batch * groups * triton.cdiv(eg, be)
@@ -710,11 +854,16 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         return y, hT, (ck if store_checkpoints else None), cfg
     z_ = z if z is not None else u
     grid = (batch * groups * neb, nseg)
-    kernel = _ss_fwd_kernel
     common = dict(N=n, NP=np2, BE=BE, T=T, HAS_D=D is not None, HAS_Z=z is not None,
                   HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=cfg["fwd_warps"],
                   CK=CKS, FAST_EXP=_fast_exp(u))
     strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *y.stride())
+    if cfg["fwd_kernel"] == "step":
+        kernel = _ss_fwd_step_kernel
+        scratch = (torch.empty(grid[0] * nseg * 3 * T * BE, device=dev, dtype=torch.float32),)
+        strides += (1,)  # the n-stride of the state tensors (see the kernel)
+    else:
+        kernel, scratch = _ss_fwd_kernel, ()
     dummy = hT
     Dp = D if D is not None else dummy
     dtbp = delta_bias if delta_bias is not None else dummy
@@ -722,7 +871,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         S = torch.empty(batch, channels, nseg, n, device=dev, dtype=torch.float32)
         P = torch.empty_like(S)
         kernel[grid](
-            u, delta, A, Bg, Cg, Dp, z_, dtbp, y, dummy, dummy, dummy, S, P,
+            u, delta, A, Bg, Cg, Dp, z_, dtbp, y, dummy, dummy, dummy, S, P, *scratch,
             channels, length, eg, neb, seg, nseg, nck, *strides,
             LOCAL=True, HAS_H0=False, STORE_CK=False, **common,
         )
@@ -737,7 +886,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         hs = h0 if h0 is not None else dummy
         has_h0 = h0 is not None
     kernel[grid](
-        u, delta, A, Bg, Cg, Dp, z_, dtbp, y, hs, ck, hT, dummy, dummy,
+        u, delta, A, Bg, Cg, Dp, z_, dtbp, y, hs, ck, hT, dummy, dummy, *scratch,
         channels, length, eg, neb, seg, nseg, nck, *strides,
         LOCAL=False, HAS_H0=has_h0, STORE_CK=store_checkpoints, **common,
     )

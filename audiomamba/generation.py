@@ -14,14 +14,15 @@ period of ``pool_product`` steps), so that a step costs one graph launch and no 
 step functions run eagerly.
 
 Fused path (Triton backend, every block a fused-step Mamba-1 block, no top-k / top-p): each stage's blocks run
-as one launch of ``mamba1_stage_step_triton`` (weights stacked once per call, block states as views of stacked
-buffers). A step at depth 0 (most steps) is then that one launch for stage 0: embedding, down-pool shift, up-pool
-rotation, blocks, stage residual, final norm, head, Gumbel-max draw and the output writes, with a per-row
-position counter. Stages below the first of width >= 128 (``block_step_split.uses_split``) instead take two
-launches per block, each block spread over slices of its inner width (one SM alone streaming their weights was
-the bound). Deeper steps run the completed down-pool frames (the embedding, one cat, one linear) and the up-pool
-unfolds (one linear into the buffer) as ATen ops between the stage launches, the stage launches shifting the down
-windows. The pooling phase counters are not kept on this path (no step reads them).
+as one launch (``audiomamba.fused_step``; weights stacked once per call through each mixer's ``step_weights``,
+block states as views of stacked buffers). A step at depth 0 (most steps) is then that one launch for stage 0: the
+embedding, down-pool shift and up-pool rotation before the kernels' stage blocks, the final norm, head, Gumbel-max
+draw (the sampler's scores, :mod:`audiomamba.sampling`) and the output writes after them, with a per-row position
+counter. Stages below the first of width >= 128 (``block_step_split.uses_split``) instead take two launches per
+block, each block spread over slices of its inner width (one SM alone streaming their weights was the bound), and
+one launch for their pool shifts. Deeper steps run the completed down-pool frames (the embedding, one cat, one
+linear) and the up-pool unfolds (one linear into the buffer) as ATen ops between the stage launches. The pooling
+phase counters are not kept on this path (no step reads them).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
+from .kernels import get_backend
+from .sampling import Sampler, gumbel_noise_
 from .state import flatten_state, map_state
 
 
@@ -49,30 +51,6 @@ class GenerationOutput:
     logits: torch.Tensor | None = None
     log_likelihood: torch.Tensor | None = None
     kept: torch.Tensor | None = None
-
-
-def sample_from_logits(
-    logits: torch.Tensor, gumbel: torch.Tensor | None, temperature: float = 1.0, top_k: int | None = None,
-    top_p: float | None = None,
-) -> torch.Tensor:
-    """Draw one token per row: logits (..., V) float32, gumbel (..., V) Gumbel(0, 1) noise → (...) int64.
-
-    Gumbel-max sampling (argmax of logits / temperature + noise) is an exact draw from the softmax and needs
-    no host sync. temperature 0 (or gumbel None) is greedy. top_k keeps the k largest logits; top_p keeps the
-    smallest set of most likely tokens whose probability reaches p (at least one).
-    """
-    if temperature == 0 or gumbel is None:
-        return logits.argmax(dim=-1)
-    scores = logits / temperature if temperature != 1.0 else logits
-    if top_k is not None and top_k < scores.shape[-1]:
-        kth = scores.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        ordered, order = scores.sort(dim=-1, descending=True)  # (..., V)
-        probs = ordered.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # mass before a token already reaches p
-        scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
-    return (scores + gumbel).argmax(dim=-1)
 
 
 def filter_by_likelihood(
@@ -114,24 +92,31 @@ def tokens_to_waveform(tokens: torch.Tensor, tokenizer: Any = "mulaw", pattern: 
 class _Stepper:
     """Preallocated buffers and the step programs of one generation run (see the module docstring)."""
 
-    def __init__(self, model, state, token, rows: int, temperature, top_k, top_p, generator, record_logits,
-                 record_ll, period: list[int] | None):
+    def __init__(self, model, state, token, rows: int, sampler: Sampler, generator, record_logits, record_ll,
+                 period: list[int] | None):
         cfg = model.config
         B, K, V = token.shape[0], cfg.n_codebooks, cfg.vocab_size
         device = token.device
         state = map_state(lambda t: t.detach().clone(memory_format=torch.contiguous_format), state)  # own buffers
         self.model, self.state, self.token = model, state, token  # token: (B, 1, K) int64
-        self.temperature, self.top_k, self.top_p, self.generator = temperature, top_k, top_p, generator
+        self.sampler, self.generator = sampler, generator
         self.rows, self.period = rows, period
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # row of the block for the next step
-        sampling = temperature != 0
-        self.noise = torch.empty(rows, B, K, V, device=device) if sampling else None  # Gumbel noise
+        self.noise = None if sampler.greedy else torch.empty(rows, B, K, V, device=device)  # Gumbel noise
         self.out_tokens = torch.zeros(rows, B, K, dtype=torch.long, device=device)
         self.out_logits = torch.zeros(rows, B, K, V, device=device) if record_logits else None
         self.ll = torch.zeros(B, device=device) if record_ll else None
-        self.fused = _fused_stages(model, state, token) if top_k is None and top_p is None else None
         self.row_pos = torch.zeros(B, dtype=torch.long, device=device)  # per-row position (fused path)
-        self.head = None if self.fused is None else _head_args(model, temperature, self)
+        self.fused = self.head = self.embed_row = None
+        if not sampler.truncates and get_backend(token) == "triton":
+            from .fused_step import HeadBuffers, fused_stages
+
+            self.fused = fused_stages(model, state, B)
+            if self.fused is not None:
+                self.head = HeadBuffers(sampler.temperature, self.noise, self.row_pos, self.out_tokens,
+                                        self.out_logits, self.ll)
+                dtype = model.embed.embedding.weight.dtype
+                self.embed_row = torch.empty(B, model.d_model, device=device, dtype=dtype)  # stage 0's input
         self.state_leaves = list(flatten_state(state).values())
         self.graphs: dict[Any, torch.cuda.CUDAGraph] = {}
         # fused path on CUDA: one side stream per pooled stage (the stages of a deeper step run concurrently)
@@ -144,8 +129,7 @@ class _Stepper:
         self.pos.zero_()
         self.row_pos.zero_()
         if self.noise is not None:
-            u = self.noise.uniform_(generator=self.generator)
-            u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()  # -log(-log u)
+            gumbel_noise_(self.noise, self.generator)
 
     def step(self, depth: int) -> None:
         """One step: read token and state buffers, write the next token, the new state and the outputs."""
@@ -156,7 +140,7 @@ class _Stepper:
         logits, new_state = self.model.step(self.token, self.state, depth, inplace=True)  # (B, 1, K, V)
         logits = logits[:, 0].float()  # (B, K, V)
         gumbel = None if self.noise is None else self.noise.index_select(0, self.pos)[0]  # (B, K, V)
-        nxt = sample_from_logits(logits, gumbel, self.temperature, self.top_k, self.top_p)  # (B, K)
+        nxt = self.sampler(logits, gumbel)  # (B, K)
         dst, src = [self.token], [nxt[:, None]]
         for old, new in zip(self.state_leaves, flatten_state(new_state).values()):
             if new is not old:  # only the stages that ran changed
@@ -172,29 +156,37 @@ class _Stepper:
 
     def _stage(self, s: int, x: torch.Tensor | None, up: torch.Tensor | None = None, push: bool = False,
                down: bool = False, embed: bool = False, head: bool = False) -> torch.Tensor:
-        """Stage s's blocks in one launch, or two per block for a split stage (plus the parts named by the flags:
-        ``push`` shifts the down window and rotates the up buffer, ``down`` only shifts the window): (B, D_s)."""
-        from .kernels.block_step import mamba1_stage_step_triton
+        """Stage s's blocks: one launch with the parts named by the flags (``push`` shifts the down window and
+        rotates the up buffer, ``down`` only shifts the window, ``embed``: the input is the tokens' embedding,
+        ``head``: final norm, head and draw), or for a split stage two launches per block, whose pool buffers the
+        caller moves (``_shift_split``): (B, D_s)."""
+        from .fused_step import fused_stage_step
         from .kernels.block_step_split import mamba1_stage_step_split_triton
 
         stage, st = self.fused[s], self.state
+        if stage.split is not None:  # a wide stage: each block over many programs
+            if push:
+                up = st.up[s].buffer[:, 0]  # the row that the rotation (after the stage) moves to P-1
+            return mamba1_stage_step_split_triton(x, stage.conv, stage.ssm, stage.weights, stage.norm, stage.eps,
+                                                  up=up, residual=True, workspace=stage.split)
         kw: dict[str, Any] = {}
         if push:  # this stage's pools do not complete a frame: shift the down window, rotate the up buffer
             kw.update(down_buffer=st.down[s].buffer, up_buffer=st.up[s].buffer, up=st.up[s].buffer[:, -1])
         else:
-            if up is not None:
-                kw["up"] = up
-            if down:
-                kw["down_buffer"] = st.down[s].buffer
-        if stage["split"] is not None and not (embed or head):  # a wide stage: each block over many programs
-            return mamba1_stage_step_split_triton(x, stage["conv"], stage["ssm"], stage["weights"], stage["norm"],
-                                                  stage["eps"], residual=True, workspace=stage["split"], **kw)
-        if embed:
-            kw.update(embed=self.model.embed.embedding.weight, tokens=self.token)
-        if head:
-            kw.update(head=self.head, tokens=self.token)
-        return mamba1_stage_step_triton(x, stage["conv"], stage["ssm"], stage["weights"], stage["norm"],
-                                        stage["eps"], residual=True, **kw)
+            kw.update(up=up, down_buffer=st.down[s].buffer if down else None)
+        if embed or head:
+            kw["tokens"] = self.token
+        return fused_stage_step(self.model, stage, self.embed_row if embed else x, embed=embed,
+                                head=self.head if head else None, **kw)
+
+    def _shift_split(self, s: int, x: torch.Tensor, rotate: bool) -> None:
+        """A split stage's pool buffers, after the stage: the down window takes x, the up buffer rotates (``rotate``).
+        """
+        from .fused_step import shift_pools_
+
+        if self.fused[s].split is not None:
+            st = self.state
+            shift_pools_(x, st.down[s].buffer, st.up[s].buffer if rotate else None)
 
     def _step_fused(self, depth: int) -> None:
         """The fused step (module docstring): one launch per stage that runs (two per block of a split stage);
@@ -203,9 +195,10 @@ class _Stepper:
         Within a deeper step the stages do not depend on each other: stage s adds the up-pool output of the
         previous coarse frame (its up buffer's row 0) and the new frame's outputs are only read from the next
         step on. So on CUDA, stage s < depth runs on side stream s, forked once the frame for stage s+1 has read
-        the down window (which stage s then shifts); the deepest stage runs on the calling stream; the up-pool
-        linear of stage s+1's output overwrites stage s's up buffer once stage s has read its row 0; the calling
-        stream joins every side stream at the end. Without streams (CPU) the same order runs in sequence."""
+        the down window (which stage s then shifts); the deepest stage runs on the calling stream, and a split
+        deepest stage's pool shift on its own side stream after it; the up-pool linear of stage s+1's output
+        overwrites stage s's up buffer once stage s has read its row 0; the calling stream joins every side stream
+        at the end. Without streams (CPU) the same order runs in sequence."""
         bb, st = self.model.backbone, self.state
         levels = len(bb.pools)
         if depth == 0:
@@ -219,8 +212,14 @@ class _Stepper:
             with self._on_side(s, main):
                 outs.append(self._stage(s, xs[s], up=st.up[s].buffer[:, 0], down=True, head=s == 0))
                 done.append(torch.cuda.current_stream().record_event() if main is not None else None)
+                self._shift_split(s, xs[s], rotate=False)
             xs.append(bb.down[s].linear(window.flatten(1)))  # (B, D_{s+1})
         h = self._stage(depth, xs[depth], push=depth < levels)
+        joined = depth
+        if depth < levels and self.fused[depth].split is not None:
+            with self._on_side(depth, main):  # after the stage has read its up row; beside the up-pool linears
+                self._shift_split(depth, xs[depth], rotate=True)
+            joined = depth + 1
         for s in reversed(range(depth)):  # on the stream that made h (stage s+1's)
             with self._on_side(s + 1 if s + 1 < depth else None, main, fork=False):
                 if done[s] is not None:
@@ -232,7 +231,7 @@ class _Stepper:
                     torch.addmm(lin.bias, h, lin.weight.t(), out=buf.view(buf.shape[0], -1))
             h = outs[s]
         if main is not None:
-            for side in self.streams[:depth]:
+            for side in self.streams[:joined]:
                 main.wait_stream(side)
 
     def _on_side(self, s: int | None, main, fork: bool = True):
@@ -286,63 +285,6 @@ class _Stepper:
             self.step(key)
 
 
-def _norm_args(norm: nn.Module, dtype: torch.dtype) -> tuple[str, float]:
-    kind = "rmsnorm" if isinstance(norm, nn.RMSNorm) else "layernorm"
-    return kind, norm.eps if norm.eps is not None else torch.finfo(dtype).eps
-
-
-def _fused_stages(model, state, token: torch.Tensor) -> list[dict] | None:
-    """Stacked weights and states of every stage for the fused step, or None where it does not apply (another
-    backend, a block without a fused step, a stage without blocks, another norm). The blocks' states in ``state``
-    are replaced by views of the stacked (blocks, B, ·, ·) buffers."""
-    from .kernels import get_backend
-    from .kernels.block_step import stack_block_weights
-    from .kernels.block_step_split import split_workspace, uses_split
-
-    bb = model.backbone
-    if get_backend(token) != "triton" or not isinstance(bb.norm, (nn.LayerNorm, nn.RMSNorm)):
-        return None
-    if not all(len(stage) > 0 and all(b.fused_step for b in stage) for stage in bb.stages):
-        return None
-    stages = []
-    for s, blocks in enumerate(bb.stages):
-        per_block = []
-        for b in blocks:
-            m = b.mixer
-            per_block.append({
-                "norm_weight": b.norm.weight, "norm_bias": getattr(b.norm, "bias", None),
-                "in_proj_weight": m.in_proj.weight, "in_proj_bias": m.in_proj.bias, "conv_weight": m.conv_weight,
-                "conv_bias": m.conv_bias, "x_proj_weight": m.x_proj.weight, "dt_proj_weight": m.dt_proj.weight,
-                "dt_proj_bias": m.dt_proj.bias, "A_log": m.A_log, "D": m.D, "out_proj_weight": m.out_proj.weight,
-                "out_proj_bias": m.out_proj.bias,
-            })
-        block_states = state.blocks[s]
-        conv = torch.stack([bs.conv for bs in block_states])  # (blocks, B, E, W-1)
-        ssm = torch.stack([bs.ssm for bs in block_states])  # (blocks, B, E, N)
-        state.blocks[s] = [type(bs)(conv=conv[i], ssm=ssm[i]) for i, bs in enumerate(block_states)]
-        norm, eps = _norm_args(blocks[0].norm, conv.dtype)
-        m = blocks[0].mixer
-        split = None
-        if s > 0 and uses_split(m.d_model):  # (stage 0 carries the embedding and the head: one program per row)
-            split = split_workspace(conv.shape[1], m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv,
-                                    conv.device, conv.dtype)
-        stages.append({"weights": stack_block_weights(per_block), "conv": conv, "ssm": ssm, "norm": norm,
-                       "eps": eps, "split": split})
-    return stages
-
-
-def _head_args(model, temperature: float, stepper: _Stepper) -> dict:
-    """The fused epilogue's arguments (see ``mamba1_stage_step_triton``)."""
-    norm = model.backbone.norm
-    kind, eps = _norm_args(norm, norm.weight.dtype if norm.weight is not None else torch.float32)
-    return {
-        "norm": kind, "norm_weight": norm.weight, "norm_bias": getattr(norm, "bias", None), "eps": eps,
-        "weight": model.head.linear.weight, "bias": model.head.linear.bias, "temperature": temperature,
-        "noise": stepper.noise, "pos": stepper.row_pos, "out_tokens": stepper.out_tokens,
-        "out_logits": stepper.out_logits, "ll": stepper.ll,
-    }
-
-
 @torch.no_grad()
 def generate(
     model, batch_size: int = 1, num_steps: int = 16000, prompt: torch.Tensor | None = None,
@@ -376,12 +318,7 @@ def generate(
         raise ValueError("generate needs a causal model")
     if batch_size < 1 or num_steps < 1:
         raise ValueError(f"batch_size and num_steps must be >= 1, got {batch_size}, {num_steps}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    sampler = Sampler(temperature, top_k, top_p)
     cfg = model.config
     K, V = cfg.n_codebooks, cfg.vocab_size
     param = next(model.parameters())
@@ -425,8 +362,7 @@ def generate(
         generator = torch.Generator(device=device)
         generator.manual_seed(int(torch.randint(0, 2**62, ()).item()) if seed is None else seed)
         record_ll = return_log_likelihood or likelihood_filter is not None
-        stepper = _Stepper(model, state, token, rows, temperature, top_k, top_p, generator, return_logits,
-                           record_ll, period)
+        stepper = _Stepper(model, state, token, rows, sampler, generator, return_logits, record_ll, period)
         stepper.refill_noise()
         if use_graphs:
             depths = sorted({backbone.step_depth(t) for t in range(t0, t0 + min(num_steps, period_len))})
@@ -487,4 +423,4 @@ def generate(
     return out
 
 
-__all__ = ["GenerationOutput", "filter_by_likelihood", "generate", "sample_from_logits", "tokens_to_waveform"]
+__all__ = ["GenerationOutput", "filter_by_likelihood", "generate", "tokens_to_waveform"]

@@ -15,19 +15,19 @@ so each program reads 1/S of the block's weights (one kernel, ``MODE`` 0 and 1).
 in a (2, B, D) ping-pong scratch for the next block; c and z pass from ``in`` to ``out`` through a (B, 2, E)
 float32 scratch. The last program of a row to finish the last block's ``out`` (a per-row arrival counter, reset by
 that program) sums the partials in slice order (the result does not depend on which program is last), adds the
-stage residual, writes the stage output and moves the row's pool buffers (down-pool window push, up-pool rotation).
+stage residual and writes the stage output.
 
 Many rows (batch 64: every row reads every weight, and every program of a row reads all S partial sums of its row,
-so the stage is bound by L2 traffic, kernels/NOTES.md): a program takes ``RB`` consecutive rows (grid (S, B / RB)),
-loads its weight slices once and runs the rows one after the other with them; with ``ONCE`` the partial sums are
-reduced once per row rather than once per program: the last program of a row group to arrive (arrival counters)
-sums the x_proj partials into a (B, R + 2N) scratch after ``in``, and after ``out`` sums the out_proj partials into
-the next block's input in the h scratch, so the programs of the next phase read one row instead of S.
+so the stage is bound by L2 traffic, benchmarks/notes/block_step.md): a program takes ``RB`` consecutive rows (grid
+(S, B / RB)), loads its weight slices once and runs the rows one after the other with them; with ``ONCE`` the
+partial sums are reduced once per row rather than once per program: the last program of a row group to arrive
+(arrival counters) sums the x_proj partials into a (B, R + 2N) scratch after ``in``, and after ``out`` sums the
+out_proj partials into the next block's input in the h scratch, so the programs of the next phase read one row
+instead of S.
 
-Same contract as ``mamba1_stage_step_triton`` without the embedding and the head (the stages below the first
-never have them); float32 arithmetic and SSM state, float32 / bfloat16 weights and activations, values rounded
-to the activations' dtype where the unfused modules round them. Partial sums go through float32 scratch, so the
-sums differ from the one-program kernel only in their order.
+Same contract as ``mamba1_stage_step_triton``; float32 arithmetic and SSM state, float32 / bfloat16 weights and
+activations, values rounded to the activations' dtype where the unfused modules round them. Partial sums go through
+float32 scratch, so the sums differ from the one-program kernel only in their order.
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ import triton
 import triton.language as tl
 
 from .activations import softplus as _softplus
-from .block_step import BLOCK_WEIGHTS, _contig, _p2, _shift_pools, _silu
+from .block_step import _A_LOG, _CONV_W, _DT_W, _IN_W, _OPTIONAL, _contig, _p2, _silu
 
 # Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
 # E = 512; D = 128: BE = 32, 8 slices); warps per program: 4, or 2 from ``_MANY_ROWS`` rows on (H200 sweep,
-# kernels/NOTES.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable for the
-# benchmark's sweep ("tile", "num_warps", "min_d").
+# benchmarks/notes/block_step.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable
+# for the benchmark's sweep ("tile", "num_warps", "min_d").
 _TILE = 4096
 _WARPS, _WARPS_MANY, _MANY_ROWS = 4, 2, 16
 # From ``_MANY_ROWS`` rows on: the partial sums reduced once per row, and up to ``_ROWS_MANY`` rows per program as
-# long as the launch keeps ``_MIN_PROGRAMS`` programs (module docstring; H200, batch 64, kernels/NOTES.md version 5:
+# long as the launch keeps ``_MIN_PROGRAMS`` programs (module docstring; H200, batch 64, block_step.md version 5:
 # D = 256, 32 slices: 4 rows 251 µs per stage against 311 for one; D = 128, 8 slices: one row, 100 µs, 2 rows 135).
 # Overridable ("rows", "once").
 _ROWS_MANY, _MIN_PROGRAMS, _ONCE_MANY = 4, 512, True
@@ -284,13 +284,11 @@ def _phase_out(i, g, s, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, ssm_ptr, dt_w_pt
 
 
 @triton.jit
-def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows,
-            s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd,
-            D: tl.constexpr, P: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-            BLOCK_P: tl.constexpr, UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr,
+def _finish(i, b, x_ptr, up_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows, s_xb, s_xd, s_ub, s_ud,
+            D: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, UP: tl.constexpr,
             RESIDUAL: tl.constexpr, HAS_OUT_B: tl.constexpr):
-    """Row b after the last block i: the stage output (block i's input + its partials (+ bias) (+ the stage
-    input)), then the pool buffers: the down window takes x, the up buffer rotates by one."""
+    """Row b after the last block i: the stage output, block i's input + its partials (+ bias) (+ the stage
+    input)."""
     offs_d = tl.arange(0, BLOCK_D)
     m_d = offs_d < D
     hv = tl.load(_h_row(hbuf_ptr, i, b, n_rows, D) + offs_d, mask=m_d, other=0.0,
@@ -299,32 +297,28 @@ def _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_pt
     if HAS_OUT_B:
         hv += tl.load(out_b_ptr + i * D + offs_d, mask=m_d, other=0.0).to(tl.float32)
     o = hv.to(out_ptr.dtype.element_ty)
-    x0 = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0)
     if RESIDUAL:
-        h0 = x0.to(tl.float32)
+        h0 = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=m_d, other=0.0).to(tl.float32)
         if UP:
             h0 = (h0 + tl.load(up_ptr + b * s_ub + offs_d * s_ud, mask=m_d, other=0.0).to(tl.float32))
             h0 = h0.to(out_ptr.dtype.element_ty).to(tl.float32)
         o = (o.to(tl.float32) + h0).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + b * D + offs_d, o, mask=m_d)
-    # the down window takes the stage input (before the up-pool add), the up buffer rotates by one
-    _shift_pools(dbuf_ptr, ubuf_ptr, x0[None, :], b + tl.arange(0, 1), offs_d, m_d[None, :], s_db, s_dp, s_dd, s_vb,
-                s_vp, s_vd, P, BLOCK_P, DOWN_PUSH, UP_ROTATE)
 
 
 @triton.jit(do_not_specialize=["i"])
 def _split_kernel(
-    x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, conv_ptr, ssm_ptr,
+    x_ptr, up_ptr, out_ptr, hbuf_ptr, opart_ptr, cz_ptr, xpart_ptr, xsum_ptr, conv_ptr, ssm_ptr,
     count_ptr,
     norm_w_ptr, norm_b_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr,
     d_ptr, out_w_ptr, out_b_ptr,
     i, eps, n_rows,
-    s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, s_ci, s_cb, s_ce, s_cw, s_hi, s_hb, s_he, s_hn,
-    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
+    s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw, s_hi, s_hb, s_he, s_hn,
+    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
     S: tl.constexpr, BLOCK_D: tl.constexpr, BE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_L: tl.constexpr,
     RB: tl.constexpr, ONCE: tl.constexpr, MODE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
-    UP: tl.constexpr, DOWN_PUSH: tl.constexpr, UP_ROTATE: tl.constexpr, RESIDUAL: tl.constexpr,
+    UP: tl.constexpr, RESIDUAL: tl.constexpr,
     RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr,
 ):
@@ -353,9 +347,8 @@ def _split_kernel(
                     b = g * RB + r
                     if b < n_rows:
                         if LAST:
-                            _finish(i, b, x_ptr, up_ptr, dbuf_ptr, ubuf_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr,
-                                    n_rows, s_xb, s_xd, s_ub, s_ud, s_db, s_dp, s_dd, s_vb, s_vp, s_vd, D, P, S,
-                                    BLOCK_D, BLOCK_S, BLOCK_P, UP, DOWN_PUSH, UP_ROTATE, RESIDUAL, HAS_OUT_B)
+                            _finish(i, b, x_ptr, up_ptr, out_ptr, hbuf_ptr, opart_ptr, out_b_ptr, n_rows, s_xb,
+                                    s_xd, s_ub, s_ud, D, S, BLOCK_D, BLOCK_S, UP, RESIDUAL, HAS_OUT_B)
                         else:  # block i+1's input row, summed once
                             v = _block_input(False, i + 1, b, x_ptr, s_xb, s_xd, up_ptr, s_ub, s_ud, hbuf_ptr,
                                              opart_ptr, out_b_ptr, n_rows, offs_d, m_d, D, S, BLOCK_S, UP, HAS_OUT_B)
@@ -383,33 +376,27 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
     }
 
 
-def _strides(t: torch.Tensor | None, n: int) -> tuple[int, ...]:
-    return t.stride() if t is not None else (0,) * n
-
-
 def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="layernorm", eps=1e-5, *, up=None,
-                                   down_buffer=None, up_buffer=None, residual=True, workspace=None):
+                                   residual=True, workspace=None):
     """One step of a stage of Mamba-1 blocks, each block split over slices of E (module docstring); states
     updated in place.
 
     Args:
         x: (B, D) stage input, any strides. conv_states: (n_blocks, B, E, W-1), ssm_states: (n_blocks, B, E, N)
             float32. weights: ``stack_block_weights`` output. norm, eps: the blocks' norm.
-        up: (B, D) up-pool output added to x (any strides; with ``up_buffer``: its row P-1, read after the
-            rotation, i.e. the buffer's row 0 before it).
-        down_buffer: (B, P-1, D) down-pool window that takes x. up_buffer: (B, P, D) up-pool buffer, rotated by one.
-        residual: add the stage input to the last block's output.
+        up: (B, D) a second input row added to x (the up-pool output), any strides.
+        residual: add the stage input (x + up) to the last block's output.
         workspace: ``split_workspace`` for these sizes (allocated here when None).
 
     Returns:
         (B, D) the stage output, in x's dtype.
     """
-    ws = [_contig(weights[k]) for k in BLOCK_WEIGHTS]
+    ws = [_contig(w) for w in weights]
     n_blocks, batch, d_inner, _ = conv_states.shape
-    d_model = ws[2].shape[-1]
-    width = ws[4].shape[-1]
-    d_state = ws[9].shape[-1]
-    dt_rank = ws[7].shape[-1]
+    d_model = ws[_IN_W].shape[-1]
+    width = ws[_CONV_W].shape[-1]
+    d_state = ws[_A_LOG].shape[-1]
+    dt_rank = ws[_DT_W].shape[-1]
     out = torch.empty(batch, d_model, device=x.device, dtype=x.dtype)
     if batch == 0:
         return out
@@ -421,23 +408,14 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
     if workspace["slices"] != slices or workspace["h"].shape[1:] != (batch, d_model):
         raise ValueError(f"workspace: made for {workspace['h'].shape[1]} rows of width {workspace['h'].shape[2]} "
                          f"in {workspace['slices']} slices, this stage needs {batch} x {d_model} in {slices}")
-    present = [t is not None for t in ws]
-    ws = [t if t is not None else ws[2] for t in ws]  # unused pointers (their HAS_* flag is off)
-    if up_buffer is not None:
-        up = up_buffer[:, 0]  # the row that the rotation moves to P-1: read before the rotation (by the finish)
-    n_pool = 0 if down_buffer is None and up_buffer is None else (
-        up_buffer.shape[1] if up_buffer is not None else down_buffer.shape[1] + 1)
-    args = (x, up if up is not None else x, down_buffer if down_buffer is not None else out,
-            up_buffer if up_buffer is not None else out, out, workspace["h"], workspace["out_part"], workspace["cz"],
+    flags = {name: ws[k] is not None for name, k in _OPTIONAL.items()}
+    ws = [t if t is not None else ws[_IN_W] for t in ws]  # unused pointers (their HAS_* flag is off)
+    args = (x, up if up is not None else x, out, workspace["h"], workspace["out_part"], workspace["cz"],
             workspace["x_part"], workspace["x_sum"], conv_states, ssm_states, workspace["count"], *ws)
-    strides = (*x.stride(), *_strides(up, 2), *_strides(down_buffer, 3), *_strides(up_buffer, 3),
-               *conv_states.stride(), *ssm_states.stride())
-    flags = dict(
-        D=d_model, E=d_inner, R=dt_rank, N=d_state, W=width, P=max(n_pool, 2), BLOCK_P=_p2(max(n_pool, 2)), **cfg,
-        UP=up is not None, DOWN_PUSH=down_buffer is not None, UP_ROTATE=up_buffer is not None, RESIDUAL=residual,
-        RMSNORM=norm == "rmsnorm", HAS_NORM_W=present[0], HAS_NORM_B=present[1], HAS_IN_B=present[3],
-        HAS_CONV_B=present[5], HAS_D=present[10], HAS_OUT_B=present[12], num_warps=warps,
-    )
+    strides = (*x.stride(), *(up.stride() if up is not None else (0, 0)), *conv_states.stride(),
+               *ssm_states.stride())
+    flags.update(D=d_model, E=d_inner, R=dt_rank, N=d_state, W=width, **cfg, UP=up is not None, RESIDUAL=residual,
+                 RMSNORM=norm == "rmsnorm", num_warps=warps)
     grid = (slices, triton.cdiv(batch, cfg["RB"]))
     for i in range(n_blocks):
         for mode in (0, 1):

@@ -1,5 +1,6 @@
 """The fused Mamba-1 block step: Triton kernel vs reference (states included), the residual block's in-place step
-vs its forward on one sample, and generation through the fused step vs the teacher-forced forward.
+vs its forward on one sample, generation's fused stage step (embedding, pool shifts, head and draws around the
+kernels' stage blocks) vs the unfused pieces and the sampler, and generation through it vs the teacher-forced forward.
 
 Without CUDA the Triton kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before the kernel is
 defined), at small sizes; with CUDA it runs natively and bfloat16 is checked too.
@@ -21,6 +22,8 @@ from helpers import rel_err  # noqa: E402
 
 from audiomamba import build_model  # noqa: E402
 from audiomamba.layers.block import ResidualBlock  # noqa: E402
+from audiomamba.layers.mamba1 import Mamba1StepWeights  # noqa: E402
+from audiomamba.sampling import Sampler, gumbel_noise_  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -228,36 +231,38 @@ def _stage_ref(x0, up, convs, ssms, blocks, norm):
     return h + h0
 
 
+def _stage_weights(n_blocks, d, e, n, r, w, norm, biases, dtype, gen):
+    """Random weights of n_blocks blocks (dicts of ``_params``) and their stack for the stage kernels."""
+    blocks = []
+    for _ in range(n_blocks):
+        p = _params(d, e, n, r, w, norm, biases, gen)
+        blocks.append({k: None if v is None else v.to(DEVICE, torch.float32 if k == "A_log" else dtype)
+                       for k, v in p.items()})
+    from audiomamba.kernels import block_step
+
+    return blocks, block_step.stack_block_weights([Mamba1StepWeights(**p) for p in blocks])
+
+
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", STAGES + ([] if INTERPRET else REAL_STAGES), ids=lambda s: "x".join(map(str, s)))
 def test_stage_kernel_matches_reference(shape, dtype):
     """One launch for a stage (stacked weights, stacked states in place, up-pool add, stage residual), against the
-    reference blocks; with and without the embedding gather and the pool buffer shifts of the prologue."""
+    reference blocks, with strided inputs."""
     from audiomamba.kernels import block_step
 
     n_blocks, batch, d, e, n, r, w, norm, biases, rows = shape
     gen = torch.Generator().manual_seed(sum(shape[:7]))
-    blocks = []
-    for _ in range(n_blocks):
-        p = _params(d, e, n, r, w, norm, biases, gen)
-        p = {k: None if v is None else v.to(DEVICE, torch.float32 if k == "A_log" else dtype) for k, v in p.items()}
-        blocks.append(p)
-    weights = block_step.stack_block_weights(blocks)
+    blocks, weights = _stage_weights(n_blocks, d, e, n, r, w, norm, biases, dtype, gen)
+    assert isinstance(weights, Mamba1StepWeights) and weights.in_proj_weight.shape == (n_blocks, 2 * e, d)
     conv = torch.randn(n_blocks, batch, e, w - 1, generator=gen).to(DEVICE, dtype)
     ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
-    vocab, pool = 11, 3
-    embed = torch.randn(2 * vocab, d, generator=gen).to(DEVICE, dtype)  # two codebooks
     block_step.CONFIG_OVERRIDES["rows"] = rows
     try:
         for step in range(3):
-            tokens = torch.randint(0, vocab, (batch, 1, 2), generator=gen).to(DEVICE)
-            down = torch.randn(batch, pool - 1, d, generator=gen).to(DEVICE, dtype)
-            upb = torch.randn(batch, pool, d, generator=gen).to(DEVICE, dtype)
-            down_ref, up_ref = down.clone(), upb.clone()
-            if step == 0:  # plain input, up-pool output added
-                x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]  # strided
+            if step == 0:  # strided input, up-pool output added
+                x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]
                 up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
                 out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, up=up)
                 want = _stage_ref(x, up, convs, ssms, blocks, norm)
@@ -265,13 +270,11 @@ def test_stage_kernel_matches_reference(shape, dtype):
                 x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
                 out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, residual=False)
                 want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
-            else:  # embedding gather, down-pool shift, up-pool rotation
-                out = block_step.mamba1_stage_step_triton(None, conv, ssm, weights, norm, embed=embed, tokens=tokens,
-                                                          down_buffer=down, up_buffer=upb, up=upb[:, -1])
-                x = (embed[tokens[:, 0, 0]].float() + embed[tokens[:, 0, 1] + vocab].float()).to(dtype)
-                want = _stage_ref(x, up_ref[:, 0], convs, ssms, blocks, norm)
-                assert torch.equal(down, torch.cat([down_ref[:, 1:], x[:, None]], dim=1))
-                assert torch.equal(upb, torch.roll(up_ref, -1, dims=1))
+            else:  # up as a row of a pool buffer (batch stride P·D)
+                x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+                upb = torch.randn(batch, 3, d, generator=gen).to(DEVICE, dtype)
+                out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, up=upb[:, -1])
+                want = _stage_ref(x, upb[:, -1], convs, ssms, blocks, norm)
             assert out.shape == (batch, d) and out.dtype == dtype
             assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
             for i in range(n_blocks):
@@ -281,16 +284,94 @@ def test_stage_kernel_matches_reference(shape, dtype):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("norm,codebooks,temperature,rows", [("layernorm", 2, 0.7, 2), ("rmsnorm", 1, 1.0, 1),
+                                                             ("layernorm", 1, 0.0, 1)])
+def test_fused_stage_step_matches_unfused_pieces_and_sampler(monkeypatch, norm, codebooks, temperature, rows):
+    """Generation's fused stage step: the embedding sum, down-window push and up-buffer rotation before the stage
+    blocks, the final norm, head and Gumbel-max draw after them, against the model's own modules and the sampler:
+    the drawn tokens are the sampler's draws from the recorded logits with the same noise (temperature 0: their
+    argmax), the logits equal the unfused head's and the log-likelihood their log-softmax at the draws."""
+    from audiomamba.kernels import block_step
+
+    from audiomamba import fused_step
+
+    torch.manual_seed(3)
+    model = build_model("sc09_small", **TINY, n_codebooks=codebooks, **{"backbone.norm": norm}).to(DEVICE).eval()
+    monkeypatch.setitem(block_step.CONFIG_OVERRIDES, "rows", rows)
+    batch, steps, vocab = 3, 2, model.config.vocab_size
+    state = model.init_state(batch, DEVICE)
+    stages = fused_step.fused_stages(model, state, batch)
+    stage = stages[0]
+    down, upb = state.down[0].buffer, state.up[0].buffer
+    down.normal_()
+    upb.normal_()
+    gen = torch.Generator().manual_seed(5)
+    noise = None if temperature == 0 else gumbel_noise_(torch.empty(steps, batch, codebooks, vocab), gen).to(DEVICE)
+    head = fused_step.HeadBuffers(temperature, noise, torch.zeros(batch, dtype=torch.long, device=DEVICE),
+                                  torch.zeros(steps, batch, codebooks, dtype=torch.long, device=DEVICE),
+                                  torch.zeros(steps, batch, codebooks, vocab, device=DEVICE),
+                                  torch.zeros(batch, device=DEVICE))
+    tokens = torch.randint(0, vocab, (batch, 1, codebooks), device=DEVICE)
+    scratch = torch.empty(batch, model.d_model, device=DEVICE)
+    want_ll = torch.zeros(batch, device=DEVICE)
+    for t in range(steps):
+        conv, ssm = stage.conv.clone(), stage.ssm.clone()
+        down_ref, up_ref, tok_ref = down.clone(), upb.clone(), tokens.clone()
+        out = fused_step.fused_stage_step(model, stage, scratch, up=upb[:, -1], down_buffer=down, up_buffer=upb,
+                                          tokens=tokens, embed=True, head=head)
+        with torch.no_grad():
+            x = model.embed(tok_ref)[:, 0]  # (B, D)
+            blocks = [dict(zip(Mamba1StepWeights._fields, (None if wt is None else wt[i] for wt in stage.weights)))
+                      for i in range(len(conv))]
+            want = _stage_ref(x, up_ref[:, 0], list(conv), list(ssm), blocks, stage.norm)
+            logits = model.head(model.backbone.norm(want)).float()  # (B, K, V)
+        assert rel_err(out, want) < 1e-5, t
+        assert torch.equal(down, torch.cat([down_ref[:, 1:], x[:, None]], dim=1))
+        assert torch.equal(upb, torch.roll(up_ref, -1, dims=1))
+        assert rel_err(head.out_logits[t], logits) < 1e-5, t
+        drawn = Sampler(temperature)(head.out_logits[t], None if noise is None else noise[t])  # (B, K)
+        assert torch.equal(head.out_tokens[t], drawn) and torch.equal(tokens[:, 0], drawn), t
+        want_ll += torch.log_softmax(logits, -1).gather(-1, drawn[..., None]).sum((1, 2))
+    assert torch.equal(head.pos, torch.full((batch,), steps, device=DEVICE))
+    assert rel_err(head.ll, want_ll) < 1e-5
+
+
+def test_fused_stage_step_needs_tokens():
+    from audiomamba import fused_step
+
+    model = build_model("sc09_small", **TINY)
+    stage = fused_step.FusedStage(None, torch.zeros(1, 2, 16, 3), torch.zeros(1, 2, 16, 4), "layernorm", 1e-5, None)
+    with pytest.raises(ValueError, match="tokens"):
+        fused_step.fused_stage_step(model, stage, torch.zeros(2, 8), embed=True)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("rotate", [False, True])
+def test_shift_pools_moves_the_buffers(rotate):
+    """The split stages' pool shift: the down window takes x as its newest row, the up buffer rotates by one."""
+    from audiomamba import fused_step
+
+    gen = torch.Generator().manual_seed(int(rotate))
+    x = torch.randn(3, 2 * 12, generator=gen).to(DEVICE)[:, ::2]  # strided (B, D)
+    down, upb = torch.randn(3, 3, 12, generator=gen).to(DEVICE), torch.randn(3, 4, 12, generator=gen).to(DEVICE)
+    down_ref, up_ref = down.clone(), upb.clone()
+    fused_step.shift_pools_(x, down, upb if rotate else None)
+    assert torch.equal(down, torch.cat([down_ref[:, 1:], x[:, None]], dim=1))
+    assert torch.equal(upb, torch.roll(up_ref, -1, dims=1) if rotate else up_ref)
+
+
+@needs_interpreter
 @pytest.mark.parametrize("rows,split", [(1, False), (2, False), (1, True), (1, "once")],
                          ids=["rows1", "rows2", "split", "split-rows2-once"])
 def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
-    """The fused generation step (one launch per stage, embedding / pools / head / sampling inside; with
-    ``split`` the stages below the first through the split kernels, "once": two rows per program and the partial
-    sums reduced once per row) at every depth, two codebooks, a temperature and the log-likelihood; greedy decoding
-    picks the forward's argmax."""
+    """The fused generation step (one launch per stage, embedding / pools / head / sampling around the stage
+    blocks; with ``split`` the stages below the first through the split kernels and their pool shifts, "once": two
+    rows per program and the partial sums reduced once per row) at every depth, two codebooks, a temperature and the
+    log-likelihood; greedy decoding picks the forward's argmax."""
     from audiomamba.kernels import block_step, block_step_split
 
     import audiomamba.generation as generation
+    from audiomamba import fused_step
 
     torch.manual_seed(0)
     model = build_model("sc09_small", **TINY, n_codebooks=2).to(DEVICE)
@@ -304,9 +385,8 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
         monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "rows", 2)  # 3 rows: groups of 2 and 1
         monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "once", True)
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
-    stages = generation._fused_stages(model, model.init_state(3, DEVICE), torch.zeros(3, 1, 2, dtype=torch.long,
-                                                                                      device=DEVICE))
-    assert [st["split"] is not None for st in stages] == [False] + [bool(split)] * (len(stages) - 1)
+    stages = fused_step.fused_stages(model, model.init_state(3, DEVICE), 3)
+    assert [st.split is not None for st in stages] == [False] + [bool(split)] * (len(stages) - 1)
     out = model.generate(3, 13, seed=4, progress=False, return_logits=True, return_log_likelihood=True,
                          temperature=0.8, cuda_graphs=False)
     greedy = model.generate(3, 13, progress=False, return_logits=True, temperature=0, cuda_graphs=False)
@@ -357,22 +437,16 @@ def _split_id(shape):
 def test_split_stage_kernel_matches_reference(shape, dtype):
     """The stage step with every block split over slices of E (two launches per block, partial sums, the last
     program of a row finishing; several rows per program, partial sums reduced once per row): against the reference
-    blocks, with the up-pool add, without the residual, and with the pool buffer shifts; three steps on one
+    blocks, with the up-pool add (also as a row of a pool buffer) and without the residual; three steps on one
     workspace (its arrival counters must come back to zero)."""
-    from audiomamba.kernels import block_step, block_step_split
+    from audiomamba.kernels import block_step_split
 
     n_blocks, batch, d, e, n, r, w, norm, biases, overrides = shape
     gen = torch.Generator().manual_seed(sum(shape[:7]) + 1)
-    blocks = []
-    for _ in range(n_blocks):
-        p = _params(d, e, n, r, w, norm, biases, gen)
-        blocks.append({k: None if v is None else v.to(DEVICE, torch.float32 if k == "A_log" else dtype)
-                       for k, v in p.items()})
-    weights = block_step.stack_block_weights(blocks)
+    blocks, weights = _stage_weights(n_blocks, d, e, n, r, w, norm, biases, dtype, gen)
     conv = torch.randn(n_blocks, batch, e, w - 1, generator=gen).to(DEVICE, dtype)
     ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
-    pool = 3
     with pytest.MonkeyPatch.context() as mp:
         for k, v in overrides.items():
             mp.setitem(block_step_split.CONFIG_OVERRIDES, k, v)
@@ -382,9 +456,6 @@ def test_split_stage_kernel_matches_reference(shape, dtype):
         if overrides.get("tile", 4096) < 4096:
             assert ws["slices"] > 1
         for step in range(3):
-            down = torch.randn(batch, pool - 1, d, generator=gen).to(DEVICE, dtype)
-            upb = torch.randn(batch, pool, d, generator=gen).to(DEVICE, dtype)
-            down_ref, up_ref = down.clone(), upb.clone()
             x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]  # strided
             if step == 0:  # up-pool output added
                 up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
@@ -394,12 +465,11 @@ def test_split_stage_kernel_matches_reference(shape, dtype):
                 out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, residual=False,
                                                                       workspace=ws)
                 want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
-            else:  # down-pool shift and up-pool rotation
-                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, down_buffer=down,
-                                                                      up_buffer=upb, up=upb[:, -1], workspace=ws)
-                want = _stage_ref(x, up_ref[:, 0], convs, ssms, blocks, norm)
-                assert torch.equal(down, torch.cat([down_ref[:, 1:], x[:, None]], dim=1))
-                assert torch.equal(upb, torch.roll(up_ref, -1, dims=1))
+            else:  # up as a row of a pool buffer (batch stride P·D)
+                upb = torch.randn(batch, 3, d, generator=gen).to(DEVICE, dtype)
+                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, up=upb[:, 0],
+                                                                      workspace=ws)
+                want = _stage_ref(x, upb[:, 0], convs, ssms, blocks, norm)
             assert out.shape == (batch, d) and out.dtype == dtype
             assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
             assert not ws["count"].any(), step

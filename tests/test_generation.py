@@ -1,4 +1,5 @@
-"""Generation: reproducible sampling, logits equal to the teacher-forced forward, prompts, truncation, filtering."""
+"""Generation: reproducible sampling, logits equal to the teacher-forced forward, prompts, truncation, filtering;
+the sampler's temperature, top-k and top-p."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 from helpers import rel_err
 
 from audiomamba import build_model, tokens_to_waveform
-from audiomamba.generation import _Stepper, filter_by_likelihood, sample_from_logits
+from audiomamba.generation import _Stepper, filter_by_likelihood
+from audiomamba.sampling import Sampler, gumbel_noise_, sample_from_logits
 
 torch.set_num_threads(1)
 
@@ -67,16 +69,59 @@ def test_greedy_and_truncation():
     greedy = model.generate(2, 12, temperature=0, progress=False)
     assert torch.equal(model.generate(2, 12, top_k=1, seed=5, progress=False), greedy)
     assert torch.equal(model.generate(2, 12, top_p=1e-6, seed=6, progress=False), greedy)
-    torch.manual_seed(1)
-    logits = torch.randn(4000, 10)
-    noise = -torch.log(-torch.log(torch.rand(4000, 10)))
+
+
+def _chi_square(draws: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson's statistic of the draws (n,) against the probabilities (V,) over the tokens with p > 0; draws of
+    a token with p = 0 make it infinite."""
+    counts = torch.bincount(draws, minlength=probs.numel()).double()
+    expected = probs.double() * draws.numel()
+    if (counts[expected == 0] > 0).any():
+        return float("inf")
+    keep = expected > 0
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+def test_sampler_temperature_top_k_top_p():
+    gen = torch.Generator().manual_seed(7)
+    n, vocab = 20000, 12
+    logits = torch.randn(n, vocab, generator=gen) * 2  # fresh logits per row
+    noise = gumbel_noise_(torch.empty(n, vocab), gen)
+    # top-k never draws outside the k largest logits; top-p never outside the nucleus (mass before a token < p)
     top3 = logits.topk(3, -1).indices
-    drawn = sample_from_logits(logits, noise, top_k=3)
-    assert (drawn[:, None] == top3).any(-1).all()
-    probs = torch.softmax(logits[0], -1)
-    draws = sample_from_logits(logits[:1].expand(4000, -1), noise)
-    freq = torch.bincount(draws, minlength=10).float() / 4000
-    assert (freq - probs).abs().max() < 0.05  # Gumbel-max draws from the softmax
+    assert (sample_from_logits(logits, noise, top_k=3)[:, None] == top3).any(-1).all()
+    probs = logits.softmax(-1)
+    drawn = sample_from_logits(logits, noise, top_p=0.6)
+    before = (probs * (probs > probs.gather(-1, drawn[:, None]))).sum(-1)  # mass of the more likely tokens
+    assert (before < 0.6).all()
+    # temperature 0 is the argmax; a temperature near 0 too (the scaled gaps dwarf the noise)
+    assert torch.equal(Sampler(0.0)(logits, noise), logits.argmax(-1))
+    assert torch.equal(Sampler(1e-6)(logits[:500], noise[:500]), logits[:500].argmax(-1))
+    # the draws follow softmax(logits / T), truncated and renormalised (chi-square, 11 or fewer degrees of freedom:
+    # the 1e-6 quantile is below 45)
+    row = logits[:1].expand(n, -1)
+    for temperature, top_k, top_p in ((1.0, None, None), (0.5, None, None), (2.0, 4, None), (0.8, None, 0.7)):
+        p = torch.softmax(row[0] / temperature, -1)
+        if top_k is not None:
+            p = p * (p >= p.topk(top_k).values[-1])
+        if top_p is not None:
+            ordered = p.sort(descending=True).values
+            p = p * ((p * (p > p[:, None]).float()).sum(-1) < top_p)  # keep tokens with less mass before them
+            assert p.sum() < ordered.sum()  # the nucleus is a strict subset here
+        p = p / p.sum()
+        draws = Sampler(temperature, top_k, top_p)(row, noise)
+        assert _chi_square(draws, p) < 45, (temperature, top_k, top_p)
+    # and they are not the softmax at another temperature
+    assert _chi_square(Sampler(0.5)(row, noise), torch.softmax(row[0], -1)) > 200
+
+
+def test_sampler_checks_its_settings():
+    for kw, name in (({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p"),
+                     ({"top_p": 1.5}, "top_p")):
+        with pytest.raises(ValueError, match=name):
+            Sampler(**kw)
+    assert Sampler(0).greedy and not Sampler(0.5).greedy
+    assert Sampler(top_k=3).truncates and not Sampler(2.0).truncates
 
 
 def test_likelihood_filter():
@@ -104,7 +149,7 @@ def test_period_program_equals_single_steps():
         state = model.init_state(2)
         token = torch.full((2, 1, 1), 3, dtype=torch.long)
         gen = torch.Generator().manual_seed(0)
-        s = _Stepper(model, state, token, 12, 1.0, None, None, gen, True, True, period)
+        s = _Stepper(model, state, token, 12, Sampler(1.0), gen, True, True, period)
         s.refill_noise()
         return s
 

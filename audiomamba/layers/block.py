@@ -115,11 +115,7 @@ class ResidualBlock(nn.Module):
         """One step x: (B, 1, D) → (B, 1, D) that overwrites ``state`` (the mixer's) with the new state: fixed
         buffers, as CUDA graphs need. Equals ``forward`` on a chunk of length 1."""
         if self.fused_step:
-            norm = self.norm
-            kind = "rmsnorm" if isinstance(norm, nn.RMSNorm) else "layernorm"
-            eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
-            out = self.mixer.residual_step_(x[:, 0], state, kind, norm.weight, getattr(norm, "bias", None), eps)
-            return out[:, None]  # (B, 1, D)
+            return self.mixer.residual_step_(x[:, 0], state, self.norm)[:, None]  # (B, 1, D)
         y, new = self(x, state)
         torch._foreach_copy_(list(flatten_state(state).values()), list(flatten_state(new).values()))
         return y

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,37 @@ class Mamba1State:
 
     conv: torch.Tensor
     ssm: torch.Tensor
+
+
+class Mamba1StepWeights(NamedTuple):
+    """The weights of one step of a pre-norm residual block with a Mamba-1 mixer, in the order of
+    ``mamba1_block_step``'s weight arguments; the optional ones may be None. Shapes (D width, E inner width,
+    N state size, R rank of Δ, W conv width): norms (D,), in_proj (2E, D) and (2E,), conv (E, W) and (E,), x_proj
+    (R + 2N, E), dt_proj (E, R) and (E,), A_log (E, N), D (E,), out_proj (D, E) and (D,)."""
+
+    norm_weight: torch.Tensor | None
+    norm_bias: torch.Tensor | None
+    in_proj_weight: torch.Tensor
+    in_proj_bias: torch.Tensor | None
+    conv_weight: torch.Tensor
+    conv_bias: torch.Tensor | None
+    x_proj_weight: torch.Tensor
+    dt_proj_weight: torch.Tensor
+    dt_proj_bias: torch.Tensor
+    A_log: torch.Tensor
+    D: torch.Tensor | None
+    out_proj_weight: torch.Tensor
+    out_proj_bias: torch.Tensor | None
+
+
+def norm_kind(norm: nn.Module, dtype: torch.dtype) -> tuple[str, float]:
+    """("layernorm" | "rmsnorm", eps) of a pre-norm; an RMSNorm without eps uses ``dtype``'s machine epsilon, as
+    torch does."""
+    if isinstance(norm, nn.RMSNorm):
+        return "rmsnorm", norm.eps if norm.eps is not None else torch.finfo(dtype).eps
+    if isinstance(norm, nn.LayerNorm):
+        return "layernorm", norm.eps
+    raise ValueError(f"norm: expected an nn.LayerNorm or nn.RMSNorm, got {type(norm).__name__}")
 
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -155,15 +187,20 @@ class Mamba1Mixer(nn.Module):
         # states in the contract's shapes (B, E, W-1), (B, E, N): transposed views of the time-major buffers
         return self.out_proj(y), Mamba1State(conv=conv_state.transpose(1, 2), ssm=ssm_state.transpose(1, 2))
 
-    def residual_step_(self, x: torch.Tensor, state: Mamba1State, norm: str, norm_weight: torch.Tensor | None,
-                       norm_bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-        """x + self(Norm(x)) for one step, fused (one kernel per step on CUDA); ``state`` updated in place.
-
-        x: (B, D) → (B, D). norm: "layernorm" or "rmsnorm", with its weight (D,), bias (D,) and eps; a None
-        weight or bias is left out. Equals the pre-norm residual block's forward on a chunk of length 1.
-        """
-        return mamba1_block_step(
-            x, state.conv, state.ssm, norm_weight, norm_bias, self.in_proj.weight, self.in_proj.bias,
-            self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-            self.A_log, self.D, self.out_proj.weight, self.out_proj.bias, norm, eps,
+    def step_weights(self, norm: nn.Module) -> Mamba1StepWeights:
+        """The weights of one step of the pre-norm residual block made of ``norm`` (its nn.LayerNorm or nn.RMSNorm)
+        and this mixer, for the fused step kernels."""
+        return Mamba1StepWeights(
+            norm.weight, getattr(norm, "bias", None), self.in_proj.weight, self.in_proj.bias, self.conv_weight,
+            self.conv_bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
+            self.out_proj.weight, self.out_proj.bias,
         )
+
+    def residual_step_(self, x: torch.Tensor, state: Mamba1State, norm: nn.Module) -> torch.Tensor:
+        """x + self(norm(x)) for one step, fused (one kernel per step on CUDA); ``state`` updated in place.
+
+        x: (B, D) → (B, D). norm: the block's nn.LayerNorm or nn.RMSNorm. Equals the pre-norm residual block's
+        forward on a chunk of length 1.
+        """
+        kind, eps = norm_kind(norm, x.dtype)
+        return mamba1_block_step(x, state.conv, state.ssm, *self.step_weights(norm), kind, eps)

@@ -1,4 +1,5 @@
-"""Timing of the fused Mamba-1 stage step (``python -m audiomamba.kernels.block_step_bench``, CUDA only).
+"""Timing of the fused Mamba-1 stage step (``python benchmarks/block_step.py [--quick|--split|--mini|--warm]``, CUDA
+only).
 
 For each stage of ``sc09_small`` (D = 64, 128, 256; E = 2D; N = 64; W = 4; 8 blocks) and batch 1 and 64: one CUDA
 graph of one stage launch (8 blocks, up-pool add and stage residual), replayed; µs per block for a few launch
@@ -7,18 +8,28 @@ configurations (``block_step.CONFIG_OVERRIDES``: prefetch depth, rows per progra
 configuration per stage. ``--split``: the wide stages' split step (``block_step_split``) against the one-program
 kernel over a launch sweep, and generation with and without it. ``--mini``: only generation at batch 1 and 64
 (float32), the step graphs' times and a correctness check of the fused generation path. ``--warm``: only compile
-every kernel the benchmark launches, in parallel processes (Triton's cache then serves the timed run). Rows are also
-written as JSON to ``$OUT/block_step_bench.json`` when OUT is set.
+every kernel the benchmark launches, in parallel processes (Triton's cache then serves the timed run).
+``--json DIR``: the rows are also written as JSON to ``DIR/block_step_bench.json`` (``--split``:
+``DIR/block_step_split_bench.json``).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from audiomamba.kernels import block_step, block_step_split
+from torch.profiler import ProfilerActivity, profile
+
+from audiomamba.bench import bench_generate
+from audiomamba.generation import _Stepper
+from audiomamba.layers.mamba1 import Mamba1StepWeights
+from audiomamba.models import build_model
+from audiomamba.sampling import Sampler
 
 STAGES = [(64, 4), (128, 8), (256, 16)]  # (D, R) of sc09_small's three stages
 # (batch, overrides) per sweep point; {} is the default configuration
@@ -44,7 +55,8 @@ def _stage(d_model: int, rank: int, batch: int, dtype: torch.dtype, blocks: int 
         "dt_proj_bias": g(e, scale=1.0, shift=-4.0), "A_log": g(e, n, scale=0.5, shift=1.0), "D": g(e),
         "out_proj_weight": g(d_model, e, scale=e**-0.5), "out_proj_bias": None,
     }
-    weights = {k: None if v is None else v.to(torch.float32 if k == "A_log" else dtype) for k, v in weights.items()}
+    weights = Mamba1StepWeights(**{k: None if v is None else v.to(torch.float32 if k == "A_log" else dtype)
+                                   for k, v in weights.items()})
     conv = torch.randn(blocks, batch, e, w - 1, device="cuda").to(dtype)
     ssm = torch.randn(blocks, batch, e, n, device="cuda")
     x = torch.randn(batch, d_model, device="cuda").to(dtype)
@@ -125,8 +137,6 @@ def _run_once(job: tuple) -> None:
         block_step_split.CONFIG_OVERRIDES.update(overrides)
         block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, up=up)
     else:
-        from audiomamba.models import build_model
-
         _, dtype_name, batch, *overrides = job  # optional: block_step_split's, block_step's overrides
         if overrides:
             block_step_split.CONFIG_OVERRIDES.update(overrides[0])
@@ -138,9 +148,6 @@ def _run_once(job: tuple) -> None:
 
 def _pool(jobs: list, workers: int = 8) -> None:
     """Run ``_warm`` over the jobs in ``workers`` spawned processes (Triton's on-disk cache keeps the kernels)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         for done in ex.map(_warm, jobs):
             print("warm:", done, flush=True)
@@ -158,9 +165,6 @@ def warm(sweep=SWEEP, dtypes=("float32", "bfloat16"), workers: int = 8) -> None:
 
 def _stepper(batch: int, dtype_name: str = "float32"):
     """A captured generation stepper of ``sc09_small`` (untrained) with 4096 rows of noise."""
-    from audiomamba.generation import _Stepper
-    from audiomamba.models import build_model
-
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     model = build_model("sc09_small").cuda().to(dtype).eval()
@@ -169,7 +173,7 @@ def _stepper(batch: int, dtype_name: str = "float32"):
     token = torch.full((batch, 1, 1), model.config.first_token, dtype=torch.long, device="cuda")
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
-    stepper = _Stepper(model, model.init_state(batch, "cuda", dtype), token, 4096, 1.0, None, None, gen, False,
+    stepper = _Stepper(model, model.init_state(batch, "cuda", dtype), token, 4096, Sampler(1.0), gen, False,
                        False, period)  # 4096 rows of noise: the replays below stay inside them
     stepper.refill_noise()
     stepper.capture(sorted(set(period)))
@@ -201,8 +205,6 @@ def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -
 def profile_step_graphs(batch: int = 1, reps: int = 20, top: int = 8) -> dict:
     """Per depth-1 and depth-2 step graph: the kernels (µs and launches per replay, from torch.profiler) and the
     span of one replay; printed, and returned as {depth: {"span_us", "kernels": [(name, us, calls)]}}."""
-    from torch.profiler import ProfilerActivity, profile
-
     stepper = _stepper(batch)
     out = {}
     for key in (1, 2):
@@ -233,8 +235,6 @@ def profile_step_graphs(batch: int = 1, reps: int = 20, top: int = 8) -> dict:
 def check_generation(batch: int = 2, steps: int = 48, dtype_name: str = "float32") -> float:
     """max relative error of the logits that generation sampled from against the teacher-forced forward with the
     reference ops (generation runs the fused path)."""
-    from audiomamba.models import build_model
-
     torch.manual_seed(0)
     model = build_model("sc09_small").cuda().to(getattr(torch, dtype_name)).eval()
     out = model.generate(batch, steps, seed=0, progress=False, return_logits=True)
@@ -253,8 +253,6 @@ def check_generation(batch: int = 2, steps: int = 48, dtype_name: str = "float32
 
 def mini() -> None:
     """The short run: generation at batch 1 and 64 (float32), the step graphs' times, a correctness check."""
-    from audiomamba.bench import bench_generate
-
     gen = bench_generate(dtype="float32", num_steps=4000)
     graphs = {b: step_graph_times(b) for b in (1, 64)}
     err = check_generation()
@@ -329,8 +327,6 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
 def split_main(warm_first: bool = True) -> None:
     """``--split``: compile in parallel (unless ``--no-warm``), then the wide-stage sweep, generation per variant
     (step graphs, samples/s, logits vs teacher forcing), the kernels of the deeper step graphs; a summary last."""
-    from audiomamba.bench import bench_generate
-
     if warm_first:
         warm_split()
     stage_rows = bench_split_stage()
@@ -356,7 +352,7 @@ def split_main(warm_first: bool = True) -> None:
                                   "check": check_generation(batch=64, dtype_name="bfloat16")}
     except Exception as err:
         print(f"generation bfloat16 failed: {type(err).__name__}: {str(err)[:300]}")
-    out = os.environ.get("OUT")
+    out = _json_dir()
     if out:
         with open(os.path.join(out, "block_step_split_bench.json"), "w") as f:
             json.dump({"stage": stage_rows, "generate": gen}, f, indent=1, default=str)
@@ -374,9 +370,14 @@ def split_main(warm_first: bool = True) -> None:
             + f"   logits vs teacher forcing: {res['check']:.1e}")
 
 
-def main() -> None:
-    from audiomamba.bench import bench_generate
+def _json_dir() -> str | None:
+    """The folder given with ``--json DIR``, or None."""
+    if "--json" not in sys.argv:
+        return None
+    return sys.argv[sys.argv.index("--json") + 1]
 
+
+def main() -> None:
     if "--mini" in sys.argv:
         mini()
         return
@@ -394,7 +395,7 @@ def main() -> None:
             gen[dtype] = bench_generate(dtype=dtype, num_steps=None if dtype == "float32" else 4000)
         except Exception as err:
             print(f"bench_generate {dtype} failed: {type(err).__name__}: {err}")
-    out = os.environ.get("OUT")
+    out = _json_dir()
     if out:
         with open(os.path.join(out, "block_step_bench.json"), "w") as f:
             json.dump({"stage": kernel_rows, "generate": gen}, f, indent=1)

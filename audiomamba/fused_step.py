@@ -27,12 +27,9 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .kernels.block_step import mamba1_stage_rows, stack_block_weights, stage_step_args
+from .kernels.block_step import TILE, mamba1_stage_rows, stack_block_weights, stage_step_args
 from .kernels.block_step_split import split_workspace, uses_split
 from .layers.mamba1 import norm_kind
-
-# Largest head tile per program (rows x vocabulary chunk x D elements), as the stage's product tiles.
-_HEAD_TILE = 8192
 
 
 def _p2(n: int) -> int:
@@ -310,7 +307,7 @@ def fused_stage_step(model, stage: FusedStage, x: torch.Tensor, *, up=None, down
            *(up_buffer.stride() if up_buffer is not None else (0, 0, 0)))
     own_meta = dict(
         K=n_codebooks, V=vocab, P=n_pool, BLOCK_K=_p2(n_codebooks), BLOCK_P=_p2(n_pool),
-        BV=min(_p2(vocab), max(1, _HEAD_TILE // (meta["BB"] * meta["BLOCK_D"]))), EMBED=embed,
+        BV=min(_p2(vocab), max(1, TILE // (meta["BB"] * meta["BLOCK_D"]))), EMBED=embed,
         DOWN_PUSH=down_buffer is not None, UP_ROTATE=up_buffer is not None, HEAD=head is not None,
         HEAD_RMS=head_kind == "rmsnorm", HEAD_NORM_W=fnorm.weight is not None, HEAD_NORM_B=fnorm_b is not None,
         HEAD_B=hlin.bias is not None, SAMPLE=hb.noise is not None, RECORD_LOGITS=hb.out_logits is not None,

@@ -14,8 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
 
 from audiomamba.config import load_experiment_config
+from audiomamba.contract import AudioContract, TokenizerSpec
 from audiomamba.models import load_model
 from audiomamba.training import build_task, load_task, param_groups, warmup_cosine
 
@@ -82,15 +84,26 @@ def test_lm_nll_bits_and_delay_pattern_masking():
 
 
 def test_classifier_task_uses_labels_and_tokens():
-    task = build_task(load_experiment_config("quickstart_classifier", TINY)).eval()
+    cfg = load_experiment_config("quickstart_classifier", TINY + ["optim.ema_decay=0.9"])
+    task = build_task(cfg).eval()
+    assert task.model.audio == AudioContract.from_experiment(cfg)  # rate, mu-law tokenizer, clip length
     audio = torch.rand(3, 64) * 2 - 1
     x = task.inputs({"audio": audio})
-    assert x.dtype == torch.long and torch.equal(x, task.tokenizer.encode(audio))
+    assert x.dtype == torch.long and torch.equal(x, AF.mu_law_encoding(audio, 256))
+    labels = torch.tensor([0, 1, 2])
     with torch.no_grad():
-        loss, acc = task._loss_acc(task.model, {"audio": audio, "label": torch.tensor([0, 1, 2])})
+        loss, acc = task._loss_acc(task.model, {"audio": audio, "label": labels})
         logits = task.model.classify(x)
-    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, torch.tensor([0, 1, 2]))), rel=1e-5)
-    assert 0.0 <= float(acc) <= 1.0
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+    assert float(acc) == pytest.approx(float((logits.argmax(-1) == labels).float().mean()), abs=1e-7)
+    # label names go into the contract of the model and of its EMA copy (the exported one)
+    task.classes = cfg.data.synthetic.classes
+    assert task.model.labels == task.eval_model.labels == tuple(cfg.data.synthetic.classes)
+    with pytest.raises(ValueError, match="the data has 2 classes, model.n_classes is 6"):
+        task.classes = ["a", "b"]
+    # the task tokenizes with the tokenizer of its model's contract
+    task.model.audio = AudioContract(8000, "tokens", TokenizerSpec("linear", bits=8))
+    assert torch.equal(task.inputs({"audio": audio}), torch.round((audio.double() + 1) * 127.5).long())
 
 
 CHILD = textwrap.dedent('''
@@ -160,6 +173,8 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
     assert metrics["steps"] == 9 and math.isfinite(metrics["test/bits"]) and metrics["test/bits"] > 0
     model = load_model(run / "model").eval()
     task, cfg = load_task(run / "checkpoints" / "last.ckpt")  # no validation ran: "best" is the last checkpoint
+    assert model.audio == task.eval_model.audio == AudioContract.from_experiment(cfg)
+    assert (model.audio.sample_rate, model.audio.tokenizer) == (8000, TokenizerSpec("mulaw", bits=8))
     assert cfg.trainer.max_steps == 9 and task.ema is not None
     exported, from_ckpt = model.state_dict(), task.eval_model.state_dict()
     assert exported.keys() == from_ckpt.keys()

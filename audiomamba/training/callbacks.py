@@ -69,26 +69,26 @@ def generate_waveforms(task, n: int, length: int, seed: int, progress: bool = Fa
 
 class SampleCallback(L.Callback):
     """Every ``every_n_epochs`` epochs: generate ``n_samples`` clips, write WAVs + a spectrogram PNG under
-    ``out_dir/epoch_XXXX/`` and add them to TensorBoard when a TensorBoard logger is attached. LM on waveform
-    tokens only (codec tokens need their codec to decode)."""
+    ``out_dir/epoch_XXXX/`` at the model's sample rate and add them to TensorBoard when a TensorBoard logger is
+    attached. LM on waveform tokens only (codec tokens need their codec to decode)."""
 
-    def __init__(self, out_dir: Path, every_n_epochs: int, n_samples: int, length: int, sample_rate: int,
-                 seed: int = 0):
+    def __init__(self, out_dir: Path, every_n_epochs: int, n_samples: int, length: int, seed: int = 0):
         self.out_dir, self.every, self.n, self.length = Path(out_dir), every_n_epochs, n_samples, length
-        self.sample_rate, self.seed = sample_rate, seed
+        self.seed = seed
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.every <= 0 or (trainer.current_epoch + 1) % self.every or not trainer.is_global_zero:
             return
-        if pl_module.tokenizer is None or pl_module.cfg.data.source == "tokens":
+        if pl_module.tokenizer is None:  # no waveform tokenizer in the model's audio contract
             return
+        rate = pl_module.model.audio.sample_rate
         waves = generate_waveforms(pl_module, self.n, self.length, seed=self.seed + trainer.current_epoch)
-        paths = write_samples(waves, self.sample_rate, self.out_dir / f"epoch_{trainer.current_epoch:04d}", "sample")
+        paths = write_samples(waves, rate, self.out_dir / f"epoch_{trainer.current_epoch:04d}", "sample")
         for logger in trainer.loggers:
             exp = getattr(logger, "experiment", None)
             if exp is not None and hasattr(exp, "add_audio"):
                 for i, w in enumerate(waves):
-                    exp.add_audio(f"samples/{i}", w[None].float(), trainer.global_step, self.sample_rate)
+                    exp.add_audio(f"samples/{i}", w[None].float(), trainer.global_step, rate)
                 import matplotlib.image
 
                 exp.add_image("samples/spectrogram", matplotlib.image.imread(paths[-1])[..., :3],

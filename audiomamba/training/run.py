@@ -46,7 +46,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, callbacks=(), quiet: boo
                                    save_top_k=-1, monitor=None))
     if t.sample_every_n_epochs and cfg.task == "lm":
         cbs.append(SampleCallback(run_dir / "samples", t.sample_every_n_epochs, t.n_samples, t.sample_length,
-                                  cfg.data.sample_rate, seed=t.seed))
+                                  seed=t.seed))
     cbs.extend(callbacks)
     # one version folder per launch (logs/version_0, version_1 after a resume, ...): a resumed run must not
     # overwrite the metrics its first launch wrote

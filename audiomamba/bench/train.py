@@ -280,22 +280,26 @@ def _bench_train(presets, length, batch, steps, warmup, dev, profile, tiny, seed
 
     def run(name: str, build: Callable[[], tuple[nn.Module, Callable]], tokens: torch.Tensor, note: str = ""):
         torch.manual_seed(seed)
+        model = forward = r = None
         try:
             model, forward = build()
             params = sum(p.numel() for p in model.parameters())
             r = time_training(model, forward, tokens, steps, warmup, profile)
         except torch.cuda.OutOfMemoryError:
-            model = forward = None
-            _free(dev)
-            rows.append({"model": name, "params": None, "ms": None, "peak_mb": None, "note": "out of memory"})
+            note = "out of memory"
+        del model, forward
+        _free(dev)  # after the except clause, which held the failed step's tensors
+        if r is None:
+            rows.append({"model": name, "params": None, "ms": None, "peak_mb": None, "note": note})
+            print_fn(f"  {name}: out of memory")
             return
         rows.append({"model": name, "params": params, "ms": r["ms"], "peak_mb": r["peak_mb"], "note": note})
+        peak = "" if r["peak_mb"] is None else f", peak {r['peak_mb']:,.0f} MB"
+        print_fn(f"  {name}: {params:,} parameters, {r['ms']:.1f} ms/step{peak}")
         if r["profile"]:
             print_fn(f"profile {name}: top kernels, ms per step")
             for kernel, ms in r["profile"]:
                 print_fn(f"  {ms:9.3f}  {kernel[:110]}")
-        del model, forward
-        _free(dev)
 
     def ours(name):
         def build():

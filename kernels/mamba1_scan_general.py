@@ -62,17 +62,12 @@ def _load_bc(ptr, b, g, e, n, t, s_b, s_g, s_e, s_n, s_t, s_im, mask_en, mask_n,
 
 
 @triton.jit
-def _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask,
-                 HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """u_t, raw Δ_t (+ bias) and the Δ_t used (softplus'd; zero on masked channels), [BE] float32."""
+def _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask, softplus):
+    """u_t, raw Δ_t + bias and the Δ_t used (softplus'd when ``softplus``; zero on masked channels), [BE]
+    float32."""
     u = tl.load(u_ptr + b * s_ub + e * s_ue + t * s_ul, mask=e_mask, other=0.0).to(tl.float32)
-    raw = tl.load(dt_ptr + b * s_db + e * s_de + t * s_dl, mask=e_mask, other=0.0).to(tl.float32)
-    if HAS_DTB:
-        raw = raw + dtb
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    else:
-        dt = raw
+    raw = tl.load(dt_ptr + b * s_db + e * s_de + t * s_dl, mask=e_mask, other=0.0).to(tl.float32) + dtb
+    dt = tl.where(softplus, _softplus(raw), raw)
     return u, raw, tl.where(e_mask, dt, 0.0)
 
 
@@ -90,20 +85,24 @@ def _decay(dt, Ar, Ai, CPLX: tl.constexpr):
 # ---------------------------------------------------------------- forward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["FLAGS"])
 def _gen_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
     E, L, EG, NEB, NCK,
     s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an, s_aim,
     s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim,
-    s_zb, s_ze, s_zl, s_yb, s_ye, s_yl,
+    s_zb, s_ze, s_zl, s_yb, s_ye, s_yl, FLAGS,
     N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CK: tl.constexpr, NC: tl.constexpr,
     CPLX: tl.constexpr, VAR_B: tl.constexpr, VAR_C: tl.constexpr, B_IM: tl.constexpr, C_IM: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-    SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr,
 ):
     """One program: batch row b, channels [e0, e0 + BE) of group g, all of time. States are stored as planes
-    (B, E, [NCK,] NC, N) float32: plane 0 real, plane 1 (NC = 2) imaginary."""
+    (B, E, [NCK,] NC, N) float32: plane 0 real, plane 1 (NC = 2) imaginary. FLAGS (runtime bits, so that the
+    options do not multiply the compiled variants): 1 softplus, 2 z given, 4 initial state given, 8 store the
+    checkpoints. D and the Δ bias are always given (zeros when absent)."""
+    softplus = (FLAGS & 1) != 0
+    has_z = (FLAGS & 2) != 0
+    has_h0 = (FLAGS & 4) != 0
+    store_ck = (FLAGS & 8) != 0
     pid = tl.program_id(0)
     b = (pid // (NEB * (E // EG))).to(tl.int64)
     rem = pid % (NEB * (E // EG))
@@ -122,31 +121,23 @@ def _gen_fwd_kernel(
         Ai = Ar * 0.0
     Bfr, Bfi = _load_bc(B_ptr, b, g, e, n, 0, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask, False, B_IM)
     Cfr, Cfi = _load_bc(C_ptr, b, g, e, n, 0, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask, False, C_IM)
-    if HAS_DTB:
-        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    else:
-        dtb = tl.zeros([BE], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
     st = (b * E + e[:, None]) * (NC * N) + n[None, :]  # plane 0 of (B, E, NC, N)
-    if HAS_H0:
-        hr = tl.load(h0_ptr + st, mask=en_mask, other=0.0)
-        if CPLX:
-            hi = tl.load(h0_ptr + st + N, mask=en_mask, other=0.0)
-        else:
-            hi = hr * 0.0
+    hr = tl.load(h0_ptr + st, mask=en_mask & has_h0, other=0.0)
+    if CPLX:
+        hi = tl.load(h0_ptr + st + N, mask=en_mask & has_h0, other=0.0)
     else:
-        hr = tl.zeros([BE, NP], tl.float32)
-        hi = tl.zeros([BE, NP], tl.float32)
+        hi = hr * 0.0
     for t in range(0, L):
-        if STORE_CK:
+        if store_ck:
             if t % CK == 0:
                 ck = ((b * E + e[:, None]) * NCK + t // CK) * (NC * N) + n[None, :]
                 tl.store(ck_ptr + ck, hr, mask=en_mask)
                 if CPLX:
                     tl.store(ck_ptr + ck + N, hi, mask=en_mask)
         u, raw, dt = _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask,
-                                  HAS_DTB, SOFTPLUS)
+                                  softplus)
         Br, Bi = Bfr, Bfi
         if VAR_B:
             Br, Bi = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask,
@@ -163,9 +154,8 @@ def _gen_fwd_kernel(
         else:
             hr = ar * hr + x * Br
             y = tl.sum(hr * Cr, axis=1)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
+        y += Dv * u
+        if has_z:
             zz = tl.load(z_ptr + b * s_zb + e * s_ze + t * s_zl, mask=e_mask, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(y_ptr + b * s_yb + e * s_ye + t * s_yl, y.to(y_ptr.dtype.element_ty), mask=e_mask)
@@ -177,22 +167,25 @@ def _gen_fwd_kernel(
 # ---------------------------------------------------------------- backward
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["FLAGS"])
 def _gen_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr, ck_ptr, dT_ptr, scr_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
     E, L, EG, NEB, NCK,
     s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an, s_aim,
     s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim,
-    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl, s_xb, s_xe, s_xl, s_qb, s_qe, s_ql, s_wb, s_we, s_wl,
+    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl, s_xb, s_xe, s_xl, s_qb, s_qe, s_ql, s_wb, s_we, s_wl, FLAGS,
     N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CK: tl.constexpr, NC: tl.constexpr,
     CPLX: tl.constexpr, VAR_B: tl.constexpr, VAR_C: tl.constexpr, B_IM: tl.constexpr, C_IM: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DT: tl.constexpr, NEED_DH0: tl.constexpr,
 ):
     """One program per forward program. dy: the output's gradient (strides s_g*); du, dΔ, dz written with
     strides s_x*, s_q*, s_w*. dA, fixed dB / dC: per batch row (B, E, NC, N); dD, dΔ-bias: (B, E); input-dependent
-    dB / dC: float32 buffers shaped like B / C (strides of B / C), added atomically."""
+    dB / dC: float32 buffers shaped like B / C (strides of B / C), added atomically. FLAGS (runtime bits):
+    1 softplus, 2 z given, 4 final-state gradient given, 8 write the initial state's gradient."""
+    softplus = (FLAGS & 1) != 0
+    has_z = (FLAGS & 2) != 0
+    has_dT = (FLAGS & 4) != 0
+    need_dh0 = (FLAGS & 8) != 0
     pid = tl.program_id(0)
     b = (pid // (NEB * (E // EG))).to(tl.int64)
     rem = pid % (NEB * (E // EG))
@@ -211,23 +204,16 @@ def _gen_bwd_kernel(
         Ai = Ar * 0.0
     Bfr, Bfi = _load_bc(B_ptr, b, g, e, n, 0, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask, False, B_IM)
     Cfr, Cfi = _load_bc(C_ptr, b, g, e, n, 0, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask, False, C_IM)
-    if HAS_DTB:
-        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    else:
-        dtb = tl.zeros([BE], tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
     K = 2.0 if CPLX else 1.0
     st = (b * E + e[:, None]) * (NC * N) + n[None, :]  # plane 0 of (B, E, NC, N)
-    if HAS_DT:  # gradient of the final state: the adjoint's start
-        cr = tl.load(dT_ptr + st, mask=en_mask, other=0.0)
-        if CPLX:
-            ci = tl.load(dT_ptr + st + N, mask=en_mask, other=0.0)
-        else:
-            ci = cr * 0.0
+    # gradient of the final state: the adjoint's start
+    cr = tl.load(dT_ptr + st, mask=en_mask & has_dT, other=0.0)
+    if CPLX:
+        ci = tl.load(dT_ptr + st + N, mask=en_mask & has_dT, other=0.0)
     else:
-        cr = tl.zeros([BE, NP], tl.float32)
-        ci = tl.zeros([BE, NP], tl.float32)
+        ci = cr * 0.0
     dAr = tl.zeros([BE, NP], tl.float32)
     dAi = tl.zeros([BE, NP], tl.float32)
     dBr = tl.zeros([BE, NP], tl.float32)
@@ -253,7 +239,7 @@ def _gen_bwd_kernel(
             t = t0 + s
             if t < L:
                 u, raw, dt = _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask,
-                                          HAS_DTB, SOFTPLUS)
+                                          softplus)
                 Br, Bi = Bfr, Bfi
                 if VAR_B:
                     Br, Bi = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask,
@@ -288,7 +274,7 @@ def _gen_bwd_kernel(
                     pr = h0r
                     pi = h0i
                 u, raw, dt = _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask,
-                                          HAS_DTB, SOFTPLUS)
+                                          softplus)
                 Br, Bi = Bfr, Bfi
                 if VAR_B:
                     Br, Bi = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask,
@@ -299,17 +285,14 @@ def _gen_bwd_kernel(
                                       True, C_IM)
                 ar, ai = _decay(dt, Ar, Ai, CPLX)
                 dout = tl.load(dy_ptr + b * s_gb + e * s_ge + t * s_gl, mask=e_mask, other=0.0).to(tl.float32)
-                if HAS_Z:
+                dy = dout
+                if has_z:
                     zz = tl.load(z_ptr + b * s_zb + e * s_ze + t * s_zl, mask=e_mask, other=0.0).to(tl.float32)
                     sig = tl.sigmoid(zz)
-                    pre = K * tl.sum(hr * Cr - hi * Ci, axis=1)
-                    if HAS_D:
-                        pre += Dv * u
+                    pre = K * tl.sum(hr * Cr - hi * Ci, axis=1) + Dv * u
                     dz = dout * pre * sig * (1.0 + zz * (1.0 - sig))
                     tl.store(dz_ptr + b * s_wb + e * s_we + t * s_wl, dz.to(dz_ptr.dtype.element_ty), mask=e_mask)
                     dy = dout * zz * sig
-                else:
-                    dy = dout
                 kdy = (K * dy)[:, None]
                 gr = cr + kdy * Cr
                 gi = ci - kdy * Ci
@@ -344,14 +327,11 @@ def _gen_bwd_kernel(
                 ddt = u * dx + tl.sum(wr * Ar + wi * Ai, axis=1)
                 dAr += dt[:, None] * wr
                 dAi += dt[:, None] * wi
-                if SOFTPLUS:
-                    ddt = ddt * tl.sigmoid(raw)
+                ddt = tl.where(softplus, ddt * tl.sigmoid(raw), ddt)
                 ddt = tl.where(e_mask, ddt, 0.0)
                 ddtb += ddt
-                du = dt * dx
-                if HAS_D:
-                    du += Dv * dy
-                    dD += dy * u
+                du = dt * dx + Dv * dy
+                dD += dy * u
                 tl.store(du_ptr + b * s_xb + e * s_xe + t * s_xl, du.to(du_ptr.dtype.element_ty), mask=e_mask)
                 tl.store(ddt_ptr + b * s_qb + e * s_qe + t * s_ql, ddt.to(ddt_ptr.dtype.element_ty), mask=e_mask)
                 # carry conj(a_t) g_t to the previous step
@@ -369,14 +349,11 @@ def _gen_bwd_kernel(
         tl.store(dC_ptr + st, dCr, mask=en_mask)
         if C_IM:
             tl.store(dC_ptr + st + N, dCi, mask=en_mask)
-    if HAS_D:
-        tl.store(dD_ptr + b * E + e, dD, mask=e_mask)
-    if HAS_DTB:
-        tl.store(ddtb_ptr + b * E + e, ddtb, mask=e_mask)
-    if NEED_DH0:
-        tl.store(dh0_ptr + st, cr, mask=en_mask)
-        if CPLX:
-            tl.store(dh0_ptr + st + N, ci, mask=en_mask)
+    tl.store(dD_ptr + b * E + e, dD, mask=e_mask)
+    tl.store(ddtb_ptr + b * E + e, ddtb, mask=e_mask)
+    tl.store(dh0_ptr + st, cr, mask=en_mask & need_dh0)
+    if CPLX:
+        tl.store(dh0_ptr + st + N, ci, mask=en_mask & need_dh0)
 
 
 # ---------------------------------------------------------------- launchers
@@ -412,11 +389,21 @@ def _unplanes(p: torch.Tensor, complex_a: bool) -> torch.Tensor:
     return torch.complex(p[:, :, 0], p[:, :, 1]) if complex_a else p[:, :, 0]
 
 
-def _config(channels: int, groups: int, n: int):
-    """(channels per program, warps): blocks of BE channels × the padded N states, ~512 per program."""
+def _config(batch: int, channels: int, groups: int, n: int):
+    """(channels per program BE, padded N, warps). Up to ~512 (channel, state) pairs per program; fewer channels
+    per program (down to 4) while the programs would not give each of ~132 SMs four of them (long sequences at
+    small batch × channels: each program walks all of time, so programs are the only parallelism)."""
     np2 = triton.next_power_of_2(n)
-    be = min(triton.next_power_of_2(max(1, channels // groups)), max(1, 512 // np2))
-    return be, np2, 4
+    eg = max(1, channels // groups)
+    be = min(triton.next_power_of_2(eg), max(1, 512 // np2))
+    while be > 4 and batch * groups * triton.cdiv(eg, be) < 4 * 132:
+        be //= 2
+    return be, np2, max(1, min(4, be * np2 // 128))
+
+
+def _flags(*bits) -> int:
+    """The kernels' runtime FLAGS word from its bits, lowest first."""
+    return sum(1 << i for i, bit in enumerate(bits) if bit)
 
 
 def _groups_of(B: torch.Tensor, C: torch.Tensor) -> int:
@@ -432,7 +419,7 @@ def _general_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     nc = 2 if cplx else 1
     groups = _groups_of(B, C)
     eg = channels // groups
-    BE, NP, warps = _config(channels, groups, n)
+    BE, NP, warps = _config(batch, channels, groups, n)
     neb = triton.cdiv(eg, BE)
     nck = max(1, triton.cdiv(length, _CK))
     dev = u.device
@@ -448,15 +435,14 @@ def _general_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     Bv, sB, varB, imB = _bc_view(B, cplx)
     Cv, sC, varC, imC = _bc_view(C, cplx)
     z_ = z if z is not None else u
-    dummy = hT
+    zeros = torch.zeros(channels, device=dev, dtype=torch.float32)  # D / Δ bias when absent
+    flags = _flags(delta_softplus, z is not None, h0 is not None, store_checkpoints)
     _gen_fwd_kernel[(batch * groups * neb,)](
-        u, delta, Ar, Bv, Cv, D if D is not None else dummy, z_, delta_bias if delta_bias is not None else dummy,
-        h0 if h0 is not None else dummy, y, hT, ck if ck is not None else dummy,
+        u, delta, Ar, Bv, Cv, D if D is not None else zeros, z_, delta_bias if delta_bias is not None else zeros,
+        h0 if h0 is not None else hT, y, hT, ck if ck is not None else hT,
         channels, length, eg, neb, nck,
-        *u.stride(), *delta.stride(), *a_strides, *sB, *sC, *z_.stride(), *y.stride(),
-        N=n, NP=NP, BE=BE, CK=_CK, NC=nc, CPLX=cplx, VAR_B=varB, VAR_C=varC, B_IM=imB, C_IM=imC,
-        HAS_H0=h0 is not None, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), STORE_CK=store_checkpoints, num_warps=warps,
+        *u.stride(), *delta.stride(), *a_strides, *sB, *sC, *z_.stride(), *y.stride(), flags,
+        N=n, NP=NP, BE=BE, CK=_CK, NC=nc, CPLX=cplx, VAR_B=varB, VAR_C=varC, B_IM=imB, C_IM=imC, num_warps=warps,
     )
     return y, hT, ck
 
@@ -479,7 +465,7 @@ def _general_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_softplu
     nc = 2 if cplx else 1
     groups = _groups_of(B, C)
     eg = channels // groups
-    BE, NP, warps = _config(channels, groups, n)
+    BE, NP, warps = _config(batch, channels, groups, n)
     neb = triton.cdiv(eg, BE)
     nck = max(1, triton.cdiv(length, _CK))
     dev, f32 = u.device, torch.float32
@@ -492,8 +478,8 @@ def _general_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_softplu
     Cv, sC, varC, imC = _bc_view(C, cplx)
     dBbuf = torch.zeros(Bv.shape, device=dev, dtype=f32) if varB else torch.zeros_like(rows)
     dCbuf = torch.zeros(Cv.shape, device=dev, dtype=f32) if varC else torch.zeros_like(rows)
-    dD = torch.zeros(batch, channels, device=dev, dtype=f32) if D is not None else None
-    ddtb = torch.zeros(batch, channels, device=dev, dtype=f32) if delta_bias is not None else None
+    dD = torch.zeros(batch, channels, device=dev, dtype=f32)  # per-row sums, (B, E)
+    ddtb = torch.zeros(batch, channels, device=dev, dtype=f32)
     dh0 = torch.zeros_like(rows) if need_dh0 else None
     dT = None if d_final is None else _planes(d_final, cplx)
     if length > 0:
@@ -502,25 +488,22 @@ def _general_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_softplu
         z_, dz_ = (z, dz) if z is not None else (u, du)
         programs = batch * groups * neb
         scratch = torch.empty(programs * _CK * 2 * BE * NP, device=dev, dtype=f32)
-        dummy = rows
+        zeros = torch.zeros(channels, device=dev, dtype=f32)  # D / Δ bias when absent
         _gen_bwd_kernel[(programs,)](
-            u, delta, Ar, Bv, Cv, D if D is not None else dummy, z_,
-            delta_bias if delta_bias is not None else dummy, dy, ck, dT if dT is not None else dummy, scratch,
-            du, ddelta, dz_, dA, dBbuf, dCbuf, dD if dD is not None else dummy,
-            ddtb if ddtb is not None else dummy, dh0 if dh0 is not None else dummy,
+            u, delta, Ar, Bv, Cv, D if D is not None else zeros, z_,
+            delta_bias if delta_bias is not None else zeros, dy, ck, dT if dT is not None else rows, scratch,
+            du, ddelta, dz_, dA, dBbuf, dCbuf, dD, ddtb, dh0 if dh0 is not None else rows,
             channels, length, eg, neb, nck,
             *u.stride(), *delta.stride(), *a_strides, *sB, *sC, *z_.stride(), *dy.stride(), *du.stride(),
-            *ddelta.stride(), *dz_.stride(),
-            N=n, NP=NP, BE=BE, CK=_CK, NC=nc, CPLX=cplx, VAR_B=varB, VAR_C=varC, B_IM=imB, C_IM=imC,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_DT=dT is not None, NEED_DH0=need_dh0, num_warps=warps,
+            *ddelta.stride(), *dz_.stride(), _flags(delta_softplus, z is not None, dT is not None, need_dh0),
+            N=n, NP=NP, BE=BE, CK=_CK, NC=nc, CPLX=cplx, VAR_B=varB, VAR_C=varC, B_IM=imB, C_IM=imC, num_warps=warps,
         )
     elif need_dh0 and dT is not None:
         dh0.copy_(dT)
     dA_ = torch.complex(dA.sum(0)[:, 0], dA.sum(0)[:, 1]) if cplx else dA.sum(0)[:, 0]
     return (du, ddelta, dA_.to(A.dtype), _bc_grad(dBbuf, B), _bc_grad(dCbuf, C),
-            None if dD is None else dD.sum(0).to(D.dtype), dz,
-            None if ddtb is None else ddtb.sum(0).to(delta_bias.dtype),
+            None if D is None else dD.sum(0).to(D.dtype), dz,
+            None if delta_bias is None else ddtb.sum(0).to(delta_bias.dtype),
             None if dh0 is None else _unplanes(dh0, cplx))
 
 

@@ -53,7 +53,7 @@ def _oracle(u, delta, A, B, C, D=None, z=None, delta_bias=None, softplus=False, 
         if M.dim() == 2:
             return M[None, :, :, None]
         if cplx and not M.is_complex():
-            M = torch.view_as_complex(M.reshape(*M.shape[:-1], length, 2))
+            M = torch.view_as_complex(M.contiguous().reshape(*M.shape[:-1], length, 2))
         M = M[:, None] if M.dim() == 3 else M
         return M.repeat_interleave(channels // M.shape[1], dim=1)
 
@@ -273,14 +273,15 @@ def test_pairwise_cases_cover_every_pair():
 
 @pytest.mark.skipif(not TRITON_OK, reason="no CUDA and TRITON_INTERPRET was set to something other than 1")
 def test_general_kernel_several_checkpoint_intervals(monkeypatch):
-    """Lengths over several recomputation intervals of the general backward (and a partial last one)."""
+    """Lengths over several recomputation intervals of the general backward (and a partial last one), channels
+    over several programs (input-dependent dB summed atomically)."""
     from audiomamba.kernels import mamba1_scan_general
 
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
     monkeypatch.setattr(mamba1_scan_general, "_CK", 4)
     case = dict(wtype=torch.complex64, itype=torch.float32, seqlen=11, return_last_state=True, has_D=True,
                 has_z=True, has_delta_bias=True, delta_softplus=True, bc="var_fixed")
-    leaves = _inputs(case, 5, DEVICE, h0=True, batch=1)
+    leaves = _inputs(case, 5, DEVICE, h0=True, batch=1, dim=6)  # two channel blocks, the second one partial
     _check_case(case, lambda lv: selective_scan(*[lv[k] for k in ORDER], True, initial_state=lv["h0"],
                                                 return_final_state=True), leaves, 5)
 

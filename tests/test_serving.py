@@ -382,3 +382,18 @@ def test_language_model_scores_chunks_and_streams_a_continuation():
     assert samples == round(0.05 * RATE) and len(audio) == 4 * samples
     wave = np.frombuffer(audio, "<f4")
     assert np.isfinite(wave).all() and np.abs(wave).max() <= 1.0
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_the_eager_engine():
+    """The compiled push (a padded bucket: 3 streams in bucket 3 and 2 in bucket 2) gives the eager push's
+    outputs; a bucket still compiling runs eagerly meanwhile. Slow: inductor compiles for a minute or more."""
+    model = _classifier()
+    compiled, eager = Engine(model, 4, CHUNK, compile=True), Engine(model, 4, CHUNK)
+    a, b = [compiled.open() for _ in range(3)], [eager.open() for _ in range(3)]
+    compiled.warmup([3])
+    for _ in range(3):
+        x = torch.randn(3, CHUNK)
+        assert (compiled.push(a, x).probs - eager.push(b, x).probs).abs().max() < TOL
+    x = torch.randn(2, CHUNK)
+    assert (compiled.push(a[:2], x).probs - eager.push(b[:2], x).probs).abs().max() < TOL

@@ -571,3 +571,23 @@ def run_server(server: StreamServer, print_fn=print) -> None:
     web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None, shutdown_timeout=5.0,
                 handle_signals=True)
 
+
+
+def serve(model, host: str = "127.0.0.1", port: int = 8000, max_streams: int = 64, max_wait_ms: float = 5.0,
+          chunk_ms: float = 20.0, keep_s: float = 60.0, state_dir: str | None = None, token: str | None = None,
+          compile: bool = False, print_fn=print) -> None:
+    """Serve a loaded model (``audiomamba serve``): its audio contract gives the sample rate, labels and
+    tokenizer. Runs until SIGINT / SIGTERM."""
+    if model.audio is None:
+        raise ValueError("the model has no audio contract (sample rate, labels, tokenizer): save it with one "
+                         "(model.audio = AudioContract(...); model.save(dir))")
+    config = ServeConfig(host=host, port=port, max_streams=max_streams, max_wait_ms=max_wait_ms, chunk_ms=chunk_ms,
+                         keep_s=keep_s, state_dir=state_dir, token=token)
+    server = StreamServer(model, model.audio, config, compile=compile)
+    if server.engine.cuda_graphs:
+        print_fn(f"capturing the push of each batch bucket up to {max_streams} as a CUDA graph")
+        server.engine.warmup()
+    elif compile:
+        print_fn("compiling the push of each batch bucket at its first use, on a helper thread (about a minute per "
+                 "bucket on a small CPU; until then that bucket runs eagerly)")
+    run_server(server, print_fn)

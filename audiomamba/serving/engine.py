@@ -14,11 +14,12 @@ rows of a batch never mix, so a stream's outputs do not depend on which other st
 
 Every slot advances by whole chunks and a chunk is a multiple of the model's pooling product, so every slot sits
 at pooling phase 0 at the start of every push: one program per batch size serves them all (no host sync for the
-phases). The batch sizes are rounded up to buckets (powers of two, and ``max_streams``) so that the fast paths
-need one program per bucket:
+phases). The batch sizes are rounded up to buckets (1, 2, 3, 4, 6, 8, 12, ..., ``max_streams``) so that the fast
+paths need one program per bucket:
 
 - CPU, ``compile=True``: the push runs through the compiled streaming graph (``Stream(compile=True)``'s, inductor
-  C++), one per bucket, compiled on first use;
+  C++), one per bucket, compiled on a helper thread from the bucket's first use (``warmup`` compiles ahead); until
+  it is ready, pushes of that bucket run eagerly;
 - CUDA (``cuda_graphs``, default on): gather, forward, scatter and the result reduction of a bucket are captured
   as one CUDA graph on first use; a push is then one graph replay and one copy of the results to the host.
 
@@ -30,8 +31,10 @@ tokens under the model (its first token scored by the previous chunk's last logi
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -115,7 +118,9 @@ class Engine:
         self.positions = [0] * (max_streams + 1)
         self._free = list(range(max_streams - 1, -1, -1))  # a stack: the lowest slots first
         self._lock = threading.RLock()
-        self._programs: dict[int, object] = {}  # bucket → compiled function or captured graph
+        self._programs: dict[int, object] = {}  # bucket → its compile (a Future) or captured CUDA graph
+        self._to_compile: queue.Queue = queue.Queue()
+        self._compiler: threading.Thread | None = None
         self._graph_pool = None
 
     # ------------------------------------------------------------------------------------------- slots
@@ -195,8 +200,9 @@ class Engine:
     # ------------------------------------------------------------------------------------------- pushes
 
     def bucket(self, n: int) -> int:
-        """The batch size a push of n slots runs at: the next power of two, at most ``max_streams``."""
-        return min(1 << max(0, n - 1).bit_length(), self.max_streams)
+        """The batch size a push of n slots runs at on a fast path: the next of 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+        (powers of two and three times them: at most a third of a batch is padding), at most ``max_streams``."""
+        return min(next(b for b in _buckets(n)), self.max_streams)
 
     def push(self, slots: list[int], x: torch.Tensor) -> PushResult:
         """One chunk for each of ``slots`` (distinct open slots): x (b, chunk) waveform samples (float) or tokens
@@ -217,8 +223,8 @@ class Engine:
         with self._lock:
             for s in slots:
                 self._check_slot(s)
-            fast = self.compile or self.cuda_graphs
-            size = self.bucket(b) if fast else b
+            graph = self._compiled(self.bucket(b)) if self.compile else None
+            size = self.bucket(b) if graph is not None or self.cuda_graphs else b
             index = torch.full((size,), self.scratch, dtype=torch.long)
             index[:b] = torch.tensor(slots, dtype=torch.long)
             first = torch.zeros(size, dtype=torch.bool)  # rows whose chunk is the stream's first (no previous logits)
@@ -230,7 +236,7 @@ class Engine:
             if self.cuda_graphs:
                 summary = self._run_graph(size, xs, index, first)
             else:
-                summary = self._step(xs, index, first, self._compiled(size) if self.compile else None)
+                summary = self._step(xs, index, first, graph)
             summary = summary[:b].float().cpu()
             for s in slots:
                 self.positions[s] += self.chunk
@@ -253,7 +259,7 @@ class Engine:
             else:
                 h = x
             if graph is not None:
-                out, new = graph(model, h, flat, list(self._phases), True if self.tokens else False, False)
+                out, new = graph(model, h, flat, list(self._phases), self.tokens, False)
             else:
                 it = iter(flat)
                 state = map_state(lambda _: next(it), self._template)
@@ -272,13 +278,39 @@ class Engine:
             self.pool["last_logp"].index_copy_(0, index, logp[:, -1])
             return -total / count.clamp(min=1) / math.log(2)  # (B,)
 
-    def _compiled(self, size: int):
-        """The compiled streaming graph for batch ``size`` (compiled at its first push)."""
-        graph = self._programs.get(size)
-        if graph is None:
-            from ..streaming import _compile_push_graph
+    def _compiled(self, size: int, wait: bool = False):
+        """The compiled streaming graph for batch ``size`` once it is built; until then None (the push runs
+        eagerly at its own batch size) while a helper thread compiles it (one bucket at a time). ``wait``: build
+        it now."""
+        entry = self._programs.get(size)
+        if entry is None:
+            entry = self._programs[size] = Future()
+            self._to_compile.put((size, entry))
+            if self._compiler is None:  # a daemon thread: an unfinished compile never holds up the exit
+                self._compiler = threading.Thread(target=self._compile_loop, name="audiomamba-compile", daemon=True)
+                self._compiler.start()
+        if wait:
+            entry.result()
+        return entry.result() if entry.done() else None
 
-            graph = self._programs[size] = _compile_push_graph()
+    def _compile_loop(self) -> None:
+        while True:
+            size, future = self._to_compile.get()
+            try:
+                future.set_result(self._compile(size))
+            except Exception as e:  # the bucket then raises at its next push
+                future.set_exception(e)
+
+    def _compile(self, size: int):
+        """Compile the push of batch ``size`` (a first call on fresh states; the pool is not touched)."""
+        from ..streaming import _compile_push_graph
+
+        graph = _compile_push_graph()
+        x = torch.zeros(size, self.chunk, dtype=torch.long if self.tokens else torch.float32)
+        flat = [v.expand(size, *v.shape[1:]).contiguous() for v in self._init.values()]
+        with torch.no_grad():
+            h = self.model.embed(x[..., None]) if self.tokens else x
+            graph(self.model, h, flat, list(self._phases), self.tokens, False)
         return graph
 
     def _run_graph(self, size: int, x: torch.Tensor, index: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
@@ -338,7 +370,7 @@ class Engine:
                 if self.cuda_graphs:
                     self._run_graph(size, x, index, first)
                 else:
-                    self._step(x, index, first, self._compiled(size))
+                    self._compiled(size, wait=True)
             for k, v in backup.items():
                 self.pool[k][self.scratch].copy_(v)
 
@@ -379,9 +411,20 @@ class Engine:
         return PushResult(summary, None, positions)
 
 
-def _powers_up_to(n: int) -> list[int]:
-    sizes, p = [], 1
-    while p < n:
-        sizes.append(p)
+def _buckets(start: int = 1):
+    """1, 2, 3, 4, 6, 8, 12, 16, 24, ... from the first >= start."""
+    p = 1
+    while True:
+        for b in (p, 3 * p // 2) if p >= 2 else (p,):
+            if b >= start:
+                yield b
         p *= 2
-    return sizes + [n]
+
+
+def _powers_up_to(n: int) -> list[int]:
+    """The buckets up to n, and n."""
+    sizes = []
+    for b in _buckets():
+        if b >= n:
+            return sizes + [n]
+        sizes.append(b)

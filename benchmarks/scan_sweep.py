@@ -31,6 +31,7 @@ LAUNCHES = [
     {},
     {"fwd_target": 1, "bwd_target": 1},  # one time segment
     {"fwd_target": 8192, "bwd_target": 4096},  # segments up to 8192 / 4096 warps
+    {"fwd_kernel": "tile"}, {"fwd_kernel": "step"},  # either forward kernel at any N
     {"fwd_block": 16}, {"fwd_block": 64},
     {"fwd_chunk": 2}, {"fwd_chunk": 8},
     {"bwd_block": 8}, {"bwd_block": 32},

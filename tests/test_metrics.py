@@ -10,7 +10,13 @@ from scipy import linalg
 
 from audiomamba.config import load_experiment_config
 from audiomamba.contract import AudioContract
-from audiomamba.evaluation import classifier_outputs, evaluate_generation, nll_bits_per_sample, segment_nll_bits
+from audiomamba.evaluation import (
+    check_data_matches,
+    classifier_outputs,
+    evaluate_generation,
+    nll_bits_per_sample,
+    segment_nll_bits,
+)
 from audiomamba.metrics import (
     ClassifierOutputs,
     am_score,
@@ -222,3 +228,15 @@ def test_segment_nll_counts_every_real_sample_once(tmp_path):
             total += r["bits_per_sample"] * r["n_samples"]
             count += r["n_samples"]
     assert res["bits_per_sample"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_evaluation_refuses_data_unlike_the_models_contract():
+    cfg = load_experiment_config("quickstart_lm", ["model.backbone.d_model=8", "model.backbone.n_blocks=[1]"])
+    lm = build_model(cfg.model, audio=AudioContract.from_experiment(cfg))
+    check_data_matches(lm, cfg)  # the data it was trained on
+    with pytest.raises(ValueError, match="data.sample_rate=16000 but the model takes 8000 Hz audio"):
+        check_data_matches(lm, load_experiment_config("quickstart_lm", ["data.sample_rate=16000"]))
+    with pytest.raises(ValueError, match="data.tokenizer=linear with data.bits=8, but the model takes 8-bit mulaw"):
+        check_data_matches(lm, load_experiment_config("quickstart_lm", ["data.tokenizer=linear"]))
+    with pytest.raises(ValueError, match="no audio contract"):
+        check_data_matches(build_model(cfg.model), cfg)

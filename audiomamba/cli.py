@@ -32,6 +32,7 @@ examples:
   audiomamba evaluate outputs/quickstart_lm/checkpoints/last.ckpt
   audiomamba export outputs/quickstart_lm/checkpoints/last.ckpt my_model/
   audiomamba bench stream
+  audiomamba serve outputs/quickstart/quickstart_classifier   # http://127.0.0.1:8000/
 
 MODEL is a model directory written by `export` or `model.save` (config.yaml + model.safetensors), a run
 directory (its model/ subfolder is used), or a Lightning checkpoint (.ckpt) written by `train`.
@@ -290,6 +291,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import torch
+
+    from audiomamba.serving.app import serve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, _ = load_any(args.model, args.device)
+    serve(model, host=args.host, port=args.port, max_streams=args.max_streams, max_wait_ms=args.max_wait_ms,
+          chunk_ms=args.chunk_ms, keep_s=args.keep_s, state_dir=args.state_dir, token=args.token, compile=args.compile)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from audiomamba import bench
 
@@ -309,6 +323,12 @@ def cmd_bench(args) -> int:
         if args.device:
             kw["device"] = args.device
         bench.bench_generate(**kw)
+    elif args.what == "serve":
+        from audiomamba.serving.bench import bench_serve
+
+        bench_serve(args.model, args.preset or "classifier_small", args.streams, args.seconds, args.chunk_ms,
+                    args.max_wait_ms, args.device or "cpu", args.threads, args.engine_only, args.compile,
+                    client_processes=args.client_processes)
     else:
         bench.bench_stream(preset=args.preset or "classifier_small", chunk_ms=args.chunk_ms, seconds=args.seconds,
                            threads=args.threads, device=args.device or "cpu", compile=args.compile,
@@ -491,14 +511,42 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("out")
     x.set_defaults(fn=cmd_export)
 
+    v = sub.add_parser("serve", formatter_class=fmt, help="serve a causal model to many audio streams over WebSockets",
+                       description="A WebSocket server (/v1/stream) that batches the chunks of many concurrent "
+                       "streams into one push per tick, exactly as model.stream(1) would run each alone; /healthz, "
+                       "/metrics (Prometheus), and a microphone demo page at /.",
+                       epilog="examples:\n  audiomamba serve outputs/quickstart/quickstart_classifier\n"
+                       "  audiomamba serve my_model/ --max-streams 256 --state-dir states/ --keep-s 120\n"
+                       "  audiomamba serve my_model/ --host 0.0.0.0 --token $TOKEN --device cuda")
+    v.add_argument("model", help="model directory, run directory or .ckpt (its audio contract gives rate and labels)")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s; others need --token)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-streams", type=int, default=64, help="state slots (default: %(default)s)")
+    v.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a ready chunk waits for its batch")
+    v.add_argument("--chunk-ms", type=float, default=20.0, help="audio per push and result (default: 20)")
+    v.add_argument("--keep-s", type=float, default=60.0, help="how long a dropped stream stays resumable")
+    v.add_argument("--state-dir", default=None, help="streams are written here on SIGTERM and resumed from here")
+    v.add_argument("--token", default=None, help="clients must present it (?token= or Authorization: Bearer)")
+    v.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--compile", action="store_true", help="CPU: compile each batch bucket's push (torch.compile)")
+    v.set_defaults(fn=cmd_serve)
+
     b = sub.add_parser("bench", formatter_class=fmt, help="benchmarks: kernels (GPU), generate, stream, train",
                        epilog="examples:\n  audiomamba bench kernels\n  audiomamba bench generate --batch-sizes 1 64\n"
                        "  audiomamba bench generate --dtype bfloat16\n"
                        "  audiomamba bench stream --chunk-ms 20 --threads 1\n  audiomamba bench stream --compile\n"
                        "  audiomamba bench stream --compile --weights bfloat16\n"
                        "  audiomamba bench train\n  audiomamba bench train --length 64000 --profile\n"
-                       "  audiomamba bench train --presets sc09_small sc09_mamba2\n  audiomamba bench train --tiny")
-    b.add_argument("what", choices=("kernels", "generate", "stream", "train"))
+                       "  audiomamba bench train --presets sc09_small sc09_mamba2\n  audiomamba bench train --tiny\n"
+                       "  audiomamba bench serve --streams 8 16 32\n"
+                       "  audiomamba bench serve --engine-only --device cuda --streams 1000 10000")
+    b.add_argument("what", choices=("kernels", "generate", "stream", "train", "serve"))
+    b.add_argument("--model", default=None, help="serve: a model directory to serve (default: --preset)")
+    b.add_argument("--streams", type=int, nargs="+", default=[32], help="serve: concurrent streams, one run each")
+    b.add_argument("--engine-only", action="store_true", help="serve: the engine without the network")
+    b.add_argument("--max-wait-ms", type=float, default=5.0, help="serve: the server's --max-wait-ms")
+    b.add_argument("--client-processes", type=int, default=1, help="serve: processes the clients run in")
     b.add_argument("--presets", nargs="+", default=None,
                    help="kernels: presets whose stage shapes are timed (default: all); train: presets to time beside "
                    "the baselines (default: sc09_small)")

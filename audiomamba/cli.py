@@ -31,6 +31,7 @@ examples:
   audiomamba stream outputs/quickstart_classifier clip.wav --chunk-ms 20
   audiomamba evaluate outputs/quickstart_lm/checkpoints/last.ckpt
   audiomamba export outputs/quickstart_lm/checkpoints/last.ckpt my_model/
+  audiomamba export outputs/quickstart_classifier --format onnx --chunk 320 classifier_onnx/
   audiomamba bench stream
   audiomamba serve outputs/quickstart/quickstart_classifier   # http://127.0.0.1:8000/
 
@@ -280,14 +281,32 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format != "safetensors":
+        return _export_stream(args)
     from audiomamba.training import load_task
     from audiomamba.training.run import export_model
 
-    if not Path(args.checkpoint).is_file():
-        raise CLIError(f"checkpoint not found: {args.checkpoint}")
-    task, _ = load_task(args.checkpoint)
+    if not Path(args.model).is_file():
+        raise CLIError(f"checkpoint not found: {args.model}")
+    task, _ = load_task(args.model)
     out = export_model(task, args.out)
-    print(f"exported {args.checkpoint} -> {out} ({task.model.num_parameters():,} parameters)")
+    print(f"exported {args.model} -> {out} ({task.model.num_parameters():,} parameters)")
+    return 0
+
+
+def _export_stream(args) -> int:
+    """export --format onnx|torch-export: the streaming step of a causal model (audiomamba.export)."""
+    from audiomamba.export import export_stream, read_layout
+
+    model, _ = load_any(args.model)
+    start = time.perf_counter()
+    layout_path = export_stream(model, args.out, args.format, args.chunk,
+                                batch_size=None if args.dynamic_batch else args.batch)
+    layout = read_layout(layout_path.parent)
+    files = ", ".join(layout["graphs"].values())
+    print(f"exported the streaming step of {args.model} ({args.format}, chunks of {args.chunk}, batch "
+          f"{layout['batch']}) in {time.perf_counter() - start:.0f} s -> {layout_path.parent}/ ({files}, "
+          f"{layout_path.name}: {len(layout['state'])} state tensors)")
     return 0
 
 
@@ -329,6 +348,11 @@ def cmd_bench(args) -> int:
         bench_serve(args.model, args.preset or "classifier_small", args.streams, args.seconds, args.chunk_ms,
                     args.max_wait_ms, args.device or "cpu", args.threads, args.engine_only, args.compile,
                     client_processes=args.client_processes)
+    elif args.backend == "onnxruntime":
+        from audiomamba.bench.stream_onnx import bench_stream_onnx
+
+        bench_stream_onnx(preset=args.preset or "classifier_small", chunk_ms=args.chunk_ms, seconds=args.seconds,
+                          threads=args.threads)
     else:
         bench.bench_stream(preset=args.preset or "classifier_small", chunk_ms=args.chunk_ms, seconds=args.seconds,
                            threads=args.threads, device=args.device or "cpu", compile=args.compile,
@@ -504,11 +528,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "what `audiomamba stream --weights bfloat16` runs)")
     e.set_defaults(fn=cmd_evaluate)
 
-    x = sub.add_parser("export", formatter_class=fmt, help="Lightning checkpoint -> safetensors model directory",
-                       epilog="example:\n  audiomamba export outputs/quickstart/quickstart_lm/checkpoints/last.ckpt "
-                       "my_lm/")
-    x.add_argument("checkpoint")
+    x = sub.add_parser("export", formatter_class=fmt, help="checkpoint -> model directory; or the streaming step of a "
+                       "model as ONNX / torch.export",
+                       description="--format safetensors (default): a Lightning checkpoint -> a model directory. "
+                       "--format onnx|torch-export: one streaming step of a causal MODEL for chunks of --chunk "
+                       "samples, every state tensor a named input and output, into the directory OUT with "
+                       "stream.json (state layout, initial values, audio contract); run it with "
+                       "audiomamba.export.OnnxStream / ProgramStream.",
+                       epilog="examples:\n  audiomamba export outputs/quickstart/quickstart_lm/checkpoints/last.ckpt "
+                       "my_lm/\n  audiomamba export outputs/quickstart/quickstart_classifier --format onnx --chunk 320 "
+                       "classifier_onnx/")
+    x.add_argument("model", help="safetensors: a .ckpt checkpoint; onnx, torch-export: any MODEL")
     x.add_argument("out")
+    x.add_argument("--format", choices=("safetensors", "onnx", "torch-export"), default="safetensors")
+    x.add_argument("--chunk", type=int, default=320, help="onnx, torch-export: samples (LM: tokens) per step "
+                   "(320 = 20 ms at 16 kHz); shorter ends of streams run through a one-sample graph")
+    x.add_argument("--batch", type=int, default=1, help="onnx, torch-export: streams per call (a fixed batch)")
+    x.add_argument("--dynamic-batch", action="store_true", help="onnx, torch-export: any batch (slower to export)")
     x.set_defaults(fn=cmd_export)
 
     v = sub.add_parser("serve", formatter_class=fmt, help="serve a causal model to many audio streams over WebSockets",
@@ -537,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "  audiomamba bench generate --dtype bfloat16\n"
                        "  audiomamba bench stream --chunk-ms 20 --threads 1\n  audiomamba bench stream --compile\n"
                        "  audiomamba bench stream --compile --weights bfloat16\n"
+                       "  audiomamba bench stream --backend onnxruntime\n"
                        "  audiomamba bench train\n  audiomamba bench train --length 64000 --profile\n"
                        "  audiomamba bench train --presets sc09_small sc09_mamba2\n  audiomamba bench train --tiny\n"
                        "  audiomamba bench serve --streams 8 16 32\n"
@@ -569,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream: measure the torch.compile'd push (CPU; compile time reported apart, not in the RTF)")
     b.add_argument("--weights", choices=WEIGHTS, default="float32",
                    help="stream: float32 (default, exact) or bfloat16 linear weights (model.stream(weights=...))")
+    b.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="stream: onnxruntime runs the exported ONNX step (audiomamba.export.OnnxStream) beside the "
+                   "compiled PyTorch stream, on the CPU")
     b.set_defaults(fn=cmd_bench)
     return p
 

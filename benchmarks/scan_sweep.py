@@ -54,11 +54,12 @@ def _config(shape, channel_last: bool, launch: dict) -> dict:
     return scan_config(batch, channels, 1, length, n, channel_first=not channel_last, **launch)
 
 
-def check(launch: dict, n: int) -> tuple[bool, float]:
-    """Worst relative error of a bf16 call (channel-last) against the float32 reference, and whether <= 1e-2."""
-    shape = (2, 128, 2000, n)
-    inputs = scan_inputs(*shape, torch.bfloat16, channel_last=True, requires_grad=False, seed=7)
-    h0 = torch.randn(shape[0], shape[1], n, device="cuda")
+def check(launch: dict, n: int, size=(2, 128, 2000), dtype=torch.bfloat16, device="cuda") -> tuple[bool, float]:
+    """Worst relative error of a call at (*size, n) in ``dtype`` (channel-last) against the float32 reference,
+    and whether it is <= 1e-2."""
+    shape = (*size, n)
+    inputs = scan_inputs(*shape, dtype, channel_last=True, requires_grad=False, seed=7, device=device)
+    h0 = torch.randn(shape[0], shape[1], n, device=device)
     ours = {k: v.clone().requires_grad_(True) for k, v in {**inputs, "h0": h0}.items()}
     ref = {k: v.detach().float().clone().requires_grad_(True) for k, v in ours.items()}
     y, hT = selective_scan_triton(*[ours[k] for k in KEYS], True, ours["h0"], True,

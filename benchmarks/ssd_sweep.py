@@ -45,27 +45,30 @@ def rel(a: torch.Tensor, r: torch.Tensor) -> float:
     return ((a.double() - r.double()).norm() / r.double().norm().clamp_min(1e-30)).item()
 
 
-def check(variants: dict) -> bool:
-    """Outputs and gradients against the float32 reference (float32: default launch; bf16: each variant)."""
+def check(variants: dict, size=(2, 1000, 8, 2, SSD_HEADDIM, SSD_STATE, SSD_CHUNK), half=torch.bfloat16,
+          device="cuda") -> bool:
+    """Outputs and gradients against the float32 reference (float32: default launch; ``half``: each variant) at
+    ``size`` = (B, L, H, G, P, N, chunk)."""
     torch.manual_seed(0)
-    b, length, heads, groups = 2, 1000, 8, 2
-    P, n = SSD_HEADDIM, SSD_STATE
-    base = [torch.randn(b, length, heads, P, device="cuda"), torch.randn(b, length, heads, device="cuda") * 0.5,
-            -torch.exp(torch.randn(heads, device="cuda") * 0.5), torch.randn(b, length, groups, n, device="cuda"),
-            torch.randn(b, length, groups, n, device="cuda"), torch.randn(heads, device="cuda"),
-            torch.randn(b, length, heads, P, device="cuda"), torch.randn(heads, device="cuda") * 0.5 - 2.0,
-            torch.randn(b, heads, P, n, device="cuda")]
+    b, length, heads, groups, P, n, chunk = size
+
+    def rnd(*shape):
+        return torch.randn(*shape, device=device)
+
+    base = [rnd(b, length, heads, P), rnd(b, length, heads) * 0.5, -torch.exp(rnd(heads) * 0.5),
+            rnd(b, length, groups, n), rnd(b, length, groups, n), rnd(heads), rnd(b, length, heads, P),
+            rnd(heads) * 0.5 - 2.0, rnd(b, heads, P, n)]
     names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "h0")
     ok = True
-    cases = [("float32 default", torch.float32, {})] + [(f"bf16 {k}", torch.bfloat16, v) for k, v in variants.items()]
+    cases = [("float32 default", torch.float32, {})] + [(f"{str(half)[6:]} {k}", half, v) for k, v in variants.items()]
     for label, dtype, fields in cases:
         ins = [t.to(dtype) if names[i] in ("x", "dt", "B", "C", "z") else t for i, t in enumerate(base)]
         ours = [t.clone().requires_grad_(True) for t in ins]
         ref = [t.detach().float().clone().requires_grad_(True) for t in ins]
         launch = dataclasses.replace(default_launch(dtype == torch.float32), **fields)
         try:
-            y, hT = ssd_scan_triton(*ours[:5], SSD_CHUNK, *ours[5:8], True, ours[8], True, launch=launch)
-            yr, hTr = ssd_scan_chunked_ref(*ref[:5], SSD_CHUNK, *ref[5:8], True, ref[8], True)
+            y, hT = ssd_scan_triton(*ours[:5], chunk, *ours[5:8], True, ours[8], True, launch=launch)
+            yr, hTr = ssd_scan_chunked_ref(*ref[:5], chunk, *ref[5:8], True, ref[8], True)
             gy, gh = torch.randn_like(yr), torch.randn_like(hTr)
             ((y.float() * gy).sum() + (hT * gh).sum()).backward()
             ((yr * gy).sum() + (hTr * gh).sum()).backward()

@@ -158,12 +158,13 @@ def _oracle_leaves(leaves):
 ORDER = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
-def _check_case(case, run, leaves, seed):
-    """Run ``run(leaves) -> (y, last_state or None)`` and the oracle on the same inputs; compare y, the last state
-    and the gradients of a random function of both with mamba_ssm's tolerances."""
+def _check_case(case, run, leaves, seed, oracle=_oracle):
+    """Run ``run(leaves) -> (y, last_state or None)`` and ``oracle`` (signature of ``_oracle``) on the same inputs
+    in float64; compare y, the last state and the gradients of a random function of both with mamba_ssm's
+    tolerances."""
     ref_leaves = _oracle_leaves(leaves)
     y, state = run(leaves)
-    y_ref, state_ref = _oracle(*[ref_leaves[k] for k in ORDER], case["delta_softplus"], ref_leaves["h0"])
+    y_ref, state_ref = oracle(*[ref_leaves[k] for k in ORDER], case["delta_softplus"], ref_leaves["h0"])
     y_ref_rounded = y_ref.to(case["itype"]).to(torch.float64)  # mamba_ssm compares with the reference in itype
     rtol, atol, rtolw, atolw = _tolerances(case["itype"], case["has_z"])
     assert y.dtype == case["itype"] and y.shape == y_ref.shape

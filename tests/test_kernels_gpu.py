@@ -7,6 +7,8 @@ and 64, with its default launch and with states saved every 32 steps and two cha
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -130,3 +132,96 @@ def test_ssd_gpu(dtype):
     for name, a, r in zip("x dt A B C D z bias h0".split(), ours, ref):
         err = _rel(a.grad, r.grad)
         assert err <= tol, f"d{name}: rel err {err:.2e} > {tol}"
+
+
+# ---------------------------------------------------------------- compat: mamba_ssm's input space on the GPU
+# Every combination of mamba_ssm's selective-scan test matrix (tests/test_compat.py runs the same cases on CPU),
+# at mamba_ssm's sizes (batch 2, 4 channels, N = 8) and sequence lengths 128 and 2048, through
+# audiomamba.kernels.compat.selective_scan_fn's kernel (the Triton backend); the oracle is the chunked PyTorch
+# reference in float64 (checked against a step-by-step oracle in tests/test_compat.py). Cases with a final state
+# also start from a random initial state; every second case uses channel-last memory. Then real sizes for the
+# general kernel (complex A, fixed B / C) against the float32 reference. The first run compiles the kernel
+# variants (a few hundred); Triton caches them for later runs.
+
+_COMPAT_FACTORS = {
+    "wtype": (torch.float32, torch.complex64),
+    "itype": (torch.float32, torch.float16, torch.bfloat16),
+    "seqlen": (128, 2048),
+    "return_last_state": (False, True),
+    "has_D": (False, True),
+    "has_z": (False, True),
+    "has_delta_bias": (False, True),
+    "delta_softplus": (False, True),
+    "bc": ("var", "var_fixed", "fixed_var", "fixed", "var_g2"),
+}
+_COMPAT_MATRIX = [dict(zip(_COMPAT_FACTORS, v)) for v in itertools.product(*_COMPAT_FACTORS.values())]
+
+
+def _chunked_oracle(u, delta, A, B, C, D, z, delta_bias, softplus, h0):
+    from audiomamba.kernels.reference import selective_scan_chunked_ref
+
+    return selective_scan_chunked_ref(u, delta, A, B, C, D, z, delta_bias, softplus, h0, True)
+
+
+@pytest.mark.parametrize("index", range(len(_COMPAT_MATRIX)))
+def test_compat_scan_matrix_gpu(index, monkeypatch):
+    import test_compat
+    from audiomamba.kernels import selective_scan
+
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+    case = _COMPAT_MATRIX[index]
+    leaves = test_compat._inputs(case, 20_000 + index, "cuda", h0=case["return_last_state"],
+                                 channel_last=index % 2 == 1)
+
+    def run(lv):
+        return selective_scan(*[lv[k] for k in test_compat.ORDER], case["delta_softplus"], initial_state=lv["h0"],
+                              return_final_state=True)
+
+    test_compat._check_case(case, run, leaves, 20_000 + index, oracle=_chunked_oracle)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["complex_var", "complex_fixed", "real_fixed_B", "real_fixed_C"])
+@pytest.mark.parametrize("shape", [(2, 768, 2048, 16), (1, 256, 4000, 8)])
+def test_compat_general_scan_real_sizes_gpu(kind, dtype, shape):
+    """The general kernel at model sizes (several channel blocks and recomputation intervals) against the float32
+    chunked reference: forward, final state and every gradient within TOL (relative norm)."""
+    from audiomamba.kernels.mamba1_scan_general import selective_scan_general_triton
+    from audiomamba.kernels.reference import selective_scan_chunked_ref
+
+    torch.manual_seed(0)
+    b, e, length, n = shape
+    cplx = kind.startswith("complex")
+    wtype = torch.complex64 if cplx else torch.float32
+    A = -0.5 * torch.rand(e, n, device="cuda", dtype=wtype)
+    A = A - 0.1 if not cplx else torch.complex(A.real - 0.1, A.imag * 6.28)
+
+    def bc(fixed):
+        if fixed:
+            return torch.randn(e, n, device="cuda", dtype=wtype) * 0.5
+        return torch.randn(b, n, length * (2 if cplx else 1), device="cuda").to(dtype)
+
+    ins = {"u": _act((b, e, length), True, dtype), "delta": _act((b, e, length), False, dtype, 0.5),
+           "A": A, "B": bc(kind in ("complex_fixed", "real_fixed_B")),
+           "C": bc(kind in ("complex_fixed", "real_fixed_C")),
+           "D": torch.randn(e, device="cuda"), "z": _act((b, e, length), False, dtype),
+           "delta_bias": torch.rand(e, device="cuda") * 0.5 - 3.0,
+           "h0": torch.randn(b, e, n, device="cuda", dtype=wtype)}
+    ours = {k: v.clone().requires_grad_(True) for k, v in ins.items()}
+    ref = {k: (v.detach() if v.is_complex() else v.detach().float()).clone().requires_grad_(True)
+           for k, v in ins.items()}
+    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    y, hT = selective_scan_general_triton(*[ours[k] for k in order], True, ours["h0"], True)
+    yr, hTr = selective_scan_chunked_ref(*[ref[k] for k in order], True, ref["h0"], True)
+
+    def real(t):  # complex tensors as (..., 2) real views
+        return torch.view_as_real(t) if t.is_complex() else t
+
+    gy, gh = torch.randn_like(yr), torch.randn_like(real(hTr))
+    ((y.float() * gy).sum() + (real(hT) * gh).sum()).backward()
+    ((yr * gy).sum() + (real(hTr) * gh).sum()).backward()
+    tol = TOL[dtype]
+    assert _rel(y, yr) <= tol and _rel(real(hT), real(hTr)) <= tol
+    for k in ours:
+        err = _rel(real(ours[k].grad), real(ref[k].grad))
+        assert err <= tol, f"d{k}: rel err {err:.2e} > {tol}"

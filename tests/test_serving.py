@@ -452,3 +452,94 @@ def test_sigterm_writes_the_streams_and_a_new_server_resumes_them(tmp_path):
 
     got = asyncio.run(run())
     assert _close(got, ref) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- web page
+
+
+def _web_model_and_tone(rate: int):
+    """A tiny classifier (found among a few seeds) whose prediction for a 440 Hz tone differs from its prediction
+    for silence and does not change with the tone's gain or phase; the tone; its label."""
+    t = np.arange(2 * rate) / rate
+    for seed in range(20):
+        torch.manual_seed(seed)
+        model = tiny_model("classifier_small", n_classes=len(LABELS))
+        torch.manual_seed(seed)
+        for p in model.parameters():  # tiny_model seeds 0: vary the weights by the seed
+            p.data.add_(torch.randn_like(p) * 0.3)
+        labels = set()
+        for gain, phase in ((0.5, 0.0), (0.35, 1.0), (0.7, 2.0)):
+            tone = torch.from_numpy((gain * np.sin(2 * np.pi * 440 * t + phase)).astype(np.float32))[None]
+            probs = model.stream(1).push(tone)[0, rate // 2 :].softmax(-1)  # (L, C) after the first 0.5 s
+            labels |= {LABELS[i] for i in probs.argmax(-1).tolist()}
+        silent = LABELS[int(model.stream(1).push(torch.zeros(1, rate))[0, -1].argmax())]
+        if len(labels) == 1 and silent not in labels:
+            return model, (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), labels.pop()
+    raise AssertionError("no seed gives a tone label that differs from silence")
+
+
+def test_web_page_shows_the_label_of_the_audio_it_hears(tmp_path):
+    """The page at / in headless Chromium, its microphone a WAV file (Chromium's fake capture device): it streams
+    the audio (AudioWorklet → s16le → server-side resampling) and shows the label the model gives that audio."""
+    import shutil
+    import threading
+    import time
+
+    import soundfile as sf
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("no Chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.common.by import By
+
+    rate = 16_000
+    model, tone, expected = _web_model_and_tone(rate)
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, tone, rate, subtype="PCM_16")
+    server = StreamServer(model, AudioContract(rate, "waveform", labels=LABELS), ServeConfig(max_streams=2))
+    ready, loop_box = threading.Event(), {}
+
+    def serve():
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(server.app())
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        loop_box.update(loop=loop, runner=runner, port=site._server.sockets[0].getsockname()[1])
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        browser.get(f"http://127.0.0.1:{loop_box['port']}/")
+        browser.find_element(By.ID, "start").click()
+        top = browser.find_element(By.ID, "top")
+        end = time.monotonic() + 60
+        while time.monotonic() < end:  # 1.5 s of audio heard (the page shows labels from the first result on)
+            position = top.get_attribute("data-position")
+            if position and int(position) >= 1.5 * rate:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no results after 60 s; page status: {browser.find_element(By.ID, 'status').text}")
+        assert top.get_attribute("data-label") == expected
+        assert top.text == expected
+        bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
+        assert [b.get_attribute("data-label") for b in bars] == list(LABELS)
+    finally:
+        browser.quit()
+        loop_box["loop"].call_soon_threadsafe(loop_box["loop"].stop)
+        thread.join(30)

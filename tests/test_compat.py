@@ -517,3 +517,19 @@ def test_mamba_inner_fn_triton_complex(monkeypatch):
     assert torch.allclose(out.cpu(), want, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, grads_want):
         assert torch.allclose(a.cpu(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_general_inputs():
+    """The kernel bench's inputs for the general paths have mamba_ssm's layouts and run through selective_scan_fn
+    (here on the PyTorch backend) to the oracle's output."""
+    from audiomamba.bench.kernels import GENERAL_KINDS, general_scan_inputs
+
+    for label, complex_a, variable_bc in GENERAL_KINDS:
+        i = general_scan_inputs(2, 4, 6, 3, complex_a, variable_bc, torch.float32, device="cpu")
+        assert i["A"].is_complex() == complex_a, label
+        assert i["B"].shape == ((2, 3, 6 * (1 + complex_a)) if variable_bc else (4, 3)), label
+        y = compat.selective_scan_fn(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"], i["delta_bias"],
+                                     delta_softplus=True)
+        leaves = _oracle_leaves({k: i[k] for k in ORDER})
+        want, _ = _oracle(*[leaves[k] for k in ORDER], True)
+        _assert_close(label, y, want, 1e-5, 1e-5)

@@ -5,10 +5,11 @@ Two kinds of shapes (B batch, E channels, L length, N state size):
 - the shapes the model presets run in training: for each Mamba-1 stage of a preset, (B, E, L, N) with E, L and N
   from its config (``sc09_small`` at B = 16, L = 16,000: E = 128 / 256 / 512 at L = 16,000 / 4,000 / 1,000,
   N = 64), in the layout the models hand the scan (channel-last memory); Mamba-2 stages the same way for the SSD.
-Each row: forward and forward+backward median ms (bf16, z, D, delta_bias, softplus), the forward's roofline
-floor, ours against it, the peak memory of forward+backward, and mamba_ssm's kernels beside ours when the
-``mamba_ssm`` package imports (the columns are left out otherwise). After the table, per preset: the scan time
-of one training step (each stage's time × its number of blocks).
+Then the inputs outside the fast path, at the anchor shapes: complex A (S4D-Lin), fixed (non-selective) B and C,
+and both (``bench_scan_general``). Each row: forward and forward+backward median ms (bf16, z, D, delta_bias,
+softplus), the forward's roofline floor, ours against it, the peak memory of forward+backward, and mamba_ssm's
+kernels beside ours when the ``mamba_ssm`` package imports (the columns are left out otherwise). After the table,
+per preset: the scan time of one training step (each stage's time × its number of blocks).
 """
 
 from __future__ import annotations
@@ -267,6 +268,60 @@ def bench_scan(stages: Sequence[StageShape] = (), anchors: Sequence[tuple] = SCA
     return rows
 
 
+# The inputs outside the fast path (mamba_ssm accepts them too): (label, complex A, input-dependent B and C).
+GENERAL_KINDS = (("complex A", True, True), ("fixed B, C", False, False), ("complex A, fixed B, C", True, False))
+
+
+def general_scan_inputs(batch: int, channels: int, length: int, n: int, complex_a: bool, variable_bc: bool,
+                        dtype=torch.bfloat16, seed: int = 0, device: str = "cuda") -> dict:
+    """``scan_inputs`` (channel-first) with an S4D-Lin complex A (E, N) complex64 (real part -exp(·), imaginary
+    part π n) and/or fixed B, C (E, N) (float32, or complex64 with a complex A); input-dependent B, C with a
+    complex A are mamba_ssm's real (B, N, 2L) with (real, imaginary) pairs along time."""
+    inputs = scan_inputs(batch, channels, length, n, dtype, seed=seed, device=device)
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    wtype = torch.complex64 if complex_a else torch.float32
+    if complex_a:
+        A = torch.complex(inputs["A"].detach(), torch.pi * torch.arange(n, device=device).float().expand(channels, n))
+        inputs["A"] = A.requires_grad_(True)
+    for key in ("B", "C"):
+        if not variable_bc:
+            inputs[key] = torch.randn(channels, n, device=device, generator=g, dtype=wtype).requires_grad_(True)
+        elif complex_a:
+            t = torch.randn(batch, n, 2 * length, device=device, generator=g)
+            inputs[key] = t.to(dtype).requires_grad_(True)
+    return inputs
+
+
+def bench_scan_general(anchors: Sequence[tuple] = SCAN_SHAPES, dtype=torch.bfloat16, mamba: bool = True,
+                       print_fn=print) -> list[dict]:
+    """Rows for the scan's general kernel (``GENERAL_KINDS``) at the anchor shapes, channel-first (the layout
+    mamba_ssm needs), with mamba_ssm's times when it imports. The floor counts three special-function results per
+    complex state update (exp, cos, sin) and the B, C bytes only when input-dependent."""
+    mamba_scan = _mamba_ssm_ops()[0] if mamba else None
+    elem = torch.finfo(dtype).bits // 8
+    rows = []
+    for label, complex_a, variable_bc in GENERAL_KINDS:
+        for shape in anchors:
+            batch, channels, length, n = shape
+            args = (*shape, complex_a, variable_bc, dtype)
+            nbytes = (4 * batch * channels * length + variable_bc * 2 * batch * n * length * (1 + complex_a)) * elem
+            floor = max(batch * channels * length * n * (3 if complex_a else 1) / EXP_RATE,
+                        nbytes / COPY_BANDWIDTH) * 1e3
+            theirs = None
+            if mamba_scan is not None:
+                theirs = time_op(_scan_call(mamba_scan), general_scan_inputs(*args))
+                torch.cuda.empty_cache()
+            r = time_op(_scan_call(selective_scan), general_scan_inputs(*args))
+            row = dict(op="scan", shape=str(shape), source=label, layout="channel-first", impl="ours",
+                       floor_ms=floor, **r)
+            row["x_floor"] = None if r["fwd_ms"] is None else r["fwd_ms"] / floor
+            row["fb_over_f"] = None if r["fwd_bwd_ms"] is None else r["fwd_bwd_ms"] / r["fwd_ms"]
+            rows.append(_with_mamba(row, theirs))
+            print_fn(f"  scan {shape} {label} ours: fwd {_ms(r['fwd_ms'])} f+b {_ms(r['fwd_bwd_ms'])} ms")
+            torch.cuda.empty_cache()
+    return rows
+
+
 def bench_ssd(stages: Sequence[StageShape] = (), anchors: Sequence[tuple] = SCAN_SHAPES, dtype=torch.bfloat16,
               reference: bool = True, mamba: bool = True, print_fn=print) -> list[dict]:
     """Rows for the SSD scan: the anchor shapes as (B, E / 64 heads, L, N = 64) with head dim 64 and chunk 256
@@ -346,6 +401,7 @@ def bench_kernels(presets: Sequence[str] | None = None, batch: int = 16, length:
              f"{length:,} samples; " + ("mamba_ssm imported" if have_mamba else
                                         "mamba_ssm does not import: its columns are left out"))
     rows = bench_scan(stages, dtype=dtype, reference=reference, mamba=mamba, print_fn=print_fn)
+    rows += bench_scan_general(dtype=dtype, mamba=mamba, print_fn=print_fn)
     if ssd:
         rows += bench_ssd(stages, dtype=dtype, reference=reference, mamba=mamba, print_fn=print_fn)
     print_fn("")
@@ -362,5 +418,6 @@ def bench_kernels(presets: Sequence[str] | None = None, batch: int = 16, length:
     return rows
 
 
-__all__ = ["SCAN_SHAPES", "StageShape", "bench_kernels", "bench_scan", "bench_ssd", "measure_copy_bandwidth",
+__all__ = ["GENERAL_KINDS", "SCAN_SHAPES", "StageShape", "bench_kernels", "bench_scan", "bench_scan_general",
+           "bench_ssd", "general_scan_inputs", "measure_copy_bandwidth",
            "measure_exp_rate", "preset_stage_shapes", "scan_floor_ms", "scan_inputs", "ssd_inputs", "time_op"]

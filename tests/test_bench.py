@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from audiomamba.kernels import selective_scan_ref
 
+from audiomamba.bench import train
 from audiomamba.bench.kernels import preset_stage_shapes, scan_floor_ms
 from audiomamba.bench.timing import Column, Ratio, table_lines
 from audiomamba.bench.train import (
@@ -110,6 +111,18 @@ def test_mamba_ssm_swap_copies_every_weight():
                                          "backbone.mixer_options": {"mamba1": {"d_state": 4}}})
     assert swap_mamba1_mixers(model, _MambaLike) == 3  # one Mamba-1 block per stage
     assert not any(isinstance(m, Mamba1Mixer) for m in model.modules())
+
+
+def test_bench_train_mamba_ssm_row_and_baseline(monkeypatch):
+    """Where mamba_ssm imports, the preset runs again with its mixers swapped, as a third baseline."""
+    monkeypatch.setattr(train, "mamba_ssm_class", lambda device: _MambaLike)
+    lines = []
+    rows = train.bench_train(tiny=True, steps=1, warmup=1, print_fn=lines.append)
+    by_name = {r["model"]: r for r in rows}
+    assert list(by_name) == ["sc09_small", "transformer", "sc09_s4d", "sc09_small+mamba_ssm"]
+    assert by_name["sc09_small+mamba_ssm"]["params"] == by_name["sc09_small"]["params"]
+    assert all(math.isfinite(r["ms"]) and r["ms"] > 0 for r in rows)
+    assert any("time / sc09_small+mamba_ssm" in line for line in lines)
 
 
 def test_table_ratio_columns():

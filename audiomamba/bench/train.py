@@ -150,14 +150,20 @@ class MambaSSMMixer(nn.Module):
                 if getattr(ours, name).bias is not None:
                     getattr(m, name).bias.copy_(getattr(ours, name).bias)
 
+    def init_state(self, batch_size: int, device=None, dtype=None) -> None:
+        """No streaming state: the backbone passes None back in."""
+        return None
+
     def forward(self, x: torch.Tensor, state=None):
         if state is not None:
             raise ValueError("MambaSSMMixer: mamba_ssm's Mamba takes no streaming state here")
         return self.inner(x), None
 
 
-def mamba_ssm_class():
-    """mamba_ssm's ``Mamba`` module class, or the reason it is not available (a string)."""
+def mamba_ssm_class(device: torch.device):
+    """mamba_ssm's ``Mamba`` module class, or the reason it is not available on ``device`` (a string)."""
+    if device.type != "cuda":
+        return "mamba_ssm needs CUDA"
     try:
         from mamba_ssm import Mamba
     except Exception as e:  # noqa: BLE001 - any import failure means "not available"
@@ -275,7 +281,7 @@ def _bench_train(presets, length, batch, steps, warmup, dev, profile, tiny, seed
         shape = (eff_batch, length + 1) + ((cfg.n_codebooks,) if cfg.n_codebooks > 1 else ())
         return torch.randint(0, cfg.vocab_size, shape, generator=g).to(dev)
 
-    mamba_cls = mamba_ssm_class() if dev.type == "cuda" else "mamba_ssm needs CUDA"
+    mamba_cls = mamba_ssm_class(dev)
     rows, notes = [], []
 
     def run(name: str, build: Callable[[], tuple[nn.Module, Callable]], tokens: torch.Tensor, note: str = ""):

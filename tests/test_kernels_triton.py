@@ -97,7 +97,7 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
         ((2, 6, 37, 5), {}, ONE_SEG),
         ((2, 6, 37, 5), {}, MANY_SEG),
         ((1, 8, 70, 4), {"groups": 2, "channel_last": True}, MANY_SEG),
-        ((2, 8, 45, 3), {"groups": 2, "z": False, "D": False, "bias": False, "softplus": False, "h0": False}, ONE_SEG),
+        ((1, 8, 29, 3), {"groups": 2, "z": False, "D": False, "bias": False, "softplus": False, "h0": False}, ONE_SEG),
         ((1, 5, 33, 4), {"z": False, "h0": False}, {**MANY_SEG, "fwd_chunk": 2, "bwd_block": 4}),
         ((1, 4, 1, 4), {}, ONE_SEG),
         ((1, 3, 64, 2), {"channel_last": True}, {**ONE_SEG, "fwd_chunk": 1, "fwd_block": 2}),
@@ -105,12 +105,19 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
         # states saved every 16 / 8 steps: the backward regenerates interval starts in several blocks, with one
         # segment and several (segments start on saved states), a partial channel block, a register cap
         ((1, 5, 45, 4), {"z": False, "h0": False}, {**MANY_SEG, "bwd_block": 4, "ck_save": 16}),
-        ((2, 6, 53, 4), {}, {**ONE_SEG, "ck_save": 16, "fwd_chunk": 8}),
+        ((1, 6, 53, 4), {}, {**ONE_SEG, "ck_save": 16, "fwd_chunk": 8}),
         ((1, 6, 29, 4), {"D": False, "bias": False}, {**ONE_SEG, "bwd_block": 4, "ck_save": 8, "bwd_maxnreg": 128}),
-        # N = 16 and N = 64 (the presets' state sizes), odd lengths
+        # N = 16 and N = 64 (the presets' state sizes; N = 64 takes the "step" forward), odd lengths, L = 1
         ((1, 4, 23, 16), {}, {**ONE_SEG, "ck_save": 16}),
         ((1, 4, 19, 64), {"groups": 2}, {**ONE_SEG, "ck_save": 8}),
         ((1, 3, 21, 64), {"channel_last": True}, {**MANY_SEG, "ck_save": 8, "fwd_block": 2, "bwd_block": 2}),
+        ((1, 4, 1, 64), {}, ONE_SEG),
+        # each forward kernel at the other's state sizes: "step" at small N (partial channel blocks, segments,
+        # groups, channel-last), "tile" at N = 64
+        ((2, 6, 37, 5), {}, {**MANY_SEG, "fwd_kernel": "step", "fwd_chunk": 4, "ck_save": 16}),
+        ((1, 8, 45, 4), {"groups": 2, "channel_last": True}, {**ONE_SEG, "fwd_kernel": "step", "fwd_block": 2,
+                                                                "ck_save": 16}),
+        ((1, 3, 17, 64), {}, {**ONE_SEG, "fwd_kernel": "tile", "fwd_block": 4, "fwd_chunk": 2, "ck_save": 8}),
     ],
 )
 def test_selective_scan_matches_reference(shape, kwargs, config):
@@ -120,7 +127,17 @@ def test_selective_scan_matches_reference(shape, kwargs, config):
 @pytest.mark.parametrize("n", [4, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_selective_scan_half_inputs(dtype, n):
-    _assert_close(_scan_case(1, 6, 27, n, dtype=dtype, config={**MANY_SEG, "ck_save": 8}), TOL[dtype])
+    _assert_close(_scan_case(1, 4, 19, n, dtype=dtype, config={**MANY_SEG, "ck_save": 8}), TOL[dtype])
+
+
+def test_scan_config_rejects_bad_settings():
+    ss = _ss()
+    with pytest.raises(ValueError, match="ck_save"):
+        ss.scan_config(1, 4, 1, 32, 16, ck=8, ck_save=12)
+    with pytest.raises(ValueError, match="fwd_kernel"):
+        ss.scan_config(1, 4, 1, 32, 16, fwd_kernel="scan")
+    with pytest.raises(ValueError, match="fwd_chunk"):
+        ss.scan_config(1, 4, 1, 32, 16, fwd_chunk=3)
 
 
 def test_selective_scan_chunked_calls_equal_one_call():

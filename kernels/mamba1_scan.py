@@ -350,7 +350,7 @@ def _ss_fwd_step_kernel(
         raw = d_c.to(tl.float32)
         if HAS_DTB:
             raw += dtb[None, :]
-        dtv, _ = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
+        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
         dtv = tl.where(m2, dtv, 0.0)
         if LOCAL:
             dt_sum += tl.sum(dtv, axis=0)
@@ -615,7 +615,7 @@ def _ss_bwd_kernel(
                         raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
                         if HAS_DTB:
                             raw += dtb[None, :]
-                        dtv, _ = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
+                        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
                         tl.store(p_dt + q * PT * BE + pe_tp, tl.where(m2, dtv, 0.0))
                         tl.store(p_u + q * PT * BE + pe_tp,
                                  _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))

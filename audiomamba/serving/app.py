@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .continuation import continue_stream
-from .engine import SERVE_PREFIX, CapacityError, Engine, PushResult
+from .engine import SERVE_PREFIX, CapacityError, Engine, PushResult, chunk_samples
 from .metrics import render_metric
 from .protocol import End, Generate, InputPath, ProtocolError, Start, encode_pcm, parse_message
 from .scheduler import Scheduler
@@ -105,7 +105,7 @@ class StreamServer:
     def __init__(self, model, contract, config: ServeConfig, compile: bool = False):
         self.model, self.contract, self.config = model, contract, config
         self.rate = contract.sample_rate
-        chunk = int(round(self.rate * config.chunk_ms / 1000))
+        chunk = chunk_samples(model, self.rate, config.chunk_ms)  # a whole number of the model's pooling frames
         self.engine = Engine(model, config.max_streams, chunk, compile=compile)
         self.kind = self.engine.kind
         self.labels = [] if self.kind == "lm" else (list(contract.labels) or
@@ -566,7 +566,8 @@ def run_server(server: StreamServer, print_fn=print) -> None:
     cfg = server.config
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     print_fn(f"audiomamba serve: {server.kind}, {server.rate} Hz, {server.engine.chunk}-sample chunks "
-             f"({cfg.chunk_ms:g} ms), up to {cfg.max_streams} streams on {server.engine.device}; "
+             f"({1000 * server.engine.chunk / server.rate:g} ms), up to {cfg.max_streams} streams on "
+             f"{server.engine.device}; "
              f"http://{cfg.host}:{cfg.port}/ (started {started})")
     web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None, shutdown_timeout=5.0,
                 handle_signals=True)
@@ -586,8 +587,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8000, max_streams: int = 6
     server = StreamServer(model, model.audio, config, compile=compile)
     if server.engine.cuda_graphs:
         print_fn(f"capturing the push of each batch bucket up to {max_streams} as a CUDA graph")
-        server.engine.warmup()
     elif compile:
-        print_fn("compiling the push of each batch bucket at its first use, on a helper thread (about a minute per "
-                 "bucket on a small CPU; until then that bucket runs eagerly)")
+        print_fn(f"compiling the push of {max_streams} streams (torch.compile: a minute or more on a small CPU)")
+    server.engine.warmup()
     run_server(server, print_fn)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .engine import Engine, chunk_samples
 from .metrics import percentile
 
 
@@ -41,8 +42,9 @@ def bench_model(model_dir: str | None = None, preset: str = "classifier_small", 
             raise ValueError(f"{model_dir}: the model has no audio contract (sample rate, labels)")
         return model, model.audio
     torch.manual_seed(0)
-    experiments = Path(__file__).resolve().parents[1] / "configs" / "experiment"
-    if (experiments / f"{preset}.yaml").is_file():
+    from ..config import config_names
+
+    if preset in config_names("experiment"):
         from ..config import load_experiment_config
         from ..data.synthetic import CLASSES
 
@@ -74,10 +76,9 @@ def _synthetic_audio(n: int, length: int, sample_rate: int, seed: int = 0) -> np
 def bench_engine(model, contract, streams: int, chunk_ms: float = 20.0, ticks: int = 50, compile: bool = False,
                  single: int = 20) -> dict:
     """Time ``ticks`` pushes of ``streams`` streams at once, and ``single`` pushes of one stream."""
-    from .engine import Engine
 
     rate = contract.sample_rate
-    chunk = int(round(rate * chunk_ms / 1000))
+    chunk = chunk_samples(model, rate, chunk_ms)
     engine = Engine(model, streams, chunk, compile=compile)
     slots = [engine.open() for _ in range(streams)]
     distinct = 8  # chunks of audio cycled through
@@ -103,6 +104,7 @@ def bench_engine(model, contract, streams: int, chunk_ms: float = 20.0, ticks: i
         if i >= 3:
             one.append(time.perf_counter() - t)
     tick, one_ms = float(np.median(times)) * 1e3, float(np.median(one)) * 1e3
+    chunk_ms = 1000 * chunk / rate
     return {"streams": streams, "chunk": chunk, "chunk_ms": chunk_ms, "tick_p50_ms": tick,
             "tick_p99_ms": percentile([t * 1e3 for t in times], 99), "one_stream_ms": one_ms,
             "ratio": streams * one_ms / tick, "real_time_streams": streams * chunk_ms / tick,
@@ -215,8 +217,8 @@ def _metrics(url: str) -> dict:
     return values
 
 
-def bench_end_to_end(model_dir: str, contract, streams: list[int], seconds: float = 10.0, chunk_ms: float = 20.0,
-                     max_wait_ms: float = 5.0, device: str = "cpu", threads: int | None = None,
+def bench_end_to_end(model_dir: str, model, contract, streams: list[int], seconds: float = 10.0,
+                     chunk_ms: float = 20.0, max_wait_ms: float = 5.0, device: str = "cpu", threads: int | None = None,
                      client_processes: int = 1, latency_ms: float = 100.0, compile: bool = False) -> list[dict]:
     """Start ``audiomamba serve model_dir`` on loopback, then for each N of ``streams``: N real-time clients."""
     port = _free_port()
@@ -232,7 +234,7 @@ def bench_end_to_end(model_dir: str, contract, streams: list[int], seconds: floa
     try:
         _wait_healthy(url, proc, timeout=600)
         rate = contract.sample_rate
-        chunk = int(round(rate * chunk_ms / 1000))
+        chunk = chunk_samples(model, rate, chunk_ms)  # what the server pushes
         chunk_s = chunk / rate
         frames_per_stream = int(seconds / chunk_s)
         warm = int(1.0 / chunk_s)
@@ -282,9 +284,10 @@ def bench_serve(model_dir: str | None = None, preset: str = "classifier_small", 
         torch.set_num_threads(threads)
     model, contract = bench_model(model_dir, preset, device)
     name = model_dir or preset
-    chunk = int(round(contract.sample_rate * chunk_ms / 1000))
+    chunk = chunk_samples(model, contract.sample_rate, chunk_ms)
     print(f"bench serve: {name} ({model.config.kind}, {model.num_parameters() / 1e6:.2f}M params), "
-          f"{contract.sample_rate} Hz, {chunk_ms:g} ms chunks ({chunk} samples), {device}, "
+          f"{contract.sample_rate} Hz, {chunk} samples per chunk ({1000 * chunk / contract.sample_rate:g} ms), "
+          f"{device}, "
           f"{torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
     result = {"e2e": [], "engine": []}
     if not engine_only:
@@ -293,8 +296,8 @@ def bench_serve(model_dir: str | None = None, preset: str = "classifier_small", 
             if directory is None:
                 model.audio = contract
                 directory = str(model.save(Path(tmp) / "model"))
-            rows = bench_end_to_end(directory, contract, streams, seconds, chunk_ms, max_wait_ms, device, threads,
-                                    client_processes, latency_ms, compile)
+            rows = bench_end_to_end(directory, model, contract, streams, seconds, chunk_ms, max_wait_ms, device,
+                                    threads, client_processes, latency_ms, compile)
         print(f"end to end (WebSockets on loopback, real-time clients, {seconds:g} s each, max wait "
               f"{max_wait_ms:g} ms; sustained: every result back, p99 <= {latency_ms:g} ms)")
         print(f"{'streams':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'tick ms':>8} {'batch':>7} {'missing':>8}  "
@@ -307,11 +310,12 @@ def bench_serve(model_dir: str | None = None, preset: str = "classifier_small", 
         print(f"streams sustained: {max(ok) if ok else 0}")
         result["e2e"] = rows
     print(f"engine only (no network; {ticks} ticks, batched vs one stream at a time)")
-    print(f"{'streams':>8} {'tick p50':>9} {'tick p99':>9} {'1 stream':>9} {'ratio':>7} {'RT streams':>11}  mode")
+    print(f"{'streams':>8} {'tick p50 ms':>12} {'tick p99 ms':>12} {'1 stream ms':>12} {'ratio':>7} "
+          f"{'RT streams':>11}  mode")
     for n in streams:
         r = bench_engine(model, contract, n, chunk_ms, ticks, compile)
         result["engine"].append(r)
-        print(f"{n:>8} {r['tick_p50_ms']:>8.2f}m {r['tick_p99_ms']:>8.2f}m {r['one_stream_ms']:>8.2f}m "
+        print(f"{n:>8} {r['tick_p50_ms']:>12.2f} {r['tick_p99_ms']:>12.2f} {r['one_stream_ms']:>12.2f} "
               f"{r['ratio']:>7.1f} {r['real_time_streams']:>11.0f}  {r['mode']}"
               f"{'' if r['real_time'] else ' (p99 tick over the chunk: not real time)'}")
     return result

@@ -14,14 +14,16 @@ rows of a batch never mix, so a stream's outputs do not depend on which other st
 
 Every slot advances by whole chunks and a chunk is a multiple of the model's pooling product, so every slot sits
 at pooling phase 0 at the start of every push: one program per batch size serves them all (no host sync for the
-phases). The batch sizes are rounded up to buckets (1, 2, 3, 4, 6, 8, 12, ..., ``max_streams``) so that the fast
-paths need one program per bucket:
+phases). The fast paths run fixed batch sizes (padded with the scratch slot), so that they need few programs:
 
-- CPU, ``compile=True``: the push runs through the compiled streaming graph (``Stream(compile=True)``'s, inductor
-  C++), one per bucket, compiled on a helper thread from the bucket's first use (``warmup`` compiles ahead); until
-  it is ready, pushes of that bucket run eagerly;
-- CUDA (``cuda_graphs``, default on): gather, forward, scatter and the result reduction of a bucket are captured
-  as one CUDA graph on first use; a push is then one graph replay and one copy of the results to the host.
+- CPU, ``compile=True``: a push of more than half of ``max_streams`` runs through the compiled streaming graph
+  (``Stream(compile=True)``'s, inductor C++) of batch ``max_streams``, padded: one graph (a compile takes a minute
+  or more on a small CPU), compiled on a helper thread from its first use (``warmup`` compiles ahead); smaller
+  pushes, and all pushes until the graph is ready, run eagerly at their own batch size;
+- CUDA (``cuda_graphs``, default on): batch sizes round up to buckets (1, 2, 3, 4, 6, 8, 12, ..., ``max_streams``:
+  at most a third of a batch is padding); gather, forward, scatter and the result reduction of a bucket are
+  captured as one CUDA graph on first use (``warmup`` captures ahead); a push is then one graph replay and one copy
+  of the results to the host.
 
 What a push returns per slot is the reduction a client is sent: a classifier's class probabilities after the
 chunk's last sample; a language model's surprise, the mean negative log2-likelihood per token of the chunk's
@@ -72,7 +74,7 @@ class Engine:
         max_streams: slots in the pool.
         chunk: samples (or tokens) per push and slot; a multiple of ``model.backbone.pool_product``.
         device: where the pool lives and the model runs (default: the model's device).
-        compile: CPU only: pushes through the compiled streaming graph, one per batch bucket.
+        compile: CPU only: pushes of more than half the slots through one compiled streaming graph.
         cuda_graphs: CUDA only: capture each bucket's push as a CUDA graph (default: on for CUDA).
 
     Thread-safe: pushes and slot operations take one lock.
@@ -223,8 +225,8 @@ class Engine:
         with self._lock:
             for s in slots:
                 self._check_slot(s)
-            graph = self._compiled(self.bucket(b)) if self.compile else None
-            size = self.bucket(b) if graph is not None or self.cuda_graphs else b
+            graph = self._compiled(self.max_streams) if self.compile and 2 * b > self.max_streams else None
+            size = self.max_streams if graph is not None else self.bucket(b) if self.cuda_graphs else b
             index = torch.full((size,), self.scratch, dtype=torch.long)
             index[:b] = torch.tensor(slots, dtype=torch.long)
             first = torch.zeros(size, dtype=torch.bool)  # rows whose chunk is the stream's first (no previous logits)
@@ -355,9 +357,12 @@ class Engine:
         return graph, static
 
     def warmup(self, sizes: list[int] | None = None) -> None:
-        """Build the programs (compiled graphs, CUDA graphs) of these batch sizes now, on the scratch slot
-        (default: every bucket up to ``max_streams``); a no-op on the eager path."""
+        """Build the programs now: the compiled graph (CPU), or the CUDA graphs of the buckets of these batch sizes
+        (default: every bucket up to ``max_streams``), run on the scratch slot; a no-op on the eager path."""
         if not (self.compile or self.cuda_graphs):
+            return
+        if not self.cuda_graphs:
+            self._compiled(self.max_streams, wait=True)
             return
         sizes = sorted({self.bucket(n) for n in (sizes or _powers_up_to(self.max_streams))}, reverse=True)
         dtype = torch.long if self.tokens else torch.float32
@@ -367,10 +372,7 @@ class Engine:
                 x = torch.zeros(size, self.chunk, dtype=dtype, device=self.device)
                 index = torch.full((size,), self.scratch, dtype=torch.long, device=self.device)
                 first = torch.zeros(size, dtype=torch.bool, device=self.device)
-                if self.cuda_graphs:
-                    self._run_graph(size, x, index, first)
-                else:
-                    self._compiled(size, wait=True)
+                self._run_graph(size, x, index, first)
             for k, v in backup.items():
                 self.pool[k][self.scratch].copy_(v)
 
@@ -409,6 +411,13 @@ class Engine:
         if self.kind == "lm":
             return PushResult(None, summary, positions)
         return PushResult(summary, None, positions)
+
+
+def chunk_samples(model, sample_rate: int, chunk_ms: float) -> int:
+    """Samples per push for chunks of about ``chunk_ms`` at ``sample_rate``: the nearest multiple of the model's
+    pooling product (at least one), e.g. 20 ms at 8 kHz for a pooling product of 64: 192 samples (24 ms)."""
+    pool = model.backbone.pool_product
+    return pool * max(1, round(sample_rate * chunk_ms / 1000 / pool))
 
 
 def _buckets(start: int = 1):

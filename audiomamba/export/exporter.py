@@ -91,12 +91,12 @@ def export_stream(model, out_dir: str | Path, fmt: str = "onnx", chunk: int = 32
     Returns the path of ``stream.json``.
     """
     if batch_size is not None and batch_size < 1:
-        raise ExportError(f"export: batch_size must be >= 1 or None (dynamic), got {batch_size}")
+        raise ExportError(f"batch_size must be >= 1 or None (dynamic), got {batch_size}")
     if fmt not in FORMATS:
-        raise ExportError(f"export: format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        raise ExportError(f"export format must be one of {sorted(FORMATS)}, got {fmt!r}")
     check_exportable(model, chunk, fmt)
     if next(model.parameters()).device.type != "cpu":
-        raise ExportError("export: traces on the CPU; move the model there first (model.cpu())")
+        raise ExportError("export traces on the CPU; move the model there first (model.cpu())")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(flatten_state(model.init_state(1)))

@@ -175,16 +175,15 @@ class OnnxStream(ExportedStream):
             import onnxruntime as ort
         except ImportError:
             raise ImportError("OnnxStream needs onnxruntime: pip install 'audiomamba[export]'") from None
-        layout = read_layout(directory)
+        super().__init__(directory, batch_size)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        self.sessions = {key: ort.InferenceSession(str(Path(directory) / name), options,
+        self.sessions = {key: ort.InferenceSession(str(self.directory / name), options,
                                                    providers=["CPUExecutionProvider"])
-                         for key, name in layout["graphs"].items()}
-        super().__init__(directory, batch_size)
+                         for key, name in self.layout["graphs"].items()}
         self._outputs = [o.name for o in self.sessions["chunk"].get_outputs()]
 
     def _run(self, graph: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -204,11 +203,10 @@ class ProgramStream(ExportedStream):
     def __init__(self, directory: str | Path, batch_size: int | None = None):
         import torch
 
-        self._torch = torch
-        layout = read_layout(directory)
-        self.programs = {key: torch.export.load(str(Path(directory) / name)).module()
-                         for key, name in layout["graphs"].items()}
         super().__init__(directory, batch_size)
+        self._torch = torch
+        self.programs = {key: torch.export.load(str(self.directory / name)).module()
+                         for key, name in self.layout["graphs"].items()}
 
     def _run(self, graph: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         torch = self._torch

@@ -48,19 +48,19 @@ def check_exportable(model: nn.Module, chunk: int, fmt: str | None = None) -> No
     does not compute)."""
     config = getattr(model, "config", None)
     if config is None or getattr(model, "backbone", None) is None or not hasattr(model, "init_state"):
-        raise ExportError(f"export: expected an audiomamba AudioLM or AudioClassifier, got {type(model).__name__}")
+        raise ExportError(f"cannot export a {type(model).__name__}: expected an audiomamba AudioLM or AudioClassifier")
     if not model.causal:
-        raise ExportError("export: this classifier is bidirectional (its reversed mixers read the whole clip), so "
-                          "it cannot stream and has no streaming step to export; export a causal model "
-                          "(backbone.bidirectional: false), e.g. the classifier_small preset")
+        raise ExportError("cannot export a bidirectional classifier: its reversed mixers read the whole clip, so it "
+                          "cannot stream and has no streaming step; export a causal model (backbone.bidirectional: "
+                          "false), e.g. the classifier_small preset")
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ExportError(f"export: chunk must be a positive number of samples, got {chunk!r}")
+        raise ExportError(f"chunk must be a positive number of samples, got {chunk!r}")
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
     if dtypes != ["torch.float32"]:
-        raise ExportError(f"export: expects a float32 model, got parameters in {dtypes}")
+        raise ExportError(f"export expects a float32 model, got parameters in {dtypes}")
     if fmt == "onnx" and any(isinstance(m, S4DMixer) for m in model.modules()):
-        raise ExportError("export: S4D mixers compute in complex numbers, which ONNX has no operators for; export "
-                          "this model with --format torch-export, or use a model with Mamba mixers")
+        raise ExportError("cannot export S4D mixers to ONNX: they compute in complex numbers, which ONNX has no "
+                          "operators for; export this model with --format torch-export, or use Mamba mixers")
 
 
 class StreamStep(nn.Module):

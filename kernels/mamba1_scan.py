@@ -447,17 +447,17 @@ def _pe_store_rows(ptr, r0, eo, v0, v1, BE: tl.constexpr):
 def _lean_grads(dA_acc, h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, n, pd, r,
                 CK: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
     """Gradients of one step (row r of its checkpoint interval) from its state h [NP, BE], input bx = Δ B u,
-    adjoint gg, A2 = A log2 e, B and C rows [NP] and the per-channel values [BE]. dB and dC (summed over the
-    channels) go to the interval's (2, NP, CK) scratch pd; returns (dA_acc + this step's dA terms [NP, BE], and
+    adjoint gg, A2 = A log2 e, B and C rows as [NP, BE] tiles and the per-channel values [BE]. dB and dC (summed
+    over the channels) go to the interval's (2, NP, CK) scratch pd; returns (dA_acc + this step's dA terms [NP, BE], and
     the [BE] vectors dΔ, du and dz (zeros without z)) for the caller to park."""
     ghp = gg * (h - bx)  # g_t a_t h_{t-1}
-    gB = tl.sum(gg * Bt[:, None], axis=0)  # [BE]
+    gB = tl.sum(gg * Bt, axis=0)  # [BE]
     ddt = dsp * (0.6931471805599453 * tl.sum(ghp * A2, axis=0) + u * gB)
     du = dtv * gB
     if HAS_D:
         du += Dv * dyv
     if HAS_Z:
-        yp = tl.sum(h * Ct[:, None], axis=0)
+        yp = tl.sum(h * Ct, axis=0)
         if HAS_D:
             yp += Dv * u
         dz = kz * yp
@@ -469,10 +469,11 @@ def _lean_grads(dA_acc, h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, n, p
 
 
 @triton.jit
-def _lean_rows(p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0, eo, n,
+def _lean_rows(p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0, eo, nb,
                CK: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, HAS_Z: tl.constexpr):
     """Phase B's inputs of rows r0 (even) and r0 + 1: (Δ, dy·SiLU(z), u, σ(raw Δ), dz factor) [BE] pairs and
-    the B, C rows [NP]."""
+    the B, C rows as [NP, BE] tiles (nb: state offsets broadcast over the channels, so that the rows load straight
+    into the state tile's layout)."""
     dt0, dt1 = _pe_rows(p_dt, r0, eo, BE)
     dy0, dy1 = _pe_rows(p_dy, r0, eo, BE)
     u0, u1 = _pe_rows(p_u, r0, eo, BE)
@@ -482,10 +483,10 @@ def _lean_rows(p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0, eo, n,
     else:
         kz0 = dy0
         kz1 = dy1
-    B0 = tl.load(pbc + r0 * NP + n)
-    B1 = tl.load(pbc + (r0 + 1) * NP + n)
-    C0 = tl.load(pbc + (CK + r0) * NP + n)
-    C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
+    B0 = tl.load(pbc + r0 * NP + nb)
+    B1 = tl.load(pbc + (r0 + 1) * NP + nb)
+    C0 = tl.load(pbc + (CK + r0) * NP + nb)
+    C1 = tl.load(pbc + (CK + r0 + 1) * NP + nb)
     return dt0, dt1, dy0, dy1, u0, u1, sp0, sp1, kz0, kz1, B0, B1, C0, C1
 
 
@@ -498,11 +499,11 @@ def _lean_two(dA_acc, h0, h1, a1, a_nx, g_nx, A2, dt0, dt1, dy0, dy1, u0, u1, sp
     factor they were computed from. Returns (dA_acc, g of row r0, Σ dΔ, Σ dy u) over the two rows."""
     x0 = dt0 * u0
     x1 = dt1 * u1
-    g1 = C1[:, None] * dy1[None, :] + a_nx * g_nx
-    dA_acc, ddt1, du1, dz1 = _lean_grads(dA_acc, h1, x1[None, :] * B1[:, None], g1, B1, C1, A2, dt1, x1, u1, dy1,
+    g1 = C1 * dy1[None, :] + a_nx * g_nx
+    dA_acc, ddt1, du1, dz1 = _lean_grads(dA_acc, h1, x1[None, :] * B1, g1, B1, C1, A2, dt1, x1, u1, dy1,
                                          kz1, sp1, Dv, n, pd, r0 + 1, CK, NP, HAS_D, HAS_Z)
-    g0 = C0[:, None] * dy0[None, :] + a1 * g1
-    dA_acc, ddt0, du0, dz0 = _lean_grads(dA_acc, h0, x0[None, :] * B0[:, None], g0, B0, C0, A2, dt0, x0, u0, dy0,
+    g0 = C0 * dy0[None, :] + a1 * g1
+    dA_acc, ddt0, du0, dz0 = _lean_grads(dA_acc, h0, x0[None, :] * B0, g0, B0, C0, A2, dt0, x0, u0, dy0,
                                          kz0, sp0, Dv, n, pd, r0, CK, NP, HAS_D, HAS_Z)
     _pe_store_rows(p_dt, r0, eo, du0, du1, BE)
     _pe_store_rows(p_sp, r0, eo, ddt0, ddt1, BE)
@@ -596,6 +597,7 @@ def _ss_bwd_kernel(
     pbc_tp = pbc + tp[:, None] * NP + n[None, :]  # [PT, NP]
     pd = pbc + 2 * CK * NP  # the interval's dB, dC rows, (2, NP, CK)
     pd_nc = pd + n[:, None] * CK + tl.arange(0, CK)[None, :]  # [NP, CK]
+    nb = n[:, None] + tl.zeros([1, BE], tl.int32)  # [NP, BE]: B, C rows are loaded in the state tile's layout
     n_ck = tl.cdiv(t_end - t_begin, CK)
     for i in range(0, n_ck):
         k0 = t_begin + (n_ck - 1 - i) * CK  # first step of this checkpoint interval
@@ -625,10 +627,10 @@ def _ss_bwd_kernel(
                     for j in range(0, CK // 2):
                         dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE)
                         u0, u1 = _pe_rows(p_u, 2 * j, eo, BE)
-                        B0 = tl.load(pbc + 2 * j * NP + n)
-                        B1 = tl.load(pbc + (2 * j + 1) * NP + n)
-                        h = _exp2(dt0[None, :] * A2, FAST_EXP) * h + (dt0 * u0)[None, :] * B0[:, None]
-                        h = _exp2(dt1[None, :] * A2, FAST_EXP) * h + (dt1 * u1)[None, :] * B1[:, None]
+                        B0 = tl.load(pbc + 2 * j * NP + nb)
+                        B1 = tl.load(pbc + (2 * j + 1) * NP + nb)
+                        h = _exp2(dt0[None, :] * A2, FAST_EXP) * h + (dt0 * u0)[None, :] * B0
+                        h = _exp2(dt1[None, :] * A2, FAST_EXP) * h + (dt1 * u1)[None, :] * B1
                     tl.store(rg + (jb + 1) * (NP * BE), h)
         # prologue: per-(step, channel) values, once each, PT steps at a time (few registers)
         tl.debug_barrier()  # the previous interval's reads of pe (and the writes of rg) are done
@@ -668,12 +670,12 @@ def _ss_bwd_kernel(
             for j in range(0, n_sub):
                 dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE)
                 u0, u1 = _pe_rows(p_u, 2 * j, eo, BE)
-                B0 = tl.load(pbc + 2 * j * NP + n)
-                B1 = tl.load(pbc + (2 * j + 1) * NP + n)
-                h = _exp2(dt0[None, :] * A2, FAST_EXP) * h + (dt0 * u0)[None, :] * B0[:, None]
+                B0 = tl.load(pbc + 2 * j * NP + nb)
+                B1 = tl.load(pbc + (2 * j + 1) * NP + nb)
+                h = _exp2(dt0[None, :] * A2, FAST_EXP) * h + (dt0 * u0)[None, :] * B0
                 if j % 2 == 0:
                     tl.store(scr + (j // 2) * (NP * BE), h)
-                h = _exp2(dt1[None, :] * A2, FAST_EXP) * h + (dt1 * u1)[None, :] * B1[:, None]
+                h = _exp2(dt1[None, :] * A2, FAST_EXP) * h + (dt1 * u1)[None, :] * B1
             tl.debug_barrier()
         if LOCAL:
             # adjoint only, from a zero carry
@@ -681,11 +683,11 @@ def _ss_bwd_kernel(
                 r0 = 2 * (n_sub - 1 - jj)
                 dt0, dt1 = _pe_rows(p_dt, r0, eo, BE)
                 dy0, dy1 = _pe_rows(p_dy, r0, eo, BE)
-                C0 = tl.load(pbc + (CK + r0) * NP + n)
-                C1 = tl.load(pbc + (CK + r0 + 1) * NP + n)
+                C0 = tl.load(pbc + (CK + r0) * NP + nb)
+                C1 = tl.load(pbc + (CK + r0 + 1) * NP + nb)
                 a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
-                g1 = C1[:, None] * dy1[None, :] + a_next * g_next
-                g0 = C0[:, None] * dy0[None, :] + _exp2(dt1[None, :] * A2, FAST_EXP) * g1
+                g1 = C1 * dy1[None, :] + a_next * g_next
+                g0 = C0 * dy0[None, :] + _exp2(dt1[None, :] * A2, FAST_EXP) * g1
                 dt_sum += dt0 + dt1
                 a_next = a0
                 g_next = g0
@@ -696,16 +698,16 @@ def _ss_bwd_kernel(
                 r0 = 4 * j
                 h0 = tl.load(scr + j * (NP * BE))
                 dt0, dt1, dy0, dy1, u0, u1, sp0, sp1, kz0, kz1, B0, B1, C0, C1 = _lean_rows(
-                    p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0, eo, n, CK, NP, BE, HAS_Z)
+                    p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0, eo, nb, CK, NP, BE, HAS_Z)
                 a0 = _exp2(dt0[None, :] * A2, FAST_EXP)
                 a1 = _exp2(dt1[None, :] * A2, FAST_EXP)
-                h1 = a1 * h0 + (dt1 * u1)[None, :] * B1[:, None]
+                h1 = a1 * h0 + (dt1 * u1)[None, :] * B1
                 dt2, dt3, dy2, dy3, u2, u3, sp2, sp3, kz2, kz3, B2, B3, C2, C3 = _lean_rows(
-                    p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0 + 2, eo, n, CK, NP, BE, HAS_Z)
+                    p_dt, p_dy, p_u, p_sp, p_kz, pbc, r0 + 2, eo, nb, CK, NP, BE, HAS_Z)
                 a2 = _exp2(dt2[None, :] * A2, FAST_EXP)
                 a3 = _exp2(dt3[None, :] * A2, FAST_EXP)
-                h2 = a2 * h1 + (dt2 * u2)[None, :] * B2[:, None]
-                h3 = a3 * h2 + (dt3 * u3)[None, :] * B3[:, None]
+                h2 = a2 * h1 + (dt2 * u2)[None, :] * B2
+                h3 = a3 * h2 + (dt3 * u3)[None, :] * B3
                 # rows r0 + 3, r0 + 2 (states h3, h2), then r0 + 1, r0 (h1 and the parked h0)
                 dA_acc, g_next, ddt_s, dD_s = _lean_two(
                     dA_acc, h2, h3, a3, a_next, g_next, A2, dt2, dt3, dy2, dy3, u2, u3, sp2, sp3, kz2, kz3,

@@ -129,6 +129,18 @@ def _gen_fwd_kernel(
         hi = tl.load(h0_ptr + st + N, mask=en_mask & has_h0, other=0.0)
     else:
         hi = hr * 0.0
+    # software prefetch: the inputs of step t + 1 are requested before step t is computed, so that their memory
+    # latency overlaps the step (masked past the end, so nothing extra is read)
+    m_n = e_mask & (L > 0)
+    u_n = tl.load(u_ptr + b * s_ub + e * s_ue, mask=m_n, other=0.0)
+    d_n = tl.load(dt_ptr + b * s_db + e * s_de, mask=m_n, other=0.0)
+    z_n = tl.load(z_ptr + b * s_zb + e * s_ze, mask=m_n & has_z, other=0.0)
+    if VAR_B:
+        Bnr, Bni = _load_bc(B_ptr, b, g, e, n, 0, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask & (L > 0),
+                            True, B_IM)
+    if VAR_C:
+        Cnr, Cni = _load_bc(C_ptr, b, g, e, n, 0, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask & (L > 0),
+                            True, C_IM)
     for t in range(0, L):
         if store_ck:
             if t % CK == 0:
@@ -136,16 +148,27 @@ def _gen_fwd_kernel(
                 tl.store(ck_ptr + ck, hr, mask=en_mask)
                 if CPLX:
                     tl.store(ck_ptr + ck + N, hi, mask=en_mask)
-        u, raw, dt = _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask,
-                                  softplus)
+        u = u_n.to(tl.float32)
+        raw = d_n.to(tl.float32) + dtb
+        zz = z_n.to(tl.float32)
         Br, Bi = Bfr, Bfi
         if VAR_B:
-            Br, Bi = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask,
-                              True, B_IM)
+            Br, Bi = Bnr, Bni
         Cr, Ci = Cfr, Cfi
         if VAR_C:
-            Cr, Ci = _load_bc(C_ptr, b, g, e, n, t, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask,
-                              True, C_IM)
+            Cr, Ci = Cnr, Cni
+        tn = t + 1
+        m_n = e_mask & (tn < L)
+        u_n = tl.load(u_ptr + b * s_ub + e * s_ue + tn * s_ul, mask=m_n, other=0.0)
+        d_n = tl.load(dt_ptr + b * s_db + e * s_de + tn * s_dl, mask=m_n, other=0.0)
+        z_n = tl.load(z_ptr + b * s_zb + e * s_ze + tn * s_zl, mask=m_n & has_z, other=0.0)
+        if VAR_B:
+            Bnr, Bni = _load_bc(B_ptr, b, g, e, n, tn, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask,
+                                n_mask & (tn < L), True, B_IM)
+        if VAR_C:
+            Cnr, Cni = _load_bc(C_ptr, b, g, e, n, tn, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask,
+                                n_mask & (tn < L), True, C_IM)
+        dt = tl.where(e_mask, tl.where(softplus, _softplus(raw), raw), 0.0)
         ar, ai = _decay(dt, Ar, Ai, CPLX)
         x = (dt * u)[:, None]
         if CPLX:
@@ -155,9 +178,7 @@ def _gen_fwd_kernel(
             hr = ar * hr + x * Br
             y = tl.sum(hr * Cr, axis=1)
         y += Dv * u
-        if has_z:
-            zz = tl.load(z_ptr + b * s_zb + e * s_ze + t * s_zl, mask=e_mask, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
+        y = tl.where(has_z, y * zz * tl.sigmoid(zz), y)
         tl.store(y_ptr + b * s_yb + e * s_ye + t * s_yl, y.to(y_ptr.dtype.element_ty), mask=e_mask)
     tl.store(hT_ptr + st, hr, mask=en_mask)
     if CPLX:
@@ -223,6 +244,20 @@ def _gen_bwd_kernel(
     dD = tl.zeros([BE], tl.float32)
     ddtb = tl.zeros([BE], tl.float32)
     scr = scr_ptr + pid.to(tl.int64) * (CK * 2 * BE * NP) + tl.arange(0, BE)[:, None] * NP + n[None, :]
+    # The adjoint walks t = NCK·CK - 1 down to 0 (steps past L are masked: Δ = 0, dy = 0 make them identities).
+    # Its per-step inputs are prefetched one step ahead, across the recomputation of the next interval.
+    t = NCK * CK - 1
+    m_n = e_mask & (t < L)
+    u_n = tl.load(u_ptr + b * s_ub + e * s_ue + t * s_ul, mask=m_n, other=0.0)
+    d_n = tl.load(dt_ptr + b * s_db + e * s_de + t * s_dl, mask=m_n, other=0.0)
+    z_n = tl.load(z_ptr + b * s_zb + e * s_ze + t * s_zl, mask=m_n & has_z, other=0.0)
+    g_n = tl.load(dy_ptr + b * s_gb + e * s_ge + t * s_gl, mask=m_n, other=0.0)
+    if VAR_B:
+        Bnr, Bni = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask & (t < L),
+                            True, B_IM)
+    if VAR_C:
+        Cnr, Cni = _load_bc(C_ptr, b, g, e, n, t, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask & (t < L),
+                            True, C_IM)
     for ci_rev in range(0, NCK):
         c = NCK - 1 - ci_rev
         t0 = c * CK
@@ -232,111 +267,115 @@ def _gen_bwd_kernel(
             h0i = tl.load(ck_ptr + ck + N, mask=en_mask, other=0.0)
         else:
             h0i = h0r * 0.0
-        # recompute the interval's states into the scratch
+        # recompute the interval's states into the scratch (the state after step t0 + s in slot s)
         hr = h0r
         hi = h0i
         for s in range(0, CK):
             t = t0 + s
-            if t < L:
-                u, raw, dt = _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask,
-                                          softplus)
-                Br, Bi = Bfr, Bfi
-                if VAR_B:
-                    Br, Bi = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask,
-                                      True, B_IM)
-                ar, ai = _decay(dt, Ar, Ai, CPLX)
-                x = (dt * u)[:, None]
-                if CPLX:
-                    hr, hi = ar * hr - ai * hi + x * Br, ar * hi + ai * hr + x * Bi
-                else:
-                    hr = ar * hr + x * Br
-                tl.store(scr + s * (2 * BE * NP), hr)
-                if CPLX:
-                    tl.store(scr + s * (2 * BE * NP) + BE * NP, hi)
+            u, raw, dt = _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl,
+                                      e_mask & (t < L), softplus)
+            Br, Bi = Bfr, Bfi
+            if VAR_B:
+                Br, Bi = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask,
+                                  n_mask & (t < L), True, B_IM)
+            ar, ai = _decay(dt, Ar, Ai, CPLX)
+            x = (dt * u)[:, None]
+            if CPLX:
+                hr, hi = ar * hr - ai * hi + x * Br, ar * hi + ai * hr + x * Bi
+            else:
+                hr = ar * hr + x * Br
+            tl.store(scr + s * (2 * BE * NP), hr)
+            if CPLX:
+                tl.store(scr + s * (2 * BE * NP) + BE * NP, hi)
         tl.debug_barrier()
-        # adjoint through the interval, last step first
+        # adjoint through the interval, last step first; (hr, hi) is the state after step t
         for s_rev in range(0, CK):
             s = CK - 1 - s_rev
             t = t0 + s
-            if t < L:
-                hr = tl.load(scr + s * (2 * BE * NP))
-                if CPLX:
-                    hi = tl.load(scr + s * (2 * BE * NP) + BE * NP)
-                else:
-                    hi = hr * 0.0
-                if s > 0:
-                    pr = tl.load(scr + (s - 1) * (2 * BE * NP))
-                    if CPLX:
-                        pi = tl.load(scr + (s - 1) * (2 * BE * NP) + BE * NP)
-                    else:
-                        pi = pr * 0.0
-                else:
-                    pr = h0r
-                    pi = h0i
-                u, raw, dt = _step_inputs(u_ptr, dt_ptr, dtb, b, e, t, s_ub, s_ue, s_ul, s_db, s_de, s_dl, e_mask,
-                                          softplus)
-                Br, Bi = Bfr, Bfi
-                if VAR_B:
-                    Br, Bi = _load_bc(B_ptr, b, g, e, n, t, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask,
-                                      True, B_IM)
-                Cr, Ci = Cfr, Cfi
-                if VAR_C:
-                    Cr, Ci = _load_bc(C_ptr, b, g, e, n, t, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask,
-                                      True, C_IM)
-                ar, ai = _decay(dt, Ar, Ai, CPLX)
-                dout = tl.load(dy_ptr + b * s_gb + e * s_ge + t * s_gl, mask=e_mask, other=0.0).to(tl.float32)
-                dy = dout
-                if has_z:
-                    zz = tl.load(z_ptr + b * s_zb + e * s_ze + t * s_zl, mask=e_mask, other=0.0).to(tl.float32)
-                    sig = tl.sigmoid(zz)
-                    pre = K * tl.sum(hr * Cr - hi * Ci, axis=1) + Dv * u
-                    dz = dout * pre * sig * (1.0 + zz * (1.0 - sig))
-                    tl.store(dz_ptr + b * s_wb + e * s_we + t * s_wl, dz.to(dz_ptr.dtype.element_ty), mask=e_mask)
-                    dy = dout * zz * sig
-                kdy = (K * dy)[:, None]
-                gr = cr + kdy * Cr
-                gi = ci - kdy * Ci
-                x = dt * u
-                # C_t, B_t gradients
-                gCr = kdy * hr
-                gCi = -kdy * hi
-                gBr = x[:, None] * gr
-                gBi = x[:, None] * gi
-                if VAR_C:
-                    off = b * s_Cb + g * s_Cg + n * s_Cn + t * s_Ct
-                    tl.atomic_add(dC_ptr + off, tl.sum(gCr, axis=0), mask=n_mask, sem="relaxed")
-                    if C_IM:
-                        tl.atomic_add(dC_ptr + off + s_Cim, tl.sum(gCi, axis=0), mask=n_mask, sem="relaxed")
-                else:
-                    dCr += gCr
-                    dCi += gCi
-                if VAR_B:
-                    off = b * s_Bb + g * s_Bg + n * s_Bn + t * s_Bt
-                    tl.atomic_add(dB_ptr + off, tl.sum(gBr, axis=0), mask=n_mask, sem="relaxed")
-                    if B_IM:
-                        tl.atomic_add(dB_ptr + off + s_Bim, tl.sum(gBi, axis=0), mask=n_mask, sem="relaxed")
-                else:
-                    dBr += gBr
-                    dBi += gBi
-                dx = tl.sum(gr * Br + gi * Bi, axis=1)  # d(Δ u)
-                # decay: w = Δ A, G_w = conj(a h_prev) g
-                qr = ar * pr - ai * pi
-                qi = ar * pi + ai * pr
-                wr = qr * gr + qi * gi
-                wi = qr * gi - qi * gr
-                ddt = u * dx + tl.sum(wr * Ar + wi * Ai, axis=1)
-                dAr += dt[:, None] * wr
-                dAi += dt[:, None] * wi
-                ddt = tl.where(softplus, ddt * tl.sigmoid(raw), ddt)
-                ddt = tl.where(e_mask, ddt, 0.0)
-                ddtb += ddt
-                du = dt * dx + Dv * dy
-                dD += dy * u
-                tl.store(du_ptr + b * s_xb + e * s_xe + t * s_xl, du.to(du_ptr.dtype.element_ty), mask=e_mask)
-                tl.store(ddt_ptr + b * s_qb + e * s_qe + t * s_ql, ddt.to(ddt_ptr.dtype.element_ty), mask=e_mask)
-                # carry conj(a_t) g_t to the previous step
-                cr = ar * gr + ai * gi
-                ci = ar * gi - ai * gr
+            valid = e_mask & (t < L)
+            prev = s > 0
+            pr = tl.where(prev, tl.load(scr + (s - 1) * (2 * BE * NP), mask=(n < NP)[None, :] & prev, other=0.0),
+                          h0r)
+            if CPLX:
+                pi = tl.where(prev, tl.load(scr + (s - 1) * (2 * BE * NP) + BE * NP,
+                                            mask=(n < NP)[None, :] & prev, other=0.0), h0i)
+            else:
+                pi = pr * 0.0
+            u = u_n.to(tl.float32)
+            raw = d_n.to(tl.float32) + dtb
+            zz = z_n.to(tl.float32)
+            dout = g_n.to(tl.float32)
+            Br, Bi = Bfr, Bfi
+            if VAR_B:
+                Br, Bi = Bnr, Bni
+            Cr, Ci = Cfr, Cfi
+            if VAR_C:
+                Cr, Ci = Cnr, Cni
+            tp = t - 1
+            m_n = e_mask & (tp >= 0) & (tp < L)
+            u_n = tl.load(u_ptr + b * s_ub + e * s_ue + tp * s_ul, mask=m_n, other=0.0)
+            d_n = tl.load(dt_ptr + b * s_db + e * s_de + tp * s_dl, mask=m_n, other=0.0)
+            z_n = tl.load(z_ptr + b * s_zb + e * s_ze + tp * s_zl, mask=m_n & has_z, other=0.0)
+            g_n = tl.load(dy_ptr + b * s_gb + e * s_ge + tp * s_gl, mask=m_n, other=0.0)
+            if VAR_B:
+                Bnr, Bni = _load_bc(B_ptr, b, g, e, n, tp, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask,
+                                    n_mask & (tp >= 0) & (tp < L), True, B_IM)
+            if VAR_C:
+                Cnr, Cni = _load_bc(C_ptr, b, g, e, n, tp, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask,
+                                    n_mask & (tp >= 0) & (tp < L), True, C_IM)
+            dt = tl.where(valid, tl.where(softplus, _softplus(raw), raw), 0.0)
+            ar, ai = _decay(dt, Ar, Ai, CPLX)
+            sig = tl.sigmoid(zz)
+            pre = K * tl.sum(hr * Cr - hi * Ci, axis=1) + Dv * u
+            dz = dout * pre * sig * (1.0 + zz * (1.0 - sig))
+            tl.store(dz_ptr + b * s_wb + e * s_we + t * s_wl, dz.to(dz_ptr.dtype.element_ty), mask=valid & has_z)
+            dy = tl.where(has_z, dout * zz * sig, dout)
+            kdy = (K * dy)[:, None]
+            gr = cr + kdy * Cr
+            gi = ci - kdy * Ci
+            x = dt * u
+            # C_t, B_t gradients
+            gCr = kdy * hr
+            gCi = -kdy * hi
+            gBr = x[:, None] * gr
+            gBi = x[:, None] * gi
+            if VAR_C:
+                off = b * s_Cb + g * s_Cg + n * s_Cn + t * s_Ct
+                tl.atomic_add(dC_ptr + off, tl.sum(gCr, axis=0), mask=n_mask & (t < L), sem="relaxed")
+                if C_IM:
+                    tl.atomic_add(dC_ptr + off + s_Cim, tl.sum(gCi, axis=0), mask=n_mask & (t < L), sem="relaxed")
+            else:
+                dCr += gCr
+                dCi += gCi
+            if VAR_B:
+                off = b * s_Bb + g * s_Bg + n * s_Bn + t * s_Bt
+                tl.atomic_add(dB_ptr + off, tl.sum(gBr, axis=0), mask=n_mask & (t < L), sem="relaxed")
+                if B_IM:
+                    tl.atomic_add(dB_ptr + off + s_Bim, tl.sum(gBi, axis=0), mask=n_mask & (t < L), sem="relaxed")
+            else:
+                dBr += gBr
+                dBi += gBi
+            dx = tl.sum(gr * Br + gi * Bi, axis=1)  # d(Δ u)
+            # decay: w = Δ A, G_w = conj(a h_prev) g
+            qr = ar * pr - ai * pi
+            qi = ar * pi + ai * pr
+            wr = qr * gr + qi * gi
+            wi = qr * gi - qi * gr
+            ddt = u * dx + tl.sum(wr * Ar + wi * Ai, axis=1)
+            dAr += dt[:, None] * wr
+            dAi += dt[:, None] * wi
+            ddt = tl.where(softplus, ddt * tl.sigmoid(raw), ddt)
+            ddt = tl.where(valid, ddt, 0.0)
+            ddtb += ddt
+            du = dt * dx + Dv * dy
+            dD += dy * u
+            tl.store(du_ptr + b * s_xb + e * s_xe + t * s_xl, du.to(du_ptr.dtype.element_ty), mask=valid)
+            tl.store(ddt_ptr + b * s_qb + e * s_qe + t * s_ql, ddt.to(ddt_ptr.dtype.element_ty), mask=valid)
+            # carry conj(a_t) g_t to the previous step
+            cr = ar * gr + ai * gi
+            ci = ar * gi - ai * gr
+            hr = pr
+            hi = pi
         tl.debug_barrier()
     tl.store(dA_ptr + st, dAr, mask=en_mask)
     if CPLX:
@@ -398,7 +437,7 @@ def _config(batch: int, channels: int, groups: int, n: int):
     be = min(triton.next_power_of_2(eg), max(1, 512 // np2))
     while be > 4 and batch * groups * triton.cdiv(eg, be) < 4 * 132:
         be //= 2
-    return be, np2, max(1, min(4, be * np2 // 128))
+    return be, np2, max(1, min(8, be * np2 // 64))
 
 
 def _flags(*bits) -> int:

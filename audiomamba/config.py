@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 MIXER_NAMES = ("mamba1", "mamba2", "s4d")
 NORM_NAMES = ("layernorm", "rmsnorm")
+ARCH_NAMES = ("backbone", "logmel_cnn")
 
 
 def _broadcast(name: str, values: Sequence, n: int) -> list:
@@ -119,6 +120,38 @@ class BackboneConfig:
 
 
 @dataclass
+class LogMelCNNConfig:
+    """The log-mel + CNN baseline classifier (``audiomamba.baselines.LogMelCNNClassifier``, ``arch: logmel_cnn``).
+
+    Attributes:
+        sample_rate: rate of the input waveform in Hz (the mel filters are laid out for it).
+        n_fft, win_length, hop_length: the STFT, in samples.
+        n_mels: mel bands between 0 Hz and sample_rate / 2.
+        channels: output channels of the convolution blocks; each block is two 3x3 convolutions (BatchNorm, ReLU)
+            and 2x2 max pooling; the last block is pooled over time and frequency.
+        dropout: dropout before the linear head.
+    """
+
+    sample_rate: int = 8000
+    n_fft: int = 256
+    win_length: int = 200
+    hop_length: int = 80
+    n_mels: int = 40
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.sample_rate < 1 or self.hop_length < 1 or self.n_mels < 1 or not self.channels:
+            raise ValueError("logmel_cnn needs sample_rate, hop_length, n_mels >= 1 and at least one channel entry")
+        if not 1 <= self.win_length <= self.n_fft:
+            raise ValueError(f"logmel_cnn.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}")
+        if min(self.channels) < 1:
+            raise ValueError(f"logmel_cnn.channels must be >= 1, got {list(self.channels)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"logmel_cnn.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
 class ModelConfig:
     """AudioLM or AudioClassifier = input embedding -> backbone -> head.
 
@@ -132,6 +165,9 @@ class ModelConfig:
         start_token: token fed at the first generation step when there is no prompt (None: vocab_size // 2,
             silence for mu-law and linear 8-bit).
         backbone: the backbone.
+        arch: "backbone" (embedding -> backbone -> head) or "logmel_cnn" (the baseline: log-mel spectrogram ->
+            CNN -> head, a classifier of waveforms, configured by ``logmel_cnn``; ``backbone`` is then unused).
+        logmel_cnn: the baseline's settings.
     """
 
     kind: str = "lm"
@@ -142,8 +178,14 @@ class ModelConfig:
     pooling: str = "mean"
     start_token: Optional[int] = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    arch: str = "backbone"
+    logmel_cnn: LogMelCNNConfig = field(default_factory=LogMelCNNConfig)
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCH_NAMES:
+            raise ValueError(f"arch must be one of {list(ARCH_NAMES)}, got {self.arch!r}")
+        if self.arch == "logmel_cnn" and (self.kind, self.input) != ("classifier", "waveform"):
+            raise ValueError("arch 'logmel_cnn' is a classifier of waveforms: set kind: classifier, input: waveform")
         if self.kind not in ("lm", "classifier"):
             raise ValueError(f"kind must be 'lm' or 'classifier', got {self.kind!r}")
         if self.input not in ("tokens", "waveform"):
@@ -266,7 +308,7 @@ TASKS = ("lm", "classify")
 DATA_SOURCES = ("synthetic", "folder", "tokens", "selective_copying")
 WAVE_TOKENIZERS = ("mulaw", "linear", "none")
 CODEC_PATTERNS = ("parallel", "delay", "flatten")
-SPLIT_RULES = ("random", "fsdd", "folders")
+SPLIT_RULES = ("random", "fsdd", "folders", "speaker")
 LABEL_SOURCES = ("folder", "csv", "regex", "none")
 SYNTHETIC_CLASSES = ("note", "chirp", "pulses", "noise", "tremolo", "bell")
 
@@ -313,6 +355,148 @@ class SelectiveCopyingConfig:
                 raise ValueError(f"data.selective_copying.{name} must be >= 1, got {getattr(self, name)}")
 
 
+def _check_range(name: str, values, low: float = float("-inf")) -> None:
+    """A [low, high] pair of an augmentation, with low <= high and both >= ``low``."""
+    if len(values) != 2 or values[0] > values[1] or values[0] < low:
+        raise ValueError(f"data.augment.{name} must be [low, high] with {low} <= low <= high, got {list(values)}")
+
+
+@dataclass
+class _Augmentation:
+    """p: probability that a training clip gets this augmentation (0: off)."""
+
+    p: float = 0.0
+
+    def _check(self, name: str) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"data.augment.{name}.p must be in [0, 1], got {self.p}")
+
+
+@dataclass
+class SpeedAugment(_Augmentation):
+    """Speed perturbation by resampling: a factor drawn from ``factors`` (> 1: faster, shorter, higher)."""
+
+    factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+
+    def __post_init__(self) -> None:
+        self._check("speed")
+        if not self.factors or min(self.factors) <= 0:
+            raise ValueError(f"data.augment.speed.factors must be positive numbers, got {list(self.factors)}")
+
+
+@dataclass
+class PitchAugment(_Augmentation):
+    """Pitch shift at constant duration by a number of semitones drawn uniformly in [-semitones, semitones]."""
+
+    semitones: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._check("pitch")
+        if self.semitones < 0:
+            raise ValueError(f"data.augment.pitch.semitones must be >= 0, got {self.semitones}")
+
+
+@dataclass
+class ReverbAugment(_Augmentation):
+    """Room reverberation: a synthetic impulse response (direct path + exponentially decaying noise) with a
+    reverberation time RT60 (s) and a direct-to-reverberant ratio (dB) drawn uniformly in their ranges."""
+
+    rt60: list[float] = field(default_factory=lambda: [0.1, 0.5])
+    drr_db: list[float] = field(default_factory=lambda: [0.0, 10.0])
+
+    def __post_init__(self) -> None:
+        self._check("reverb")
+        _check_range("reverb.rt60", self.rt60, 1e-3)
+        _check_range("reverb.drr_db", self.drr_db)
+
+
+@dataclass
+class BandStopAugment(_Augmentation):
+    """Frequency masking on the waveform: up to ``n`` band-reject filters, each of a width drawn in ``hz``
+    (Hz) around a centre drawn uniformly between 100 Hz and 0.9 x Nyquist."""
+
+    n: int = 1
+    hz: list[float] = field(default_factory=lambda: [100.0, 600.0])
+
+    def __post_init__(self) -> None:
+        self._check("band_stop")
+        if self.n < 1:
+            raise ValueError(f"data.augment.band_stop.n must be >= 1, got {self.n}")
+        _check_range("band_stop.hz", self.hz, 1.0)
+
+
+@dataclass
+class TimeMaskAugment(_Augmentation):
+    """Time masking on the waveform: up to ``n`` segments, each up to ``ms`` milliseconds long, set to zero."""
+
+    n: int = 2
+    ms: float = 40.0
+
+    def __post_init__(self) -> None:
+        self._check("time_mask")
+        if self.n < 1 or self.ms <= 0:
+            raise ValueError(f"data.augment.time_mask needs n >= 1 and ms > 0, got n={self.n}, ms={self.ms}")
+
+
+@dataclass
+class ShiftAugment(_Augmentation):
+    """Time shift within the clip by up to ``ms`` milliseconds either way (zeros enter at the edge)."""
+
+    ms: float = 100.0
+
+    def __post_init__(self) -> None:
+        self._check("shift")
+        if self.ms < 0:
+            raise ValueError(f"data.augment.shift.ms must be >= 0, got {self.ms}")
+
+
+@dataclass
+class GainAugment(_Augmentation):
+    """Gain drawn uniformly in [-db, +db] dB."""
+
+    db: float = 6.0
+
+    def __post_init__(self) -> None:
+        self._check("gain")
+        if self.db < 0:
+            raise ValueError(f"data.augment.gain.db must be >= 0, got {self.db}")
+
+
+@dataclass
+class NoiseAugment(_Augmentation):
+    """Additive white Gaussian noise at a signal-to-noise ratio (dB, over the whole clip) drawn in ``snr_db``."""
+
+    snr_db: list[float] = field(default_factory=lambda: [10.0, 40.0])
+
+    def __post_init__(self) -> None:
+        self._check("noise")
+        _check_range("noise.snr_db", self.snr_db)
+
+
+@dataclass
+class AugmentConfig:
+    """On-the-fly augmentation of training audio (``audiomamba.data.augment``), in this order: speed, pitch,
+    reverb, band_stop, time_mask, shift, gain, noise; then the clip is peak-limited to 0.99. Each acts with its
+    probability ``p`` (all 0 by default: off). Draws are seeded per (seed, epoch, item); validation and test
+    clips are never augmented; token models get the augmented waveform before tokenization."""
+
+    speed: SpeedAugment = field(default_factory=SpeedAugment)
+    pitch: PitchAugment = field(default_factory=PitchAugment)
+    reverb: ReverbAugment = field(default_factory=ReverbAugment)
+    band_stop: BandStopAugment = field(default_factory=BandStopAugment)
+    time_mask: TimeMaskAugment = field(default_factory=TimeMaskAugment)
+    shift: ShiftAugment = field(default_factory=ShiftAugment)
+    gain: GainAugment = field(default_factory=GainAugment)
+    noise: NoiseAugment = field(default_factory=NoiseAugment)
+
+    @property
+    def enabled(self) -> bool:
+        return any(getattr(self, name).p > 0 for name in AUGMENTATIONS)
+
+
+AUGMENTATIONS = ("speed", "pitch", "reverb", "band_stop", "time_mask", "shift", "gain", "noise")
+
+
 @dataclass
 class DataConfig:
     """Where examples come from and how they are cut, tokenized and batched.
@@ -328,12 +512,16 @@ class DataConfig:
         n_codebooks: K of the token files (source "tokens").
         codebook_size: codes per codebook of the token files; the delay pattern's filler token is this value.
         labels, label_regex, csv_path: label source for files (see AudioFolder).
-        split: "random" (seeded fractions) | "fsdd" (take index 0-4 = test) | "folders" (train/ val/ test/).
+        split: "random" (seeded fractions) | "fsdd" (take index 0-4 = test) | "folders" (train/ val/ test/) |
+            "speaker" (every file of ``test_speaker`` = test, a seeded ``val_fraction`` of the rest = validation;
+            the speaker is the group "speaker" of ``label_regex``: leave-one-speaker-out evaluation).
+        test_speaker: the held-out speaker of split "speaker".
         random_crop: training clips cropped at a random offset (validation/test: center crop).
         random_pad, gain_db: training-time augmentation of audio files: short clips placed at a random offset in
             the padded window; a random gain in [-gain_db, +gain_db] dB (see AudioFolder).
         trim_db, loudness_db: optional trim (dB below peak) and RMS normalization (dBFS) of files.
         skip_bad_files: skip and count unreadable files instead of failing.
+        augment: on-the-fly augmentation of training audio (see AugmentConfig; off by default).
     """
 
     source: str = "synthetic"
@@ -353,6 +541,7 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
+    test_speaker: Optional[str] = None
     random_crop: bool = True
     random_pad: bool = False
     gain_db: float = 0.0
@@ -364,6 +553,7 @@ class DataConfig:
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     selective_copying: SelectiveCopyingConfig = field(default_factory=SelectiveCopyingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         choices = {"source": DATA_SOURCES, "tokenizer": WAVE_TOKENIZERS, "pattern": CODEC_PATTERNS,
@@ -385,6 +575,10 @@ class DataConfig:
             raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1)")
         if self.source == "tokens" and self.pattern == "delay" and self.codebook_size is None:
             raise ValueError("data.pattern 'delay' needs data.codebook_size (its filler token)")
+        if self.split == "speaker" and not self.test_speaker:
+            raise ValueError("data.split 'speaker' needs data.test_speaker (the held-out speaker's name)")
+        if self.augment.enabled and self.source not in ("folder", "synthetic"):
+            raise ValueError(f"data.augment acts on audio: data.source {self.source!r} holds no waveforms")
 
 
 @dataclass

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
 from audiomamba.data.audio_folder import AUDIO_EXTENSIONS, FSDD_REGEX, AudioFolder, list_files
+from audiomamba.data.augment import AugmentedDataset, WaveAugment
 from audiomamba.data.selective_copying import SelectiveCopying
 from audiomamba.data.synthetic import SyntheticAudio
 from audiomamba.data.tokens import TOKEN_EXTENSIONS, TokenFolder
 
 SOURCES = ("synthetic", "folder", "tokens", "selective_copying")
-SPLITS = ("random", "fsdd", "folders")
+SPLITS = ("random", "fsdd", "folders", "speaker")
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -94,13 +96,40 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.load_state_dict(state)
 
 
-def split_files(files: list[Path], root: Path, rule: str, val_fraction: float, test_fraction: float, seed: int):
+def _seeded_val(rest: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """(train, val): a seeded ``val_fraction`` of ``rest`` (at least one file) is validation."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(rest), generator=g).tolist()
+    n_val = max(1, round(val_fraction * len(rest)))
+    return sorted(rest[i] for i in perm[n_val:]), sorted(rest[i] for i in perm[:n_val])
+
+
+def split_files(files: list[Path], root: Path, rule: str, val_fraction: float, test_fraction: float, seed: int,
+                label_regex: str | None = None, test_speaker: str | None = None):
     """Split audio/token files into (train, val, test) lists.
 
     - "random": a seeded permutation; ``test_fraction`` and ``val_fraction`` of the files (at least one each).
     - "fsdd": FSDD's conventional rule: take index 0-4 -> test; ``val_fraction`` of the rest, seeded -> val.
     - "folders": top-level subfolders train/, val/ (or valid/), test/ under the root.
+    - "speaker": every file of ``test_speaker`` (the group "speaker" of ``label_regex`` on the file name, FSDD's
+      by default) -> test; ``val_fraction`` of the other speakers' files, seeded -> val (leave one speaker out).
     """
+    if rule == "speaker":
+        pattern = re.compile(label_regex or FSDD_REGEX)
+        if "speaker" not in pattern.groupindex:
+            raise ValueError(f"split 'speaker': label_regex {pattern.pattern!r} has no group named 'speaker'")
+        test, rest, speakers = [], [], set()
+        for f in files:
+            m = pattern.search(f.name)
+            if m is None:
+                raise ValueError(f"split 'speaker': file name {f.name} does not match {pattern.pattern!r}")
+            speakers.add(m.group("speaker"))
+            (test if m.group("speaker") == test_speaker else rest).append(f)
+        if not test or not rest:
+            raise ValueError(f"split 'speaker': test_speaker {test_speaker!r} must be one of several speakers, "
+                             f"found {sorted(speakers)}")
+        train, val = _seeded_val(rest, val_fraction, seed)
+        return train, val, test
     if rule == "folders":
         parts = {"train": [], "val": [], "test": []}
         for f in files:
@@ -120,11 +149,7 @@ def split_files(files: list[Path], root: Path, rule: str, val_fraction: float, t
             if m is None:
                 raise ValueError(f"split 'fsdd': file name {f.name} is not {{digit}}_{{speaker}}_{{index}}.wav")
             (test if int(m.group("index")) <= 4 else rest).append(f)
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(rest), generator=g).tolist()
-        n_val = max(1, round(val_fraction * len(rest)))
-        val = sorted(rest[i] for i in perm[:n_val])
-        train = sorted(rest[i] for i in perm[n_val:])
+        train, val = _seeded_val(rest, val_fraction, seed)
         return train, val, test
     if rule == "random":
         g = torch.Generator().manual_seed(seed)
@@ -142,7 +167,8 @@ def split_files(files: list[Path], root: Path, rule: str, val_fraction: float, t
 
 class AudioDataModule(L.LightningDataModule):
     """Train/val/test loaders for ``cfg`` (a DataConfig). Batches: {"audio": (B, L)} or {"tokens": (B, K, T),
-    "mask": (B, T)}, plus "label" (B,) and, for files, "index" (B,)."""
+    "mask": (B, T)}, plus "label" (B,) and, for files, "index" (B,). With ``cfg.augment`` enabled, training audio
+    items are augmented on the fly (``audiomamba.data.augment``), seeded per (seed, epoch, item)."""
 
     def __init__(self, cfg, seed: int = 0):
         super().__init__()
@@ -162,6 +188,7 @@ class AudioDataModule(L.LightningDataModule):
             self.train_set = SyntheticAudio(size=s.train_size, seed=s.seed, **kw)
             self.val_set = SyntheticAudio(size=s.val_size, seed=s.seed + 1, **kw)
             self.test_set = SyntheticAudio(size=s.test_size, seed=s.seed + 2, **kw)
+            self._augment_train_set()
             return
         if c.source == "selective_copying":
             s = c.selective_copying
@@ -175,7 +202,8 @@ class AudioDataModule(L.LightningDataModule):
         root = Path(c.root).expanduser()
         exts = AUDIO_EXTENSIONS if c.source == "folder" else TOKEN_EXTENSIONS
         files = list_files(root, tuple(c.extensions) if c.extensions else exts)
-        train, val, test = split_files(files, root, c.split, c.val_fraction, c.test_fraction, c.split_seed)
+        train, val, test = split_files(files, root, c.split, c.val_fraction, c.test_fraction, c.split_seed,
+                                       label_regex=c.label_regex, test_speaker=c.test_speaker)
         common = dict(labels=c.labels, label_regex=c.label_regex, csv_path=c.csv_path, skip_bad_files=c.skip_bad_files)
         def make(fs, crop, classes=None):
             if c.source == "folder":
@@ -188,6 +216,16 @@ class AudioDataModule(L.LightningDataModule):
         self.train_set = make(train, c.random_crop)
         classes = self.train_set.classes if c.labels != "none" else None
         self.val_set, self.test_set = make(val, False, classes), make(test, False, classes)
+        self._augment_train_set()
+
+    def _augment_train_set(self) -> None:
+        augment = getattr(self.cfg, "augment", None)
+        if isinstance(augment, DictConfig):  # a DataConfig given as an OmegaConf node
+            augment = OmegaConf.to_object(augment)
+        if augment is not None and augment.enabled:
+            if self.cfg.source not in ("folder", "synthetic"):
+                raise ValueError(f"data.augment acts on audio: data.source {self.cfg.source!r} holds no waveforms")
+            self.train_set = AugmentedDataset(self.train_set, WaveAugment(augment, self.cfg.sample_rate))
 
     @property
     def classes(self) -> list[str]:

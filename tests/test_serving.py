@@ -543,3 +543,28 @@ def test_web_page_shows_the_label_of_the_audio_it_hears(tmp_path):
         browser.quit()
         loop_box["loop"].call_soon_threadsafe(loop_box["loop"].stop)
         thread.join(30)
+
+
+def test_a_client_faster_than_the_engine_is_cut_and_can_resume():
+    """More audio waiting than max_buffer_s: the connection closes with a clear error, nothing of the refused
+    frame was taken, and the stream resumes after the samples the server reports as received."""
+    model = _classifier()
+    server = _server(model, max_buffer_s=0.1)  # 160 samples at 1.6 kHz
+    server.scheduler.start = lambda: None  # no ticks yet: the buffer only fills
+    x = torch.randn(1, 12 * CHUNK) * 0.5
+
+    async def run():
+        async with _serving(server) as (client, url):
+            ws, started = await _start(client, url)
+            await ws.send_bytes(x[0, : 6 * CHUNK].numpy().tobytes())  # 192 samples: over the limit, but taken
+            await ws.send_bytes(x[0, 6 * CHUNK :].numpy().tobytes())  # refused
+            assert "input queue full" in await _error(ws)
+            assert (await ws.receive(timeout=5)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+            ws, resumed = await _start(client, url, started["stream_id"])
+            assert resumed["received"] == 6 * CHUNK and resumed["position"] == 0
+            server.scheduler.__class__.start(server.scheduler)  # now the engine catches up
+            got = await _results(ws, 6)
+            await ws.send_bytes(x[0, 6 * CHUNK :].numpy().tobytes())
+            return got + await _results(ws, 6)
+
+    assert _close(asyncio.run(run()), _reference(model, x)) < TOL

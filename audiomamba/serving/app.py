@@ -280,13 +280,13 @@ class StreamServer:
             self.sessions[stream_id] = session
             self._by_slot[slot] = session
             self.scheduler.add(slot)
-        session.ws = ws
         session.outbox = asyncio.Queue(cfg.send_queue)
-        session.sender = asyncio.ensure_future(self._send_loop(session, ws, session.outbox))
-        await ws.send_str(json.dumps({
+        session.outbox.put_nowait(json.dumps({  # first in the queue: before any result of a resumed backlog
             "type": "started", "stream_id": session.id, "model_sample_rate": self.rate, "labels": self.labels,
             "kind": self.kind, "chunk": self.engine.chunk, "position": self.engine.positions[session.slot],
             "received": session.path.received}))
+        session.ws = ws
+        session.sender = asyncio.ensure_future(self._send_loop(session, ws, session.outbox))
         return session
 
     async def _serve(self, ws, session: Session) -> None:

@@ -60,8 +60,8 @@ def _inputs(model, batch: int, length: int) -> torch.Tensor:
 # (format, batch the graphs are exported for (None: dynamic), batch streamed, with the one-sample graph)
 EXPORTS = {
     ("onnx", "classifier_small"): (2, 2, True), ("onnx", "lm"): (1, 1, False), ("onnx", "pooled"): (1, 1, False),
-    ("torch-export", "classifier_small"): (2, 2, True), ("torch-export", "lm"): (1, 1, False),
-    ("torch-export", "pooled"): (None, 3, False),
+    ("torch-export", "classifier_small"): (2, 2, True), ("torch-export", "lm"): (None, 2, False),
+    ("torch-export", "pooled"): (3, 3, False),
 }
 
 

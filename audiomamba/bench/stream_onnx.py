@@ -71,8 +71,9 @@ def bench_stream_onnx(preset: str = "classifier_small", sample_rate: int = 16_00
     audio_s = n_chunks * chunk / sample_rate
     rows = {name: _summary(lat, cpu, audio_s) for name, (lat, cpu) in timings.items()}
     ratio = rows["onnxruntime"]["ms_median"] / rows["torch"]["ms_median"]
+    cpu_ratio = rows["onnxruntime"]["cpu_ms_median"] / rows["torch"]["cpu_ms_median"]
     result = {"preset": preset, "params": model.num_parameters(), "chunk_samples": chunk, "chunks": n_chunks,
-              "threads": threads, "rows": rows, "ratio": ratio, "export_s": export_s,
+              "threads": threads, "rows": rows, "ratio": ratio, "cpu_ratio": cpu_ratio, "export_s": export_s,
               "compile_s": torch_stream.compile_seconds, "max_rel_diff": err / scale if scale else err,
               "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
               "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
@@ -82,12 +83,15 @@ def bench_stream_onnx(preset: str = "classifier_small", sample_rate: int = 16_00
     if result["load_average"] is not None:
         print(f"load average {result['load_average']:.2f} on {os.cpu_count()} CPUs (the two backends alternate "
               "chunk by chunk)")
-    print(f"{'backend':<28} {'RTF':>7} {'ms median':>10} {'ms p90':>8} {'ms max':>8} {'cpu ms':>8} {'/ torch':>8}")
+    print(f"{'backend':<30} {'RTF':>7} {'ms median':>10} {'ms p90':>8} {'ms max':>8} {'/ torch':>8} {'cpu ms':>8} "
+          f"{'/ torch':>8}")
     labels = {"torch": f"torch {torch.__version__} (compiled)", "onnxruntime": f"onnxruntime {onnxruntime.__version__}"}
+    base = rows["torch"]
     for name, r in rows.items():
-        print(f"{labels[name]:<28} {r['rtf']:>7.4f} {r['ms_median']:>10.3f} {r['ms_p90']:>8.3f} {r['ms_max']:>8.3f} "
-              f"{r['cpu_ms_median']:>8.3f} {r['ms_median'] / rows['torch']['ms_median']:>8.2f}")
-    print(f"onnxruntime / compiled torch per chunk (median): {ratio:.2f} (target <= {TARGET_RATIO:g}: "
-          f"{'yes' if ratio <= TARGET_RATIO else 'NO'}); outputs differ by at most {result['max_rel_diff']:.1e} "
-          "of the largest")
+        print(f"{labels[name]:<30} {r['rtf']:>7.4f} {r['ms_median']:>10.3f} {r['ms_p90']:>8.3f} {r['ms_max']:>8.3f} "
+              f"{r['ms_median'] / base['ms_median']:>8.2f} {r['cpu_ms_median']:>8.3f} "
+              f"{r['cpu_ms_median'] / base['cpu_ms_median']:>8.2f}")
+    print(f"onnxruntime / compiled torch per chunk (median wall): {ratio:.2f}, CPU time of the pushing thread: "
+          f"{cpu_ratio:.2f} (target <= {TARGET_RATIO:g}: {'yes' if ratio <= TARGET_RATIO else 'NO'}); outputs "
+          f"differ by at most {result['max_rel_diff']:.1e} of the largest")
     return result

@@ -100,20 +100,26 @@ def classifier_outputs(classifier, waves, batch_size: int = 32, device=None) -> 
 
 
 def evaluate_generation(classifier, generated_waves, reference_waves, batch_size: int = 32, device=None,
-                        reference_labels: torch.Tensor | None = None) -> dict:
+                        reference_labels: torch.Tensor | None = None, real_waves=None,
+                        real_labels: torch.Tensor | None = None) -> dict:
     """Classifier-based scores of generated audio, as SaShiMi and Mamba report them for SC09.
 
     Args:
-        classifier: a trained AudioClassifier (e.g. the FSDD or SC09 digit classifier).
+        classifier: a trained classifier (an AudioClassifier, e.g. the FSDD or SC09 digit classifier, or the
+            log-mel CNN baseline).
         generated_waves: (n, L) or a sequence of (L_i,) float waveforms at the classifier's sample rate,
             preprocessed like its training data.
-        reference_waves: real clips, same format (the training or test set): the p_real of AM and the
-            reference statistics of FID.
+        reference_waves: real clips, same format (the training set): the p_real of AM and the reference
+            statistics of FID.
         reference_labels: (m,) true labels of the reference clips; when given, the classifier's accuracy on
             them is reported too (a check that the scorer is trustworthy).
+        real_waves: other real clips (the test set), same format: scored exactly like the generated ones against
+            the reference, they give the ceiling a generator can reach under this classifier ("real").
+        real_labels: their true labels (the classifier's accuracy on them is reported under "real").
 
     Returns:
-        {"is", "mis", "am", "fid", "n_generated", "n_reference", "class_histogram"[, "reference_accuracy"]}.
+        {"is", "mis", "am", "fid", "n_generated", "n_reference", "class_histogram", "reference_is"
+        [, "reference_accuracy"][, "real": {"is", "mis", "am", "fid", "n_generated", ...[, "accuracy"]}]}.
     """
     gen = classifier_outputs(classifier, generated_waves, batch_size, device)
     ref = classifier_outputs(classifier, reference_waves, batch_size, device)
@@ -122,6 +128,12 @@ def evaluate_generation(classifier, generated_waves, reference_waves, batch_size
     if reference_labels is not None:
         labels = torch.as_tensor(reference_labels).long().cpu()
         out["reference_accuracy"] = float((ref.predictions == labels).double().mean())
+    if real_waves is not None:
+        real = classifier_outputs(classifier, real_waves, batch_size, device)
+        out["real"] = generation_scores(real, ref)
+        if real_labels is not None:
+            labels = torch.as_tensor(real_labels).long().cpu()
+            out["real"]["accuracy"] = float((real.predictions == labels).double().mean())
     return out
 
 
@@ -298,7 +310,7 @@ def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_s
                            sample_length: int | None = None, out_dir: str | Path | None = None, seed: int = 0,
                            temperature: float = 1.0, batch_size: int = 64, reference_split: str = "train",
                            max_reference: int | None = 2000, device=None, progress: bool = False,
-                           cuda_graphs: bool | None = None) -> dict:
+                           cuda_graphs: bool | None = None, real_split: str | None = "test") -> dict:
     """Generate clips from an AudioLM, write them as WAVs, and score them with a trained classifier.
 
     Args:
@@ -311,12 +323,14 @@ def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_s
         out_dir: where ``sample_XXX.wav`` go (None: not written).
         reference_split: the classifier data split used as real data (AM's p_real(y), FID's statistics),
             at most ``max_reference`` clips of it.
+        real_split: another split of the classifier's data (default "test"; None: skip) whose real clips are
+            scored like the generated ones: the ceiling of IS, mIS, FID and AM under this classifier ("real").
         cuda_graphs: passed to ``generate`` (None: on for CUDA models).
 
     Returns:
         {"n_samples", "sample_length", "wav_dir", "seconds_generating"} plus, with a classifier, the scores of
         :func:`evaluate_generation` ("is", "mis", "am", "fid", "class_histogram", "reference_is",
-        "reference_accuracy").
+        "reference_accuracy", and "real": the scores of the real ``real_split`` clips).
     """
     audio = audio_contract(model)
     length = sample_length or cfg.data.length
@@ -348,17 +362,24 @@ def evaluate_lm_generation(model, cfg, classifier=None, classifier_cfg=None, n_s
         waves = AF.resample(waves, audio.sample_rate, clf_audio.sample_rate)
     dm = AudioDataModule(classifier_cfg.data)
     dm.setup()
-    ref_set = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}[reference_split]
+    splits = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}
+    ref_set = splits[reference_split]
     n_ref = len(ref_set) if max_reference is None else min(len(ref_set), max_reference)
     idx = torch.randperm(len(ref_set), generator=torch.Generator().manual_seed(0))[:n_ref].sort().values
     ref_items = [ref_set[int(i)] for i in idx]  # center crop / pad as in evaluation
     ref_waves = [it["audio"] for it in ref_items]
     ref_labels = torch.stack([it["label"] for it in ref_items])
+    real_waves = real_labels = None
+    if real_split is not None:
+        real_items = [splits[real_split][i] for i in range(len(splits[real_split]))]
+        real_waves = [it["audio"] for it in real_items]
+        real_labels = torch.stack([it["label"] for it in real_items])
     # an LM trained on data normalized like the classifier's generates at that level already; renormalizing
     # whole padded clips would not match how the real clips were normalized (before padding)
     renormalize = clf_audio.loudness_db != audio.loudness_db
     scores = evaluate_generation(classifier, _classifier_view(list(waves), clf_audio, renormalize), ref_waves,
-                                 batch_size=batch_size, device=device, reference_labels=ref_labels)
+                                 batch_size=batch_size, device=device, reference_labels=ref_labels,
+                                 real_waves=real_waves, real_labels=real_labels)
     out.update(scores)
     return out
 

@@ -272,7 +272,12 @@ def build_model(spec: Any, audio: AudioContract | None = None, **overrides: Any)
     audio contract (``model.audio``; training sets it from the experiment's data).
     """
     config = load_model_config(spec, overrides)
-    model = MODEL_CLASSES[config.kind](config)
+    if config.arch == "logmel_cnn":  # the baseline of audiomamba.baselines (which imports this module)
+        from .baselines import LogMelCNNClassifier
+
+        model = LogMelCNNClassifier(config)
+    else:
+        model = MODEL_CLASSES[config.kind](config)
     model.audio = audio
     return model
 

@@ -61,7 +61,10 @@ def preset_stage_shapes(presets: Sequence[str], batch: int = 16, length: int = 1
     """The scan and SSD calls of each preset's stages in a training step of ``batch`` × ``length`` samples."""
     out = []
     for preset in presets:
-        bb = load_model_config(preset).backbone
+        config = load_model_config(preset)
+        if config.arch != "backbone":  # a baseline without scans (logmel_cnn)
+            continue
+        bb = config.backbone
         rate = 1
         for s, (width, blocks, mixer) in enumerate(zip(bb.stage_widths(), bb.stage_blocks(), bb.stage_mixers())):
             steps = length // rate

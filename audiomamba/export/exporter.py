@@ -15,6 +15,7 @@ dynamo=True)``, which needs onnxscript); the older TorchScript exporter has no O
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -66,11 +67,18 @@ def _write_onnx(program: torch.export.ExportedProgram, names: list[str], path: P
         raise ImportError("export --format onnx needs onnx and onnxscript: pip install 'audiomamba[export]'") from None
     inputs = [INPUT_NAME] + [STATE_IN + n for n in names]
     outputs = [OUTPUT_NAME] + [STATE_OUT + n for n in names]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=inputs, output_names=outputs,
-                                         opset_version=ONNX_OPSET, optimize=True, verbose=False,
-                                         custom_translation_table={torch.ops.aten.exp2.default: _onnx_exp2})
+    # the exporter logs a warning per optional torchvision op it cannot register: not about this model
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(program, dynamo=True, input_names=inputs, output_names=outputs,
+                                             opset_version=ONNX_OPSET, optimize=True, verbose=False,
+                                             custom_translation_table={torch.ops.aten.exp2.default: _onnx_exp2})
+    finally:
+        registry_log.setLevel(level)
     onnx_program.save(str(path))
 
 

@@ -78,8 +78,16 @@ def build_layout(model, chunk: int, backend: str, graphs: dict[str, str], batch_
 
 
 def write_layout(layout: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``directory/stream.json``: a key per line, a state tensor per line."""
+    lines = []
+    for key, value in layout.items():
+        if key == "state":
+            entries = ",\n".join("  " + json.dumps(s) for s in value)
+            lines.append(f"{json.dumps(key)}: [\n{entries}\n ]")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value)}")
     path = Path(directory) / LAYOUT_FILE
-    path.write_text(json.dumps(layout, indent=1) + "\n")
+    path.write_text("{\n " + ",\n ".join(lines) + "\n}\n")
     return path
 
 

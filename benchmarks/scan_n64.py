@@ -10,7 +10,9 @@ top-level package (``kernels``), so it needs only torch and triton. What it does
    state, every gradient, initial state included; 1e-2 relative); the chosen launch also in float32 (1e-4).
 3. End to end with the best launches and with the defaults: the three sc09_small stage shapes, forward and
    forward+backward through autograd, the exponential floor, peak memory and the bytes kept for the backward; the
-   N = 16 anchor shapes with the defaults.
+   N = 16 anchor shapes with the defaults. With a copy of earlier kernels in ./.scan_old (``mamba1_scan.py`` and
+   ``activations.py`` of an older commit, e.g. ``git show REV:kernels/mamba1_scan.py``), the same rows for them
+   ("before"), so that before and after come from one run on one card.
 
 Details go to $OUT/scan_n64.json (or ./scan_n64.json); a short table is printed last. SCAN_BUDGET_S bounds the
 sweeps (default 240 s).
@@ -36,6 +38,7 @@ ANCHORS = [(8, 1536, 2048, 16), (16, 128, 16384, 16), (8, 256, 65536, 16)]
 KEYS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
 BUDGET = float(os.environ.get("SCAN_BUDGET_S", "240"))
 T0 = time.time()
+OLD = None  # the earlier kernels, loaded by main() when ./.scan_old exists
 RESULT: dict = {"fwd_sweep": [], "bwd_sweep": [], "checks": [], "rows": [], "errors": []}
 
 
@@ -76,6 +79,8 @@ def inputs(shape, dtype, channel_last=True, grad=False, seed=0):
 def call(d, cfg, fn=None):
     if fn is not None:
         return fn(*[d[k] for k in KEYS[:8]], True, d["h0"], True)
+    if cfg == "old":
+        return OLD.selective_scan_triton(*[d[k] for k in KEYS[:8]], True, d["h0"], True)
     return S.selective_scan_triton(*[d[k] for k in KEYS[:8]], True, d["h0"], True, config=cfg)
 
 
@@ -135,7 +140,7 @@ def time_bwd(shape, kw, channel_last=True, reps=True):
 
 def end_to_end(shape, kw, channel_last=True, label=""):
     d = inputs(shape, torch.bfloat16, channel_last, grad=True)
-    cfg = cfg_for(shape, channel_last, **kw)
+    cfg = "old" if kw == "old" else cfg_for(shape, channel_last, **kw)
     with torch.no_grad():
         t_f = bench(lambda: call(d, cfg))
     dy = torch.randn(shape[:3], device="cuda", dtype=torch.bfloat16)
@@ -154,26 +159,43 @@ def end_to_end(shape, kw, channel_last=True, label=""):
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     t_fb = bench(fb)
     b, e, length, n = shape
-    saved = b * e * triton.cdiv(length, cfg["CKS"]) * n * 4 / 2**20
+    saved = b * e * triton.cdiv(length, 8 if cfg == "old" else cfg["CKS"]) * n * 4 / 2**20
     row = dict(label=label, shape=shape, kw=kw, fwd_ms=t_f, fwd_bwd_ms=t_fb, floor_ms=floor_ms(shape),
                x_floor=t_f / floor_ms(shape), fb_over_f=t_fb / t_f, peak_mb=peak, saved_mb=saved,
                layout="channel-last" if channel_last else "channel-first")
     RESULT["rows"].append(row)
     dump()
-    print(f"  {label:8s} {str(shape):22s} fwd {t_f:8.3f} f+b {t_fb:8.3f} floor {floor_ms(shape):6.3f} "
+    print(f"  {label:10s} {str(shape):22s} fwd {t_f:8.3f} f+b {t_fb:8.3f} floor {floor_ms(shape):6.3f} "
           f"x{t_f / floor_ms(shape):5.2f} f+b/f {t_fb / t_f:5.2f} peak {peak:8.0f} MB saved {saved:6.0f} MB",
           flush=True)
     torch.cuda.empty_cache()
     return row
 
 
-FWD = [dict(), dict(fwd_chunk=16), dict(fwd_block=2), dict(fwd_block=2, fwd_chunk=16), dict(fwd_block=8),
-       dict(fwd_block=8, fwd_chunk=16), dict(fwd_block=8, fwd_target=8192), dict(fwd_target=8192),
-       dict(fwd_block=16, fwd_warps=2), dict(fwd_kernel="tile", fwd_block=8, fwd_chunk=4),
-       dict(fwd_kernel="tile", fwd_block=32, fwd_chunk=1, fwd_warps=1)]
-BWD = [dict(), dict(bwd_target=1), dict(bwd_block=2), dict(bwd_block=2, bwd_target=1), dict(bwd_block=8, bwd_warps=2),
-       dict(ck=16), dict(ck_save=64), dict(ck_save=256), dict(bwd_maxnreg=168),
-       dict(bwd_block=16, bwd_warps=2, ck_save=8)]
+FWD = [dict(), dict(fwd_chunk=16), dict(fwd_block=2), dict(fwd_block=2, fwd_chunk=16), dict(fwd_block=8, fwd_chunk=16),
+       dict(fwd_target=8192), dict(fwd_chunk=16, fwd_target=8192), dict(fwd_block=8, fwd_chunk=16, fwd_target=8192),
+       dict(fwd_block=2, fwd_chunk=16, fwd_target=8192)]
+BWD = [dict(), dict(bwd_block=16, bwd_warps=2), dict(bwd_block=8, bwd_warps=2), dict(bwd_block=16, bwd_warps=4),
+       dict(bwd_block=32, bwd_warps=4), dict(bwd_block=16, bwd_warps=2, bwd_target=1),
+       dict(bwd_block=16, bwd_warps=2, ck_save=64), dict(bwd_block=8, bwd_warps=2, bwd_target=1),
+       dict(bwd_block=16, bwd_warps=2, ck=16)]
+
+
+def load_old():
+    """The kernels as they were before this work (./.scan_old, a copy of the earlier mamba1_scan.py and
+    activations.py), for before/after rows in one run; None when absent."""
+    import importlib
+    import importlib.util
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".scan_old")
+    if not os.path.isdir(root):
+        return None
+    spec = importlib.util.spec_from_file_location("scan_old", os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules["scan_old"] = pkg
+    spec.loader.exec_module(pkg)
+    return importlib.import_module("scan_old.mamba1_scan")
 
 
 def _warm(job):
@@ -222,6 +244,8 @@ def best(kind):
 
 
 def main():
+    global OLD
+    OLD = load_old()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
     RESULT["device"] = torch.cuda.get_device_name()
     import multiprocessing as mp
@@ -254,26 +278,20 @@ def main():
                 end_to_end(shape, kw, label=label)
             except Exception as exc:  # noqa: BLE001
                 RESULT["errors"].append(f"e2e {label} {shape}: {exc!r}")
-    try:
-        end_to_end(STAGES[0], dict(fwd_block=32, fwd_chunk=1, fwd_warps=1, bwd_block=16, bwd_warps=2, ck_save=8),
-                   label="before")
-    except Exception as exc:  # noqa: BLE001
-        RESULT["errors"].append(f"e2e before: {exc!r}")
-    for shape in ANCHORS:
-        try:
-            end_to_end(shape, {}, channel_last=False, label="N16")
-        except Exception as exc:  # noqa: BLE001
-            RESULT["errors"].append(f"e2e anchor {shape}: {exc!r}")
-    print("N = 16 anchors, forward with the step kernel (channel-first):", flush=True)
-    for shape in ANCHORS:
-        for kw in (dict(fwd_kernel="step", fwd_block=8), dict(fwd_kernel="step", fwd_block=16),
-                   dict(fwd_kernel="step", fwd_block=32)):
+    if OLD is not None:
+        for shape in STAGES:
             try:
-                ms = time_fwd(shape, kw, channel_last=False)
-                RESULT["anchor_step"] = RESULT.get("anchor_step", []) + [dict(shape=shape, kw=kw, fwd_ms=ms)]
-                print(f"  {str(shape):22s} {json.dumps(kw):50s} fwd {ms:.3f}", flush=True)
+                end_to_end(shape, "old", label="before")
             except Exception as exc:  # noqa: BLE001
-                RESULT["errors"].append(f"anchor step {shape} {kw}: {exc!r}")
+                RESULT["errors"].append(f"e2e before {shape}: {exc!r}")
+    for shape in ANCHORS:
+        for label, kw in (("N16 now", {}), ("N16 before", "old")):
+            if kw == "old" and OLD is None:
+                continue
+            try:
+                end_to_end(shape, kw, channel_last=False, label=label)
+            except Exception as exc:  # noqa: BLE001
+                RESULT["errors"].append(f"e2e anchor {label} {shape}: {exc!r}")
     dump()
     print("\n| label | shape | fwd ms | f+b ms | floor | fwd/floor | f+b/fwd | peak MB | saved MB |")
     for r in RESULT["rows"]:

@@ -275,9 +275,10 @@ def _ss_fwd_step_kernel(
     [T, BE] tiles and parked in a small per-program scratch (L1), then each step reads its [BE] rows back
     (broadcast over the lanes that hold other states) and its B, C rows [NP] straight from memory, and does one
     exponential, two FMAs and a multiply per (state, channel); the readout over N is an in-thread sum plus a
-    short reduction across the lanes that share a channel. The step outputs go to the scratch too, and the chunk's
-    y gets the D skip and the SiLU(z) gate on a [T, BE] tile before one coalesced store. The tiles of chunk c + 1
-    are requested before chunk c is computed.
+    short reduction across the lanes that share a channel. The step outputs are collected in registers (no store
+    inside the steps, so that every step's loads can be issued ahead of the arithmetic), and the chunk's y gets
+    the D skip and the SiLU(z) gate on a [T, BE] tile before one coalesced store. The tiles of chunk c + 1 are
+    requested before chunk c is computed.
     """
     # The strides s_an and s_ckn (n-stride of the state tensors, 1) are not specialised: the loads and stores of A and
     # of the states then impose no layout, and the state tile takes the B/C row loads' one (8 contiguous states
@@ -309,8 +310,9 @@ def _ss_fwd_step_kernel(
         h = tl.zeros([NP, BE], tl.float32)
     dt_sum = tl.zeros([BE], tl.float32)
     tt = tl.arange(0, T)
-    # scratch per program: Δ, Δu, y rows of the chunk, (3, T, BE) float32
-    scr = scr_ptr + (pid_r * NSEG + pid_s) * (3 * T * BE)
+    # scratch per program: Δ and Δu rows of the chunk, (2, T, BE) float32
+    scr = scr_ptr + (pid_r * NSEG + pid_s) * (2 * T * BE)
+    ty = tt[:, None]
     scr_te = scr + tt[:, None] * BE + eo[None, :]  # [T, BE]
     t_begin = pid_s * SEG
     t_lim = tl.minimum(L, t_begin + SEG)
@@ -358,6 +360,7 @@ def _ss_fwd_step_kernel(
         tl.store(scr_te, dtv)
         tl.store(scr_te + T * BE, dtv * u)
         tl.debug_barrier()
+        y = tl.zeros([T, BE], tl.float32)
         for s in tl.static_range(T):
             ts = tl.minimum(t0 + s, L - 1)
             dts = tl.load(scr + s * BE + eo)
@@ -372,10 +375,8 @@ def _ss_fwd_step_kernel(
                     Cs = tl.load(C_row + ts * s_Cl).to(tl.float32)
                 else:
                     Cs = tl.load(C_row + ts * s_Cl, mask=bc_mask, other=0.0).to(tl.float32)
-                tl.store(scr + (2 * T + s) * BE + eo, tl.sum(h * Cs, axis=0))
+                y = tl.where(ty == s, tl.sum(h * Cs, axis=0)[None, :], y)
         if not LOCAL:
-            tl.debug_barrier()
-            y = tl.load(scr_te + 2 * T * BE)
             if HAS_D:
                 y += Dv[None, :] * u
             if HAS_Z:
@@ -862,7 +863,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *y.stride())
     if cfg["fwd_kernel"] == "step":
         kernel = _ss_fwd_step_kernel
-        scratch = (torch.empty(grid[0] * nseg * 3 * T * BE, device=dev, dtype=torch.float32),)
+        scratch = (torch.empty(grid[0] * nseg * 2 * T * BE, device=dev, dtype=torch.float32),)
         strides += (1,)  # the n-stride of the state tensors (see the kernel)
     else:
         kernel, scratch = _ss_fwd_kernel, ()

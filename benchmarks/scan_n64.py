@@ -172,13 +172,11 @@ def end_to_end(shape, kw, channel_last=True, label=""):
     return row
 
 
-FWD = [dict(), dict(fwd_chunk=16), dict(fwd_block=2), dict(fwd_block=2, fwd_chunk=16), dict(fwd_block=8, fwd_chunk=16),
-       dict(fwd_target=8192), dict(fwd_chunk=16, fwd_target=8192), dict(fwd_block=8, fwd_chunk=16, fwd_target=8192),
-       dict(fwd_block=2, fwd_chunk=16, fwd_target=8192)]
-BWD = [dict(), dict(bwd_block=16, bwd_warps=2), dict(bwd_block=8, bwd_warps=2), dict(bwd_block=16, bwd_warps=4),
-       dict(bwd_block=32, bwd_warps=4), dict(bwd_block=16, bwd_warps=2, bwd_target=1),
-       dict(bwd_block=16, bwd_warps=2, ck_save=64), dict(bwd_block=8, bwd_warps=2, bwd_target=1),
-       dict(bwd_block=16, bwd_warps=2, ck=16)]
+FWD = [dict(), dict(fwd_chunk=16), dict(fwd_block=4), dict(fwd_block=4, fwd_chunk=16),
+       dict(fwd_block=2, fwd_chunk=16), dict(fwd_block=4, fwd_chunk=16, fwd_target=1),
+       dict(fwd_block=2, fwd_chunk=16, fwd_target=1), dict(fwd_chunk=16, fwd_target=1), dict(fwd_block=16)]
+BWD = [dict(), dict(bwd_target=1), dict(bwd_block=8, bwd_warps=2), dict(bwd_block=16, bwd_warps=4),
+       dict(bwd_block=32, bwd_warps=4), dict(ck_save=64), dict(ck=16)]
 
 
 def load_old():

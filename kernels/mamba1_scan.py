@@ -806,7 +806,7 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
         be = min(fwd_block or 32, eg2)
         T = fwd_chunk or 4
     else:
-        be = min(fwd_block or 4, eg2)
+        be = min(fwd_block or 8, eg2)
         T = fwd_chunk or 8
     if ck_save % T:
         raise ValueError(f"fwd_chunk: expected a divisor of ck_save = {ck_save}, got {T}")
@@ -816,11 +816,11 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
         if np2 <= 16:
             fwd_target = 1 if channel_first and rows * nw >= 384 else _TARGET_WARPS
         else:
-            fwd_target = 1 if rows * nw >= 256 else _TARGET_WARPS
+            fwd_target = _TARGET_WARPS
     seg, nseg = _segments(rows, nw, length, ck_save, fwd_target)
     cfg = dict(CK=ck, CKS=ck_save, fwd_kernel=fwd_kernel, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg,
                fwd_nseg=nseg)
-    be = min(bwd_block or (16 if np2 <= 16 else 4), eg2)
+    be = min(bwd_block or 16, eg2)
     nw = bwd_warps or max(1, be * np2 // 512)
     rows = batch * groups * triton.cdiv(eg, be)
     target = bwd_target or (1 if rows * nw >= 768 else _TARGET_WARPS // 2)

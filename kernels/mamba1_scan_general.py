@@ -404,12 +404,12 @@ def _bc_view(M: torch.Tensor, complex_a: bool):
     elements (a float32 buffer of the real tensor's shape has the same strides)."""
     if M.dim() == 2:  # fixed (E, N)
         if M.is_complex():
-            R = torch.view_as_real(M)
+            R = torch.view_as_real(M.resolve_conj())
             return R, (0, 0, R.stride(0), R.stride(1), 0, R.stride(2)), False, True
         return M, (0, 0, M.stride(0), M.stride(1), 0, 0), False, False
     G = (M.unsqueeze(1) if M.dim() == 3 else M).contiguous()  # contiguous: its gradient buffer has its strides
     if G.is_complex():  # (B, G, N, L) complex -> (B, G, N, L, 2) real
-        R = torch.view_as_real(G)
+        R = torch.view_as_real(G.resolve_conj())
         return R, (R.stride(0), R.stride(1), 0, R.stride(2), R.stride(3), R.stride(4)), True, True
     if complex_a:  # mamba_ssm's (B, G, N, 2L): (real, imaginary) pairs along time
         return G, (G.stride(0), G.stride(1), 0, G.stride(2), 2 * G.stride(3), G.stride(3)), True, True
@@ -419,7 +419,7 @@ def _bc_view(M: torch.Tensor, complex_a: bool):
 def _planes(h: torch.Tensor, complex_a: bool) -> torch.Tensor:
     """(B, E, N) state (complex64 or float) -> (B, E, NC, N) contiguous float32 planes."""
     if complex_a:
-        return torch.view_as_real(h.to(torch.complex64)).movedim(-1, 2).contiguous()
+        return torch.view_as_real(h.to(torch.complex64).resolve_conj()).movedim(-1, 2).contiguous()
     return h.to(torch.float32).unsqueeze(2).contiguous()
 
 
@@ -469,7 +469,7 @@ def _general_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_st
     if length == 0:
         hT.copy_(h0 if h0 is not None else torch.zeros_like(hT))
         return y, hT, ck
-    Ar = torch.view_as_real(A) if cplx else A
+    Ar = torch.view_as_real(A.resolve_conj()) if cplx else A
     a_strides = (Ar.stride(0), Ar.stride(1), Ar.stride(2) if cplx else 0)
     Bv, sB, varB, imB = _bc_view(B, cplx)
     Cv, sC, varC, imC = _bc_view(C, cplx)
@@ -522,7 +522,7 @@ def _general_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_softplu
     dh0 = torch.zeros_like(rows) if need_dh0 else None
     dT = None if d_final is None else _planes(d_final, cplx)
     if length > 0:
-        Ar = torch.view_as_real(A) if cplx else A
+        Ar = torch.view_as_real(A.resolve_conj()) if cplx else A
         a_strides = (Ar.stride(0), Ar.stride(1), Ar.stride(2) if cplx else 0)
         z_, dz_ = (z, dz) if z is not None else (u, du)
         programs = batch * groups * neb

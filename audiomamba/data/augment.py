@@ -8,12 +8,14 @@ draws one per item from (seed, epoch), so a run and its resumption see the same 
 seed or epoch sees others. Validation and test items carry no seed and are never augmented.
 
 Transforms come from torchaudio and librosa where they exist (noise at an SNR, gain, FFT convolution, band-reject
-biquad, phase-vocoder pitch shift); resampling goes through libsoxr (librosa's ``soxr_hq``), which handles any
-ratio in well under a millisecond per clip, where torchaudio's polyphase resampler builds a long kernel for
-ratios such as 1.1 (tens of milliseconds) and its ``pitch_shift`` seconds per clip at 8 kHz.
+biquad, phase vocoder); resampling goes through libsoxr (librosa's ``soxr_hq``), which handles any ratio in well
+under a millisecond per clip, where torchaudio's polyphase resampler builds a long kernel for ratios such as 1.1
+(tens of milliseconds) and so makes its ``pitch_shift`` take seconds per clip at 8 kHz.
 """
 
 from __future__ import annotations
+
+import math
 
 import librosa
 import numpy as np
@@ -48,14 +50,21 @@ def change_speed(wave: torch.Tensor, sample_rate: int, factor: float) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
 
 
-def shift_pitch(wave: torch.Tensor, sample_rate: int, semitones: float) -> torch.Tensor:
-    """Pitch shift by ``semitones`` at constant duration (phase-vocoder time stretch + resampling): (T,) -> (T,)."""
+def shift_pitch(wave: torch.Tensor, sample_rate: int, semitones: float, n_fft: int = 256) -> torch.Tensor:
+    """Pitch shift by ``semitones`` at constant duration: (T,) -> (T,). As ``torchaudio.functional.pitch_shift``:
+    a phase-vocoder time stretch by 2^(semitones/12) (torchaudio's ``phase_vocoder`` on an STFT of ``n_fft``
+    points, hop n_fft / 4), then resampling back to T samples, here with libsoxr."""
     if semitones == 0.0:
         return wave
-    n_fft = 512 if wave.shape[-1] >= 512 else 1 << max(int(wave.shape[-1]).bit_length() - 1, 4)
-    y = librosa.effects.pitch_shift(wave.numpy(), sr=sample_rate, n_steps=semitones, n_fft=n_fft,
-                                    res_type="soxr_hq")
-    return torch.from_numpy(np.ascontiguousarray(y[: wave.shape[-1]], dtype=np.float32))
+    T, hop = wave.shape[-1], n_fft // 4
+    rate = 2.0 ** (-semitones / 12.0)  # < 1 (raising the pitch): stretched longer, then resampled shorter
+    window = torch.hann_window(n_fft, dtype=wave.dtype)
+    spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True)  # (n_fft / 2 + 1, frames)
+    phase_advance = torch.linspace(0, math.pi * hop, n_fft // 2 + 1, dtype=wave.dtype)[:, None]
+    stretched = torch.istft(AF.phase_vocoder(spec, rate, phase_advance), n_fft, hop, window=window,
+                            length=int(round(T / rate)))  # (T / rate,)
+    y = librosa.resample(stretched.numpy(), orig_sr=sample_rate / rate, target_sr=sample_rate, res_type="soxr_hq")
+    return fit_length(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), T)[:T]
 
 
 def room_impulse_response(sample_rate: int, rt60: float, drr_db: float, rng: np.random.Generator) -> torch.Tensor:
@@ -71,17 +80,18 @@ def room_impulse_response(sample_rate: int, rt60: float, drr_db: float, rng: np.
 
 def reverberate(wave: torch.Tensor, impulse_response: torch.Tensor) -> torch.Tensor:
     """(T,) convolved with a room impulse response (n,), cut to T samples, rescaled to the input's RMS."""
-    y = AF.fftconvolve(wave, impulse_response)[: wave.shape[-1]]  # (T,)
+    T, n = wave.shape[-1], impulse_response.shape[-1]
+    # trailing zeros leave the convolution unchanged and make the FFT length a power of two (fast)
+    padded = torch.nn.functional.pad(impulse_response, (0, (1 << (T + n - 2).bit_length()) - (T + n - 1)))
+    y = AF.fftconvolve(wave, padded)[:T]  # (T,)
     rms_in, rms_out = wave.pow(2).mean().sqrt(), y.pow(2).mean().sqrt()
     return y * (rms_in / rms_out) if rms_out > 1e-12 else y
 
 
 def band_stop(wave: torch.Tensor, sample_rate: int, center_hz: float, width_hz: float) -> torch.Tensor:
     """Frequency masking: a band-reject biquad centred on ``center_hz`` with a -3 dB width of ``width_hz``
-    (Q = centre / width), run twice for a deeper notch: (T,) -> (T,)."""
-    q = center_hz / width_hz
-    y = AF.bandreject_biquad(wave[None], sample_rate, center_hz, q)
-    return AF.bandreject_biquad(y, sample_rate, center_hz, q)[0]
+    (Q = centre / width): (T,) -> (T,)."""
+    return AF.bandreject_biquad(wave[None], sample_rate, center_hz, center_hz / width_hz)[0]
 
 
 def time_mask(wave: torch.Tensor, start: int, width: int) -> torch.Tensor:

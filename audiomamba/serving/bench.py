@@ -203,6 +203,18 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"the server did not answer {url}/healthz within {timeout:g} s")
 
 
+def _wait_idle(url: str, timeout: float) -> None:
+    """Wait (at most ``timeout`` s) until the server holds no streams."""
+    import urllib.request
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+            if json.loads(r.read())["streams"] == 0:
+                return
+        time.sleep(0.5)
+
+
 def _metrics(url: str) -> dict:
     """Mean tick time and batch size from the server's /metrics."""
     import urllib.request
@@ -251,6 +263,7 @@ def bench_end_to_end(model_dir: str, model, contract, streams: list[int], second
             else:
                 with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
                     outs = pool.map(_client_process, jobs)
+            _wait_idle(url, timeout=300)  # an overloaded server may still be pushing the backlog of this run
             latencies = [x * 1e3 for out in outs for x in out[0]]
             missing = sum(out[1] for out in outs)
             after = _metrics(url)

@@ -236,7 +236,8 @@ def bench_end_to_end(model_dir: str, model, contract, streams: list[int], second
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "audiomamba.cli", "serve", model_dir, "--port", str(port), "--max-streams",
-           str(max(streams)), "--max-wait-ms", str(max_wait_ms), "--chunk-ms", str(chunk_ms), "--device", device]
+           str(max(streams)), "--max-wait-ms", str(max_wait_ms), "--chunk-ms", str(chunk_ms), "--device", device,
+           "--keep-s", "5"]
     if threads:
         cmd += ["--threads", str(threads)]
     if compile:

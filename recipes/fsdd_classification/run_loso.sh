@@ -15,6 +15,8 @@
 #   BUDGET=...      seconds per run (overrides the one computed from LIMIT)
 #   RUNS=...        where the runs go; folds that already hold a result are skipped (--reuse), so that several
 #                   calls with a subset each (e.g. MODELS=causal BUDGET=1200) can build a longer comparison
+#   OVERRIDES="..." config overrides for every run, e.g. one augmentation's effect on the LOSO score:
+#                   AUGS=aug OVERRIDES="data.augment.pitch.p=0" RUNS=outputs/loso_no_pitch bash ...
 #   SMOKE=1         a CPU check of the whole script: tiny models, a few steps, two folds
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,7 +33,8 @@ SMOKE=${SMOKE:-0}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 
-EXTRA=(data.num_workers=1)
+read -r -a USER_OVERRIDES <<< "${OVERRIDES:-}"
+EXTRA=(data.num_workers=2)
 if [ "$SMOKE" = 1 ]; then
   PY=${PY:-.venv/bin/python}
   FOLDS=${SMOKE_FOLDS:-theo conventional}
@@ -60,6 +63,7 @@ y.float().mean().backward(); torch.cuda.synchronize(); print('[loso] triton kern
     export AUDIOMAMBA_BACKEND=reference
   fi
 fi
+EXTRA+=("${USER_OVERRIDES[@]}")
 [ -d "$FSDD" ] || { echo "[loso] no FSDD folder at $FSDD (set FSDD=...)"; exit 1; }
 
 JOBS=()

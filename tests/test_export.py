@@ -267,9 +267,11 @@ def test_unsupported_models_are_clear_errors(tmp_path):
 
 
 def test_cli_export(tmp_path, capsys):
+    """The command line exports a saved model (S4D and Mamba-1 stages: torch.export takes S4D) and reports a
+    bidirectional classifier in one line."""
     from audiomamba.cli import main
 
-    model = tiny_model("sc09_small")
+    model = tiny_model("sc09_mixed")
     model.save(tmp_path / "lm")
     out = tmp_path / "lm_pt2"
     assert main(["export", str(tmp_path / "lm"), "--format", "torch-export", "--chunk", "8", str(out)]) == 0

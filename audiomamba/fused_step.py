@@ -13,6 +13,7 @@ same launch, what belongs to the model and to sampling (``_fused_stage_kernel``)
 
 A step at depth 0 (most steps) is then one launch. Stages whose blocks are split over many programs
 (``block_step_split``) take their pool shifts from ``_pool_shift_kernel``, one more launch issued after the stage.
+``FusedLaunch`` holds the launch settings: which stages are split, and each kernel's tiles, rows and warps.
 Values that the unfused modules round to the activations' dtype (the embedding sum, the norm and head outputs)
 are rounded here too, so the logits equal the step of the unfused model.
 """
@@ -27,8 +28,8 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from .kernels.block_step import TILE, mamba1_stage_rows, stack_block_weights, stage_step_args
-from .kernels.block_step_split import split_workspace, uses_split
+from .kernels.block_step import DEFAULT_LAUNCH, StageLaunch, mamba1_stage_rows, stack_block_weights, stage_step_args
+from .kernels.block_step_split import DEFAULT_SPLIT_LAUNCH, SplitLaunch, split_workspace
 from .layers.mamba1 import norm_kind
 
 
@@ -152,7 +153,6 @@ def _fused_stage_kernel(
     BD_IN: tl.constexpr, BD_OUT: tl.constexpr, BN: tl.constexpr,
     RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr, UP: tl.constexpr, RESIDUAL: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)  # (BB,) batch rows of this program
     m_b = rows < n_rows
@@ -189,8 +189,7 @@ def _fused_stage_kernel(
                       in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
                       out_w_ptr, out_b_ptr, eps, n_rows, n_blocks, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
                       s_hi, s_hb, s_he, s_hn, D, E, R, N, W, BLOCK_D, BLOCK_E, BLOCK_R, BLOCK_W, BB, BD_IN, BD_OUT,
-                      BN, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_D, HAS_OUT_B, UP, RESIDUAL,
-                      PREFETCH)
+                      BN, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_D, HAS_OUT_B, UP, RESIDUAL)
 
     if HEAD:
         _head_sample(out_ptr, fn_w_ptr, fn_b_ptr, head_w_ptr, head_b_ptr, noise_ptr, pos_ptr, tok_ptr, otok_ptr,
@@ -211,10 +210,29 @@ def _pool_shift_kernel(x_ptr, dbuf_ptr, ubuf_ptr, s_xb, s_xd, s_db, s_dp, s_dd, 
                  DOWN_PUSH, UP_ROTATE)
 
 
+@dataclass(frozen=True)
+class FusedLaunch:
+    """Launch settings of generation's fused step.
+
+    Attributes:
+        stage: settings of the stages that run in one program per row: stage 0 (it carries the embedding and the
+            head) and the stages narrower than ``split_from``.
+        split: settings of the split stages.
+        split_from: the stages below the first of at least this width are split, each block spread over slices of
+            its inner width: from D = 128 on, one SM streaming a stage's weights alone was the bound; D = 64 stays
+            one program per row.
+    """
+
+    stage: StageLaunch = DEFAULT_LAUNCH
+    split: SplitLaunch = DEFAULT_SPLIT_LAUNCH
+    split_from: int = 128
+
+
 @dataclass
 class FusedStage:
     """One stage of the fused step: stacked block weights, the blocks' states as stacked (blocks, B, ·, ·) buffers,
-    the blocks' norm, and the split kernel's workspace (wide stages below the first) or None."""
+    the blocks' norm, the split kernel's workspace (split stages) or None, and the launch settings of the stage's
+    kernel (a ``SplitLaunch`` for a split stage)."""
 
     weights: Any
     conv: torch.Tensor
@@ -222,6 +240,7 @@ class FusedStage:
     norm: str
     eps: float
     split: dict | None
+    launch: StageLaunch | SplitLaunch
 
 
 @dataclass
@@ -238,10 +257,12 @@ class HeadBuffers:
     ll: torch.Tensor | None
 
 
-def fused_stages(model, state, batch_size: int) -> list[FusedStage] | None:
-    """The stages of ``model`` for the fused step, or None where it does not apply (a block without a fused step, a
-    stage without blocks, a final norm other than LayerNorm / RMSNorm). The blocks' states in ``state`` are replaced
-    by views of the stacked (blocks, B, ·, ·) buffers."""
+def fused_stages(model, state, batch_size: int, launch: FusedLaunch | None = None) -> list[FusedStage] | None:
+    """The stages of ``model`` for the fused step with the settings ``launch`` (None: ``FusedLaunch()``), or None
+    where it does not apply (a block without a fused step, a stage without blocks, a final norm other than
+    LayerNorm / RMSNorm). The blocks' states in ``state`` are replaced by views of the stacked (blocks, B, ·, ·)
+    buffers."""
+    launch = FusedLaunch() if launch is None else launch
     bb = model.backbone
     if not isinstance(bb.norm, (nn.LayerNorm, nn.RMSNorm)):
         return None
@@ -255,19 +276,21 @@ def fused_stages(model, state, batch_size: int) -> list[FusedStage] | None:
         state.blocks[s] = [type(bs)(conv=conv[i], ssm=ssm[i]) for i, bs in enumerate(block_states)]
         norm, eps = norm_kind(blocks[0].norm, conv.dtype)
         m = blocks[0].mixer
-        split = None
-        if s > 0 and uses_split(m.d_model):  # (stage 0 carries the embedding and the head: one program per row)
+        split, stage_launch = None, launch.stage
+        if s > 0 and m.d_model >= launch.split_from:  # (stage 0 carries the embedding and the head)
+            stage_launch = launch.split
             split = split_workspace(batch_size, m.d_model, m.d_inner, m.d_state, m.dt_rank, m.d_conv, conv.device,
-                                    conv.dtype)
+                                    conv.dtype, stage_launch)
         weights = stack_block_weights([b.mixer.step_weights(b.norm) for b in blocks])
-        stages.append(FusedStage(weights, conv, ssm, norm, eps, split))
+        stages.append(FusedStage(weights, conv, ssm, norm, eps, split, stage_launch))
     return stages
 
 
 def fused_stage_step(model, stage: FusedStage, x: torch.Tensor, *, up=None, down_buffer=None, up_buffer=None,
                      tokens=None, embed: bool = False, head: HeadBuffers | None = None) -> torch.Tensor:
-    """One step of a (not split) stage in one launch: the blocks with the stage residual, and the model's parts
-    named by the arguments (module docstring); states, pool buffers, tokens and head buffers updated in place.
+    """One step of a (not split) stage in one launch with the stage's launch settings: the blocks with the stage
+    residual, and the model's parts named by the arguments (module docstring); states, pool buffers, tokens and head
+    buffers updated in place.
 
     Args:
         model: the AudioLM (its embedding table, final norm and head).
@@ -285,7 +308,7 @@ def fused_stage_step(model, stage: FusedStage, x: torch.Tensor, *, up=None, down
     if (embed or head is not None) and tokens is None:
         raise ValueError("fused_stage_step: embed and head need the tokens")
     out, args, meta = stage_step_args(x, stage.conv, stage.ssm, stage.weights, stage.norm, stage.eps, up=up,
-                                      residual=True)
+                                      residual=True, launch=stage.launch)
     batch = out.shape[0]
     if batch == 0:
         return out
@@ -307,7 +330,7 @@ def fused_stage_step(model, stage: FusedStage, x: torch.Tensor, *, up=None, down
            *(up_buffer.stride() if up_buffer is not None else (0, 0, 0)))
     own_meta = dict(
         K=n_codebooks, V=vocab, P=n_pool, BLOCK_K=_p2(n_codebooks), BLOCK_P=_p2(n_pool),
-        BV=min(_p2(vocab), max(1, TILE // (meta["BB"] * meta["BLOCK_D"]))), EMBED=embed,
+        BV=min(_p2(vocab), max(1, stage.launch.tile // (meta["BB"] * meta["BLOCK_D"]))), EMBED=embed,
         DOWN_PUSH=down_buffer is not None, UP_ROTATE=up_buffer is not None, HEAD=head is not None,
         HEAD_RMS=head_kind == "rmsnorm", HEAD_NORM_W=fnorm.weight is not None, HEAD_NORM_B=fnorm_b is not None,
         HEAD_B=hlin.bias is not None, SAMPLE=hb.noise is not None, RECORD_LOGITS=hb.out_logits is not None,
@@ -331,4 +354,4 @@ def shift_pools_(x: torch.Tensor, down_buffer: torch.Tensor, up_buffer: torch.Te
     )
 
 
-__all__ = ["FusedStage", "HeadBuffers", "fused_stage_step", "fused_stages", "shift_pools_"]
+__all__ = ["FusedLaunch", "FusedStage", "HeadBuffers", "fused_stage_step", "fused_stages", "shift_pools_"]

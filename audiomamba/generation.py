@@ -18,11 +18,12 @@ as one launch (``audiomamba.fused_step``; weights stacked once per call through 
 block states as views of stacked buffers). A step at depth 0 (most steps) is then that one launch for stage 0: the
 embedding, down-pool shift and up-pool rotation before the kernels' stage blocks, the final norm, head, Gumbel-max
 draw (the sampler's scores, :mod:`audiomamba.sampling`) and the output writes after them, with a per-row position
-counter. Stages below the first of width >= 128 (``block_step_split.uses_split``) instead take two launches per
+counter. Stages below the first of width >= 128 (``FusedLaunch.split_from``) instead take two launches per
 block, each block spread over slices of its inner width (one SM alone streaming their weights was the bound), and
 one launch for their pool shifts. Deeper steps run the completed down-pool frames (the embedding, one cat, one
 linear) and the up-pool unfolds (one linear into the buffer) as ATen ops between the stage launches. The pooling
-phase counters are not kept on this path (no step reads them).
+phase counters are not kept on this path (no step reads them). The kernels' launch settings come from the
+``launch`` argument of :func:`generate` (an ``audiomamba.fused_step.FusedLaunch``; None: its defaults).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class _Stepper:
     """Preallocated buffers and the step programs of one generation run (see the module docstring)."""
 
     def __init__(self, model, state, token, rows: int, sampler: Sampler, generator, record_logits, record_ll,
-                 period: list[int] | None):
+                 period: list[int] | None, launch=None):
         cfg = model.config
         B, K, V = token.shape[0], cfg.n_codebooks, cfg.vocab_size
         device = token.device
@@ -111,7 +112,7 @@ class _Stepper:
         if not sampler.truncates and get_backend(token) == "triton":
             from .fused_step import HeadBuffers, fused_stages
 
-            self.fused = fused_stages(model, state, B)
+            self.fused = fused_stages(model, state, B, launch)
             if self.fused is not None:
                 self.head = HeadBuffers(sampler.temperature, self.noise, self.row_pos, self.out_tokens,
                                         self.out_logits, self.ll)
@@ -168,7 +169,7 @@ class _Stepper:
             if push:
                 up = st.up[s].buffer[:, 0]  # the row that the rotation (after the stage) moves to P-1
             return mamba1_stage_step_split_triton(x, stage.conv, stage.ssm, stage.weights, stage.norm, stage.eps,
-                                                  up=up, residual=True, workspace=stage.split)
+                                                  up=up, residual=True, workspace=stage.split, launch=stage.launch)
         kw: dict[str, Any] = {}
         if push:  # this stage's pools do not complete a frame: shift the down window, rotate the up buffer
             kw.update(down_buffer=st.down[s].buffer, up_buffer=st.up[s].buffer, up=st.up[s].buffer[:, -1])
@@ -291,7 +292,7 @@ def generate(
     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
     progress: bool = True, return_logits: bool = False, return_log_likelihood: bool = False,
     likelihood_filter: tuple[float, float] | None = None, cuda_graphs: bool | None = None,
-    prompt_chunk: int = 8192,
+    prompt_chunk: int = 8192, launch=None,
 ) -> torch.Tensor | GenerationOutput:
     """Sample ``num_steps`` tokens from an AudioLM.
 
@@ -309,6 +310,8 @@ def generate(
         likelihood_filter: (drop_low, drop_high) fractions: keep only rows between the least and most likely.
         cuda_graphs: capture the steps as CUDA graphs (default: on for CUDA models).
         prompt_chunk: prompt tokens per chunked forward (bounds memory).
+        launch: launch settings of the fused step's kernels (``audiomamba.fused_step.FusedLaunch``; None: its
+            defaults); used on the Triton backend only.
 
     Returns:
         tokens (B, T) (one codebook) or (B, T, K) int64, or a :class:`GenerationOutput` when any of ``return_logits``,
@@ -362,7 +365,8 @@ def generate(
         generator = torch.Generator(device=device)
         generator.manual_seed(int(torch.randint(0, 2**62, ()).item()) if seed is None else seed)
         record_ll = return_log_likelihood or likelihood_filter is not None
-        stepper = _Stepper(model, state, token, rows, sampler, generator, return_logits, record_ll, period)
+        stepper = _Stepper(model, state, token, rows, sampler, generator, return_logits, record_ll, period,
+                           launch)
         stepper.refill_noise()
         if use_graphs:
             depths = sorted({backbone.step_depth(t) for t in range(t0, t0 + min(num_steps, period_len))})

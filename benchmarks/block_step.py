@@ -3,12 +3,12 @@ only).
 
 For each stage of ``sc09_small`` (D = 64, 128, 256; E = 2D; N = 64; W = 4; 8 blocks) and batch 1 and 64: one CUDA
 graph of one stage launch (8 blocks, up-pool add and stage residual), replayed; µs per block for a few launch
-configurations (``block_step.CONFIG_OVERRIDES``: prefetch depth, rows per program, tile, warps). Then
-``bench_generate`` (float32, and bfloat16 at fewer steps) and a summary table. ``--quick``: only the default
-configuration per stage. ``--split``: the wide stages' split step (``block_step_split``) against the one-program
-kernel over a launch sweep, and generation with and without it. ``--mini``: only generation at batch 1 and 64
-(float32), the step graphs' times and a correctness check of the fused generation path. ``--warm``: only compile
-every kernel the benchmark launches, in parallel processes (Triton's cache then serves the timed run).
+settings (``StageLaunch``: rows per program, tile, warps). Then ``bench_generate`` (float32, and bfloat16 at fewer
+steps) and a summary table. ``--quick``: only the default settings per stage. ``--split``: the wide stages' split
+step (``block_step_split``) against the one-program kernel over a sweep of its launch settings (``SplitLaunch``),
+and generation with several of them (``FusedLaunch``). ``--mini``: only generation at batch 1 and 64 (float32), the
+step graphs' times and a correctness check of the fused generation path. ``--warm``: only compile every kernel the
+benchmark launches, in parallel processes (Triton's cache then serves the timed run).
 ``--json DIR``: the rows are also written as JSON to ``DIR/block_step_bench.json`` (``--split``:
 ``DIR/block_step_split_bench.json``).
 """
@@ -20,23 +20,34 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields
 
 import torch
 from audiomamba.kernels import block_step, block_step_split
+from audiomamba.kernels.block_step import DEFAULT_LAUNCH, StageLaunch
+from audiomamba.kernels.block_step_split import DEFAULT_SPLIT_LAUNCH, SplitLaunch
 from torch.profiler import ProfilerActivity, profile
 
 from audiomamba.bench import bench_generate
+from audiomamba.fused_step import FusedLaunch
 from audiomamba.generation import _Stepper
 from audiomamba.layers.mamba1 import Mamba1StepWeights
 from audiomamba.models import build_model
 from audiomamba.sampling import Sampler
 
 STAGES = [(64, 4), (128, 8), (256, 16)]  # (D, R) of sc09_small's three stages
-# (batch, overrides) per sweep point; {} is the default configuration
+# (batch, launch settings) per sweep point
 SWEEP = [
-    (1, {}), (1, {"prefetch": 0}), (1, {"prefetch": 2}), (1, {"tile": 4096}),
-    (64, {}), (64, {"rows": 1}), (64, {"rows": 4}), (64, {"tile": 4096}),
+    (1, DEFAULT_LAUNCH), (1, StageLaunch(tile=4096)),
+    (64, DEFAULT_LAUNCH), (64, StageLaunch(rows=4)), (64, StageLaunch(tile=4096)),
 ]
+
+
+def _label(launch) -> str:
+    """The settings of a launch dataclass that differ from its defaults, as JSON ("{}": the defaults)."""
+    default = type(launch)()
+    return json.dumps({f.name: getattr(launch, f.name) for f in fields(launch)
+                       if getattr(launch, f.name) != getattr(default, f.name)})
 
 
 def _stage(d_model: int, rank: int, batch: int, dtype: torch.dtype, blocks: int = 8):
@@ -88,25 +99,24 @@ def _time_graph(fn, reps: int = 300) -> float:
 
 @torch.no_grad()
 def bench_stage_step(sweep=SWEEP, dtypes=("float32", "bfloat16")) -> list[dict]:
-    """µs per block of one stage launch (8 blocks) per stage, batch, dtype and configuration (bfloat16: the
-    default configuration only)."""
+    """µs per block of one stage launch (8 blocks) per stage, batch, dtype and launch settings (bfloat16: the
+    default settings only)."""
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
-        points = sweep if dtype_name == "float32" else [p for p in sweep if not p[1]]
+        points = sweep if dtype_name == "float32" else [p for p in sweep if p[1] == DEFAULT_LAUNCH]
         for d_model, rank in STAGES:
-            for batch, overrides in points:
+            for batch, launch in points:
                 weights, conv, ssm, x, up = _stage(d_model, rank, batch, dtype)
-                block_step.CONFIG_OVERRIDES.update(overrides)
                 try:
                     args = (x, conv, ssm, weights)
-                    us = _time_graph(lambda a=args, u=up: block_step.mamba1_stage_step_triton(*a, up=u)) / 8
+                    us = _time_graph(lambda a=args, u=up, lc=launch: block_step.mamba1_stage_step_triton(
+                        *a, up=u, launch=lc)) / 8
                 except Exception as err:  # report it and keep going
-                    print(f"  {dtype_name} D={d_model} B={batch} {overrides}: {type(err).__name__}: {str(err)[:300]}")
+                    print(f"  {dtype_name} D={d_model} B={batch} {_label(launch)}: {type(err).__name__}: "
+                          f"{str(err)[:300]}")
                     us = float("nan")
-                finally:
-                    block_step.CONFIG_OVERRIDES.clear()
-                rows.append({"dtype": dtype_name, "D": d_model, "B": batch, "config": json.dumps(overrides),
+                rows.append({"dtype": dtype_name, "D": d_model, "B": batch, "config": _label(launch),
                              "us_per_block": us})
     print(f"{'dtype':>9} {'D':>4} {'B':>3} {'config':>24} {'us/block':>9}")
     for r in rows:
@@ -124,25 +134,20 @@ def _warm(job: tuple) -> str:
 
 
 def _run_once(job: tuple) -> None:
-    block_step.CONFIG_OVERRIDES.clear()  # a worker runs several jobs
-    block_step_split.CONFIG_OVERRIDES.clear()
+    """("stage", D, R, batch, dtype, StageLaunch), ("split", D, R, batch, SplitLaunch) or ("gen", dtype, batch,
+    FusedLaunch or None)."""
     if job[0] == "stage":
-        _, d_model, rank, batch, dtype_name, overrides = job
+        _, d_model, rank, batch, dtype_name, launch = job
         weights, conv, ssm, x, up = _stage(d_model, rank, batch, getattr(torch, dtype_name))
-        block_step.CONFIG_OVERRIDES.update(overrides)
-        block_step.mamba1_stage_step_triton(x, conv, ssm, weights, up=up)
+        block_step.mamba1_stage_step_triton(x, conv, ssm, weights, up=up, launch=launch)
     elif job[0] == "split":
-        _, d_model, rank, batch, overrides = job
+        _, d_model, rank, batch, launch = job
         weights, conv, ssm, x, up = _stage(d_model, rank, batch, torch.float32)
-        block_step_split.CONFIG_OVERRIDES.update(overrides)
-        block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, up=up)
+        block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, up=up, launch=launch)
     else:
-        _, dtype_name, batch, *overrides = job  # optional: block_step_split's, block_step's overrides
-        if overrides:
-            block_step_split.CONFIG_OVERRIDES.update(overrides[0])
-            block_step.CONFIG_OVERRIDES.update(overrides[1])
+        _, dtype_name, batch, launch = job
         model = build_model("sc09_small").cuda().to(getattr(torch, dtype_name)).eval()
-        model.generate(batch, 64, seed=0, progress=False)
+        model.generate(batch, 64, seed=0, progress=False, launch=launch)
     torch.cuda.synchronize()
 
 
@@ -155,16 +160,17 @@ def _pool(jobs: list, workers: int = 8) -> None:
 
 def warm(sweep=SWEEP, dtypes=("float32", "bfloat16"), workers: int = 8) -> None:
     """Compile every kernel of the benchmark in ``workers`` parallel processes (Triton's on-disk cache)."""
-    jobs = [("gen", d, b) for d in dtypes for b in (1, 64)]
+    jobs = [("gen", d, b, None) for d in dtypes for b in (1, 64)]
     for dtype_name in dtypes:
         for d_model, rank in STAGES:
-            for batch, overrides in (sweep if dtype_name == "float32" else [p for p in sweep if not p[1]]):
-                jobs.append(("stage", d_model, rank, batch, dtype_name, overrides))
+            for batch, launch in (sweep if dtype_name == "float32" else [p for p in sweep if p[1] == DEFAULT_LAUNCH]):
+                jobs.append(("stage", d_model, rank, batch, dtype_name, launch))
     _pool(jobs, workers)
 
 
-def _stepper(batch: int, dtype_name: str = "float32"):
-    """A captured generation stepper of ``sc09_small`` (untrained) with 4096 rows of noise."""
+def _stepper(batch: int, dtype_name: str = "float32", launch: FusedLaunch | None = None):
+    """A captured generation stepper of ``sc09_small`` (untrained) with 4096 rows of noise and the fused step's
+    launch settings ``launch``."""
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     model = build_model("sc09_small").cuda().to(dtype).eval()
@@ -174,17 +180,18 @@ def _stepper(batch: int, dtype_name: str = "float32"):
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
     stepper = _Stepper(model, model.init_state(batch, "cuda", dtype), token, 4096, Sampler(1.0), gen, False,
-                       False, period)  # 4096 rows of noise: the replays below stay inside them
+                       False, period, launch)  # 4096 rows of noise: the replays below stay inside them
     stepper.refill_noise()
     stepper.capture(sorted(set(period)))
     return stepper
 
 
 @torch.no_grad()
-def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -> dict:
+def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200,
+                     launch: FusedLaunch | None = None) -> dict:
     """µs per replay of generation's step graphs (one per depth, and the period of 16 steps) for ``sc09_small``:
     the depth-0 graph is stage 0's launch alone on the fused path; deeper ones add the stages that run."""
-    stepper = _stepper(batch, dtype_name)
+    stepper = _stepper(batch, dtype_name, launch)
     times = {"fused": stepper.fused is not None}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for key, graph in stepper.graphs.items():
@@ -202,10 +209,10 @@ def step_graph_times(batch: int, dtype_name: str = "float32", reps: int = 200) -
 
 
 @torch.no_grad()
-def profile_step_graphs(batch: int = 1, reps: int = 20, top: int = 8) -> dict:
+def profile_step_graphs(batch: int = 1, reps: int = 20, top: int = 8, launch: FusedLaunch | None = None) -> dict:
     """Per depth-1 and depth-2 step graph: the kernels (µs and launches per replay, from torch.profiler) and the
     span of one replay; printed, and returned as {depth: {"span_us", "kernels": [(name, us, calls)]}}."""
-    stepper = _stepper(batch)
+    stepper = _stepper(batch, launch=launch)
     out = {}
     for key in (1, 2):
         graph = stepper.graphs[key]
@@ -232,12 +239,13 @@ def profile_step_graphs(batch: int = 1, reps: int = 20, top: int = 8) -> dict:
 
 
 @torch.no_grad()
-def check_generation(batch: int = 2, steps: int = 48, dtype_name: str = "float32") -> float:
+def check_generation(batch: int = 2, steps: int = 48, dtype_name: str = "float32",
+                     launch: FusedLaunch | None = None) -> float:
     """max relative error of the logits that generation sampled from against the teacher-forced forward with the
-    reference ops (generation runs the fused path)."""
+    reference ops (generation runs the fused path with the launch settings ``launch``)."""
     torch.manual_seed(0)
     model = build_model("sc09_small").cuda().to(getattr(torch, dtype_name)).eval()
-    out = model.generate(batch, steps, seed=0, progress=False, return_logits=True)
+    out = model.generate(batch, steps, seed=0, progress=False, return_logits=True, launch=launch)
     inputs = torch.cat([torch.full((batch, 1), model.config.first_token, device="cuda"), out.tokens[:, :-1]], 1)
     previous = os.environ.get("AUDIOMAMBA_BACKEND")
     os.environ["AUDIOMAMBA_BACKEND"] = "reference"
@@ -264,29 +272,32 @@ def mini() -> None:
           + "   ".join(f"B={r['batch']}: {r['steady_samples_per_s']:,.0f}" for r in gen))
 
 
-# split stage step (``block_step_split``): (batch, launch overrides) swept per wide stage, and generation variants
-# (name: (block_step_split overrides, block_step overrides)); {} is the default for that batch
-SPLIT_SWEEP = [(1, {}), (64, {}), (64, {"rows": 1, "once": False}), (64, {"rows": 1, "once": True}),
-               (64, {"rows": 2, "once": True}), (64, {"rows": 8, "once": True}), (64, {"rows": 4, "once": False}),
-               (64, {"rows": 4, "once": True, "num_warps": 4}), (64, {"rows": 4, "once": True, "tile": 2048}),
-               (64, {"rows": 8, "once": True, "tile": 8192, "num_warps": 4})]
-GEN_VARIANTS = {"split": ({}, {}), "split, 1 row per program": ({"rows": 1, "once": False}, {}),
-                "split, 2 rows, once": ({"rows": 2, "once": True}, {})}
+# split stage step (``block_step_split``): (batch, launch settings) swept per wide stage (the defaults follow the
+# batch), and generation variants (name: the fused step's launch settings)
+SPLIT_SWEEP = [
+    (1, DEFAULT_SPLIT_LAUNCH), (64, DEFAULT_SPLIT_LAUNCH), (64, SplitLaunch(rows=1, once=False)),
+    (64, SplitLaunch(rows=1, once=True)), (64, SplitLaunch(rows=2, once=True)), (64, SplitLaunch(rows=8, once=True)),
+    (64, SplitLaunch(rows=4, once=False)), (64, SplitLaunch(rows=4, once=True, num_warps=4)),
+    (64, SplitLaunch(rows=4, once=True, tile=2048)), (64, SplitLaunch(rows=8, once=True, tile=8192, num_warps=4)),
+]
+GEN_VARIANTS = {"split": FusedLaunch(), "split, 1 row per program": FusedLaunch(split=SplitLaunch(rows=1, once=False)),
+                "split, 2 rows, once": FusedLaunch(split=SplitLaunch(rows=2, once=True))}
 
 
 def warm_split(workers: int = 12) -> None:
     """Compile every kernel of ``split_main`` in parallel processes."""
-    jobs = [("split", d, r, b, o) for d, r in STAGES[1:] for b, o in SPLIT_SWEEP]
-    gen = [("gen", "float32", b, *o) for b in (1, 64) for o in GEN_VARIANTS.values()]
-    _pool(jobs + gen + [("gen", "bfloat16", b) for b in (1, 64)], workers)
+    jobs = [("split", d, r, b, lc) for d, r in STAGES[1:] for b, lc in SPLIT_SWEEP]
+    gen = [("gen", "float32", b, lc) for b in (1, 64) for lc in GEN_VARIANTS.values()]
+    _pool(jobs + gen + [("gen", "bfloat16", b, None) for b in (1, 64)], workers)
 
 
-def _split_error(x, conv, ssm, weights, up, ws) -> float:
+def _split_error(x, conv, ssm, weights, up, ws, launch: SplitLaunch) -> float:
     """Max relative error of one split stage step (output and SSM states) against the one-program kernel, both from
     copies of the same states."""
     conv_a, ssm_a, conv_b, ssm_b = conv.clone(), ssm.clone(), conv.clone(), ssm.clone()
     want = block_step.mamba1_stage_step_triton(x, conv_a, ssm_a, weights, up=up)
-    got = block_step_split.mamba1_stage_step_split_triton(x, conv_b, ssm_b, weights, up=up, workspace=ws)
+    got = block_step_split.mamba1_stage_step_split_triton(x, conv_b, ssm_b, weights, up=up, workspace=ws,
+                                                          launch=launch)
     if ws["count"].any():
         return float("inf")  # the arrival counters must come back to zero
     return max(((g - w).abs().max() / w.abs().max()).item() for g, w in ((got, want), (ssm_b, ssm_a), (conv_b, conv_a)))
@@ -295,7 +306,7 @@ def _split_error(x, conv, ssm, weights, up, ws) -> float:
 @torch.no_grad()
 def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
     """µs per stage launch(es) (8 blocks, up-pool add, residual) of the wide stages, float32, per batch of
-    ``sweep`` ((batch, overrides) points): the one-program-per-row kernel and the split kernels; each split point
+    ``sweep`` ((batch, SplitLaunch) points): the one-program-per-row kernel and the split kernels; each split point
     first checked against the one-program kernel (max relative error of the output and the SSM states after one
     step from the same states)."""
     rows = []
@@ -305,22 +316,20 @@ def bench_split_stage(sweep=SPLIT_SWEEP) -> list[dict]:
             args = (x, conv, ssm, weights)
             us = _time_graph(lambda a=args, u=up: block_step.mamba1_stage_step_triton(*a, up=u))
             rows.append({"D": d_model, "B": batch, "kernel": "one program per row", "config": "{}", "us": us})
-            for overrides in [o for b, o in sweep if b == batch]:
-                block_step_split.CONFIG_OVERRIDES.update(overrides)
+            for launch in [lc for b, lc in sweep if b == batch]:
+                slices = block_step_split.split_config(d_model, 2 * d_model, 64, rank, 4, batch, launch)["S"]
                 err_out = float("nan")
                 try:
                     ws = block_step_split.split_workspace(batch, d_model, 2 * d_model, 64, rank, 4, "cuda",
-                                                          torch.float32)
-                    err_out = _split_error(x, conv, ssm, weights, up, ws)
-                    us = _time_graph(lambda a=args, u=up, w=ws: block_step_split.mamba1_stage_step_split_triton(
-                        *a, up=u, workspace=w))
+                                                          torch.float32, launch)
+                    err_out = _split_error(x, conv, ssm, weights, up, ws, launch)
+                    us = _time_graph(lambda a=args, u=up, w=ws, lc=launch:
+                                     block_step_split.mamba1_stage_step_split_triton(*a, up=u, workspace=w, launch=lc))
                 except Exception as err:  # report it and keep going
-                    print(f"  split D={d_model} B={batch} {overrides}: {type(err).__name__}: {str(err)[:300]}")
+                    print(f"  split D={d_model} B={batch} {_label(launch)}: {type(err).__name__}: {str(err)[:300]}")
                     us = float("nan")
-                finally:
-                    block_step_split.CONFIG_OVERRIDES.clear()
-                rows.append({"D": d_model, "B": batch, "kernel": f"split S={ws['slices']}",
-                             "config": json.dumps(overrides), "us": us, "err": err_out})
+                rows.append({"D": d_model, "B": batch, "kernel": f"split S={slices}", "config": _label(launch),
+                             "us": us, "err": err_out})
     return rows
 
 
@@ -331,22 +340,17 @@ def split_main(warm_first: bool = True) -> None:
         warm_split()
     stage_rows = bench_split_stage()
     gen = {}
-    for name, (split_overrides, stage_overrides) in GEN_VARIANTS.items():
-        block_step_split.CONFIG_OVERRIDES.update(split_overrides)
-        block_step.CONFIG_OVERRIDES.update(stage_overrides)
+    for name, launch in GEN_VARIANTS.items():
         try:
             gen[name] = {
-                "graphs": {b: step_graph_times(b) for b in (1, 64)},
-                "generate": bench_generate(dtype="float32", num_steps=4000),
-                "check": max(check_generation(), check_generation(batch=64)),
+                "graphs": {b: step_graph_times(b, launch=launch) for b in (1, 64)},
+                "generate": bench_generate(dtype="float32", num_steps=4000, launch=launch),
+                "check": max(check_generation(launch=launch), check_generation(batch=64, launch=launch)),
             }
             if name == "split":
-                gen[name]["profile"] = profile_step_graphs(64)
+                gen[name]["profile"] = profile_step_graphs(64, launch=launch)
         except Exception as err:
             print(f"generation {name} failed: {type(err).__name__}: {str(err)[:300]}")
-        finally:
-            block_step_split.CONFIG_OVERRIDES.clear()
-            block_step.CONFIG_OVERRIDES.clear()
     try:
         gen["split, bfloat16"] = {"graphs": {}, "generate": bench_generate(dtype="bfloat16", num_steps=4000),
                                   "check": check_generation(batch=64, dtype_name="bfloat16")}
@@ -384,7 +388,7 @@ def main() -> None:
     if "--split" in sys.argv:
         split_main(warm_first="--no-warm" not in sys.argv)
         return
-    sweep = [p for p in SWEEP if not p[1]] if "--quick" in sys.argv else SWEEP
+    sweep = [p for p in SWEEP if p[1] == DEFAULT_LAUNCH] if "--quick" in sys.argv else SWEEP
     if "--warm" in sys.argv:
         warm(sweep)
         return

@@ -24,10 +24,9 @@ alone.
 
 Every intermediate stays in registers except the block output, which passes to the next block through a (2, B, D)
 scratch (ping-pong). The matrix-vector products loop over chunks so that no product tile exceeds the configured
-number of elements (``block_step_config``): in_proj over chunks of its reduction dim D, x_proj + scan over chunks
-of N, out_proj over chunks of its output dim D. The chunk loops are unrolled and double-buffered (chunk k+1's
-tiles are loaded before chunk k is reduced), and the first chunks of the scan and of out_proj are loaded before the
-conv / δ / Δ phase, so that the phases do not each wait for one L2 round trip.
+number of elements (``StageLaunch.tile``): in_proj over chunks of its reduction dim D, x_proj + scan over chunks
+of N, out_proj over chunks of its output dim D. The chunk loops are double-buffered: chunk k+1's tiles are loaded
+before chunk k is reduced, so that each chunk does not wait for its own L2 round trip.
 
 States are read before a barrier and written after it: elements replicated over several threads are then never
 read after another thread has already overwritten them. Weights and activations may be float32 or bfloat16
@@ -38,6 +37,7 @@ activations' dtype (the conv input, block outputs, the sum of x and up) are roun
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -45,19 +45,30 @@ import triton.language as tl
 
 from .activations import softplus as _softplus
 
-# Largest product tile per program (elements, rows of the program included), warps per program and prefetch depth
-# (0: none, 1: chunk k+1's tiles loaded before chunk k's reduction, 2: also the first scan / out_proj chunks before
-# the conv / δ / Δ phase). Offline sm_90 compiles (benchmarks/notes/block_step.md): 16384-element tiles at E = 512
-# leave ptxas at 64 registers with ~3 KB of spills, 8192 stays at 128; prefetch 1 keeps stage 0 free of spills.
-TILE = 8192
-_WARPS = 16
-_PREFETCH = 1
-# Batch rows per program: 1. Sharing each weight tile's L2 read between rows was slower on the H200 (sc09_small
-# generation at batch 64: 489 k samples/s with 1 row per program, 272 k with 2, 145 k with 4;
-# benchmarks/notes/block_step.md).
-_ROWS = 1
-# Keyword overrides of ``block_step_config`` ("tile", "num_warps", "rows", "prefetch"), for the benchmark's sweep.
-CONFIG_OVERRIDES: dict = {}
+
+@dataclass(frozen=True)
+class StageLaunch:
+    """Launch settings of the stage kernel (benchmarks/notes/block_step.md has the sweeps behind the defaults).
+
+    Attributes:
+        tile: largest product tile per program, in elements (the program's rows included). Offline sm_90 compiles:
+            16384-element tiles at E = 512 leave ptxas at 64 registers with ~3 KB of spills, 8192 stays at 128.
+        num_warps: warps per program.
+        rows: batch rows per program (``BB``). Sharing each weight tile's L2 read between rows was slower on the
+            H200 (sc09_small generation at batch 64: 489 k samples/s with 1 row per program, 272 k with 2, 145 k
+            with 4).
+    """
+
+    tile: int = 8192
+    num_warps: int = 16
+    rows: int = 1
+
+    def __post_init__(self):
+        if min(self.tile, self.num_warps, self.rows) < 1:
+            raise ValueError(f"StageLaunch: tile, num_warps and rows must be >= 1, got {self}")
+
+
+DEFAULT_LAUNCH = StageLaunch()
 
 
 @triton.jit
@@ -134,7 +145,6 @@ def mamba1_stage_rows(
     BD_IN: tl.constexpr, BD_OUT: tl.constexpr, BN: tl.constexpr,
     RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr, UP: tl.constexpr, RESIDUAL: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     """One step of a stage of blocks for the batch rows ``rows`` (BB,) int64 (mask ``m_b``): reads x (+ up), runs
     the blocks, writes the stage output rows to ``out_ptr`` (B, D) and updates the states in place. Ends with a
@@ -171,16 +181,16 @@ def mamba1_stage_rows(
             xc = tl.where(m_bd, xv - mean[:, None], 0.0)
             rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
 
-        # ---- in_proj (BB, E) x 2, over chunks of the reduction dim D (PREFETCH >= 1: chunk k+1's tiles are loaded
-        # before chunk k is reduced, carried by the loop)
+        # ---- in_proj (BB, E) x 2, over chunks of the reduction dim D (chunk k+1's tiles are loaded before chunk k
+        # is reduced, carried by the loop)
         acc_u = tl.zeros([BB, BLOCK_E], tl.float32)
         acc_z = tl.zeros([BB, BLOCK_E], tl.float32)
-        if PREFETCH >= 1 and BD_IN < D:
+        if BD_IN < D:
             wu_n, wz_n = _in_chunk(in_w, tl.arange(0, BD_IN), offs_e, m_e, D, E)
         for d0 in tl.range(0, D, BD_IN):
             dd = d0 + tl.arange(0, BD_IN)
             m_dd = dd < D
-            if PREFETCH >= 1 and BD_IN < D:
+            if BD_IN < D:
                 w_u, w_z = wu_n, wz_n
                 wu_n, wz_n = _in_chunk(in_w, dd + BD_IN, offs_e, m_e, D, E)
             else:
@@ -213,10 +223,7 @@ def mamba1_stage_rows(
         w_dt = tl.load(dt_w_ptr + i * (E * R) + offs_e[None, :, None] * R + offs_r[None, None, :],
                        mask=m_e[None, :, None] & m_r[None, None, :], other=0.0).to(tl.float32)  # (1, BLOCK_E, BLOCK_R)
         dt_b = tl.load(dt_b_ptr + i * E + offs_e[None, :], mask=m_e[None, :], other=0.0).to(tl.float32)
-
         h_row = ssm_ptr + i * s_hi + rows[:, None, None] * s_hb + offs_e[None, :, None] * s_he
-        if PREFETCH >= 2:  # the scan's first chunk, loaded before the conv / δ / Δ phase
-            sc_n = _scan_chunk(xp_w, a_log, h_row, s_hn, tl.arange(0, BN), offs_e, m_e, m_b, R, N, E)
 
         # ---- causal conv over [conv_state, u] and the state shift, in place
         u = acc_u.to(conv_ptr.dtype.element_ty).to(tl.float32)  # the value the state will hold
@@ -238,18 +245,13 @@ def mamba1_stage_rows(
         new = tl.where((offs_w == W - 2)[None, None, :], u[:, :, None].to(conv_ptr.dtype.element_ty), nxt)
         tl.store(c_row + offs_w[None, None, :] * s_cw, new, mask=m_bew)
 
-        if PREFETCH >= 2:  # the first out_proj chunk, loaded before the scan
-            wo_n = _out_chunk(out_w, tl.arange(0, BD_OUT), offs_e, m_e, D, E)
-
-        # ---- B, C chunks and the state update, in place; y += Σ_n ssm[:, n] C[n] (PREFETCH >= 1: chunk k+1
-        # loaded before chunk k is reduced)
+        # ---- B, C chunks and the state update, in place; y += Σ_n ssm[:, n] C[n] (chunk k+1 loaded before chunk k
+        # is reduced)
+        sc_n = _scan_chunk(xp_w, a_log, h_row, s_hn, tl.arange(0, BN), offs_e, m_e, m_b, R, N, E)
         for n0 in tl.static_range(0, N, BN):
             nn = n0 + tl.arange(0, BN)
-            if PREFETCH >= 2 or (PREFETCH == 1 and n0 > 0):
-                w_b, w_c, a_l, h = sc_n
-            else:
-                w_b, w_c, a_l, h = _scan_chunk(xp_w, a_log, h_row, s_hn, nn, offs_e, m_e, m_b, R, N, E)
-            if PREFETCH >= 1 and n0 + BN < N:
+            w_b, w_c, a_l, h = sc_n
+            if n0 + BN < N:
                 sc_n = _scan_chunk(xp_w, a_log, h_row, s_hn, nn + BN, offs_e, m_e, m_b, R, N, E)
             bv = tl.sum(w_b * c[:, None, :], axis=2)  # (BB, BN)
             cv = tl.sum(w_c * c[:, None, :], axis=2)
@@ -260,19 +262,18 @@ def mamba1_stage_rows(
             tl.store(h_row + nn[None, None, :] * s_hn, h, mask=m_en)
         y = y * _silu(acc_z)  # (BB, BLOCK_E)
 
-        # ---- out_proj + residual over chunks of the output dim D (PREFETCH >= 1: chunk k+1 loaded before chunk
-        # k's reduction); the last block adds the stage residual and writes the stage output, the others the
-        # scratch slot that the next block reads
+        # ---- out_proj + residual over chunks of the output dim D (chunk k+1 loaded before chunk k's reduction); the
+        # last block adds the stage residual and writes the stage output, the others the scratch slot that the next
+        # block reads
         dst = buf_ptr + (i % 2) * n_rows * D
-        if PREFETCH == 1 and BD_OUT < D:
+        if BD_OUT < D:
             wo_n = _out_chunk(out_w, tl.arange(0, BD_OUT), offs_e, m_e, D, E)
         for d0 in tl.range(0, D, BD_OUT):
             dd = d0 + tl.arange(0, BD_OUT)
             m_dd = dd < D
-            if PREFETCH >= 2 or (PREFETCH == 1 and BD_OUT < D):
+            if BD_OUT < D:
                 w_o = wo_n
-                if BD_OUT < D:
-                    wo_n = _out_chunk(out_w, dd + BD_OUT, offs_e, m_e, D, E)
+                wo_n = _out_chunk(out_w, dd + BD_OUT, offs_e, m_e, D, E)
             else:
                 w_o = _out_chunk(out_w, dd, offs_e, m_e, D, E)
             m2 = m_b[:, None] & m_dd[None, :]
@@ -303,7 +304,6 @@ def _mamba1_stage_kernel(
     BD_IN: tl.constexpr, BD_OUT: tl.constexpr, BN: tl.constexpr,
     RMSNORM: tl.constexpr, HAS_NORM_W: tl.constexpr, HAS_NORM_B: tl.constexpr, HAS_IN_B: tl.constexpr,
     HAS_CONV_B: tl.constexpr, HAS_D: tl.constexpr, HAS_OUT_B: tl.constexpr, UP: tl.constexpr, RESIDUAL: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     rows = tl.program_id(0) * BB + tl.arange(0, BB)  # (BB,) batch rows of this program
     m_b = rows < n_rows
@@ -312,8 +312,8 @@ def _mamba1_stage_kernel(
                       in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, xp_w_ptr, dt_w_ptr, dt_b_ptr, a_log_ptr, d_ptr,
                       out_w_ptr, out_b_ptr, eps, n_rows, n_blocks, s_xb, s_xd, s_ub, s_ud, s_ci, s_cb, s_ce, s_cw,
                       s_hi, s_hb, s_he, s_hn, D, E, R, N, W, BLOCK_D, BLOCK_E, BLOCK_R, BLOCK_W, BB, BD_IN, BD_OUT,
-                      BN, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_D, HAS_OUT_B, UP, RESIDUAL,
-                      PREFETCH)
+                      BN, RMSNORM, HAS_NORM_W, HAS_NORM_B, HAS_IN_B, HAS_CONV_B, HAS_D, HAS_OUT_B, UP, RESIDUAL)
+
 
 def _p2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
@@ -323,20 +323,16 @@ def _contig(t: torch.Tensor | None) -> torch.Tensor | None:
     return t if t is None or t.is_contiguous() else t.contiguous()
 
 
-def block_step_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, rows: int | None = None,
-                      tile: int | None = None, num_warps: int | None = None) -> dict:
-    """Block sizes and warps of the kernel for blocks of these sizes and ``rows`` batch rows per program (``BB``,
-    default 1): every product tile holds at most ``tile`` elements (default ``TILE``; ``CONFIG_OVERRIDES`` may set
-    ``rows``, ``tile``, ``num_warps`` and ``prefetch``)."""
+def block_step_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
+                      launch: StageLaunch = DEFAULT_LAUNCH) -> dict:
+    """Block sizes and warps of the kernel for blocks of these sizes: ``launch.rows`` batch rows per program
+    (``BB``), every product tile at most ``launch.tile`` elements."""
     block_e, block_d = _p2(d_inner), _p2(d_model)
-    rows = int(rows or CONFIG_OVERRIDES.get("rows", _ROWS))
-    tile = tile or CONFIG_OVERRIDES.get("tile", TILE)
-    chunk = max(1, tile // (rows * block_e))
+    chunk = max(1, launch.tile // (launch.rows * block_e))
     return {
-        "BLOCK_D": block_d, "BLOCK_E": block_e, "BLOCK_R": _p2(dt_rank), "BLOCK_W": _p2(d_conv - 1), "BB": rows,
-        "BD_IN": min(block_d, chunk), "BD_OUT": min(block_d, chunk), "BN": min(_p2(d_state), chunk),
-        "PREFETCH": CONFIG_OVERRIDES.get("prefetch", _PREFETCH),
-        "num_warps": num_warps or CONFIG_OVERRIDES.get("num_warps", _WARPS),
+        "BLOCK_D": block_d, "BLOCK_E": block_e, "BLOCK_R": _p2(dt_rank), "BLOCK_W": _p2(d_conv - 1),
+        "BB": launch.rows, "BD_IN": min(block_d, chunk), "BD_OUT": min(block_d, chunk),
+        "BN": min(_p2(d_state), chunk), "num_warps": launch.num_warps,
     }
 
 
@@ -371,7 +367,8 @@ def _block_strides(t: torch.Tensor) -> tuple[int, ...]:
     return t.stride() if t.dim() == 4 else (0, *t.stride())
 
 
-def stage_step_args(x, conv_states, ssm_states, weights, norm="layernorm", eps=1e-5, *, up=None, residual=True):
+def stage_step_args(x, conv_states, ssm_states, weights, norm="layernorm", eps=1e-5, *, up=None, residual=True,
+                    launch: StageLaunch = DEFAULT_LAUNCH):
     """The output tensor and the arguments of ``mamba1_stage_rows`` for one stage step (see
     ``mamba1_stage_step_triton`` for the arguments): (out (B, D), args: the runtime arguments in the order of the
     body's parameters after ``rows, m_b``, meta: its constexpr arguments and ``num_warps``), for a launch with
@@ -391,12 +388,14 @@ def stage_step_args(x, conv_states, ssm_states, weights, norm="layernorm", eps=1
             *x.stride(), *(up.stride() if up is not None else (0, 0)), *_block_strides(conv_states),
             *_block_strides(ssm_states))
     meta.update(D=d_model, E=d_inner, R=dt_rank, N=d_state, W=width, RMSNORM=norm == "rmsnorm", UP=up is not None,
-                RESIDUAL=residual, **block_step_config(d_model, d_inner, d_state, dt_rank, width))
+                RESIDUAL=residual, **block_step_config(d_model, d_inner, d_state, dt_rank, width, launch))
     return out, args, meta
 
 
-def _launch(x, conv_states, ssm_states, weights, norm, eps, up=None, residual=False) -> torch.Tensor:
-    out, args, meta = stage_step_args(x, conv_states, ssm_states, weights, norm, eps, up=up, residual=residual)
+def _launch(x, conv_states, ssm_states, weights, norm, eps, up=None, residual=False,
+            launch: StageLaunch = DEFAULT_LAUNCH) -> torch.Tensor:
+    out, args, meta = stage_step_args(x, conv_states, ssm_states, weights, norm, eps, up=up, residual=residual,
+                                      launch=launch)
     if out.shape[0] > 0:
         _mamba1_stage_kernel[(triton.cdiv(out.shape[0], meta["BB"]),)](*args, **meta)
     return out
@@ -422,7 +421,7 @@ def mamba1_block_step_triton(
 
 
 def mamba1_stage_step_triton(x, conv_states, ssm_states, weights, norm="layernorm", eps=1e-5, *, up=None,
-                             residual=True):
+                             residual=True, launch: StageLaunch = DEFAULT_LAUNCH):
     """One step of a stage of Mamba-1 blocks in one launch (see the module docstring); states updated in place.
 
     Args:
@@ -432,12 +431,13 @@ def mamba1_stage_step_triton(x, conv_states, ssm_states, weights, norm="layernor
         weights: ``stack_block_weights`` output (n_blocks, ...) tensors. norm, eps: the blocks' norm.
         up: (B, D) a second input row added to x (the up-pool output), any strides.
         residual: add the stage input (x + up) to the last block's output.
+        launch: rows per program, tile size and warps.
 
     Returns:
         (B, D) the stage output, in x's dtype.
     """
-    return _launch(x, conv_states, ssm_states, weights, norm, eps, up=up, residual=residual)
+    return _launch(x, conv_states, ssm_states, weights, norm, eps, up=up, residual=residual, launch=launch)
 
 
-__all__ = ["N_WEIGHTS", "TILE", "block_step_config", "mamba1_block_step_triton", "mamba1_stage_rows",
-           "mamba1_stage_step_triton", "stack_block_weights", "stage_step_args"]
+__all__ = ["DEFAULT_LAUNCH", "N_WEIGHTS", "StageLaunch", "block_step_config", "mamba1_block_step_triton",
+           "mamba1_stage_rows", "mamba1_stage_step_triton", "stack_block_weights", "stage_step_args"]

@@ -32,6 +32,8 @@ float32 scratch, so the sums differ from the one-program kernel only in their or
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -39,35 +41,56 @@ import triton.language as tl
 from .activations import softplus as _softplus
 from .block_step import _A_LOG, _CONV_W, _DT_W, _IN_W, _OPTIONAL, _contig, _p2, _silu
 
-# Channels per slice: the in_proj tile (BE, D) holds at most ``tile`` elements (D = 256: BE = 16, 32 slices of
-# E = 512; D = 128: BE = 32, 8 slices); warps per program: 4, or 2 from ``_MANY_ROWS`` rows on (H200 sweep,
-# benchmarks/notes/block_step.md: at batch 64 every row reads every weight and the stage is L2-bound). Overridable
-# for the benchmark's sweep ("tile", "num_warps", "min_d").
-_TILE = 4096
+# The rules behind ``SplitLaunch``'s defaults (H200 sweeps, benchmarks/notes/block_step.md): warps per program 4, or
+# 2 from ``_MANY_ROWS`` rows on (at batch 64 every row reads every weight and the stage is L2-bound); from
+# ``_MANY_ROWS`` rows on the partial sums are reduced once per row, and a program takes up to ``_ROWS_MANY`` rows as
+# long as the launch keeps ``_MIN_PROGRAMS`` programs (batch 64, version 5: D = 256, 32 slices: 4 rows 251 µs per
+# stage against 311 for one; D = 128, 8 slices: one row, 100 µs, 2 rows 135).
 _WARPS, _WARPS_MANY, _MANY_ROWS = 4, 2, 16
-# From ``_MANY_ROWS`` rows on: the partial sums reduced once per row, and up to ``_ROWS_MANY`` rows per program as
-# long as the launch keeps ``_MIN_PROGRAMS`` programs (module docstring; H200, batch 64, block_step.md version 5:
-# D = 256, 32 slices: 4 rows 251 µs per stage against 311 for one; D = 128, 8 slices: one row, 100 µs, 2 rows 135).
-# Overridable ("rows", "once").
-_ROWS_MANY, _MIN_PROGRAMS, _ONCE_MANY = 4, 512, True
-# Stages of at least this width take the split step in generation (D = 64 stays one program per row).
-_MIN_D = 128
-CONFIG_OVERRIDES: dict = {}
+_ROWS_MANY, _MIN_PROGRAMS = 4, 512
 
 
-def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, batch: int = 1) -> dict:
-    """Block sizes of the kernel for ``batch`` rows: BE channels per slice (every (BE, D) tile at most ``tile``
-    elements), S = ceil(E / BE) slices, RB rows per program, ONCE (partial sums reduced once per row), warps."""
+@dataclass(frozen=True)
+class SplitLaunch:
+    """Launch settings of the split stage step; those left None follow the number of rows (``split_config``).
+
+    Attributes:
+        tile: largest in_proj tile (BE, D) per program, in elements; sets BE, the channels per slice (D = 256:
+            BE = 16, 32 slices of E = 512; D = 128: BE = 32, 8 slices).
+        rows: rows per program (RB). Default: 1 below 16 rows, else the largest power of two up to 4 that keeps
+            512 programs per launch.
+        once: reduce the partial sums once per row (``ONCE``). Default: from 16 rows on.
+        num_warps: warps per program. Default: 4 below 16 rows, else 2.
+    """
+
+    tile: int = 4096
+    rows: int | None = None
+    once: bool | None = None
+    num_warps: int | None = None
+
+    def __post_init__(self):
+        if self.tile < 1 or (self.rows is not None and self.rows < 1) or (
+                self.num_warps is not None and self.num_warps < 1):
+            raise ValueError(f"SplitLaunch: tile, rows and num_warps must be >= 1, got {self}")
+
+
+DEFAULT_SPLIT_LAUNCH = SplitLaunch()
+
+
+def split_config(d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int, batch: int = 1,
+                 launch: SplitLaunch = DEFAULT_SPLIT_LAUNCH) -> dict:
+    """Block sizes of the kernel for ``batch`` rows: BE channels per slice (every (BE, D) tile at most
+    ``launch.tile`` elements), S = ceil(E / BE) slices, RB rows per program, ONCE (partial sums reduced once per
+    row), warps; the settings ``launch`` leaves None by the rules of ``SplitLaunch``."""
     many = batch >= _MANY_ROWS
     block_d = _p2(d_model)
-    tile = CONFIG_OVERRIDES.get("tile", _TILE)
-    block_e = min(_p2(d_inner), max(1, tile // block_d))
+    block_e = min(_p2(d_inner), max(1, launch.tile // block_d))
     slices = triton.cdiv(d_inner, block_e)
+    rows = launch.rows if launch.rows is not None else (_rows_per_program(slices, batch) if many else 1)
     return {"BLOCK_D": block_d, "BE": block_e, "S": slices, "BLOCK_S": _p2(slices), "BLOCK_R": _p2(dt_rank),
             "BLOCK_N": _p2(d_state), "BLOCK_W": _p2(d_conv - 1), "BLOCK_L": _p2(dt_rank + 2 * d_state),
-            "RB": max(1, int(CONFIG_OVERRIDES.get("rows", _rows_per_program(slices, batch) if many else 1))),
-            "ONCE": bool(CONFIG_OVERRIDES.get("once", _ONCE_MANY if many else False)),
-            "num_warps": CONFIG_OVERRIDES.get("num_warps", _WARPS_MANY if many else _WARPS)}
+            "RB": rows, "ONCE": launch.once if launch.once is not None else many,
+            "num_warps": launch.num_warps if launch.num_warps is not None else (_WARPS_MANY if many else _WARPS)}
 
 
 def _rows_per_program(slices: int, batch: int) -> int:
@@ -77,11 +100,6 @@ def _rows_per_program(slices: int, batch: int) -> int:
     while rows < _ROWS_MANY and slices * batch // (2 * rows) >= _MIN_PROGRAMS:
         rows *= 2
     return rows
-
-
-def uses_split(d_model: int) -> bool:
-    """Whether generation steps a stage of width ``d_model`` with the split kernels."""
-    return d_model >= CONFIG_OVERRIDES.get("min_d", _MIN_D)
 
 
 @triton.jit
@@ -358,12 +376,12 @@ def _split_kernel(
 
 
 def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int,
-                    device, dtype: torch.dtype) -> dict:
-    """Scratch of one stage for the split step (reusable across steps; keep one per stage for CUDA graphs):
-    block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj partial sums
-    (B, S, R + 2N) and (B, S, D) float32 and the x_proj sums (B, R + 2N) float32, arrival counters (2, B) int32
-    (zero; the kernels leave them zero)."""
-    slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch)["S"]
+                    device, dtype: torch.dtype, launch: SplitLaunch = DEFAULT_SPLIT_LAUNCH) -> dict:
+    """Scratch of one stage for the split step with the settings ``launch`` (reusable across steps; keep one per
+    stage for CUDA graphs): block inputs (2, B, D) in the activations' dtype, c and z (B, 2, E), x_proj and out_proj
+    partial sums (B, S, R + 2N) and (B, S, D) float32 and the x_proj sums (B, R + 2N) float32, arrival counters
+    (2, B) int32 (zero; the kernels leave them zero)."""
+    slices = split_config(d_model, d_inner, d_state, dt_rank, d_conv, batch, launch)["S"]
     f32 = torch.float32
     return {
         "h": torch.empty(2, batch, d_model, device=device, dtype=dtype),
@@ -377,7 +395,7 @@ def split_workspace(batch: int, d_model: int, d_inner: int, d_state: int, dt_ran
 
 
 def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="layernorm", eps=1e-5, *, up=None,
-                                   residual=True, workspace=None):
+                                   residual=True, workspace=None, launch: SplitLaunch = DEFAULT_SPLIT_LAUNCH):
     """One step of a stage of Mamba-1 blocks, each block split over slices of E (module docstring); states
     updated in place.
 
@@ -386,7 +404,8 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
             float32. weights: ``stack_block_weights`` output. norm, eps: the blocks' norm.
         up: (B, D) a second input row added to x (the up-pool output), any strides.
         residual: add the stage input (x + up) to the last block's output.
-        workspace: ``split_workspace`` for these sizes (allocated here when None).
+        workspace: ``split_workspace`` for these sizes and settings (allocated here when None).
+        launch: tile size, rows per program, once-per-row sums and warps.
 
     Returns:
         (B, D) the stage output, in x's dtype.
@@ -401,8 +420,8 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
     if batch == 0:
         return out
     if workspace is None:
-        workspace = split_workspace(batch, d_model, d_inner, d_state, dt_rank, width, x.device, x.dtype)
-    cfg = split_config(d_model, d_inner, d_state, dt_rank, width, batch)
+        workspace = split_workspace(batch, d_model, d_inner, d_state, dt_rank, width, x.device, x.dtype, launch)
+    cfg = split_config(d_model, d_inner, d_state, dt_rank, width, batch, launch)
     warps = cfg.pop("num_warps")
     slices = cfg["S"]
     if workspace["slices"] != slices or workspace["h"].shape[1:] != (batch, d_model):
@@ -424,4 +443,5 @@ def mamba1_stage_step_split_triton(x, conv_states, ssm_states, weights, norm="la
     return out
 
 
-__all__ = ["mamba1_stage_step_split_triton", "split_config", "split_workspace", "uses_split"]
+__all__ = ["DEFAULT_SPLIT_LAUNCH", "SplitLaunch", "mamba1_stage_step_split_triton", "split_config",
+           "split_workspace"]

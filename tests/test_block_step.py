@@ -258,35 +258,32 @@ def test_stage_kernel_matches_reference(shape, dtype):
     conv = torch.randn(n_blocks, batch, e, w - 1, generator=gen).to(DEVICE, dtype)
     ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
-    block_step.CONFIG_OVERRIDES["rows"] = rows
-    try:
-        for step in range(3):
-            if step == 0:  # strided input, up-pool output added
-                x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]
-                up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
-                out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, up=up)
-                want = _stage_ref(x, up, convs, ssms, blocks, norm)
-            elif step == 1:  # no up-pool, no residual
-                x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
-                out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, residual=False)
-                want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
-            else:  # up as a row of a pool buffer (batch stride P·D)
-                x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
-                upb = torch.randn(batch, 3, d, generator=gen).to(DEVICE, dtype)
-                out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, up=upb[:, -1])
-                want = _stage_ref(x, upb[:, -1], convs, ssms, blocks, norm)
-            assert out.shape == (batch, d) and out.dtype == dtype
-            assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
-            for i in range(n_blocks):
-                assert rel_err(conv[i], convs[i]) < TOL[dtype] and rel_err(ssm[i], ssms[i]) < TOL[dtype], (step, i)
-    finally:
-        block_step.CONFIG_OVERRIDES.clear()
+    launch = block_step.StageLaunch(rows=rows)
+    for step in range(3):
+        if step == 0:  # strided input, up-pool output added
+            x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]
+            up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+            out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, up=up, launch=launch)
+            want = _stage_ref(x, up, convs, ssms, blocks, norm)
+        elif step == 1:  # no up-pool, no residual
+            x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+            out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, residual=False, launch=launch)
+            want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
+        else:  # up as a row of a pool buffer (batch stride P·D)
+            x = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+            upb = torch.randn(batch, 3, d, generator=gen).to(DEVICE, dtype)
+            out = block_step.mamba1_stage_step_triton(x, conv, ssm, weights, norm, up=upb[:, -1], launch=launch)
+            want = _stage_ref(x, upb[:, -1], convs, ssms, blocks, norm)
+        assert out.shape == (batch, d) and out.dtype == dtype
+        assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
+        for i in range(n_blocks):
+            assert rel_err(conv[i], convs[i]) < TOL[dtype] and rel_err(ssm[i], ssms[i]) < TOL[dtype], (step, i)
 
 
 @needs_interpreter
 @pytest.mark.parametrize("norm,codebooks,temperature,rows", [("layernorm", 2, 0.7, 2), ("rmsnorm", 1, 1.0, 1),
                                                              ("layernorm", 1, 0.0, 1)])
-def test_fused_stage_step_matches_unfused_pieces_and_sampler(monkeypatch, norm, codebooks, temperature, rows):
+def test_fused_stage_step_matches_unfused_pieces_and_sampler(norm, codebooks, temperature, rows):
     """Generation's fused stage step: the embedding sum, down-window push and up-buffer rotation before the stage
     blocks, the final norm, head and Gumbel-max draw after them, against the model's own modules and the sampler:
     the drawn tokens are the sampler's draws from the recorded logits with the same noise (temperature 0: their
@@ -297,10 +294,10 @@ def test_fused_stage_step_matches_unfused_pieces_and_sampler(monkeypatch, norm, 
 
     torch.manual_seed(3)
     model = build_model("sc09_small", **TINY, n_codebooks=codebooks, **{"backbone.norm": norm}).to(DEVICE).eval()
-    monkeypatch.setitem(block_step.CONFIG_OVERRIDES, "rows", rows)
     batch, steps, vocab = 3, 2, model.config.vocab_size
     state = model.init_state(batch, DEVICE)
-    stages = fused_step.fused_stages(model, state, batch)
+    launch = fused_step.FusedLaunch(stage=block_step.StageLaunch(rows=rows))
+    stages = fused_step.fused_stages(model, state, batch, launch)
     stage = stages[0]
     down, upb = state.down[0].buffer, state.up[0].buffer
     down.normal_()
@@ -337,10 +334,13 @@ def test_fused_stage_step_matches_unfused_pieces_and_sampler(monkeypatch, norm, 
 
 
 def test_fused_stage_step_needs_tokens():
+    from audiomamba.kernels.block_step import StageLaunch
+
     from audiomamba import fused_step
 
     model = build_model("sc09_small", **TINY)
-    stage = fused_step.FusedStage(None, torch.zeros(1, 2, 16, 3), torch.zeros(1, 2, 16, 4), "layernorm", 1e-5, None)
+    stage = fused_step.FusedStage(None, torch.zeros(1, 2, 16, 3), torch.zeros(1, 2, 16, 4), "layernorm", 1e-5, None,
+                                  StageLaunch())
     with pytest.raises(ValueError, match="tokens"):
         fused_step.fused_stage_step(model, stage, torch.zeros(2, 8), embed=True)
 
@@ -368,7 +368,8 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     blocks; with ``split`` the stages below the first through the split kernels and their pool shifts, "once": two
     rows per program and the partial sums reduced once per row) at every depth, two codebooks, a temperature and the
     log-likelihood; greedy decoding picks the forward's argmax."""
-    from audiomamba.kernels import block_step, block_step_split
+    from audiomamba.kernels.block_step import StageLaunch
+    from audiomamba.kernels.block_step_split import SplitLaunch
 
     import audiomamba.generation as generation
     from audiomamba import fused_step
@@ -378,18 +379,20 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     depths = []
     fused = generation._Stepper._step_fused
     monkeypatch.setattr(generation._Stepper, "_step_fused", lambda self, d: (depths.append(d), fused(self, d)))
-    monkeypatch.setitem(block_step.CONFIG_OVERRIDES, "rows", rows)
-    monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "min_d", 1 if split else 10**9)
-    monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "tile", 256)  # several slices per block
-    if split == "once":
-        monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "rows", 2)  # 3 rows: groups of 2 and 1
-        monkeypatch.setitem(block_step_split.CONFIG_OVERRIDES, "once", True)
+    once = split == "once"  # 3 rows: groups of 2 and 1
+    launch = fused_step.FusedLaunch(
+        stage=StageLaunch(rows=rows),
+        split=SplitLaunch(tile=256, rows=2 if once else None, once=True if once else None),  # several slices
+        split_from=1 if split else 10**9,
+    )
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
-    stages = fused_step.fused_stages(model, model.init_state(3, DEVICE), 3)
+    stages = fused_step.fused_stages(model, model.init_state(3, DEVICE), 3, launch)
     assert [st.split is not None for st in stages] == [False] + [bool(split)] * (len(stages) - 1)
+    assert all(st.split is None or st.split["slices"] > 1 for st in stages)
     out = model.generate(3, 13, seed=4, progress=False, return_logits=True, return_log_likelihood=True,
-                         temperature=0.8, cuda_graphs=False)
-    greedy = model.generate(3, 13, progress=False, return_logits=True, temperature=0, cuda_graphs=False)
+                         temperature=0.8, cuda_graphs=False, launch=launch)
+    greedy = model.generate(3, 13, progress=False, return_logits=True, temperature=0, cuda_graphs=False,
+                            launch=launch)
     assert sorted(set(depths)) == [0, 1, 2]
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "reference")
     for res in (out, greedy):
@@ -405,7 +408,7 @@ def test_fused_generation_equals_teacher_forcing(monkeypatch, rows, split):
     assert rel_err(out.log_likelihood, logp) < 1e-5
 
 
-# (n_blocks, B, D, E, N, R, W, norm, biases, overrides): the split stage step; "tile" sets the slice width (BE =
+# (n_blocks, B, D, E, N, R, W, norm, biases, launch settings): the split stage step; "tile" sets the slice width (BE =
 # tile / BLOCK_D): 5 slices of E = 20 (the last one partial), 6 of 24, 1 of 16; "rows" rows per program (5 rows in
 # groups of 2: the last group partial), "once": the partial sums reduced once per row by the group's last program
 SPLIT_STAGES = [
@@ -441,37 +444,72 @@ def test_split_stage_kernel_matches_reference(shape, dtype):
     workspace (its arrival counters must come back to zero)."""
     from audiomamba.kernels import block_step_split
 
-    n_blocks, batch, d, e, n, r, w, norm, biases, overrides = shape
+    n_blocks, batch, d, e, n, r, w, norm, biases, settings = shape
     gen = torch.Generator().manual_seed(sum(shape[:7]) + 1)
     blocks, weights = _stage_weights(n_blocks, d, e, n, r, w, norm, biases, dtype, gen)
     conv = torch.randn(n_blocks, batch, e, w - 1, generator=gen).to(DEVICE, dtype)
     ssm = torch.randn(n_blocks, batch, e, n, generator=gen).to(DEVICE)
     convs, ssms = [c.clone() for c in conv], [s.clone() for s in ssm]
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in overrides.items():
-            mp.setitem(block_step_split.CONFIG_OVERRIDES, k, v)
-        ws = block_step_split.split_workspace(batch, d, e, n, r, w, DEVICE, dtype)
-        cfg = block_step_split.split_config(d, e, n, r, w, batch)
-        assert (cfg["RB"], cfg["ONCE"]) == (overrides.get("rows", cfg["RB"]), overrides.get("once", cfg["ONCE"]))
-        if overrides.get("tile", 4096) < 4096:
-            assert ws["slices"] > 1
-        for step in range(3):
-            x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]  # strided
-            if step == 0:  # up-pool output added
-                up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
-                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, up=up, workspace=ws)
-                want = _stage_ref(x, up, convs, ssms, blocks, norm)
-            elif step == 1:  # no up-pool, no residual
-                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, residual=False,
-                                                                      workspace=ws)
-                want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
-            else:  # up as a row of a pool buffer (batch stride P·D)
-                upb = torch.randn(batch, 3, d, generator=gen).to(DEVICE, dtype)
-                out = block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, up=upb[:, 0],
-                                                                      workspace=ws)
-                want = _stage_ref(x, upb[:, 0], convs, ssms, blocks, norm)
-            assert out.shape == (batch, d) and out.dtype == dtype
-            assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
-            assert not ws["count"].any(), step
-            for i in range(n_blocks):
-                assert rel_err(conv[i], convs[i]) < TOL[dtype] and rel_err(ssm[i], ssms[i]) < TOL[dtype], (step, i)
+    launch = block_step_split.SplitLaunch(**settings)
+    ws = block_step_split.split_workspace(batch, d, e, n, r, w, DEVICE, dtype, launch)
+    cfg = block_step_split.split_config(d, e, n, r, w, batch, launch)
+    assert (cfg["RB"], cfg["ONCE"]) == (settings.get("rows", cfg["RB"]), settings.get("once", cfg["ONCE"]))
+    if settings.get("tile", 4096) < 4096:
+        assert ws["slices"] > 1
+
+    def step_split(x, **kw):
+        return block_step_split.mamba1_stage_step_split_triton(x, conv, ssm, weights, norm, workspace=ws,
+                                                               launch=launch, **kw)
+
+    for step in range(3):
+        x = torch.randn(batch, 2 * d, generator=gen).to(DEVICE, dtype)[:, ::2]  # strided
+        if step == 0:  # up-pool output added
+            up = torch.randn(batch, d, generator=gen).to(DEVICE, dtype)
+            out = step_split(x, up=up)
+            want = _stage_ref(x, up, convs, ssms, blocks, norm)
+        elif step == 1:  # no up-pool, no residual
+            out = step_split(x, residual=False)
+            want = _stage_ref(x, None, convs, ssms, blocks, norm) - x
+        else:  # up as a row of a pool buffer (batch stride P·D)
+            upb = torch.randn(batch, 3, d, generator=gen).to(DEVICE, dtype)
+            out = step_split(x, up=upb[:, 0])
+            want = _stage_ref(x, upb[:, 0], convs, ssms, blocks, norm)
+        assert out.shape == (batch, d) and out.dtype == dtype
+        assert rel_err(out, want) < (3 * TOL[dtype] if step == 1 else TOL[dtype]), step
+        assert not ws["count"].any(), step
+        for i in range(n_blocks):
+            assert rel_err(conv[i], convs[i]) < TOL[dtype] and rel_err(ssm[i], ssms[i]) < TOL[dtype], (step, i)
+
+
+def test_launch_settings_defaults_and_checks():
+    """The default launch settings (H200 sweeps, benchmarks/notes/block_step.md): the stage kernel one row per
+    program, 8192-element tiles, 16 warps; the split step at sc09_small's wide stages one row, 4 warps and sums read
+    by every program below 16 rows, else sums reduced once per row, 2 warps and as many rows per program (up to 4)
+    as keep 512 programs; a workspace made for other settings is refused; bad settings fail at construction."""
+    from audiomamba.kernels import block_step, block_step_split
+
+    from audiomamba import fused_step
+
+    cfg = block_step.block_step_config(256, 512, 64, 16, 4)
+    assert (cfg["BB"], cfg["num_warps"], cfg["BD_IN"], cfg["BD_OUT"], cfg["BN"]) == (1, 16, 16, 16, 16)
+    assert block_step.block_step_config(256, 512, 64, 16, 4, block_step.StageLaunch(rows=2))["BD_IN"] == 8
+
+    def split(d, batch, **kw):
+        c = block_step_split.split_config(d, 2 * d, 64, d // 16, 4, batch, block_step_split.SplitLaunch(**kw))
+        return c["S"], c["RB"], c["ONCE"], c["num_warps"]
+
+    assert split(256, 1) == (32, 1, False, 4) and split(256, 15) == (32, 1, False, 4)
+    assert split(256, 64) == (32, 4, True, 2) and split(256, 16) == (32, 1, True, 2)
+    assert split(128, 64) == (8, 1, True, 2) and split(128, 256) == (8, 4, True, 2)
+    assert split(256, 64, rows=1, once=False, num_warps=8, tile=2048) == (64, 1, False, 8)
+    assert fused_step.FusedLaunch().split_from == 128
+    ws = block_step_split.split_workspace(2, 8, 16, 4, 1, 4, "cpu", torch.float32,
+                                          block_step_split.SplitLaunch(tile=32))
+    conv, ssm = torch.zeros(1, 2, 16, 3), torch.zeros(1, 2, 16, 4)
+    weights = _stage_weights(1, 8, 16, 4, 1, 4, "layernorm", False, torch.float32, torch.Generator())[1]
+    with pytest.raises(ValueError, match="workspace"):
+        block_step_split.mamba1_stage_step_split_triton(torch.zeros(2, 8), conv, ssm, weights, workspace=ws)
+    with pytest.raises(ValueError, match="rows"):
+        block_step.StageLaunch(rows=0)
+    with pytest.raises(ValueError, match="num_warps"):
+        block_step_split.SplitLaunch(num_warps=0)

@@ -16,6 +16,7 @@ GENERATE_TARGETS = {1: 16_000.0, 64: 1_000_000.0}  # aggregate samples/s on the 
 def bench_generate(
     preset: str = "sc09_small", batch_sizes: tuple[int, ...] = (1, 64), num_steps: int | None = None,
     device: str | None = None, dtype: str = "float32", cuda_graphs: bool | None = None, seed: int = 0,
+    launch=None,
 ) -> list[dict]:
     """Samples per second of ``AudioLM.generate`` (16 kHz 8-bit mu-law: V = 256), untrained weights.
 
@@ -25,6 +26,8 @@ def bench_generate(
     Args:
         preset: model preset. batch_sizes: B values. num_steps: n (default 16000 on CUDA, 256 on CPU).
         device: default CUDA when available. dtype: model dtype. cuda_graphs: default on for CUDA.
+        launch: the fused step's launch settings (``audiomamba.fused_step.FusedLaunch``; None: its defaults), for
+            sweeps over them.
     """
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     n = num_steps if num_steps is not None else (16_000 if dev.type == "cuda" else 256)
@@ -32,12 +35,13 @@ def bench_generate(
     model = build_model(preset).to(dev, getattr(torch, dtype)).eval()
     rows = []
     for batch in batch_sizes:
-        model.generate(batch, min(n, 64), seed=seed, progress=False, cuda_graphs=cuda_graphs)  # compile, warm up
+        model.generate(batch, min(n, 64), seed=seed, progress=False, cuda_graphs=cuda_graphs,
+                       launch=launch)  # compile, warm up
         times = {}
         for steps in (n, 2 * n):
             sync(dev)
             start = time.perf_counter()
-            model.generate(batch, steps, seed=seed, progress=False, cuda_graphs=cuda_graphs)
+            model.generate(batch, steps, seed=seed, progress=False, cuda_graphs=cuda_graphs, launch=launch)
             sync(dev)
             times[steps] = time.perf_counter() - start
         steady = batch * n / max(times[2 * n] - times[n], 1e-9)

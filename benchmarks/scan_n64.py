@@ -173,10 +173,10 @@ def end_to_end(shape, kw, channel_last=True, label=""):
 
 
 FWD = [dict(), dict(fwd_chunk=16), dict(fwd_block=4), dict(fwd_block=4, fwd_chunk=16),
-       dict(fwd_block=2, fwd_chunk=16), dict(fwd_block=4, fwd_chunk=16, fwd_target=1),
-       dict(fwd_block=2, fwd_chunk=16, fwd_target=1), dict(fwd_chunk=16, fwd_target=1), dict(fwd_block=16)]
-BWD = [dict(), dict(bwd_target=1), dict(bwd_block=8, bwd_warps=2), dict(bwd_block=16, bwd_warps=4),
-       dict(bwd_block=32, bwd_warps=4), dict(ck_save=64), dict(ck=16)]
+       dict(fwd_block=4, fwd_chunk=16, fwd_target=1), dict(fwd_block=2, fwd_chunk=16, fwd_target=1),
+       dict(fwd_chunk=16, fwd_target=1)]
+BWD = [dict(), dict(bwd_target=1), dict(bwd_block=16, bwd_warps=4), dict(bwd_block=32, bwd_warps=4),
+       dict(ck_save=64)]
 
 
 def load_old():
@@ -197,8 +197,21 @@ def load_old():
 
 
 def _warm(job):
-    """Worker: compile (into Triton's cache) and check one launch; returns (kind, kw, ok, worst)."""
+    """Worker: compile (into Triton's cache) and check one launch; returns (kind, kw, ok, worst, error). Kind
+    "old": one forward+backward of the earlier kernels at the shape kw (compiles them for the end-to-end rows)."""
     kind, kw = job
+    if kind == "old":
+        global OLD
+        OLD = load_old()
+        try:
+            shape, channel_last = kw
+            d = inputs(shape, torch.bfloat16, channel_last, grad=True)
+            y, _ = call(d, "old")
+            y.backward(torch.ones_like(y))
+            torch.cuda.synchronize()
+            return kind, kw, True, 0.0, None
+        except Exception as exc:  # noqa: BLE001 - reported by the parent
+            return kind, kw, False, float("nan"), repr(exc)
     try:
         ok, worst = check(kw)
         if kind == "fwd":
@@ -249,11 +262,17 @@ def main():
     import multiprocessing as mp
 
     jobs = [("fwd", kw) for kw in FWD] + [("bwd", kw) for kw in BWD]
+    if OLD is not None:
+        jobs += [("old", (shape, True)) for shape in STAGES] + [("old", (shape, False)) for shape in ANCHORS]
     with mp.get_context("spawn").Pool(min(len(jobs), 14)) as pool:
         warm = {(k, json.dumps(kw, sort_keys=True)): (ok, worst, err) for k, kw, ok, worst, err in
                 pool.imap_unordered(_warm, jobs)}
     print(f"compiled and checked {len(jobs)} launches in {time.time() - T0:.0f} s", flush=True)
     for (k, kw), (ok, worst, err) in warm.items():
+        if k == "old":
+            if err:
+                RESULT["errors"].append(f"old kernels {kw}: {err}")
+            continue
         RESULT["checks"].append(dict(kind=k, kw=kw, ok=ok, worst=worst, err=err))
     sweep("fwd", FWD, time_fwd, warm)
     sweep("bwd", BWD, time_bwd, warm)

@@ -145,9 +145,9 @@ def test_any_chunking_and_stream_ends(exported, fmt):
     _assert_state_equal(runner, stream)
 
 
-def test_state_dict_and_reset_round_trips(exported):
+def test_state_dict_and_reset_round_trips(exported, tmp_path):
     """state_dict → load_state_dict continues bit-exactly; the state moves between Stream and OnnxStream both
-    ways; reset starts again from silence."""
+    ways, as dicts and as safetensors files; reset starts again from silence."""
     model, directory, batch = exported("onnx", "classifier_small")
     runner = OnnxStream(directory, batch_size=batch)
     for _ in range(3):
@@ -172,6 +172,18 @@ def test_state_dict_and_reset_round_trips(exported):
     x3 = _inputs(model, batch, 320)
     assert rel_err(torch.from_numpy(back.push(x3)), stream.push(x3)) < TOL
     assert not np.allclose(ref.numpy(), back.push(x2))  # the state matters: the same chunk later differs
+    # files: OnnxStream.save → Stream.load and Stream.save → OnnxStream.load, bit-exact
+    back.save(tmp_path / "onnx_stream.safetensors")
+    moved = model.stream(batch)
+    moved.load(tmp_path / "onnx_stream.safetensors")
+    for key, value in moved.state_dict().items():
+        assert np.array_equal(value.numpy(), back.state_dict()[key]), key
+    moved.save(tmp_path / "stream.safetensors")
+    back.reset()
+    back.load(tmp_path / "stream.safetensors")
+    assert back.position == moved.position
+    x4 = _inputs(model, batch, 320)
+    assert rel_err(torch.from_numpy(back.push(x4)), moved.push(x4)) < TOL
     # reset: a fresh stream again
     back.reset()
     assert back.position == 0

@@ -1,8 +1,9 @@
 """Streams over an exported step: ``OnnxStream`` (ONNX Runtime) and ``ProgramStream`` (a torch.export program).
 
 Both behave like :class:`audiomamba.streaming.Stream`: ``push`` chunks of any length, get the outputs for
-exactly those samples; ``state_dict`` / ``load_state_dict`` / ``reset``. The state dict has the keys and values
-of ``Stream.state_dict`` (``state.<path>`` and ``stream.position``), as numpy arrays, so that a stream can move
+exactly those samples; ``state_dict`` / ``load_state_dict`` / ``save`` / ``load`` / ``reset``. The state dict
+has the keys and values of ``Stream.state_dict`` (``state.<path>`` and ``stream.position``), as numpy arrays,
+and ``save`` writes the file format of ``Stream.save``, so that a stream can move
 between PyTorch and an exported runtime::
 
     stream = OnnxStream("export/")             # a directory written by `audiomamba export`
@@ -110,6 +111,20 @@ class ExportedStream:
         self._check_batch(next(iter(batch)))
         self.state, self.batch_size = state, batch.pop()
         self.position = int(np.asarray(tensors[_POSITION_KEY]).reshape(-1)[0])
+
+    def save(self, path: str | Path) -> None:
+        """Write ``state_dict`` to a safetensors file (the format of ``Stream.save``: either loads it)."""
+        from safetensors.numpy import save_file
+
+        save_file(self.state_dict(), str(path))
+
+    def load(self, path: str | Path) -> None:
+        """Restore a stream written by ``save`` or by ``Stream.save`` (bit-exact)."""
+        from safetensors.numpy import load_file
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"stream state file not found: {path}")
+        self.load_state_dict(load_file(str(path)))
 
     # ------------------------------------------------------------------ pushing
 

@@ -3,8 +3,8 @@
 Both behave like :class:`audiomamba.streaming.Stream`: ``push`` chunks of any length, get the outputs for
 exactly those samples; ``state_dict`` / ``load_state_dict`` / ``save`` / ``load`` / ``reset``. The state dict
 has the keys and values of ``Stream.state_dict`` (``state.<path>`` and ``stream.position``), as numpy arrays,
-and ``save`` writes the file format of ``Stream.save``, so that a stream can move
-between PyTorch and an exported runtime::
+and ``save`` writes the file format of ``Stream.save``, so that a stream can move between PyTorch and an
+exported runtime::
 
     stream = OnnxStream("export/")             # a directory written by `audiomamba export`
     for chunk in chunks:                       # (B, n) float32 waveform, or int tokens

@@ -84,8 +84,17 @@ def _decay(dt, Ar, Ai, CPLX: tl.constexpr):
 
 # ---------------------------------------------------------------- forward
 
+# Sizes and strides are not specialized (Triton would compile a variant per layout and per size divisible by 16;
+# the per-step loads gather across channels and gain nothing from it), so the variants are only those of the
+# constexpr meta-parameters and the pointer dtypes.
+_SIZES = ["E", "L", "EG", "NEB", "NCK"]
+_STRIDES = ["s_ub", "s_ue", "s_ul", "s_db", "s_de", "s_dl", "s_Bb", "s_Bg", "s_Be", "s_Bn", "s_Bt", "s_Bim",
+            "s_Cb", "s_Cg", "s_Ce", "s_Cn", "s_Ct", "s_Cim", "s_zb", "s_ze", "s_zl"]
+_FWD_STRIDES = ["s_yb", "s_ye", "s_yl"]
+_BWD_STRIDES = ["s_gb", "s_ge", "s_gl", "s_xb", "s_xe", "s_xl", "s_qb", "s_qe", "s_ql", "s_wb", "s_we", "s_wl"]
 
-@triton.jit(do_not_specialize=["FLAGS"])
+
+@triton.jit(do_not_specialize=_SIZES + _STRIDES + _FWD_STRIDES + ["FLAGS"])
 def _gen_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr,
     E, L, EG, NEB, NCK,
@@ -188,7 +197,7 @@ def _gen_fwd_kernel(
 # ---------------------------------------------------------------- backward
 
 
-@triton.jit(do_not_specialize=["FLAGS"])
+@triton.jit(do_not_specialize=_SIZES + _STRIDES + _BWD_STRIDES + ["FLAGS"])
 def _gen_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr, ck_ptr, dT_ptr, scr_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,

@@ -141,7 +141,8 @@ def test_ssd_gpu(dtype):
 # reference in float64 (checked against a step-by-step oracle in tests/test_compat.py). Cases with a final state
 # also start from a random initial state; every second case uses channel-last memory. Then real sizes for the
 # general kernel (complex A, fixed B / C) against the float32 reference. The first run compiles the kernel
-# variants (a few hundred); Triton caches them for later runs.
+# variants (the fast kernel's options are compile-time, so a few hundred); Triton caches them for later runs.
+# Test ids name the case, so the matrix splits with -k (e.g. -k "compat and complex64", -k "compat and bfloat16").
 
 _COMPAT_FACTORS = {
     "wtype": (torch.float32, torch.complex64),
@@ -163,7 +164,12 @@ def _chunked_oracle(u, delta, A, B, C, D, z, delta_bias, softplus, h0):
     return selective_scan_chunked_ref(u, delta, A, B, C, D, z, delta_bias, softplus, h0, True)
 
 
-@pytest.mark.parametrize("index", range(len(_COMPAT_MATRIX)))
+def _compat_id(case):
+    return "-".join(str(v).replace("torch.", "") if not isinstance(v, bool) else (k if v else f"no_{k}")
+                    for k, v in case.items())
+
+
+@pytest.mark.parametrize("index", range(len(_COMPAT_MATRIX)), ids=[_compat_id(c) for c in _COMPAT_MATRIX])
 def test_compat_scan_matrix_gpu(index, monkeypatch):
     import test_compat
     from audiomamba.kernels import selective_scan

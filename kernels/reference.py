@@ -207,8 +207,10 @@ def selective_scan_loop_ref(
 
     Everything that does not depend on the previous state is computed for all L steps at once, in time-major
     layouts (B, L, G, E/G, N) that are free views of the mixers' channel-last inputs:
-        dA_t = exp(Δ_t A) (as exp2(Δ_t · A log2 e), ~3x cheaper than exp on CPUs),  dBu_t = Δ_t u_t B_t
-    and then per step only h_t = dA_t h_{t-1} + dBu_t; y_t = C_t · h_t is one batched matmul over all steps.
+        dA_t = exp(Δ_t A) (as exp2(Δ_t · A log2 e), ~3x cheaper than exp on CPUs; exp for a complex A),
+        dBu_t = Δ_t u_t B_t
+    and then per step only h_t = dA_t h_{t-1} + dBu_t; y_t = C_t · h_t is one batched matmul over all steps (a
+    product and sum for a fixed C; 2 Re(·) of it for a complex A).
     Without autograd (grad mode off, or no input requires grad) the steps overwrite the dBu buffer in place;
     with it they build a list (out-of-place, differentiable). Costs O(L) small ops, so for long L
     ``selective_scan_chunked_ref`` is faster.

@@ -568,3 +568,17 @@ def test_a_client_faster_than_the_engine_is_cut_and_can_resume():
             return got + await _results(ws, 6)
 
     assert _close(asyncio.run(run()), _reference(model, x)) < TOL
+
+
+def test_serve_command_errors_are_one_line(tmp_path, capsys):
+    from audiomamba.cli import main
+
+    model = _classifier()
+    model.audio = _contract(model)
+    model.save(tmp_path / "model")
+    assert main(["serve", str(tmp_path / "missing")]) == 1
+    assert "model not found" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "model"), "--host", "0.0.0.0"]) == 1
+    assert "needs --token" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["serve", str(tmp_path / "model"), "--max-streams", "0"]) == 1
+    assert "max_streams" in capsys.readouterr().err

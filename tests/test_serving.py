@@ -299,6 +299,7 @@ def test_bad_input_gets_an_error_and_poisons_neither_the_stream_nor_its_neighbou
         ("bytes", np.array([np.inf, 0.2], "<f4").tobytes(), "NaN or Inf"),
         ("bytes", (np.ones(8) * 20000).astype("<i2").tobytes(), "is the audio s16le"),  # s16le sent as f32le
         ("bytes", np.zeros(3000, "<f4").tobytes(), "exceeds the limit"),
+        ("text", json.dumps({"type": "end", "pad": "x" * 5000}), "at most"),
     ]
 
     async def run():

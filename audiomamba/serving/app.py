@@ -48,6 +48,7 @@ from .scheduler import Scheduler
 logger = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+MAX_TEXT_CHARS = 4096  # control messages are short
 
 
 @dataclass
@@ -304,6 +305,9 @@ class StreamServer:
                 if not await self._audio(ws, session, msg.data):
                     return
             elif msg.type == WSMsgType.TEXT:
+                if len(msg.data) > MAX_TEXT_CHARS:
+                    await self._error(ws, f"text message of {len(msg.data)} characters: at most {MAX_TEXT_CHARS}")
+                    continue
                 try:
                     parsed = parse_message(msg.data, cfg.max_generate_s)
                 except ProtocolError as e:

@@ -95,6 +95,8 @@ class Engine:
         param = next(model.parameters())
         self.model = model
         self.device = torch.device(device) if device is not None else param.device
+        if self.device.type == param.device.type and self.device.index is None:
+            self.device = param.device  # "cuda" names the model's card
         if param.device != self.device:
             raise ValueError(f"device: the model is on {param.device}, not {self.device} (move it first)")
         self.max_streams, self.chunk = max_streams, chunk

@@ -257,7 +257,9 @@ def bench_end_to_end(model_dir: str, model, contract, streams: list[int], second
             audio = audio.reshape(n, frames_per_stream, chunk)
             before = _metrics(url)
             groups = [g for g in np.array_split(np.arange(n), client_processes) if len(g)]
-            start_at = time.perf_counter() + 1.0  # perf_counter is system-wide on Linux (CLOCK_MONOTONIC)
+            # a common start (perf_counter is system-wide on Linux: CLOCK_MONOTONIC), late enough for spawned client
+            # processes to have imported their modules
+            start_at = time.perf_counter() + (1.0 if len(groups) == 1 else 20.0)
             jobs = [(url + "/v1/stream", audio[g], chunk_s, start_at, warm * len(g)) for g in groups]
             if len(jobs) == 1:
                 outs = [_client_process(jobs[0])]

@@ -9,10 +9,12 @@ from its audio contract (``model.audio``), and files become model inputs through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -40,8 +42,89 @@ directory (its model/ subfolder is used), or a Lightning checkpoint (.ckpt) writ
 """
 
 
+# CPU threads of classify and stream when --threads is not given: on a 2-core machine shared with other work, one
+# thread ran a causal classifier 3-7x faster than two (two threads wait on each other when a core is busy)
+DEFAULT_THREADS = 1
+DEBUG_ENV = "AUDIOMAMBA_DEBUG"  # =1: errors show their Python traceback
+
+
 class CLIError(Exception):
     """A bad input: reported as one line on stderr with a non-zero exit code."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _state_dict_problem(text: str) -> str:
+    """torch's load_state_dict report ("Missing key(s) ...", "Unexpected key(s) ...", "size mismatch for ...") in
+    one line, naming up to 5 keys of each kind."""
+    parts = []
+    for kind, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*)"),
+                          ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)")):
+        m = re.search(pattern, text)
+        if m:
+            keys = re.findall(r'"([^"]+)"', m.group(1))
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            parts.append(f"{len(keys)} {kind} key(s): {', '.join(keys[:5])}{more}")
+    sizes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (\S+ \S+) from checkpoint, the shape "
+                       r"in current model is (\S+ \S+)", text)
+    if sizes:
+        shown = "; ".join(f"{k} {a} in the file, {b} in the model" for k, a, b in sizes[:5])
+        parts.append(f"{len(sizes)} size mismatch(es): {shown}")
+    return "the weights do not fit the model: " + ("; ".join(parts) if parts else _first_line(RuntimeError(text)))
+
+
+def _load_problem(e: BaseException) -> str | None:
+    """What went wrong reading a model or checkpoint file, in one line; None when ``e`` is not such a failure."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    if isinstance(e, SafetensorError):
+        return f"not a readable safetensors file (truncated or corrupt: {_first_line(e)})"
+    if isinstance(e, EOFError):
+        return "empty or truncated checkpoint (the file ends before its data)"
+    if isinstance(e, pickle.UnpicklingError):
+        key = re.search(r"invalid load key, '[^']*'", str(e))
+        return f"not a PyTorch checkpoint (it cannot be unpickled{': ' + key.group(0) if key else ''})"
+    if isinstance(e, RuntimeError):
+        text = str(e)
+        if "state_dict" in text and ("key(s)" in text or "size mismatch" in text):
+            return _state_dict_problem(text)
+        if "PytorchStreamReader" in text or "zip archive" in text or "central directory" in text:
+            return f"truncated or corrupt checkpoint ({_first_line(e)})"
+    if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, PermissionError)):
+        return f"truncated or corrupt checkpoint (reading it failed: {_first_line(e)})"
+    if isinstance(e, KeyError):
+        return f"not an audiomamba checkpoint (no {e} entry inside)"
+    return None
+
+
+@contextlib.contextmanager
+def _reading(path):
+    """Failures to read the model or checkpoint file ``path`` become one-line CLIErrors naming it."""
+    try:
+        yield
+    except CLIError:
+        raise
+    except Exception as e:
+        problem = _load_problem(e)
+        if problem is None:
+            raise
+        raise CLIError(f"{path}: {problem}") from e
+
+
+def _set_threads(args) -> None:
+    """torch CPU threads: --threads, else DEFAULT_THREADS on the CPU (GPU runs keep torch's default)."""
+    import torch
+
+    threads = args.threads if args.threads else (DEFAULT_THREADS if args.device == "cpu" else None)
+    if threads:
+        if threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
 
 
 def _quiet_lightning() -> None:
@@ -76,13 +159,15 @@ def load_any(spec: str, device: str = "cpu"):
     if path.is_file():
         if path.suffix != ".ckpt":
             raise CLIError(f"{path}: expected a model directory, a run directory or a .ckpt checkpoint")
-        task, cfg = load_task(path)
+        with _reading(path):
+            task, cfg = load_task(path)
         return task.eval_model.to(device).eval(), cfg
     if not (path / WEIGHTS_FILE).is_file() and (path / "model" / WEIGHTS_FILE).is_file():
         path = path / "model"
     if not (path / WEIGHTS_FILE).is_file() or not (path / CONFIG_FILE).is_file():
         raise CLIError(f"{path}: no {WEIGHTS_FILE} + {CONFIG_FILE} inside (not a model directory)")
-    model = load_model(path, device=device).eval()
+    with _reading(path / WEIGHTS_FILE):
+        model = load_model(path, device=device).eval()
     experiment = None
     if (path / EXPERIMENT_FILE).is_file():
         experiment = load_experiment_config(str(path / EXPERIMENT_FILE))
@@ -94,16 +179,21 @@ def load_any(spec: str, device: str = "cpu"):
 
 def cmd_train(args) -> int:
     from audiomamba.config import load_experiment_config
-    from audiomamba.training import run_dir_of, train
+    from audiomamba.training import train
+    from audiomamba.training.run import last_checkpoint, resumed_config
 
     cfg = load_experiment_config(args.config, args.overrides)
     resume = args.resume
-    if resume == "last":
-        resume = str(run_dir_of(cfg) / "checkpoints" / "last.ckpt")
+    if resume is not None:
+        # a resumed run keeps the config it was saved with (its overrides too); this command line's overrides
+        # apply on top (the config/preset named here only locates the run for --resume last)
+        resume = str(last_checkpoint(cfg)) if resume == "last" else resume
         if not Path(resume).is_file():
-            raise CLIError(f"--resume last: no checkpoint at {resume}")
-    elif resume is not None and not Path(resume).is_file():
-        raise CLIError(f"--resume: checkpoint not found: {resume}")
+            raise CLIError(f"--resume: checkpoint not found: {resume}")
+        with _reading(resume):
+            cfg, diff = resumed_config(resume, args.overrides)
+        print(f"resuming {resume} with its run's saved config"
+              + ("; changed on this command line:\n  " + "\n  ".join(diff) if diff else " (unchanged)"), flush=True)
     out = train(cfg, resume=resume)
     if out["model_dir"] is not None:
         print(json.dumps(out["metrics"], indent=2, sort_keys=True))
@@ -147,8 +237,9 @@ def cmd_generate(args) -> int:
 def cmd_classify(args) -> int:
     import torch
 
-    from audiomamba.inference import audio_contract, file_to_input
+    from audiomamba.inference import audio_contract, classify_long, file_to_input
 
+    _set_threads(args)
     model, _ = load_any(args.model, args.device)
     if model.config.kind != "classifier":
         raise CLIError(f"{args.model} is a language model; classify needs a classifier")
@@ -157,8 +248,8 @@ def cmd_classify(args) -> int:
     for f in args.files:
         # read as the test clips were: resampled, trimmed, normalized, padded to the training clip length
         x = file_to_input(model, f, pad=True).to(args.device)  # (1, L)
-        with torch.no_grad():
-            probs = model.classify(x).float().softmax(-1)[0]
+        with torch.no_grad():  # long files in chunks (causal) or windows (bidirectional): bounded memory
+            probs = classify_long(model, x).float().softmax(-1)[0]
         top = probs.topk(min(args.top, probs.numel()))
         ranked = ", ".join(f"{classes[int(i)]} {float(p):.3f}" for p, i in zip(top.values, top.indices))
         print(f"{f}\t{classes[int(top.indices[0])]}\t({ranked})")
@@ -170,6 +261,7 @@ def cmd_stream(args) -> int:
 
     from audiomamba.inference import audio_contract, file_to_input
 
+    _set_threads(args)
     model, _ = load_any(args.model, args.device)
     sr = audio_contract(model).sample_rate
     x = file_to_input(model, args.file).to(args.device)  # (1, L)
@@ -223,7 +315,7 @@ def cmd_evaluate(args) -> int:
     from audiomamba.config import load_experiment_config
     from audiomamba.data import AudioDataModule
     from audiomamba.evaluation import check_data_matches, evaluate_extras
-    from audiomamba.inference import audio_contract
+    from audiomamba.inference import audio_contract, causal_nll, classify_long
     from audiomamba.training import build_task
 
     model, cfg = load_any(args.model, args.device)
@@ -253,12 +345,13 @@ def cmd_evaluate(args) -> int:
     with torch.no_grad():
         for batch in tqdm(loader, desc=f"evaluate {args.split}", leave=False):
             batch = {k: v.to(args.device) for k, v in batch.items()}
+            # long clips (data.length null) run in chunks through the state: bounded memory
             if cfg.task == "lm":
-                total, count = task.nll(model, batch)
+                total, count = causal_nll(model, *task.sequence(batch)) if model.causal else task.nll(model, batch)
                 sums["nll"] += float(total)
                 sums["count"] += float(count)
             else:
-                logits = model.classify(task.inputs(batch)).float()
+                logits = classify_long(model, task.inputs(batch)).float()
                 sums["nll"] += float(torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum"))
                 sums["count"] += batch["label"].numel()
                 sums["correct"] += float((logits.argmax(-1) == batch["label"]).sum())
@@ -288,7 +381,8 @@ def cmd_export(args) -> int:
 
     if not Path(args.model).is_file():
         raise CLIError(f"checkpoint not found: {args.model}")
-    task, _ = load_task(args.model)
+    with _reading(args.model):
+        task, _ = load_task(args.model)
     out = export_model(task, args.out)
     print(f"exported {args.model} -> {out} ({task.model.num_parameters():,} parameters)")
     return 0
@@ -481,12 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classify", formatter_class=fmt, help="classify audio files",
                        description="Classify whole files. Each file is read as the model's test data was: "
                        "resampled to the model's sample rate, trimmed and loudness-normalized as its audio contract "
-                       "says, and zero-padded at the end when shorter than the training length.",
+                       "says, and zero-padded at the end when shorter than the training length (with a warning). "
+                       "Long files run in bounded memory: a causal model takes them in chunks through its state "
+                       "(the same result as one call); a bidirectional model sees at most 2^19 samples at once and "
+                       "classifies a longer file as the mean logits of near-equal consecutive windows.",
                        epilog="example:\n  audiomamba classify outputs/quickstart/quickstart_classifier a.wav b.flac")
     c.add_argument("model")
     c.add_argument("files", nargs="+")
     c.add_argument("--top", type=int, default=3, help="classes shown per file (default: 3)")
     c.add_argument("--device", default="cpu")
+    c.add_argument("--threads", type=int, default=None,
+                   help=f"torch CPU threads (default: {DEFAULT_THREADS} on the CPU, the fastest on a loaded machine)")
     c.set_defaults(fn=cmd_classify)
 
     s = sub.add_parser("stream", formatter_class=fmt, help="run a file through a causal model chunk by chunk",
@@ -500,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length in ms (default: 20)")
     s.add_argument("--print-every-ms", type=float, default=100.0, help="print a line every ... ms of audio")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=None,
+                   help=f"torch CPU threads (default: {DEFAULT_THREADS} on the CPU, the fastest on a loaded machine)")
     s.add_argument("--compile", action="store_true",
                    help="push through torch.compile (CPU, float32 state; the first chunk of a length compiles)")
     s.add_argument("--weights", choices=WEIGHTS, default="float32",
@@ -621,19 +722,48 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_lightning()
     os.environ.setdefault("TQDM_MININTERVAL", "0.5")
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    prefix = f"audiomamba {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {_first_line(message) if isinstance(message, Warning) else message}",
+              file=sys.stderr)
+
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = show_warning
+        try:
+            return args.fn(args)
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:
+            if debug:
+                raise
+            print(f"{prefix}: error: {_error_line(e)}", file=sys.stderr)
+    return 1
+
+
+def _error_line(e: Exception) -> str:
+    """One line for an error that ends a command (the traceback: AUDIOMAMBA_DEBUG=1)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from audiomamba.data.audio_folder import BadFileError
 
-    try:
-        return args.fn(args)
-    except CLIError as e:
-        print(f"audiomamba {args.command}: error: {e}", file=sys.stderr)
-    except (FileNotFoundError, ValueError, BadFileError, ImportError, RuntimeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"audiomamba {args.command}: error: {msg}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"audiomamba {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 1
+    if isinstance(e, CLIError):
+        return str(e)
+    if isinstance(e, MisconfigurationException):
+        text = str(e)
+        if re.search(r"not available|No supported gpu backend|CUDA", text, re.IGNORECASE):
+            return ("no GPU found for this Trainer: use trainer.accelerator=cpu (and trainer.devices=1 "
+                    "trainer.strategy=auto, or defaults.trainer=cpu) to train on the CPU")
+        return f"Lightning: {_first_line(e)}"
+    problem = _load_problem(e)
+    if problem is not None:
+        return problem
+    if isinstance(e, (FileNotFoundError, ValueError, BadFileError, ImportError, RuntimeError, OSError)):
+        return _first_line(e)
+    return f"{type(e).__name__}: {_first_line(e)} (run with {DEBUG_ENV}=1 for the traceback)"
 
 
 if __name__ == "__main__":

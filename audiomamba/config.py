@@ -23,6 +23,24 @@ NORM_NAMES = ("layernorm", "rmsnorm")
 ARCH_NAMES = ("backbone", "logmel_cnn")
 
 
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file as plain containers (interpolations resolved); ValueError naming the file, with the line and
+    column of a syntax error, for a file that is not valid YAML or not text."""
+    import yaml  # omegaconf's parser (PyYAML)
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (YAML) file") from None
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{path}: {str(err).strip().splitlines()[0]}") from None
+
+
 def _broadcast(name: str, values: Sequence, n: int) -> list:
     """One value per stage: a single-element list applies to all ``n`` stages."""
     values = list(values)
@@ -237,7 +255,7 @@ def _read_spec(spec: Any) -> tuple[Any, str]:
             path = Path(text)
             if not path.is_file():
                 raise FileNotFoundError(f"model config file not found: {path}")
-            return OmegaConf.to_container(OmegaConf.load(path), resolve=True), str(path)
+            return load_yaml(path), str(path)
         resource = importlib.resources.files("audiomamba.configs") / "model" / f"{text}.yaml"
         if not resource.is_file():
             raise ValueError(f"unknown model preset {text!r}; presets: {model_preset_names()} (or pass a YAML path)")
@@ -282,6 +300,8 @@ def load_model_config(spec: Any, overrides: Mapping[str, Any] | Sequence[str] | 
         ValueError: unknown key (named with its full path) or inconsistent fields.
     """
     tree, source = _read_spec(spec)
+    if not isinstance(tree, dict):
+        raise ValueError(f"model config from {source} must be a mapping, got {type(tree).__name__}")
     schema = OmegaConf.structured(ModelConfig)
     try:
         merged = OmegaConf.merge(schema, _lists_from_scalars(tree), _lists_from_scalars(_nest(overrides)))
@@ -719,7 +739,7 @@ def _read_group(group: str, spec: str) -> tuple[dict, str]:
     if spec.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"{group} config file not found: {path}")
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True), str(path)
+        return load_yaml(path), str(path)
     resource = _config_root() / group / f"{spec}.yaml"
     if not resource.is_file():
         raise ValueError(f"unknown {group} preset {spec!r}; presets: {config_names(group)} (or pass a YAML path)")

@@ -213,6 +213,9 @@ class AudioClassifier(_AudioModel):
             return self._embed_tokens(x)
         if x.dim() != 2 or not x.is_floating_point():
             raise ValueError(f"x: expected a float waveform (batch, length), got {tuple(x.shape)} {x.dtype}")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"x: the waveform holds {int(x.isnan().sum())} NaN and {int(x.isinf().sum())} infinite "
+                             f"sample(s) (of {x.numel()})")
         weight = self.embed.weight  # (D, 1): one sample → (D,), as a broadcast product (a K = 1 matmul costs more)
         return x[..., None].to(weight.dtype) * weight[:, 0]  # (B, L, 1) · (D,) → (B, L, D)
 

@@ -42,6 +42,7 @@ import warnings
 import weakref
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -130,11 +131,29 @@ class Stream:
         self.state = self.model.init_state(self.batch_size, self.device, self.dtype)
         self.position = 0
 
-    def push(self, chunk: torch.Tensor) -> torch.Tensor:
-        """Feed n new samples per stream, chunk (B, n[, K]); returns the outputs (B, n, ...) for them."""
+    def push(self, chunk: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Feed n new samples per stream, chunk (B, n[, K]) (a tensor or a numpy array); returns the outputs
+        (B, n, ...) for them. A chunk that is rejected (wrong shape, NaN or infinite samples, tokens out of range)
+        raises ValueError and leaves the stream exactly as it was."""
+        if isinstance(chunk, (np.ndarray, np.generic)):
+            chunk = np.asarray(chunk)
+            chunk = chunk if chunk.flags.c_contiguous else chunk.copy()  # (torch takes no negative strides)
+            if chunk.dtype.kind not in "biuf":
+                raise ValueError(f"chunk: expected numbers, got a numpy array of {chunk.dtype}")
+            chunk = torch.from_numpy(chunk)
+            if chunk.is_floating_point():  # numpy's default float64: samples in the state's dtype
+                chunk = chunk.to(self.dtype)
+        elif not isinstance(chunk, torch.Tensor):
+            raise ValueError(f"chunk: expected a tensor or numpy array (batch, n), got {type(chunk).__name__}")
+        if chunk.dim() < 2:
+            raise ValueError(f"chunk: expected (batch, n) samples, got a {chunk.dim()}-d tensor of shape "
+                             f"{tuple(chunk.shape)} (one stream's samples x go in as x[None])")
         if chunk.shape[0] != self.batch_size:
             raise ValueError(f"chunk: expected batch {self.batch_size} (the stream's batch_size), "
                              f"got shape {tuple(chunk.shape)}")
+        if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+            raise ValueError(f"chunk: {int(chunk.isnan().sum())} NaN and {int(chunk.isinf().sum())} infinite "
+                             f"sample(s) (of {chunk.numel()}); the stream is unchanged")
         chunk = chunk.to(self.device)
         key = self._pattern(chunk) if self.compile and chunk.shape[1] > 0 else None
         if key is None or not self._runs_compiled(key):

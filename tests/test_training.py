@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
+from audiomamba.cli import main
 from audiomamba.config import load_experiment_config
 from audiomamba.contract import AudioContract, TokenizerSpec
 from audiomamba.models import load_model
@@ -141,7 +144,7 @@ def _losses(log: Path) -> dict[int, float]:
     return {step: loss for step, loss in (json.loads(line) for line in log.read_text().splitlines())}
 
 
-def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
+def test_sigkill_and_resume_gives_the_same_losses(tmp_path, capsys):
     over = TINY + ["trainer.max_steps=9", "trainer.ckpt_every_n_steps=2", "trainer.sample_every_n_epochs=1",
                    "trainer.n_samples=1", "trainer.sample_length=50"]
     full = _run_child(tmp_path, tmp_path / "a", tmp_path / "a.jsonl", -1, None, over)
@@ -150,6 +153,11 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
     assert killed.returncode == -9, killed.stderr[-3000:]  # really killed by SIGKILL
     ckpt = tmp_path / "b" / "quickstart_lm" / "checkpoints" / "step0000004.ckpt"
     assert ckpt.is_file() and sorted(_losses(tmp_path / "b.jsonl")) == [1, 2, 3, 4]
+    # killed before the first validation: the periodic checkpoints kept last.ckpt current (atomically: no .tmp)
+    checkpoints = ckpt.parent
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
+    shutil.copytree(tmp_path / "b", tmp_path / "d")  # resumed below with `audiomamba train ... --resume last`
     resumed = _run_child(tmp_path, tmp_path / "b", tmp_path / "c.jsonl", -1, str(ckpt), over)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b, c = _losses(tmp_path / "a.jsonl"), _losses(tmp_path / "b.jsonl"), _losses(tmp_path / "c.jsonl")
@@ -158,6 +166,29 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
         assert b[step] == a[step]
     for step in range(5, 10):  # the next step after resuming, across the epoch boundary (6 batches per epoch)
         assert c[step] == pytest.approx(a[step], rel=1e-6, abs=0), f"step {step}: {c[step]} vs {a[step]}"
+
+    # `--resume last` on the command line: the run's saved config (its overrides: 9 steps, not the preset's),
+    # this command line's override on top (printed), the same losses as the uninterrupted run
+    argv = ["train", "quickstart_lm", f"trainer.output_dir={tmp_path / 'd'}", "trainer.limit_test_batches=0.5",
+            "--resume", "last"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    head, _, rest = printed.partition("; changed on this command line:\n")
+    assert head.endswith("d/quickstart_lm/checkpoints/last.ckpt with its run's saved config")
+    changes = rest[: rest.index("# resolved config")].splitlines()  # (the copy's saved output_dir is b's)
+    assert changes == ["  trainer.limit_test_batches: 1.0 -> 0.5",
+                       f"  trainer.output_dir: {tmp_path / 'b'} -> {tmp_path / 'd'}"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["quickstart_lm"]  # no new version folder
+    logged = {}
+    with open(tmp_path / "d" / "quickstart_lm" / "logs" / "version_1" / "metrics.csv") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("train/loss"):
+                logged[int(row["step"]) + 1] = float(row["train/loss"])  # the logger counts steps from 0
+    assert sorted(logged) == list(range(5, 10))
+    for step in range(5, 10):
+        assert logged[step] == pytest.approx(a[step], rel=1e-6, abs=0), f"step {step}: {logged[step]} vs {a[step]}"
+    resumed_cfg = load_experiment_config(str(tmp_path / "d" / "quickstart_lm" / "config.yaml"))
+    assert (resumed_cfg.trainer.max_steps, resumed_cfg.trainer.limit_test_batches) == (9, 0.5)
 
     # the uninterrupted run's outputs: config, logs, samples, metrics, exported model, checkpoint round trip
     run = tmp_path / "a" / "quickstart_lm"

@@ -3,7 +3,7 @@
 Reading: soundfile -> mono mix -> torchaudio resampling -> optional trim (librosa) -> optional loudness
 normalization (RMS in dBFS, peak-limited) -> crop or zero-pad to ``length`` samples.
 
-Bad files (unreadable, empty, truncated WAV): by default a clear error naming the file; with
+Bad files (unreadable, empty, truncated WAV, NaN or infinite samples): by default a clear error naming the file; with
 ``skip_bad_files=True`` they are dropped (found when scanning) or replaced by the next good item (found when
 reading), and counted in a warning, so one bad file never ends a run mid-epoch.
 """
@@ -74,7 +74,8 @@ class FileDataset(Dataset):
     def __init__(self, root, files, labels, label_regex, csv_path, skip_bad_files, classes=None):
         self.root = Path(root).expanduser()
         self.skip_bad_files = skip_bad_files
-        self.n_bad = 0
+        self.n_bad = 0  # bad files skipped: found by the scan, then found when read (e.g. NaN samples)
+        self.bad_indices: set[int] = set()  # files found bad when read (skipped from then on)
         if labels not in LABEL_SOURCES:
             raise ValueError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
         self.label_source = labels
@@ -151,13 +152,16 @@ class FileDataset(Dataset):
             index, crop_seed = index
         for attempt in range(len(self.files)):
             i = (index + attempt) % len(self.files)
+            if i in self.bad_indices:
+                continue
             try:
                 item = self.load(self.files[i], crop_seed)
-            except BadFileError:
+            except BadFileError as e:
                 if not self.skip_bad_files:
-                    raise
+                    raise BadFileError(f"{e} (set skip_bad_files=true to skip such files)") from None
+                self.bad_indices.add(i)  # counted once, never read again
                 self.n_bad += 1
-                warnings.warn(f"skipped unreadable file {self.files[i]} ({self.n_bad} bad so far)", stacklevel=2)
+                warnings.warn(f"skipped unreadable file {self.files[i]} ({self.n_bad} bad so far): {e}", stacklevel=2)
                 continue
             item["label"] = torch.tensor(self.labels[i], dtype=torch.long)
             item["index"] = torch.tensor(i, dtype=torch.long)
@@ -257,7 +261,8 @@ def read_audio(path, sample_rate: int, trim_db: float | None = None, loudness_db
     """One audio file as (L,) float32: soundfile -> mono mix -> torchaudio resample to ``sample_rate`` ->
     optional trim (``trim_db`` below peak, librosa) -> optional RMS normalization to ``loudness_db`` dBFS.
 
-    Raises BadFileError naming the file when it cannot be read, is empty, or (``check``) is a truncated WAV.
+    Raises BadFileError naming the file when it cannot be read, is empty, holds NaN or infinite samples (float
+    files), or (``check``) is a truncated WAV.
     """
     path = Path(path)
     if check and path.suffix.lower() == ".wav":
@@ -268,6 +273,11 @@ def read_audio(path, sample_rate: int, trim_db: float | None = None, loudness_db
         raise BadFileError(f"cannot read audio file {path}: {e}") from None
     if data.shape[0] == 0:
         raise BadFileError(f"empty audio file {path} (0 frames)")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = data[~finite]
+        raise BadFileError(f"audio file {path} holds {np.isnan(bad).sum()} NaN and {np.isinf(bad).sum()} infinite "
+                           f"sample(s) (of {data.size})")
     wave = torch.from_numpy(data.mean(axis=1))  # (L,) mono mix
     if sr != sample_rate:
         wave = AF.resample(wave, sr, sample_rate)

@@ -1,13 +1,18 @@
-"""Callbacks: data-loader progress for exact resume, and periodic generated samples (WAV + spectrogram PNG)."""
+"""Callbacks: data-loader progress for exact resume, atomic checkpoints that keep last.ckpt current, the run's
+config.yaml written once the fit starts, and periodic generated samples (WAV + spectrogram PNG)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from weakref import proxy
 
 import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class LoaderProgress(L.Callback):
@@ -19,6 +24,46 @@ class LoaderProgress(L.Callback):
         sampler = getattr(dm, "train_batch_sampler", None) if dm is not None else None
         if sampler is not None:
             sampler.mark(trainer.current_epoch, batch_idx + 1)
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint whose files are never seen half-written: each is written to ``NAME.tmp`` and renamed
+    over ``NAME`` (a rename within a directory is atomic), so a crash mid-write leaves the previous file intact.
+
+    With ``save_last=True`` every save this callback makes (periodic, best, end of epoch) also rewrites
+    ``last.ckpt``, the checkpoint ``--resume last`` reads; several of these callbacks may share one last.ckpt.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("enable_version_counter", False)  # last.ckpt, never last-v1.ckpt beside another's
+        super().__init__(*args, **kwargs)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        if not _is_local_file_protocol(filepath):  # remote storage: no rename there
+            super()._save_checkpoint(trainer, filepath)
+            return
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+class WriteConfig(L.Callback):
+    """Writes the run's resolved config (``text``) to ``path`` when the fit really starts (after the Trainer and
+    its processes are set up), on rank 0, so that a launch that fails earlier leaves no config behind."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = Path(path), text
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(self.text)
 
 
 def save_spectrogram_png(wave: np.ndarray, sample_rate: int, path: Path, title: str = "") -> Path:

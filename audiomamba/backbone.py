@@ -97,13 +97,16 @@ class MultiResolutionBackbone(nn.Module):
     # ------------------------------------------------------------------ causal, any chunk length
 
     def forward(
-        self, x: torch.Tensor, state: BackboneState | None = None, phases: list[int] | None = None
+        self, x: torch.Tensor, state: BackboneState | None = None, phases: list[int] | None = None,
+        return_state: bool = True,
     ) -> tuple[torch.Tensor, Any]:
         """x: (B, L, D) → y: (B, L, D), new state (None when bidirectional). ``state=None`` starts a stream.
 
         Bidirectional: any L (padded with zeros to a multiple of the pooling product inside, then cropped).
         ``phases``: the pooling phases of ``state`` (``pool_phases``) when the caller knows them (no host sync:
-        the compiled streaming path).
+        the compiled streaming path). ``return_state=False`` (training, scoring): no new state is built and None
+        is returned in its place; from ``state=None`` no start state is built either (every layer starts from
+        zeros without one, the conv and scan kernels included). ``y`` is the same.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
@@ -115,11 +118,11 @@ class MultiResolutionBackbone(nn.Module):
             if pad:
                 x = torch.cat([x, x.new_zeros(x.shape[0], pad, x.shape[2])], dim=1)  # (B, L + pad, D)
             return self.norm(self._full_stage(0, x)[:, :length]), None
-        if state is None:
+        if state is None and return_state:
             state = self.init_state(x.shape[0], x.device, x.dtype)
         if x.shape[1] == 0:  # nothing new: the state stays
             return self.norm(x), state
-        new = BackboneState(list(state.down), list(state.up), [list(b) for b in state.blocks])
+        new = BackboneState(list(state.down), list(state.up), [list(b) for b in state.blocks]) if return_state else None
         y = self._chunk_stage(0, x, state, new, phases)
         return self.norm(y), new
 
@@ -129,26 +132,31 @@ class MultiResolutionBackbone(nn.Module):
 
     def _run_blocks(self, s: int, h0: torch.Tensor, state: BackboneState | None, new: BackboneState | None,
                     inplace: bool = False):
+        """Stage s's blocks from ``state`` (None: from zeros), their new states into ``new`` (None: not built)."""
         h = h0
         for i, block in enumerate(self.stages[s]):
             if inplace and block.fused_step:  # one step, the block's state tensors overwritten
                 h = block.step_(h, state.blocks[s][i])
                 continue
-            h, block_state = block(h, None if state is None else state.blocks[s][i])
+            h, block_state = block(h, None if state is None else state.blocks[s][i], return_state=new is not None)
             if new is not None:
                 new.blocks[s][i] = block_state
         return h + h0  # (B, L_s, D_s): the stage's residual around its blocks
 
-    def _chunk_stage(self, s: int, x: torch.Tensor, state: BackboneState, new: BackboneState,
+    def _chunk_stage(self, s: int, x: torch.Tensor, state: BackboneState | None, new: BackboneState | None,
                      phases: list[int] | None = None) -> torch.Tensor:
-        """Stage s on a chunk x: (B, L_s, D_s) → (B, L_s, D_s), filling ``new``."""
+        """Stage s on a chunk x: (B, L_s, D_s) → (B, L_s, D_s) from ``state`` (None: from zeros), filling
+        ``new`` (None: no new state)."""
         if s < len(self.pools):
             phase = None if phases is None else phases[s]  # a DownPool and its UpPool count the same steps
-            coarse, new.down[s] = self.down[s](x, state.down[s], phase)  # (B, M, D_{s+1}), M possibly 0
-            if coarse.shape[1] > 0:
+            keep = new is not None
+            coarse, down_state = self.down[s](x, None if state is None else state.down[s], phase, keep)  # (B, M, ·)
+            if coarse.shape[1] > 0:  # M possibly 0
                 coarse = self._chunk_stage(s + 1, coarse, state, new, phases)
-            up, new.up[s] = self.up[s](coarse, x.shape[1], state.up[s], phase)  # (B, L_s, D_s)
-            x = up + x
+            up, up_state = self.up[s](coarse, x.shape[1], None if state is None else state.up[s], phase, keep)
+            if keep:
+                new.down[s], new.up[s] = down_state, up_state
+            x = up + x  # (B, L_s, D_s)
         return self._run_blocks(s, x, state, new)
 
     def _full_stage(self, s: int, x: torch.Tensor) -> torch.Tensor:

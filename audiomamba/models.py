@@ -156,15 +156,17 @@ class AudioLM(_AudioModel):
     def init_state(self, batch_size: int, device=None, dtype=None) -> BackboneState:
         return self.backbone.init_state(batch_size, device, dtype)
 
-    def forward(self, tokens: torch.Tensor, state: BackboneState | None = None):
-        """tokens: (B, L) (one codebook) or (B, L, K) → logits (B, L, V) or (B, L, K, V), new state."""
-        logits, state = self.forward_embedded(self._embed_tokens(tokens), state)  # (B, L, K, V)
-        return (logits[:, :, 0] if tokens.dim() == 2 else logits), state
+    def forward(self, tokens: torch.Tensor, state: BackboneState | None = None, return_state: bool = True):
+        """tokens: (B, L) (one codebook) or (B, L, K) → logits (B, L, V) or (B, L, K, V), new state.
+        ``return_state=False`` (training, scoring): None in place of the new state, which is not computed."""
+        logits, state = self.forward_embedded(self._embed_tokens(tokens), state, return_state=return_state)
+        return (logits[:, :, 0] if tokens.dim() == 2 else logits), state  # (B, L, K, V) → (B, L, V) for K = 1
 
-    def forward_embedded(self, h: torch.Tensor, state: BackboneState | None = None, phases: list[int] | None = None):
+    def forward_embedded(self, h: torch.Tensor, state: BackboneState | None = None, phases: list[int] | None = None,
+                         return_state: bool = True):
         """Embedded tokens h (B, L, D) → logits (B, L, K, V), new state. ``phases``: the pooling phases of
-        ``state`` when the caller knows them (see ``MultiResolutionBackbone.forward``)."""
-        h, state = self.backbone(h, state, phases)  # (B, L, D)
+        ``state`` when the caller knows them; ``return_state``: see ``MultiResolutionBackbone.forward``."""
+        h, state = self.backbone(h, state, phases, return_state)  # (B, L, D)
         return self.head(h), state
 
     def features(self, tokens: torch.Tensor, state: BackboneState | None = None):
@@ -219,31 +221,32 @@ class AudioClassifier(_AudioModel):
         weight = self.embed.weight  # (D, 1): one sample → (D,), as a broadcast product (a K = 1 matmul costs more)
         return x[..., None].to(weight.dtype) * weight[:, 0]  # (B, L, 1) · (D,) → (B, L, D)
 
-    def forward(self, x: torch.Tensor, state: ClassifierState | None = None):
+    def forward(self, x: torch.Tensor, state: ClassifierState | None = None, return_state: bool = True):
         """x: (B, L) waveform or tokens ((B, L, K) for K codebooks).
 
         Returns (logits (B, L, C) running, new state) when causal, (logits (B, C), None) when bidirectional.
+        ``return_state=False``: None in place of the new state, which is not computed.
         """
-        return self.forward_embedded(self._inputs(x), state)
+        return self.forward_embedded(self._inputs(x), state, return_state=return_state)
 
     def forward_embedded(self, h: torch.Tensor, state: ClassifierState | None = None,
-                         phases: list[int] | None = None):
+                         phases: list[int] | None = None, return_state: bool = True):
         """The inputs' embedding h (B, L, D) → what ``forward`` returns. ``phases``: the pooling phases of
-        ``state`` when the caller knows them (see ``MultiResolutionBackbone.forward``)."""
-        h, backbone_state = self.backbone(h, None if state is None else state.backbone, phases)
+        ``state`` when the caller knows them; ``return_state``: see ``MultiResolutionBackbone.forward``."""
+        h, backbone_state = self.backbone(h, None if state is None else state.backbone, phases, return_state)
         if not self.causal:
             return self.head.pool_sequence(h), None
         logits, head_state = self.head(h, None if state is None else state.head)
-        return logits, ClassifierState(backbone_state, head_state)
+        return logits, (ClassifierState(backbone_state, head_state) if return_state else None)
 
     def classify(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Whole-clip logits (B, C); ``lengths`` (B,) gives the valid samples of zero-padded rows."""
         if self.causal:
-            logits, _ = self(x)  # (B, L, C)
+            logits, _ = self(x, return_state=False)  # (B, L, C)
             if lengths is None:
                 return logits[:, -1]
             return logits[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]
-        h, _ = self.backbone(self._inputs(x))
+        h, _ = self.backbone(self._inputs(x), return_state=False)
         return self.head.pool_sequence(h, lengths)
 
 

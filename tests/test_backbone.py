@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from helpers import random_chunks, rel_err
+from helpers import assert_same_grads, random_chunks, rel_err
 
 from audiomamba.backbone import MultiResolutionBackbone
 from audiomamba.config import BackboneConfig
@@ -228,3 +228,98 @@ def test_widths_and_config_checks():
         BackboneConfig(mixer=["mamba3"])
     with pytest.raises(ValueError, match="pool factors must be >= 2"):
         BackboneConfig(pool=[1])
+
+
+# ---------------------------------------------------------------------------------------------- stateless path
+
+
+@pytest.mark.parametrize("mixers", MIXER_SETS, ids=["mamba1", "mamba2", "s4d", "mixed"])
+def test_stateless_backbone_equals_call_from_init_state(mixers):
+    """return_state=False: the output and every gradient of a call from init_state, None for the state; from a
+    carried state (pooling phases mid-frame) it continues the stream like a call that returns the state."""
+    torch.manual_seed(8)
+    bb = tiny_backbone(mixers, pool=(2, 3), mlp_expand=1).train()
+    x = torch.randn(2, 70, 8, requires_grad=True)  # 70: not a multiple of 2, 3 or 6
+    y_state, state = bb(x, bb.init_state(2))
+    y, none = bb(x, return_state=False)
+    assert none is None and state is not None
+    assert rel_err(y, y_state) < TOL
+    assert_same_grads((y_state,), (y,), {"x": x, **dict(bb.named_parameters())}, tol=TOL)
+    with torch.no_grad():
+        x2 = torch.randn(2, 17, 8)
+        y2_state, _ = bb(x2, state)
+        y2, none = bb(x2, state, return_state=False)
+        assert bb(x2[:, :0], return_state=False)[1] is None
+    assert none is None and rel_err(y2, y2_state) < TOL
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_training_step_builds_no_state_and_asks_the_kernels_for_none(monkeypatch, causal):
+    """The training tasks' forward (LM NLL; classifier loss, causal and bidirectional) builds no start state,
+    reads no pooling phase (no host sync), and every Mamba-1 conv and scan gets initial_state=None and
+    return_final_state=False; the loss and its gradients equal those of the same model run from init_state."""
+    import inspect
+
+    import torch.nn.functional as F
+
+    from audiomamba import kernels
+    from audiomamba.config import load_experiment_config
+    from audiomamba.layers import mamba1, pool
+    from audiomamba.training.tasks import build_task
+
+    calls, built = [], []
+
+    def spy(fn):
+        sig = inspect.signature(fn)
+
+        def wrapped(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            calls.append((bound.arguments["initial_state"], bound.arguments["return_final_state"]))
+            return fn(*args, **kwargs)
+        return wrapped
+
+    tiny = ["model.backbone.d_model=8", "model.backbone.pool=[2, 2]", "model.backbone.n_blocks=[1]",
+            "model.backbone.mixer=[mamba1]", "model.backbone.mixer_options={mamba1: {d_state: 4}}",
+            f"model.backbone.bidirectional={str(not causal).lower()}"]
+    torch.manual_seed(9)
+    tasks = [build_task(load_experiment_config("quickstart_classifier", tiny)).train()]
+    if causal:
+        tasks.append(build_task(load_experiment_config("quickstart_lm", tiny)).train())
+    for task in tasks:
+        audio = torch.rand(2, 90) * 2 - 1
+        batch = {"audio": audio, "label": torch.tensor([0, 1])}
+        monkeypatch.setattr(mamba1, "selective_scan", spy(kernels.selective_scan))
+        monkeypatch.setattr(mamba1, "causal_conv1d", spy(kernels.causal_conv1d))
+        monkeypatch.setattr(MultiResolutionBackbone, "init_state", lambda *a, **k: built.append(1))
+        monkeypatch.setattr(pool, "_phase_of", lambda *a, **k: built.append(2))
+        if task.cfg.task == "lm":
+            total, count = task.nll(task.model, batch)
+            loss = total / count
+        else:
+            loss, _ = task._loss_acc(task.model, batch)
+        params = dict(task.model.named_parameters())
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        mixers = sum(isinstance(m, mamba1.Mamba1Mixer) for m in task.model.modules())
+        assert not built and mixers and len(calls) == 2 * mixers  # a conv and a scan per mixer
+        assert all(s is None and f is False for s, f in calls)
+        calls.clear()
+        monkeypatch.undo()
+        if not causal:
+            continue
+        # the same loss and gradients from an explicit zero state
+        model = task.model
+        x = task.inputs(batch) if task.cfg.task == "classify" else task.sequence(batch)[0]
+        out, state = model(x, model.init_state(2))
+        assert state is not None
+        if task.cfg.task == "lm":
+            logits = out[:, :-1].float()
+            ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        else:
+            ref = F.cross_entropy(out[:, -1].float(), batch["label"])
+        assert rel_err(ref, loss) < TOL
+        ref_grads = torch.autograd.grad(ref, list(params.values()), allow_unused=True)
+        for name, g, r in zip(params, grads, ref_grads):
+            assert (g is None) == (r is None), name
+            if g is not None:
+                assert rel_err(g, r) < 1e-4, name

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from helpers import random_chunks, rel_err
+from helpers import assert_same_grads, random_chunks, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -181,3 +181,56 @@ def test_mamba1_short_chunk_path_equals_autograd_path(monkeypatch):
     assert len(taken) == len(sizes)
     assert rel_err(y, y_ref) < TOL
     assert_states_close(s, s_ref)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_stateless_call_equals_call_from_init_state_outputs_and_gradients(name):
+    """return_state=False (training): the output and every gradient (input, parameters) of a call from
+    init_state, and None in place of the state; from a carried state it still continues the stream."""
+    mixer = make(name).train()
+    x = torch.randn(2, 90, 16, requires_grad=True)  # longer than the short-chunk path's limit
+    y_state, s = mixer(x, mixer.init_state(2))
+    y, none = mixer(x, return_state=False)
+    assert none is None and s is not None
+    assert rel_err(y, y_state) < TOL
+    leaves = {"x": x, **dict(mixer.named_parameters())}
+    assert_same_grads((y_state,), (y,), leaves, tol=TOL)
+    with torch.no_grad():
+        x2 = torch.randn(2, 33, 16)
+        y2_state, _ = mixer(x2, s)
+        y2, none = mixer(x2, s, return_state=False)
+    assert none is None and rel_err(y2, y2_state) < TOL
+
+
+def test_mamba1_stateless_call_asks_the_kernels_for_no_states(monkeypatch):
+    """Without a state and with return_state=False, the conv and the scan get initial_state=None and
+    return_final_state=False (no zero start state, no final-state outputs in the graph); with a state they get
+    it and return the final one."""
+    import inspect
+
+    from audiomamba import kernels
+    from audiomamba.layers import mamba1
+
+    calls = []
+
+    def spy(name, fn):
+        sig = inspect.signature(fn)
+
+        def wrapped(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            calls.append((name, bound.arguments["initial_state"], bound.arguments["return_final_state"]))
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(mamba1, "selective_scan", spy("scan", kernels.selective_scan))
+    monkeypatch.setattr(mamba1, "causal_conv1d", spy("conv", kernels.causal_conv1d))
+    mixer = make("mamba1").train()
+    x = torch.randn(2, 80, 16, requires_grad=True)
+    y, _ = mixer(x, return_state=False)
+    y.square().sum().backward()
+    assert calls == [("conv", None, False), ("scan", None, False)]
+    calls.clear()
+    _, state = mixer(x, mixer.init_state(2))
+    assert [n for n, _, _ in calls] == ["conv", "scan"] and state is not None
+    assert all(s is not None and f is True for _, s, f in calls)

@@ -154,7 +154,7 @@ class MambaSSMMixer(nn.Module):
         """No streaming state: the backbone passes None back in."""
         return None
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, return_state: bool = True):
         if state is not None:
             raise ValueError("MambaSSMMixer: mamba_ssm's Mamba takes no streaming state here")
         return self.inner(x), None
@@ -310,7 +310,7 @@ def _bench_train(presets, length, batch, steps, warmup, dev, profile, tiny, seed
     def ours(name):
         def build():
             model = build_model(configs[name]).to(dev).train()
-            return model, lambda x: model(x)[0]
+            return model, lambda x: model(x, return_state=False)[0]  # as training calls it: no state built
         return build
 
     first_params = None

@@ -1,5 +1,7 @@
 """Sequence mixers and the layers the backbone is built from. Every mixer maps (B, L, D) → (B, L, D) and
-follows the state contract: ``init_state(batch_size, device, dtype)`` and ``forward(x, state=None) -> (y, state)``.
+follows the state contract: ``init_state(batch_size, device, dtype)`` and ``forward(x, state=None) -> (y, state)``;
+``forward(x, state, return_state=False)`` gives the same y and None in place of the state, which it does not compute
+(training).
 """
 
 from .mamba1 import Mamba1Mixer, Mamba1State

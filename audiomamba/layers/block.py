@@ -85,17 +85,18 @@ class ResidualBlock(nn.Module):
             raise ValueError("a bidirectional block has no streaming state (its reversed mixer sees the future)")
         return self.mixer.init_state(batch_size, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
-        """x: (B, L, D) → (B, L, D), new mixer state (None when bidirectional). ``state=None`` starts a stream."""
+    def forward(self, x: torch.Tensor, state: Any = None, return_state: bool = True) -> tuple[torch.Tensor, Any]:
+        """x: (B, L, D) → (B, L, D), new mixer state (None when bidirectional). ``state=None`` starts a stream.
+        ``return_state=False``: the mixer computes no new state and None is returned in its place."""
         h = self.norm(x)
         if self.bidirectional:
             if state is not None:
                 raise ValueError("a bidirectional block takes no state (it is not streamable)")
-            y_fwd, _ = self.mixer(h)
-            y_rev, _ = self.mixer_rev(h.flip(1))
+            y_fwd, _ = self.mixer(h, return_state=False)
+            y_rev, _ = self.mixer_rev(h.flip(1), return_state=False)
             y, state = y_fwd + y_rev.flip(1), None
         else:
-            y, state = self.mixer(h, state)
+            y, state = self.mixer(h, state, return_state=return_state)
         x = x + self._drop(y)
         if self.mlp is not None:
             x = x + self._drop(self.mlp(self.mlp_norm(x)))

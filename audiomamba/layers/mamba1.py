@@ -140,35 +140,50 @@ class Mamba1Mixer(nn.Module):
             ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
         )
 
-    def forward(self, x: torch.Tensor, state: Mamba1State | None = None) -> tuple[torch.Tensor, Mamba1State]:
-        """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream."""
+    def forward(
+        self, x: torch.Tensor, state: Mamba1State | None = None, return_state: bool = True
+    ) -> tuple[torch.Tensor, Mamba1State | None]:
+        """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream.
+
+        ``return_state=False`` (training, scoring): the new state is not computed and None is returned in its
+        place; the conv and the scan then neither take a zero start state nor return a final one (no final-state
+        outputs in the autograd graph). ``y`` is the same.
+        """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
         batch, length, _ = x.shape
         if (not torch.is_grad_enabled() and 0 < length <= SHORT_LENGTH and x.dtype == torch.float32
                 and (state is None or state.conv.dtype == torch.float32) and get_backend(x) == "reference"):
-            return self._forward_short(x, state)
+            y, new = self._forward_short(x, state)
+            return y, (new if return_state else None)
         xz = self.in_proj(x)  # (B, L, 2E)
         xs, z = xz.chunk(2, dim=-1)  # (B, L, E) each
-        xs, z = xs.transpose(1, 2), z.transpose(1, 2)  # (B, E, L) views, channel-last memory
+        # (B, E, L) views of channel-last memory: the Triton conv and scan take any strides and give their outputs
+        # their inputs' strides, so x_proj and out_proj below read (B, L, ·) rows without a copy
+        xs, z = xs.transpose(1, 2), z.transpose(1, 2)
         conv_state = None if state is None else state.conv
         if conv_state is not None and conv_state.dtype != xs.dtype:
             conv_state = conv_state.to(xs.dtype)
-        xs, conv_state = causal_conv1d(
-            xs, self.conv_weight, self.conv_bias, conv_state, return_final_state=True, activation="silu"
-        )  # (B, E, L)
+        xs = causal_conv1d(
+            xs, self.conv_weight, self.conv_bias, conv_state, return_final_state=return_state, activation="silu"
+        )  # (B, E, L), or ((B, E, L), (B, E, W-1))
+        if return_state:
+            xs, conv_state = xs
         x_dbl = self.x_proj(xs.transpose(1, 2))  # (B, L, R + 2N)
         dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # (B, E, L), bias added inside the scan
+        # Δ before its bias (B, E, L), channel-last; the bias and the softplus are applied inside the scan
+        delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)
         D, dt_bias = self.D, self.dt_proj.bias
-        y, ssm_state = selective_scan(
+        y = selective_scan(
             xs, delta, self._A(), Bm.transpose(1, 2), Cm.transpose(1, 2),
             D if D.dtype == torch.float32 else D.float(), z,
             dt_bias if dt_bias.dtype == torch.float32 else dt_bias.float(), True,
-            None if state is None else state.ssm, True,
-        )  # (B, E, L), (B, E, N)
-        out = self.out_proj(y.transpose(1, 2))  # (B, L, D)
-        return out, Mamba1State(conv=conv_state, ssm=ssm_state)
+            None if state is None else state.ssm, return_state,
+        )  # (B, E, L), or ((B, E, L), (B, E, N))
+        if not return_state:
+            return self.out_proj(y.transpose(1, 2)), None  # (B, L, D)
+        y, ssm_state = y
+        return self.out_proj(y.transpose(1, 2)), Mamba1State(conv=conv_state, ssm=ssm_state)
 
     def _forward_short(self, x: torch.Tensor, state: Mamba1State | None) -> tuple[torch.Tensor, Mamba1State]:
         """``forward`` for a short float32 chunk without autograd on the reference (CPU) backend: streaming's

@@ -92,8 +92,11 @@ class Mamba2Mixer(nn.Module):
             ssm=torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32),
         )
 
-    def forward(self, x: torch.Tensor, state: Mamba2State | None = None) -> tuple[torch.Tensor, Mamba2State]:
-        """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream."""
+    def forward(
+        self, x: torch.Tensor, state: Mamba2State | None = None, return_state: bool = True
+    ) -> tuple[torch.Tensor, Mamba2State | None]:
+        """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream. ``return_state=False``: no
+        final state is computed, None is returned in its place."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
         batch, length, _ = x.shape
@@ -101,16 +104,20 @@ class Mamba2Mixer(nn.Module):
         zxbcdt = self.in_proj(x)  # (B, L, 2E + 2GN + H)
         z, xBC, dt = zxbcdt.split([E, self.conv_dim, H], dim=-1)
         conv_state = None if state is None else state.conv.to(xBC.dtype)
-        xBC, conv_state = causal_conv1d(
+        xBC = causal_conv1d(
             xBC.transpose(1, 2), self.conv_weight, self.conv_bias, conv_state,
-            return_final_state=True, activation="silu",
-        )  # (B, E + 2GN, L)
+            return_final_state=return_state, activation="silu",
+        )  # (B, E + 2GN, L), or with the final conv state
+        if return_state:
+            xBC, conv_state = xBC
         xs, Bm, Cm = xBC.transpose(1, 2).split([E, G * N, G * N], dim=-1)  # (B, L, ·)
-        y, ssm_state = ssd_scan(
+        y = ssd_scan(
             xs.unflatten(-1, (H, P)), dt, -torch.exp(self.A_log.float()),
             Bm.unflatten(-1, (G, N)), Cm.unflatten(-1, (G, N)), self.chunk_size, D=self.D.float(),
             dt_bias=self.dt_bias.float(), dt_softplus=True,
-            initial_state=None if state is None else state.ssm, return_final_state=True,
-        )  # (B, L, H, P), (B, H, P, N)
-        y = self.norm(y.flatten(-2), z)  # (B, L, E)
-        return self.out_proj(y), Mamba2State(conv=conv_state, ssm=ssm_state)
+            initial_state=None if state is None else state.ssm, return_final_state=return_state,
+        )  # (B, L, H, P), or with the final state (B, H, P, N)
+        if return_state:
+            y, ssm_state = y
+        y = self.out_proj(self.norm(y.flatten(-2), z))  # (B, L, E) → (B, L, D)
+        return y, (Mamba2State(conv=conv_state, ssm=ssm_state) if return_state else None)

@@ -76,21 +76,28 @@ class DownPool(nn.Module):
         return self.linear(x.reshape(x.shape[0], -1, self.pool * self.d_model))  # (B, M, P·D) → (B, M, D_out)
 
     def forward(
-        self, x: torch.Tensor, state: DownPoolState | None = None, phase: int | None = None
-    ) -> tuple[torch.Tensor, DownPoolState]:
+        self, x: torch.Tensor, state: DownPoolState | None = None, phase: int | None = None,
+        return_state: bool = True,
+    ) -> tuple[torch.Tensor, DownPoolState | None]:
         """x: (B, L, D) → frames completed by these inputs (B, M, D_out), new state.
 
-        M = (phase + L) // P, possibly 0. ``state=None`` starts a stream. ``phase``: the state's phase when the
-        caller knows it (no host sync; the compiled streaming path, which specialises on it).
+        M = (phase + L) // P, possibly 0. ``state=None`` starts a stream (phase 0, no host sync). ``phase``: the
+        state's phase when the caller knows it (no host sync; the compiled streaming path, which specialises on
+        it). ``return_state=False``: None in place of the new state.
         """
         batch, length, _ = x.shape
         P = self.pool
-        if state is None:
-            state = self.init_state(batch, x.device, x.dtype)
-        r0 = _phase_of(state.phase, "DownPool state.phase") if phase is None else phase
+        if phase is not None:
+            r0 = phase
+        else:
+            r0 = 0 if state is None else _phase_of(state.phase, "DownPool state.phase")
         full = torch.cat([state.buffer[:, P - 1 - r0 :], x], dim=1) if r0 else x  # (B, r0 + L, D)
         m = (r0 + length) // P
         frames = self._frames(full if m * P == full.shape[1] else full[:, : m * P])  # (B, M, D_out)
+        if not return_state:
+            return frames, None
+        if state is None:
+            state = self.init_state(batch, x.device, x.dtype)
         if length >= P - 1:
             window = x[:, length - (P - 1) :]  # (B, P-1, D): the last P-1 inputs
         else:
@@ -142,18 +149,23 @@ class UpPool(nn.Module):
         return self.linear(coarse).reshape(coarse.shape[0], -1, self.d_model)  # (B, M, P·D) → (B, M·P, D)
 
     def forward(
-        self, coarse: torch.Tensor, length: int, state: UpPoolState | None = None, phase: int | None = None
-    ) -> tuple[torch.Tensor, UpPoolState]:
+        self, coarse: torch.Tensor, length: int, state: UpPoolState | None = None, phase: int | None = None,
+        return_state: bool = True,
+    ) -> tuple[torch.Tensor, UpPoolState | None]:
         """Causal: ``length`` fine outputs (B, L, D), new state.
 
         ``coarse`` (B, M, D_in) holds the frames the paired DownPool completed during these L steps:
-        M = (phase + L) // P. ``state=None`` starts a stream. ``phase``: as in ``DownPool.forward``.
+        M = (phase + L) // P. ``state=None`` starts a stream (phase 0, no host sync). ``phase``: as in
+        ``DownPool.forward``. ``return_state=False``: None in place of the new state.
         """
         batch = coarse.shape[0]
         P = self.pool
+        if phase is not None:
+            r0 = phase
+        else:
+            r0 = 0 if state is None else _phase_of(state.phase, "UpPool state.phase")
         if state is None:
             state = self.init_state(batch, coarse.device, coarse.dtype)
-        r0 = _phase_of(state.phase, "UpPool state.phase") if phase is None else phase
         m = (r0 + length) // P
         if coarse.shape[1] != m:
             raise ValueError(f"coarse: expected {m} frames for {length} steps at phase {r0}, got {coarse.shape[1]}")
@@ -168,6 +180,8 @@ class UpPool(nn.Module):
             out = torch.cat([state.buffer[:, : P - r0], fine[:, : length - (P - r0)]], dim=1)
             last = fine[:, -P:]  # (B, P, D): the newest frame's outputs, r1 of them already due
             buffer = torch.cat([last[:, r1:], last[:, :r1]], dim=1) if r1 else last
+        if not return_state:
+            return out, None
         # every row has phase r0 (checked above), so the new phase is one number
         return out, UpPoolState(buffer=buffer, phase=torch.full_like(state.phase, r1))
 

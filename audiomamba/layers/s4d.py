@@ -70,21 +70,23 @@ class S4DMixer(nn.Module):
         dA = torch.exp(dtA)
         return dtA, dA, (dA - 1.0) / A
 
-    def ssm(self, u: torch.Tensor, h0: torch.Tensor | None, method: str = "auto"):
+    def ssm(self, u: torch.Tensor, h0: torch.Tensor | None, method: str = "auto", final_state: bool = True):
         """The linear SSM on channel-first input.
 
         Args:
             u: (B, D, L) float32. h0: (B, D, N/2) complex128 state or None.
             method: "fft", "recurrent" or "auto" (FFT from FFT_MIN_LENGTH samples on).
+            final_state: compute h (else None: the FFT path skips its Vandermonde sum).
         Returns:
-            y: (B, D, L) float32 (without the D skip), h: (B, D, N/2) complex128 final state.
+            y: (B, D, L) float32 (without the D skip), h: (B, D, N/2) complex128 final state or None.
         """
         if method not in ("auto", "fft", "recurrent"):
             raise ValueError(f"method: expected 'auto', 'fft' or 'recurrent', got {method!r}")
         batch, _, length = u.shape
         dtA, dA, dB = self._discrete()
         C = torch.view_as_complex(self.C).to(torch.cdouble)  # (D, N/2)
-        if h0 is None:
+        zero_start = h0 is None
+        if zero_start:
             h0 = torch.zeros(batch, self.d_model, self.n_modes, dtype=torch.cdouble, device=u.device)
         if method == "recurrent" or (method == "auto" and length < FFT_MIN_LENGTH):
             h, ys = h0, []
@@ -102,20 +104,25 @@ class S4DMixer(nn.Module):
         n_fft = 2 * length
         y = torch.fft.irfft(torch.fft.rfft(u, n=n_fft) * torch.fft.rfft(K, n=n_fft), n=n_fft)[..., :length]
         h0_32 = h0.to(torch.cfloat)
-        y = y + 2.0 * torch.einsum("dn,bdn,dnl->bdl", C, h0_32, powers[..., 1:]).real  # free response of h0
+        if not zero_start:
+            y = y + 2.0 * torch.einsum("dn,bdn,dnl->bdl", C, h0_32, powers[..., 1:]).real  # free response of h0
+        if not final_state:
+            return y, None
         # h_{L-1} = dA^L h0 + dB Σ_s dA^{L-1-s} u_s
         h = powers[..., length] * h0_32 + dB * torch.einsum("bdl,dnl->bdn", u.to(torch.cfloat),
                                                              powers[..., :length].flip(-1))
         return y, h.to(torch.cdouble)
 
-    def forward(self, x: torch.Tensor, state: S4DState | None = None, method: str = "auto"):
-        """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream."""
+    def forward(self, x: torch.Tensor, state: S4DState | None = None, method: str = "auto",
+                return_state: bool = True):
+        """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream. ``return_state=False``: None
+        in place of the new state."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
         u = x.transpose(1, 2).float()  # (B, D, L)
         h0 = None if state is None else torch.view_as_complex(state.ssm.double().contiguous())
-        y, h = self.ssm(u, h0, method)  # (B, D, L), (B, D, N/2)
+        y, h = self.ssm(u, h0, method, return_state)  # (B, D, L), (B, D, N/2) or None
         y = y + self.D.float()[:, None] * u
         y = self.dropout(F.gelu(y)).transpose(1, 2).to(x.dtype)  # (B, L, D)
         y = F.glu(self.out_proj(y), dim=-1)  # (B, L, D)
-        return y, S4DState(ssm=torch.view_as_real(h).contiguous())
+        return y, (S4DState(ssm=torch.view_as_real(h).contiguous()) if return_state else None)

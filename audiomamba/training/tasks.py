@@ -149,7 +149,7 @@ class LMTask(_Task):
     def nll(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed NLL in nats over valid targets, and their count."""
         seq, valid = self.sequence(batch)
-        logits, _ = model(seq)  # (B, S, K', V)
+        logits, _ = model(seq, return_state=False)  # (B, S, K', V); no streaming state built
         logits = logits[:, :-1].float()  # predicts positions 1..S-1
         target, weight = seq[:, 1:], valid[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")

@@ -111,10 +111,11 @@ def collect(runs: Path) -> dict[str, dict[str, dict]]:
 
 def table(results: dict[str, dict[str, dict]]) -> str:
     """Markdown: one row per (experiment, augmentation): accuracy per held-out speaker, their mean (the LOSO
-    score, over the folds present), the conventional split; parameters, steps and wall time per fold."""
+    score) with the number of folds it averages, the conventional split; parameters, steps and mean wall time
+    per fold."""
     speakers = sorted({f for folds in results.values() for f in folds if f != CONVENTIONAL})
-    head = ["model", "augmentation", "parameters", "steps / fold", "wall s / fold", *speakers, "LOSO mean",
-            "conventional split"]
+    head = ["model", "augmentation", "parameters", "steps / fold", "wall s / fold", *speakers,
+            "LOSO mean (folds)", "conventional split"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for folds in results.values():
         any_r = next(iter(folds.values()))
@@ -122,14 +123,14 @@ def table(results: dict[str, dict[str, dict]]) -> str:
         steps = sorted({r["steps"] for r in folds.values()})
         walls = [r["wall_s"] for r in folds.values()]
         conv = folds.get(CONVENTIONAL, {}).get("test_acc")
-        mean = f"{sum(loso) / len(loso):.4f}" + ("" if len(loso) == len(speakers) else f" ({len(loso)} folds)")
+        mean = f"{sum(loso) / len(loso):.4f} ({len(loso)})" if loso else "-"
         cells = [any_r["experiment"].removeprefix("fsdd_classification_"),
                  "fsdd_augmented" if any_r["augment"] else "placement + gain only",
                  f"{any_r['parameters']:,}" if any_r.get("parameters") else "-",
                  f"{steps[0]}-{steps[-1]}" if len(steps) > 1 else str(steps[0]),
                  f"{sum(walls) / len(walls):.0f}",
                  *[f"{folds[s]['test_acc']:.4f}" if s in folds else "-" for s in speakers],
-                 mean if loso else "-", f"{conv:.4f}" if conv is not None else "-"]
+                 mean, f"{conv:.4f}" if conv is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

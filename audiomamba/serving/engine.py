@@ -294,15 +294,22 @@ class Engine:
                 self._compiler = threading.Thread(target=self._compile_loop, name="audiomamba-compile", daemon=True)
                 self._compiler.start()
         if wait:
-            entry.result()
-        return entry.result() if entry.done() else None
+            entry.exception()  # waits
+        if not entry.done():
+            return None
+        if entry.exception() is not None:  # e.g. no C++ compiler: push eagerly from now on
+            warnings.warn(f"serving: the compiled push failed to build, pushing eagerly ({entry.exception()})",
+                          stacklevel=3)
+            self.compile = False
+            return None
+        return entry.result()
 
     def _compile_loop(self) -> None:
         while True:
             size, future = self._to_compile.get()
             try:
                 future.set_result(self._compile(size))
-            except Exception as e:  # the bucket then raises at its next push
+            except Exception as e:  # reported (once) by the next push that wants the graph
                 future.set_exception(e)
 
     def _compile(self, size: int):

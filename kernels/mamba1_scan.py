@@ -310,8 +310,8 @@ def _ss_fwd_step_kernel(
         h = tl.zeros([NP, BE], tl.float32)
     dt_sum = tl.zeros([BE], tl.float32)
     tt = tl.arange(0, T)
-    # scratch per program: Δ and Δu rows of the chunk, (2, T, BE) float32
-    scr = scr_ptr + (pid_r * NSEG + pid_s) * (2 * T * BE)
+    # scratch per program: the chunk's Δ, Δu, D·u and SiLU(z) rows, (4, T, BE) float32
+    scr = scr_ptr + (pid_r * NSEG + pid_s) * (4 * T * BE)
     ty = tt[:, None]
     scr_te = scr + tt[:, None] * BE + eo[None, :]  # [T, BE]
     t_begin = pid_s * SEG
@@ -359,6 +359,14 @@ def _ss_fwd_step_kernel(
         tl.debug_barrier()  # the previous chunk's reads of the scratch are done
         tl.store(scr_te, dtv)
         tl.store(scr_te + T * BE, dtv * u)
+        if not LOCAL:
+            # the output's D skip and gate, computed here on the compact tile (after the steps, y is spread like
+            # the state tile, where they would be computed once per state lane)
+            if HAS_D:
+                tl.store(scr_te + 2 * T * BE, Dv[None, :] * u)
+            if HAS_Z:
+                zz = z_c.to(tl.float32)
+                tl.store(scr_te + 3 * T * BE, zz * tl.sigmoid(zz))
         tl.debug_barrier()
         y = tl.zeros([T, BE], tl.float32)
         for s in tl.static_range(T):
@@ -378,10 +386,9 @@ def _ss_fwd_step_kernel(
                 y = tl.where(ty == s, tl.sum(h * Cs, axis=0)[None, :], y)
         if not LOCAL:
             if HAS_D:
-                y += Dv[None, :] * u
+                y += tl.load(scr_te + 2 * T * BE)
             if HAS_Z:
-                zz = z_c.to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
+                y = y * tl.load(scr_te + 3 * T * BE)
             tl.store(y_ptr + b * s_yb + e[None, :] * s_ye + t[:, None] * s_yl, y.to(y_ptr.dtype.element_ty), mask=m2)
     if LOCAL:
         tl.store(S_ptr + st_off, h, mask=en_mask)
@@ -863,7 +870,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     strides = (*u.stride(), *delta.stride(), *A.stride(), *Bg.stride(), *Cg.stride(), *z_.stride(), *y.stride())
     if cfg["fwd_kernel"] == "step":
         kernel = _ss_fwd_step_kernel
-        scratch = (torch.empty(grid[0] * nseg * 2 * T * BE, device=dev, dtype=torch.float32),)
+        scratch = (torch.empty(grid[0] * nseg * 4 * T * BE, device=dev, dtype=torch.float32),)
         strides += (1,)  # the n-stride of the state tensors (see the kernel)
     else:
         kernel, scratch = _ss_fwd_kernel, ()

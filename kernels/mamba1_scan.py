@@ -3,31 +3,28 @@
 (Module name: ``mamba1_scan``, not ``selective_scan``, so that importing it never shadows the package's
 ``audiomamba.kernels.selective_scan`` function with a submodule of the same name.)
 
-The three ideas of the paper's hardware-aware algorithm, as they appear in the "seq" kernels (the forward's
-default; the default backward is "lean", below):
+The three ideas of the paper's hardware-aware algorithm, as they appear here (launch settings: ``scan_config``):
 
-* Kernel fusion. One program (one warp) owns (batch row, 32 channels of one group (16 in the backward), all
-  N states) for a segment of time. For each chunk of T steps (4 forward, 2 backward) it loads tiles of u, Δ, z
-  ([T, BE]) and B, C ([T, N]) — the next chunk's tiles are requested before the current one is computed —
-  applies bias + softplus, discretizes (exp(Δ A) as one ex2 with A·log2 e, Δ B u), scans, reads out with C,
-  adds the D skip and applies the SiLU(z) gate before storing y. The state [N, BE] stays in registers from
-  chunk to chunk; nothing of size (B, E, L, N) touches memory.
-* Parallel scan. Channels are spread over the lanes and time and states sit in registers ([T, N, BE] tiles),
-  so the scan inside a chunk is a sequential in-register ``tl.associative_scan`` (no shuffles) and the C
-  readout an in-thread sum. Parallelism over time comes from segments: when batch × channel blocks alone
-  cannot fill the GPU, a first pass computes each segment's end state from zero and its total decay, a tiny
-  kernel chains the segments' start states, and the full pass reruns each segment from its true start.
-  (The "scan" variant, ``fwd_variant="scan"``/``bwd_variant="scan"``, runs the chunk scan across the lanes
-  instead: 3× slower on the H200, see NOTES.md; kept and tested.)
-* Recomputation. The forward keeps only the state every CK = 32 steps, (B, E, L/32, N) float32. The backward
-  walks these intervals in reverse: it reruns the interval's forward parking the state at each 2-step
-  sub-chunk in a small per-program scratch, then walks the sub-chunks backwards, recomputing their states and
-  running the adjoint g_t = C_t dy_t + a_{t+1} g_{t+1} in registers (a_{t+1} is a register shift of a_t;
-  segments are chained as in the forward). dB and dC are summed over the channel block and added atomically.
-  The "lean" backward (``bwd_variant="lean"``, the default; NOTES.md v5-v6) has the same structure with every
-  per-(step, channel) value (softplus, gate, ...) computed once per interval (CK = 8) in a prologue, 4-step
-  sub-chunks written out on [N, BE] tiles (no scans, no replicated per-channel work; one state parked per 4
-  steps), and du, dΔ, dz, dB, dC parked per interval and written as coalesced tiles / vector atomics.
+* Kernel fusion. One program owns (batch row, BE channels of one group, all N states) for a segment of time.
+  For each chunk of T steps it loads tiles of u, Δ, z ([T, BE]) and B, C — the next chunk's [T, BE] tiles are
+  requested before the current one is computed — applies bias + softplus, discretizes (exp(Δ A) as one ex2 with
+  A·log2 e, Δ B u), runs the recurrence, reads out with C, adds the D skip and applies the SiLU(z) gate before
+  storing y. The state [N, BE] stays in registers from chunk to chunk; nothing of size (B, E, L, N) touches
+  memory. Two forward kernels: "tile" (``_ss_fwd_kernel``, for small N: [T, N, BE] register tiles with 32
+  channels across the lanes, the chunk's recurrence a sequential in-register ``tl.associative_scan`` and the C
+  readout an in-thread sum) and "step" (``_ss_fwd_step_kernel``, for large N: the states spread over lanes as
+  well, 8 per thread, the steps written out one by one and the readout finished by a short lane reduction).
+* Parallel scan over time. When batch × channel blocks alone cannot fill the GPU, time is cut into segments: a
+  first pass computes each segment's end state from zero and its total decay, a tiny kernel chains the segments'
+  start states, and the full pass reruns each segment from its true start.
+* Recomputation. The forward keeps only the state every ck_save (128) steps, (B, E, ceil(L / ck_save), N)
+  float32: linear in L. The backward (``_ss_bwd_kernel``) walks intervals of ck (8) steps in reverse; entering a
+  block of ck_save steps it reruns the block's forward from the kept state and parks its interval starts in a
+  per-program scratch. Per interval, a prologue computes every per-(step, channel) value once (softplus, gate,
+  ...) into a small scratch, a pass reruns the interval's forward parking one state per 4 steps, and 4-step
+  sub-chunks are walked backwards on [N, BE] tiles: their states recomputed, the adjoint
+  g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs, du, dΔ, dz, dB, dC parked per interval and written as
+  coalesced tiles / vector atomics (dB, dC summed over the channel block). Segments are chained as in the forward.
 
 Gradients (with a_t h_{t-1} = h_t - b_t, so no shifted state is needed):
     dΔ_t = Σ_n g_t (h_t - b_t) A + u_t Σ_n g_t B_t ;  du_t = Δ_t Σ_n g_t B_t + D dy_t
@@ -146,7 +143,11 @@ def _ss_fwd_kernel(
     LOCAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
-    """Same contract as ``_ss_fwd_kernel`` (checkpoints every CK steps), with time kept inside each thread.
+    """Forward ("tile") for small N. One program: batch row b, channels [e0, e0+BE) of group g, time segment s.
+
+    LOCAL: run the segment from a zero state, write its end state S and total decay P (B, E, NSEG, N).
+    Otherwise: run from hs[b, e, s] (or zero), write y, the state every CK steps into ck (B, E, NCK, N) and, for
+    the last segment, the final state hT (B, E, N).
 
     Tiles are [T, NP, BE] with channels fastest, so a warp's lanes own 32 channels and each thread walks
     time for all N states of its channel: the scan over the T steps of a chunk is a sequential in-register
@@ -268,17 +269,19 @@ def _ss_fwd_step_kernel(
     LOCAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_CK: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
-    """Same contract as ``_ss_fwd_kernel``, for large N: the state is an [NP, BE] tile whose states are spread
-    over the lanes as well as the channels (BE < 32), and the T steps of a chunk are written out one by one.
+    """Forward ("step") for large N, same contract as ``_ss_fwd_kernel``: the state is an [NP, BE] tile whose
+    states are spread over the lanes as well as the channels (BE < 32), and the T steps of a chunk are written
+    out one by one.
 
     Per chunk, the per-(step, channel) values (Δ after bias and softplus, Δu) are computed once on coalesced
     [T, BE] tiles and parked in a small per-program scratch (L1), then each step reads its [BE] rows back
     (broadcast over the lanes that hold other states) and its B, C rows [NP] straight from memory, and does one
     exponential, two FMAs and a multiply per (state, channel); the readout over N is an in-thread sum plus a
     short reduction across the lanes that share a channel. The step outputs are collected in registers (no store
-    inside the steps, so that every step's loads can be issued ahead of the arithmetic), and the chunk's y gets
-    the D skip and the SiLU(z) gate on a [T, BE] tile before one coalesced store. The tiles of chunk c + 1 are
-    requested before chunk c is computed.
+    inside the steps, so that every step's loads can be issued ahead of the arithmetic); the D skip and the
+    SiLU(z) gate, computed on the compact [T, BE] tiles before the steps and parked beside Δ, are applied to the
+    chunk's y before one coalesced store. The [T, BE] tiles of chunk c + 1 are requested before chunk c is
+    computed.
     """
     # The strides s_an and s_ckn (n-stride of the state tensors, 1) are not specialised: the loads and stores of A and
     # of the states then impose no layout, and the state tile takes the B/C row loads' one (8 contiguous states
@@ -538,9 +541,16 @@ def _ss_bwd_kernel(
     LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
-    """Backward ("lean" variant), same contract as ``_ss_bwd_seq_kernel``; 4-step sub-chunks written out.
+    """Backward over one (b, channel block, segment); 4-step sub-chunks written out.
 
-    Per checkpoint interval of CK steps (walked last to first): a prologue computes every per-(step, channel)
+    LOCAL: adjoint from a zero carry only; write Gl (adjoint at the segment's first step) and Q = Π a_{t+1} over
+    the segment, both (B, E, NSEG, N). Otherwise: full gradients, with the carry gc[b, e, s] = adjoint of the
+    state at the first step after the segment (or the final-state gradient), from the states kept every CKS
+    steps in ck (B, E, NCK, N).
+
+    Entering a block of CKS steps (walked backwards, i.e. at its last interval), the block's forward is rerun from
+    its kept state and the states at its interval starts are parked in rg. Per interval of CK steps (walked last to
+    first): a prologue computes every per-(step, channel)
     value once from coalesced [PT, BE] tiles (Δ after bias and softplus, dy·SiLU(z), u, σ of the raw Δ, the dz
     factor) into a per-program scratch pe (5 slots of [CK, BE], rows in pairs: ``_pe_off``), followed by the B
     and C rows (2, CK, NP) in float32; phase A reruns the interval's forward on [NP, BE] tiles and parks the

@@ -10,17 +10,16 @@ import json
 import math
 import random
 
+import aiohttp
 import numpy as np
 import pytest
 import torch
+from aiohttp import WSMsgType, web
 from helpers import tiny_model
 
 from audiomamba.contract import AudioContract, TokenizerSpec
 from audiomamba.serving import Engine, Scheduler
 from audiomamba.serving.app import ServeConfig, StreamServer
-
-aiohttp = pytest.importorskip("aiohttp")
-from aiohttp import WSMsgType, web  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -116,3 +116,43 @@ def test_trains_through_the_normal_entry_point(tmp_path):
     assert out["metrics"]["steps"] == 3 and 0.0 <= out["metrics"]["test/acc"] <= 1.0
     model = load_model(out["model_dir"])
     assert model.config.arch == "logmel_cnn" and len(model.labels) == 6 and model.audio.sample_rate == 8000
+
+
+def test_lm_generation_scores_report_the_real_test_clips(tmp_path):
+    """evaluate_lm_generation with the CNN as the chosen scorer: the generated clips' scores and, under "real",
+    those of the classifier data's real test clips (the ceiling)."""
+    from audiomamba.config import load_experiment_config
+    from audiomamba.evaluation import evaluate_lm_generation
+
+    rng = np.random.default_rng(4)
+    for s in ("ann", "bob"):
+        for d in range(3):
+            for i in range(7):
+                n = int(rng.integers(1200, 2400))
+                wave = 0.3 * np.sin(2 * np.pi * (300 + 200 * d) * np.arange(n) / 8000) * rng.uniform(0.5, 1.0)
+                sf.write(str(tmp_path / f"{d}_{s}_{i}.wav"), wave.astype(np.float32), 8000, subtype="PCM_16")
+    clf_cfg = load_experiment_config("fsdd_classification_logmel_cnn", [
+        f"data.root={tmp_path}", "data.length=2400", "model.n_classes=3", "model.logmel_cnn.channels=[4,8]",
+        "model.logmel_cnn.n_mels=16"])
+    torch.manual_seed(5)
+    clf = build_model(clf_cfg.model, audio=AudioContract.from_experiment(clf_cfg, ["0", "1", "2"])).eval()
+    lm_cfg = load_experiment_config("fsdd_generation_mamba", [f"data.root={tmp_path}", "data.length=2400"])
+    tiny_lm = {"backbone.d_model": 8, "backbone.n_blocks": [1], "backbone.mixer_options": {"mamba1": {"d_state": 4}}}
+    lm = build_model("sc09_small", audio=AudioContract.from_experiment(lm_cfg), **tiny_lm).eval()
+    out = evaluate_lm_generation(lm, lm_cfg, classifier=clf, classifier_cfg=clf_cfg, n_samples=3,
+                                 sample_length=160, batch_size=3)
+    real = out["real"]
+    assert out["n_generated"] == 3 and real["n_generated"] == 30  # takes 0-4 of 2 speakers x 3 digits
+    assert real["n_reference"] == out["n_reference"]
+    from audiomamba.data import AudioDataModule
+
+    dm = AudioDataModule(clf_cfg.data)
+    dm.setup()
+    items = [dm.test_set[i] for i in range(len(dm.test_set))]
+    with torch.no_grad():
+        predicted = clf.classify(torch.stack([it["audio"] for it in items])).argmax(-1)
+    labels = torch.stack([it["label"] for it in items])
+    assert real["accuracy"] == pytest.approx(float((predicted == labels).double().mean()), abs=1e-12)
+    assert 1.0 <= real["is"] <= 3.0 and real["fid"] >= 0.0
+    assert "real" not in evaluate_lm_generation(lm, lm_cfg, classifier=clf, classifier_cfg=clf_cfg, n_samples=3,
+                                                sample_length=160, batch_size=3, real_split=None)

@@ -254,14 +254,12 @@ class Engine:
         reduction (B, C) probabilities or (B,) bits. ``graph``: the compiled streaming graph for batch B."""
         model = self.model
         names = list(self._init)
-        flat = [self.pool[k].index_select(0, index) for k in names]
-        with torch.no_grad():
-            if self.kind == "lm":
-                h = model.embed(x[..., None])  # (B, n, D); the range was checked in push
-            elif self.tokens:
-                h = model.embed(x[..., None])
-            else:
-                h = x
+        # eager pushes in inference mode (less dispatch work per op); the compiled graph and CUDA graph captures
+        # under no_grad, as the compiled stream runs them
+        mode = torch.no_grad() if graph is not None or self.cuda_graphs else torch.inference_mode()
+        with mode:
+            flat = [self.pool[k].index_select(0, index) for k in names]
+            h = model.embed(x[..., None]) if self.tokens else x  # (B, n, D) embedded tokens (range checked in push)
             if graph is not None:
                 out, new = graph(model, h, flat, list(self._phases), self.tokens, False)
             else:
@@ -399,7 +397,7 @@ class Engine:
             it = iter([self.pool[k].index_select(0, index) for k in names])
             state = map_state(lambda _: next(it), self._template)
             x = x.to(self.device)
-            with torch.no_grad():
+            with torch.inference_mode():
                 out, state = self.model(x, state)
                 for k, t in zip(names, flatten_state(state).values()):
                     self.pool[k].index_copy_(0, index, t)

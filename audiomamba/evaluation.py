@@ -22,7 +22,7 @@ import torchaudio.functional as AF
 from .contract import AudioContract
 from .data import AudioDataModule
 from .data.audio_folder import crop_or_pad, normalize_loudness
-from .inference import audio_contract, to_model_input, tokens_to_audio
+from .inference import audio_contract, causal_nll, classify_long, to_model_input, tokens_to_audio
 from .metrics import ClassifierOutputs, generation_scores, inception_score
 
 LN2 = math.log(2.0)
@@ -172,11 +172,10 @@ def nll_bits_per_sample(model, batches: Iterable, device=None) -> dict:
                     tokens = tokens[:, 0]
                 mask = batch.get("mask")
             tokens = tokens.to(device).long()  # (B, L)
-            logits, _ = model(tokens)  # (B, L, V)
-            nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, L-1)
-            weight = torch.ones_like(nll) if mask is None else mask.to(device)[:, 1:].to(nll.dtype)
-            total += float((nll * weight).sum())
-            count += int(weight.sum())
+            # in chunks through the state: long sequences in bounded memory, the same sums as one call
+            nll, weight = causal_nll(model, tokens, None if mask is None else mask.to(device))
+            total += float(nll)
+            count += int(weight)
     finally:
         model.train(was_training)
     if count == 0:
@@ -272,7 +271,7 @@ def classifier_accuracy(classifier, cfg, split: str = "test", batch_size: int = 
             x = torch.stack([it["audio"] for it in items])
             if classifier.config.input == "tokens":
                 x = to_model_input(classifier, x)
-            pred = classifier.classify(x.to(device)).argmax(-1).cpu()
+            pred = classify_long(classifier, x.to(device)).argmax(-1).cpu()  # long clips in bounded memory
             for it, p in zip(items, pred.tolist()):
                 label = int(it["label"])
                 confusion[label, p] += 1

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from audiomamba.cli import main
 from audiomamba.contract import AudioContract
 from audiomamba.data.audio_folder import AudioFolder, BadFileError, read_audio
-from audiomamba.inference import classify_long, read_for_model, to_model_input
+from audiomamba.inference import causal_nll, classify_long, read_for_model, to_model_input
 from audiomamba.models import build_model, load_model
 
 RATE = 8000
@@ -339,3 +339,38 @@ def test_bidirectional_long_inputs_are_classified_in_windows():
         torch.testing.assert_close(classify_long(model, x, window=1000), model.classify(x))
         want = torch.stack([model.classify(x[:, :334]), model.classify(x[:, 334:667]), model.classify(x[:, 667:])])
         torch.testing.assert_close(classify_long(model, x, window=400), want.mean(0))
+
+
+def test_causal_nll_in_chunks_equals_one_call():
+    lm = build_model("sc09_small", **TINY_WAVE).eval()
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 256, (2, 301), generator=gen)
+    mask = torch.rand(2, 301, generator=gen) > 0.3
+    with torch.no_grad():
+        logits, _ = lm(tokens)  # (B, L, V)
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+        for chunk in (1, 64, 300, 1000):
+            total, count = causal_nll(lm, tokens, mask, chunk=chunk)
+            assert int(count) == int(mask[:, 1:].sum())
+            torch.testing.assert_close(total, (nll * mask[:, 1:]).sum(), rtol=1e-5, atol=1e-4)
+        total, count = causal_nll(lm, tokens[..., None], chunk=77)  # (B, L, K = 1) as the LM task feeds it
+        assert int(count) == 2 * 300
+        torch.testing.assert_close(total, nll.sum(), rtol=1e-5, atol=1e-4)
+
+
+def test_a_new_run_never_writes_over_another_runs_files(setup, capsys):
+    root, run = setup["root"], setup["run"]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, out, _ = _call(capsys, ["train", "quickstart_classifier", *TINY, f"trainer.output_dir={root}",
+                                  "trainer.max_steps=1", "optim.lr=0.01"])
+    newer = root / "quickstart_classifier-v1"
+    assert code == 0 and f"{run} holds an earlier run: this run writes to {newer}" in out
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # the first run untouched
+    assert "lr: 0.01" in (newer / "config.yaml").read_text()
+    # --resume last continues the newest version, with its own saved config (lr 0.01, not the preset's)
+    code, out, _ = _call(capsys, ["train", "quickstart_classifier", f"trainer.output_dir={root}", "trainer.max_steps=2",
+                                  "--resume", "last"])
+    assert code == 0 and f"resuming {newer}/checkpoints/last.ckpt" in out and "trainer.max_steps: 1 -> 2" in out
+    assert json.loads((newer / "metrics.json").read_text())["steps"] == 2
+    assert "lr: 0.01" in (newer / "config.yaml").read_text()
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -761,6 +761,11 @@ def _error_line(e: Exception) -> str:
     problem = _load_problem(e)
     if problem is not None:
         return problem
+    if re.search(r"CUDA|NVIDIA driver", str(e)):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU found here: use --device cpu (or trainer.accelerator=cpu)"
     if isinstance(e, (FileNotFoundError, ValueError, BadFileError, ImportError, RuntimeError, OSError)):
         return _first_line(e)
     return f"{type(e).__name__}: {_first_line(e)} (run with {DEBUG_ENV}=1 for the traceback)"

@@ -66,6 +66,9 @@ def to_model_input(model, wave: torch.Tensor) -> torch.Tensor:
     audio = audio_contract(model)
     if wave.dim() != 2 or not wave.is_floating_point():
         raise ValueError(f"wave: expected a float (batch, length) waveform, got {tuple(wave.shape)} {wave.dtype}")
+    if not bool(torch.isfinite(wave).all()):
+        raise ValueError(f"wave: {int(wave.isnan().sum())} NaN and {int(wave.isinf().sum())} infinite sample(s) "
+                         f"(of {wave.numel()})")
     if audio.input == "waveform":
         return wave
     if audio.tokenizer is None:

@@ -183,6 +183,12 @@ def test_corrupt_model_files_one_line_each(setup, capsys, case, tmp_path):
         _one_error(capsys, ["train", "quickstart_classifier", "--resume", model], str(model), MODEL_ERRORS[case])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_cuda_device_without_a_gpu(setup, capsys):
+    _one_error(capsys, ["classify", setup["run"], setup["files"]["stereo_44k"], "--device", "cuda"],
+               "no CUDA GPU found here: use --device cpu")
+
+
 def test_debug_env_shows_the_traceback(setup, monkeypatch):
     monkeypatch.setenv("AUDIOMAMBA_DEBUG", "1")
     with pytest.raises(Exception) as info:  # raised, so Python prints the traceback (of the EOFError too)
@@ -251,6 +257,8 @@ def test_api_finite_checks_and_stream_input_conversion():
             model.classify(bad)
         with pytest.raises(ValueError, match="NaN"):
             model(bad)
+        with pytest.raises(ValueError, match="wave: 1 NaN" if value != value else "wave: 0 NaN and 1 infinite"):
+            to_model_input(model, bad)
         stream = model.stream(2)
         with torch.no_grad():
             stream.push(x[:, :100])

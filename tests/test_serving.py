@@ -136,6 +136,32 @@ def test_engine_slot_state_restores_bit_exactly_and_loads_into_a_stream():
         Engine(model, 2, chunk=CHUNK + 1)
 
 
+def test_a_tick_waits_at_most_max_wait_for_the_batch_to_fill():
+    import threading
+    import time
+
+    engine = Engine(_classifier(), max_streams=3, chunk=CHUNK)
+    scheduler = Scheduler(engine, max_wait_ms=300)
+    a, b, c = (engine.open() for _ in range(3))
+    for s in (a, b, c):
+        scheduler.add(s)
+    chunk = np.zeros(CHUNK, np.float32)
+    scheduler.feed(a, chunk)
+    threading.Timer(0.05, scheduler.feed, (b, chunk)).start()  # b arrives within the wait, c never does
+    start = time.monotonic()
+    slots, result = scheduler.tick(timeout=5)
+    waited = time.monotonic() - start
+    assert sorted(slots) == [a, b] and result.probs.shape == (2, len(LABELS))
+    assert 0.25 <= waited < 2.0  # it waited for c until max_wait ran out, not longer
+    scheduler.feed(a, chunk)
+    scheduler.feed(b, chunk)
+    scheduler.feed(c, chunk)
+    start = time.monotonic()
+    slots, _ = scheduler.tick(timeout=5)  # everyone ready: no waiting
+    assert sorted(slots) == [a, b, c] and time.monotonic() - start < 0.25
+    assert scheduler.tick(timeout=0.05) is None  # nothing ready
+
+
 # ----------------------------------------------------------------------------------------------- server
 
 

@@ -53,10 +53,11 @@ def change_speed(wave: torch.Tensor, sample_rate: int, factor: float) -> torch.T
 def shift_pitch(wave: torch.Tensor, sample_rate: int, semitones: float, n_fft: int = 256) -> torch.Tensor:
     """Pitch shift by ``semitones`` at constant duration: (T,) -> (T,). As ``torchaudio.functional.pitch_shift``:
     a phase-vocoder time stretch by 2^(semitones/12) (torchaudio's ``phase_vocoder`` on an STFT of ``n_fft``
-    points, hop n_fft / 4), then resampling back to T samples, here with libsoxr."""
-    if semitones == 0.0:
-        return wave
+    points, hop n_fft / 4), then resampling back to T samples, here with libsoxr. Clips of at most n_fft / 2
+    samples are returned unchanged."""
     T, hop = wave.shape[-1], n_fft // 4
+    if semitones == 0.0 or T <= n_fft // 2:
+        return wave
     rate = 2.0 ** (-semitones / 12.0)  # < 1 (raising the pitch): stretched longer, then resampled shorter
     window = torch.hann_window(n_fft, dtype=wave.dtype)
     spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True)  # (n_fft / 2 + 1, frames)
@@ -64,7 +65,7 @@ def shift_pitch(wave: torch.Tensor, sample_rate: int, semitones: float, n_fft: i
     stretched = torch.istft(AF.phase_vocoder(spec, rate, phase_advance), n_fft, hop, window=window,
                             length=int(round(T / rate)))  # (T / rate,)
     y = librosa.resample(stretched.numpy(), orig_sr=sample_rate / rate, target_sr=sample_rate, res_type="soxr_hq")
-    return fit_length(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), T)[:T]
+    return fit_length(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), T)
 
 
 def room_impulse_response(sample_rate: int, rt60: float, drr_db: float, rng: np.random.Generator) -> torch.Tensor:

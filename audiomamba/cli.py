@@ -43,7 +43,7 @@ directory (its model/ subfolder is used), or a Lightning checkpoint (.ckpt) writ
 
 
 # CPU threads of classify and stream when --threads is not given: on a 2-core machine shared with other work, one
-# thread ran a causal classifier 3-7x faster than two (two threads wait on each other when a core is busy)
+# thread ran a causal classifier 5-8x faster than two (two threads wait on each other when a core is busy)
 DEFAULT_THREADS = 1
 DEBUG_ENV = "AUDIOMAMBA_DEBUG"  # =1: errors show their Python traceback
 

@@ -1010,6 +1010,7 @@ class SelectiveScanFn(torch.autograd.Function):
         y, hT, ck, cfg = _selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                              initial_state, store_checkpoints=True, config=config)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ck)
+        ctx.set_materialize_grads(False)  # an unused final state sends no zero gradient to the backward
         ctx.delta_softplus = delta_softplus
         ctx.has_h0 = initial_state is not None
         ctx.h0_dtype = None if initial_state is None else initial_state.dtype

@@ -82,6 +82,37 @@ def _decay(dt, Ar, Ai, CPLX: tl.constexpr):
         return mag, mag * 0.0
 
 
+@triton.jit
+def _program_setup(A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, E, EG, NEB, s_ae, s_an, s_aim,
+                   s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim,
+                   N: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, CPLX: tl.constexpr, B_IM: tl.constexpr,
+                   C_IM: tl.constexpr):
+    """What the forward and backward programs share: this program's batch row b, group g and channels e (with
+    masks), the state index n, A (real and imaginary parts), the B / C tiles read as fixed (E, N) ones, the Δ
+    bias and D, all float32 [BE] or [BE, NP]."""
+    pid = tl.program_id(0)
+    b = (pid // (NEB * (E // EG))).to(tl.int64)
+    rem = pid % (NEB * (E // EG))
+    g = rem // NEB
+    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
+    e_mask = e_loc < EG
+    e = g * EG + e_loc
+    n = tl.arange(0, NP)
+    n_mask = n < N
+    en_mask = e_mask[:, None] & n_mask[None, :]
+    a_off = e[:, None] * s_ae + n[None, :] * s_an
+    Ar = tl.load(A_ptr + a_off, mask=en_mask, other=0.0).to(tl.float32)
+    if CPLX:
+        Ai = tl.load(A_ptr + a_off + s_aim, mask=en_mask, other=0.0).to(tl.float32)
+    else:
+        Ai = Ar * 0.0
+    Bfr, Bfi = _load_bc(B_ptr, b, g, e, n, 0, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask, False, B_IM)
+    Cfr, Cfi = _load_bc(C_ptr, b, g, e, n, 0, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask, False, C_IM)
+    dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    return b, g, e, e_mask, n, n_mask, en_mask, Ar, Ai, Bfr, Bfi, Cfr, Cfi, dtb, Dv
+
+
 # ---------------------------------------------------------------- forward
 
 # Sizes and strides are not specialized (Triton would compile a variant per layout and per size divisible by 16;
@@ -112,26 +143,9 @@ def _gen_fwd_kernel(
     has_z = (FLAGS & 2) != 0
     has_h0 = (FLAGS & 4) != 0
     store_ck = (FLAGS & 8) != 0
-    pid = tl.program_id(0)
-    b = (pid // (NEB * (E // EG))).to(tl.int64)
-    rem = pid % (NEB * (E // EG))
-    g = rem // NEB
-    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
-    e_mask = e_loc < EG
-    e = g * EG + e_loc
-    n = tl.arange(0, NP)
-    n_mask = n < N
-    en_mask = e_mask[:, None] & n_mask[None, :]
-    a_off = e[:, None] * s_ae + n[None, :] * s_an
-    Ar = tl.load(A_ptr + a_off, mask=en_mask, other=0.0).to(tl.float32)
-    if CPLX:
-        Ai = tl.load(A_ptr + a_off + s_aim, mask=en_mask, other=0.0).to(tl.float32)
-    else:
-        Ai = Ar * 0.0
-    Bfr, Bfi = _load_bc(B_ptr, b, g, e, n, 0, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask, False, B_IM)
-    Cfr, Cfi = _load_bc(C_ptr, b, g, e, n, 0, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask, False, C_IM)
-    dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    b, g, e, e_mask, n, n_mask, en_mask, Ar, Ai, Bfr, Bfi, Cfr, Cfi, dtb, Dv = _program_setup(
+        A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, E, EG, NEB, s_ae, s_an, s_aim,
+        s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, N, NP, BE, CPLX, B_IM, C_IM)
     st = (b * E + e[:, None]) * (NC * N) + n[None, :]  # plane 0 of (B, E, NC, N)
     hr = tl.load(h0_ptr + st, mask=en_mask & has_h0, other=0.0)
     if CPLX:
@@ -216,26 +230,9 @@ def _gen_bwd_kernel(
     has_z = (FLAGS & 2) != 0
     has_dT = (FLAGS & 4) != 0
     need_dh0 = (FLAGS & 8) != 0
-    pid = tl.program_id(0)
-    b = (pid // (NEB * (E // EG))).to(tl.int64)
-    rem = pid % (NEB * (E // EG))
-    g = rem // NEB
-    e_loc = (rem % NEB) * BE + tl.arange(0, BE)
-    e_mask = e_loc < EG
-    e = g * EG + e_loc
-    n = tl.arange(0, NP)
-    n_mask = n < N
-    en_mask = e_mask[:, None] & n_mask[None, :]
-    a_off = e[:, None] * s_ae + n[None, :] * s_an
-    Ar = tl.load(A_ptr + a_off, mask=en_mask, other=0.0).to(tl.float32)
-    if CPLX:
-        Ai = tl.load(A_ptr + a_off + s_aim, mask=en_mask, other=0.0).to(tl.float32)
-    else:
-        Ai = Ar * 0.0
-    Bfr, Bfi = _load_bc(B_ptr, b, g, e, n, 0, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask, False, B_IM)
-    Cfr, Cfi = _load_bc(C_ptr, b, g, e, n, 0, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask, False, C_IM)
-    dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    b, g, e, e_mask, n, n_mask, en_mask, Ar, Ai, Bfr, Bfi, Cfr, Cfi, dtb, Dv = _program_setup(
+        A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, E, EG, NEB, s_ae, s_an, s_aim,
+        s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, N, NP, BE, CPLX, B_IM, C_IM)
     K = 2.0 if CPLX else 1.0
     st = (b * E + e[:, None]) * (NC * N) + n[None, :]  # plane 0 of (B, E, NC, N)
     # gradient of the final state: the adjoint's start
@@ -252,7 +249,7 @@ def _gen_bwd_kernel(
     dCi = tl.zeros([BE, NP], tl.float32)
     dD = tl.zeros([BE], tl.float32)
     ddtb = tl.zeros([BE], tl.float32)
-    scr = scr_ptr + pid.to(tl.int64) * (CK * 2 * BE * NP) + tl.arange(0, BE)[:, None] * NP + n[None, :]
+    scr = scr_ptr + tl.program_id(0).to(tl.int64) * (CK * 2 * BE * NP) + tl.arange(0, BE)[:, None] * NP + n[None, :]
     # The adjoint walks t = NCK·CK - 1 down to 0 (steps past L are masked: Δ = 0, dy = 0 make them identities).
     # Its per-step inputs are prefetched one step ahead, across the recomputation of the next interval.
     t = NCK * CK - 1

@@ -2,8 +2,8 @@
 vs its forward on one sample, generation's fused stage step (embedding, pool shifts, head and draws around the
 kernels' stage blocks) vs the unfused pieces and the sampler, and generation through it vs the teacher-forced forward.
 
-Without CUDA the Triton kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before the kernel is
-defined), at small sizes; with CUDA it runs natively and bfloat16 is checked too.
+Without CUDA the Triton kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set by conftest.py before
+the kernel is defined), at small sizes; with CUDA it runs natively and bfloat16 is checked too.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import pytest
 import torch
 
 INTERPRET = not torch.cuda.is_available()
-if INTERPRET:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before block_step's kernel is defined (lazy import)
-
 from audiomamba.kernels import mamba1_block_step, mamba1_block_step_ref  # noqa: E402
 from helpers import rel_err  # noqa: E402
 

@@ -175,8 +175,8 @@ def end_to_end(shape, kw, channel_last=True, label=""):
 FWD = [dict(), dict(fwd_chunk=16), dict(fwd_block=4), dict(fwd_block=4, fwd_chunk=16),
        dict(fwd_block=4, fwd_chunk=16, fwd_target=1), dict(fwd_block=2, fwd_chunk=16, fwd_target=1),
        dict(fwd_chunk=16, fwd_target=1)]
-BWD = [dict(), dict(bwd_target=1), dict(bwd_block=16, bwd_warps=4), dict(bwd_block=32, bwd_warps=4),
-       dict(ck_save=64)]
+BWD = [dict(), dict(bwd_warps=2), dict(bwd_block=32), dict(bwd_block=8), dict(bwd_lanes_n=16),
+       dict(bwd_block=32, bwd_warps=4), dict(bwd_target=1), dict(bwd_kernel="lanes")]
 
 
 def load_old():

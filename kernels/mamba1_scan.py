@@ -773,6 +773,332 @@ def _ss_bwd_kernel(
             tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=e_mask, sem="relaxed")
 
 
+# ---------------------------------------------------------------- backward, large N ("grid" layout)
+# The state tile is 5-D, [NL, EL, W, NR, ER]: channel c = (er·W + w)·EL + el and state n = nr·NL + nl, so that a
+# thread holds ER channels × NR states in registers, the lanes of a warp split EL channels × NL states, and the W
+# warps of a program split the channels. Both per-step reductions are then mostly in-thread: over N (Σ g B,
+# Σ g a h A, Σ h C) NR − 1 adds and log2(NL) shuffles per channel held, over the channels (dB, dC) ER − 1 adds and
+# log2(EL) shuffles per state held, each warp keeping its own partial rows. Per-channel values are tensors of
+# shape [NL, EL, W, 1, ER] and per-state rows [NL, EL, W, NR, 1]: both take the state tile's own layout (their
+# lanes and warps are laid out as the tile's), so broadcasting them needs no layout conversion. The offsets of
+# the loads and stores are multiplied by a unit stride ``s_one`` that Triton does not specialise: with no known
+# contiguity, each memory access gets the layout that fills lanes, then warps, from the first dimension on, which
+# is the tile's (the dimensions are ordered for it).
+
+
+@triton.jit
+def _gsum_n(x):
+    """Σ over the states of a [NL, EL, W, NR, ER] tile: [1, EL, W, 1, ER]."""
+    return tl.sum(tl.sum(x, axis=3, keep_dims=True), axis=0, keep_dims=True)
+
+
+@triton.jit
+def _gsum_e(x):
+    """Σ over a warp's channels of a [NL, EL, W, NR, ER] tile: [NL, 1, W, NR, 1] (one partial row per warp)."""
+    return tl.sum(tl.sum(x, axis=4, keep_dims=True), axis=1, keep_dims=True)
+
+
+@triton.jit
+def _grid_grads(dA_acc, h, bx, gg, Bt, Ct, A2, dtv, x, u, dyv, kz, dsp, Dv, pd_row, r,
+                CK: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """Gradients of one step (row r of its interval) on grid tiles: state h, input bx = Δ B u, adjoint gg, B and C
+    rows; per-channel dtv, x = Δu, u, dyv = dy·SiLU(z), kz (dz factor), dsp = σ(raw Δ), D. Stores the warp's dB,
+    dC partial rows at pd_row + r (dC NP·CK further); returns (dA_acc, dΔ, du, dz)."""
+    ghp = gg * (h - bx)  # g_t a_t h_{t-1}
+    gB = _gsum_n(gg * Bt)
+    ddt = dsp * (0.6931471805599453 * _gsum_n(ghp * A2) + u * gB)
+    du = dtv * gB
+    if HAS_D:
+        du += Dv * dyv
+    if HAS_Z:
+        yp = _gsum_n(h * Ct)
+        if HAS_D:
+            yp += Dv * u
+        dz = kz * yp
+    else:
+        dz = du
+    tl.store(pd_row + r, _gsum_e(gg * x))
+    tl.store(pd_row + r + NP * CK, _gsum_e(h * dyv))
+    return dA_acc + ghp * dtv, ddt, du, dz
+
+
+@triton.jit(do_not_specialize=["s_one", "s_an"])
+def _ss_bwd_grid_kernel(
+    # pointers
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
+    ck_ptr, gc_ptr, Gl_ptr, Q_ptr, scr_ptr, pe_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
+    # sizes
+    E, L, G, EG, NEB, SEG, NSEG, NCK,
+    # strides
+    s_ub, s_ue, s_ul, s_db, s_de, s_dl, s_ae, s_an,
+    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+    s_zb, s_ze, s_zl, s_gb, s_ge, s_gl,
+    s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl, s_one,
+    # meta
+    N: tl.constexpr, NP: tl.constexpr, ER: tl.constexpr, NR: tl.constexpr, W: tl.constexpr, EL: tl.constexpr,
+    NL: tl.constexpr, CK: tl.constexpr, CKS: tl.constexpr, PT: tl.constexpr,
+    LOCAL: tl.constexpr, HAS_GC: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, NEED_DH0: tl.constexpr, FAST_EXP: tl.constexpr,
+):
+    """Backward over one (b, channel block of ER·W·EL channels, segment) on grid tiles; same contract as
+    ``_ss_bwd_kernel`` (LOCAL, carries, checkpoints every CKS steps, CK-step intervals, the prologue's scratch).
+
+    Differences: entering a block of CKS steps, the states regenerated from its checkpoint are parked every 4
+    steps (not every CK), and each 4-step half of an interval is then done in one go: its four states and decays
+    computed forward from the parked state and kept in registers, then its four rows walked backwards (no
+    separate forward pass over the interval: two exponentials per element and step in all, the regeneration's and
+    the half's). dB and dC are kept per warp, (W, 2, NP, CK), and summed over the warps when the interval's rows
+    are written.
+    """
+    BE: tl.constexpr = ER * W * EL
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    b = (pid_r // (NEB * G)).to(tl.int64)  # 64-bit offsets for tensors past 2**31 elements
+    rem = pid_r % (NEB * G)
+    g = rem // NEB
+    i_nl = tl.arange(0, NL)[:, None, None, None, None]
+    i_el = tl.arange(0, EL)[None, :, None, None, None]
+    i_w = tl.arange(0, W)[None, None, :, None, None]
+    i_nr = tl.arange(0, NR)[None, None, None, :, None]
+    i_er = tl.arange(0, ER)[None, None, None, None, :]
+    cc = (i_er * W + i_w) * EL + i_el + i_nl * 0  # [NL, EL, W, 1, ER]: the channel within the block
+    nr = i_nr * NL + i_nl + (i_w + i_el) * 0  # [NL, EL, W, NR, 1]: the state
+    wr = i_w + (i_nr + i_el + i_nl) * 0  # [NL, EL, W, NR, 1]: the warp
+    e_loc = (rem % NEB) * BE + cc
+    e_mask = e_loc < EG
+    e = g * EG + e_loc
+    n_mask = nr < N
+    en_mask = n_mask & e_mask  # [NL, EL, W, NR, ER]
+    cs = cc * s_one  # unit-stride offsets Triton cannot see through (no vectorised layouts of their own)
+    ns = nr * s_one
+    A2 = tl.load(A_ptr + e * s_ae + ns * s_an, mask=en_mask, other=0.0).to(tl.float32)
+    A2 = A2 * 1.4426950408889634  # A log2(e)
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([NL, EL, W, 1, ER], tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    else:
+        Dv = tl.zeros([NL, EL, W, 1, ER], tl.float32)
+    st_off = ((b * E + e) * NSEG + pid_s) * N + ns
+    t_begin = pid_s * SEG
+    t_end = tl.minimum(t_begin + SEG, L)
+    _, dt_after = _load_dt(dt_ptr, b * s_db + e * s_de + t_end * s_dl, e_mask & (t_end < L), dtb, HAS_DTB, SOFTPLUS)
+    a_next = _exp2(A2 * dt_after, FAST_EXP)
+    if HAS_GC and not LOCAL:
+        g_next = tl.load(gc_ptr + st_off, mask=en_mask, other=0.0)
+    else:
+        g_next = tl.zeros([NL, EL, W, NR, ER], tl.float32)
+    dA_acc = tl.zeros([NL, EL, W, NR, ER], tl.float32)
+    ddtb_acc = tl.zeros([NL, EL, W, 1, ER], tl.float32)
+    dD_acc = tl.zeros([NL, EL, W, 1, ER], tl.float32)
+    dt_sum = tl.zeros([NL, EL, W, 1, ER], tl.float32)
+    prog = pid_r * NSEG + pid_s
+    # parked states: one per 4 steps of the current block (and the state after it)
+    rg = scr_ptr + prog * ((CKS // 4 + 1) * NP * BE) + cs * NP + ns
+    # scratch per program: slots (Δ, dy·SiLU(z), u, σ(raw Δ), dz factor) [CK, BE] each, B, C rows (2, CK, NP),
+    # then the warps' dB, dC rows (W, 2, NP, CK)
+    pe = pe_ptr + prog * ((5 * BE + 2 * NP + 2 * W * NP) * CK)
+    p_dt = pe
+    p_dy = pe + CK * BE
+    p_u = pe + 2 * CK * BE
+    p_sp = pe + 3 * CK * BE
+    p_kz = pe + 4 * CK * BE
+    eo = tl.arange(0, BE)  # the prologue's coalesced [PT, BE] tiles
+    e2 = g * EG + (rem % NEB) * BE + eo
+    e2_mask = (rem % NEB) * BE + eo < EG
+    if HAS_DTB:
+        dtb2 = tl.load(dtb_ptr + e2, mask=e2_mask, other=0.0).to(tl.float32)
+    n2 = tl.arange(0, NP)
+    n2_mask = n2 < N
+    tp = tl.arange(0, PT)
+    pe_tp = _pe_off(tp[:, None], eo[None, :], BE)
+    pbc = pe + 5 * CK * BE
+    pbc_tp = pbc + tp[:, None] * NP + n2[None, :]
+    pbc_r = pbc + ns  # rows in the grid layout
+    pd = pbc + 2 * CK * NP
+    pd_row = pd + wr * (2 * NP * CK) + ns * CK  # this warp's dB row (+ NP·CK: dC)
+    ck2 = tl.arange(0, CK)
+    pd_nc = pd + n2[:, None] * CK + ck2[None, :]
+    n_ck = tl.cdiv(t_end - t_begin, CK)
+    for i in range(0, n_ck):
+        k0 = t_begin + (n_ck - 1 - i) * CK
+        kb = k0 - k0 % CKS
+        if not LOCAL:
+            if (i == 0) | ((k0 + CK) % CKS == 0):
+                h = tl.load(ck_ptr + ((b * E + e) * NCK + kb // CKS) * N + ns, mask=en_mask, other=0.0)
+                tl.store(rg, h)
+                for jb in range(0, (k0 - kb) // CK + 1):  # through the current interval (its middle state)
+                    tl.debug_barrier()
+                    for q in tl.static_range(CK // PT):
+                        t = kb + jb * CK + q * PT + tp
+                        m2 = (t < L)[:, None] & e2_mask[None, :]
+                        raw = _tile_te(dt_ptr, b, e2, t, s_db, s_de, s_dl, m2).to(tl.float32)
+                        if HAS_DTB:
+                            raw += dtb2[None, :]
+                        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
+                        tl.store(p_dt + q * PT * BE + pe_tp, tl.where(m2, dtv, 0.0))
+                        tl.store(p_u + q * PT * BE + pe_tp,
+                                 _tile_te(u_ptr, b, e2, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
+                        tl.store(pbc_tp + q * PT * NP, _tile_tn(B_ptr, b, g, n2, t, s_Bb, s_Bg, s_Bn, s_Bl,
+                                                                (t < L)[:, None] & n2_mask[None, :]).to(tl.float32))
+                    tl.debug_barrier()
+                    for j in tl.static_range(CK // 2):
+                        dt0, dt1 = _pe_rows(p_dt, 2 * j, cs, BE)
+                        u0, u1 = _pe_rows(p_u, 2 * j, cs, BE)
+                        B0 = tl.load(pbc_r + 2 * j * NP)
+                        B1 = tl.load(pbc_r + (2 * j + 1) * NP)
+                        h = _exp2(dt0 * A2, FAST_EXP) * h + (dt0 * u0) * B0
+                        h = _exp2(dt1 * A2, FAST_EXP) * h + (dt1 * u1) * B1
+                        if j % 2 == 1:
+                            tl.store(rg + (jb * (CK // 4) + j // 2 + 1) * (NP * BE), h)
+        tl.debug_barrier()
+        for q in tl.static_range(CK // PT):
+            t = k0 + q * PT + tp
+            m2 = (t < L)[:, None] & e2_mask[None, :]
+            raw = _tile_te(dt_ptr, b, e2, t, s_db, s_de, s_dl, m2).to(tl.float32)
+            if HAS_DTB:
+                raw += dtb2[None, :]
+            dtv, dsp = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
+            dtv = tl.where(m2, dtv, 0.0)
+            dout = _tile_te(dy_ptr, b, e2, t, s_gb, s_ge, s_gl, m2).to(tl.float32)
+            if HAS_Z:
+                zz = _tile_te(z_ptr, b, e2, t, s_zb, s_ze, s_zl, m2).to(tl.float32)
+                zsig = tl.fdiv(1.0, 1.0 + _exp2(zz * -1.4426950408889634, FAST_EXP))
+                dyv = dout * zz * zsig
+                if not LOCAL:
+                    tl.store(p_kz + q * PT * BE + pe_tp, dout * zsig * (1.0 + zz * (1.0 - zsig)))
+            else:
+                dyv = dout
+            tl.store(p_dt + q * PT * BE + pe_tp, dtv)
+            tl.store(p_dy + q * PT * BE + pe_tp, dyv)
+            tn_mask = (t < L)[:, None] & n2_mask[None, :]
+            tl.store(pbc_tp + (CK + q * PT) * NP,
+                     _tile_tn(C_ptr, b, g, n2, t, s_Cb, s_Cg, s_Cn, s_Cl, tn_mask).to(tl.float32))
+            if not LOCAL:
+                tl.store(pbc_tp + q * PT * NP,
+                         _tile_tn(B_ptr, b, g, n2, t, s_Bb, s_Bg, s_Bn, s_Bl, tn_mask).to(tl.float32))
+                tl.store(p_u + q * PT * BE + pe_tp, _tile_te(u_ptr, b, e2, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
+                tl.store(p_sp + q * PT * BE + pe_tp, tl.where(m2, dsp, 0.0))
+        tl.debug_barrier()
+        if LOCAL:
+            for jj in tl.static_range(CK // 2):
+                r0 = CK - 2 - 2 * jj
+                dt0, dt1 = _pe_rows(p_dt, r0, cs, BE)
+                dy0, dy1 = _pe_rows(p_dy, r0, cs, BE)
+                C0 = tl.load(pbc_r + (CK + r0) * NP)
+                C1 = tl.load(pbc_r + (CK + r0 + 1) * NP)
+                a0 = _exp2(dt0 * A2, FAST_EXP)
+                g1 = C1 * dy1 + a_next * g_next
+                g_next = C0 * dy0 + _exp2(dt1 * A2, FAST_EXP) * g1
+                dt_sum += dt0 + dt1
+                a_next = a0
+        else:
+            for hh in tl.static_range(CK // 4):
+                r0 = CK - 4 - 4 * hh  # first row of this 4-step half
+                h_in = tl.load(rg + ((k0 - kb) // 4 + r0 // 4) * (NP * BE))
+                dt0, dt1 = _pe_rows(p_dt, r0, cs, BE)
+                dt2, dt3 = _pe_rows(p_dt, r0 + 2, cs, BE)
+                u0, u1 = _pe_rows(p_u, r0, cs, BE)
+                u2, u3 = _pe_rows(p_u, r0 + 2, cs, BE)
+                B0 = tl.load(pbc_r + r0 * NP)
+                B1 = tl.load(pbc_r + (r0 + 1) * NP)
+                B2 = tl.load(pbc_r + (r0 + 2) * NP)
+                B3 = tl.load(pbc_r + (r0 + 3) * NP)
+                x0 = dt0 * u0
+                x1 = dt1 * u1
+                x2 = dt2 * u2
+                x3 = dt3 * u3
+                a0 = _exp2(dt0 * A2, FAST_EXP)
+                h0 = a0 * h_in + x0 * B0
+                a1 = _exp2(dt1 * A2, FAST_EXP)
+                h1 = a1 * h0 + x1 * B1
+                a2 = _exp2(dt2 * A2, FAST_EXP)
+                h2 = a2 * h1 + x2 * B2
+                a3 = _exp2(dt3 * A2, FAST_EXP)
+                h3 = a3 * h2 + x3 * B3
+                dy2, dy3 = _pe_rows(p_dy, r0 + 2, cs, BE)
+                sp2, sp3 = _pe_rows(p_sp, r0 + 2, cs, BE)
+                if HAS_Z:
+                    kz2, kz3 = _pe_rows(p_kz, r0 + 2, cs, BE)
+                else:
+                    kz2 = dy2
+                    kz3 = dy3
+                C2 = tl.load(pbc_r + (CK + r0 + 2) * NP)
+                C3 = tl.load(pbc_r + (CK + r0 + 3) * NP)
+                g3 = C3 * dy3 + a_next * g_next
+                dA_acc, ddt3, du3, dz3 = _grid_grads(dA_acc, h3, x3 * B3, g3, B3, C3, A2, dt3, x3, u3, dy3, kz3,
+                                                     sp3, Dv, pd_row, r0 + 3, CK, NP, HAS_D, HAS_Z)
+                g2 = C2 * dy2 + a3 * g3
+                dA_acc, ddt2, du2, dz2 = _grid_grads(dA_acc, h2, x2 * B2, g2, B2, C2, A2, dt2, x2, u2, dy2, kz2,
+                                                     sp2, Dv, pd_row, r0 + 2, CK, NP, HAS_D, HAS_Z)
+                _pe_store_rows(p_dt, r0 + 2, cs, du2, du3, BE)
+                _pe_store_rows(p_sp, r0 + 2, cs, ddt2, ddt3, BE)
+                if HAS_Z:
+                    _pe_store_rows(p_kz, r0 + 2, cs, dz2, dz3, BE)
+                dy0, dy1 = _pe_rows(p_dy, r0, cs, BE)
+                sp0, sp1 = _pe_rows(p_sp, r0, cs, BE)
+                if HAS_Z:
+                    kz0, kz1 = _pe_rows(p_kz, r0, cs, BE)
+                else:
+                    kz0 = dy0
+                    kz1 = dy1
+                C0 = tl.load(pbc_r + (CK + r0) * NP)
+                C1 = tl.load(pbc_r + (CK + r0 + 1) * NP)
+                g1 = C1 * dy1 + a2 * g2
+                dA_acc, ddt1, du1, dz1 = _grid_grads(dA_acc, h1, x1 * B1, g1, B1, C1, A2, dt1, x1, u1, dy1, kz1,
+                                                     sp1, Dv, pd_row, r0 + 1, CK, NP, HAS_D, HAS_Z)
+                g0 = C0 * dy0 + a1 * g1
+                dA_acc, ddt0, du0, dz0 = _grid_grads(dA_acc, h0, x0 * B0, g0, B0, C0, A2, dt0, x0, u0, dy0, kz0,
+                                                     sp0, Dv, pd_row, r0, CK, NP, HAS_D, HAS_Z)
+                _pe_store_rows(p_dt, r0, cs, du0, du1, BE)
+                _pe_store_rows(p_sp, r0, cs, ddt0, ddt1, BE)
+                if HAS_Z:
+                    _pe_store_rows(p_kz, r0, cs, dz0, dz1, BE)
+                ddtb_acc += ddt0 + ddt1 + ddt2 + ddt3
+                dD_acc += dy0 * u0 + dy1 * u1 + dy2 * u2 + dy3 * u3
+                g_next = g0
+                a_next = a0
+            tl.debug_barrier()
+            for q in tl.static_range(CK // PT):
+                t = k0 + q * PT + tp
+                m2 = (t < L)[:, None] & e2_mask[None, :]
+                tl.store(du_ptr + b * s_dub + e2[None, :] * s_due + t[:, None] * s_dul,
+                         tl.load(p_dt + q * PT * BE + pe_tp).to(du_ptr.dtype.element_ty), mask=m2)
+                tl.store(ddt_ptr + b * s_ddb + e2[None, :] * s_dde + t[:, None] * s_ddl,
+                         tl.load(p_sp + q * PT * BE + pe_tp).to(ddt_ptr.dtype.element_ty), mask=m2)
+                if HAS_Z:
+                    tl.store(dz_ptr + b * s_dzb + e2[None, :] * s_dze + t[:, None] * s_dzl,
+                             tl.load(p_kz + q * PT * BE + pe_tp).to(dz_ptr.dtype.element_ty), mask=m2)
+            tk = k0 + ck2
+            nt_mask = n2_mask[:, None] & (tk < L)[None, :]
+            dBr = tl.load(pd_nc)
+            dCr = tl.load(pd_nc + NP * CK)
+            for w in tl.static_range(1, W):
+                dBr += tl.load(pd_nc + w * (2 * NP * CK))
+                dCr += tl.load(pd_nc + w * (2 * NP * CK) + NP * CK)
+            bc_off = ((b * G + g) * NP + n2[:, None]) * L + tk[None, :]
+            tl.atomic_add(dB_ptr + bc_off, dBr, mask=nt_mask, sem="relaxed")
+            tl.atomic_add(dC_ptr + bc_off, dCr, mask=nt_mask, sem="relaxed")
+    lane0 = e_mask & (i_nl == 0)  # per-channel values are held by all NL lanes of a channel: one of them writes
+    if LOCAL:
+        dt_first = _pe_rows(p_dt, 0, cs, BE)[0]  # pe holds the segment's first interval now
+        tl.store(Gl_ptr + st_off, g_next, mask=en_mask)
+        dt_tot = dt_sum - dt_first + dt_after
+        tl.store(Q_ptr + st_off, _exp2(A2 * dt_tot, FAST_EXP), mask=en_mask)
+    else:
+        if NEED_DH0:
+            if pid_s == 0:
+                tl.store(dh0_ptr + (b * E + e) * N + ns, a_next * g_next, mask=en_mask)
+        tl.atomic_add(dA_ptr + e * N + ns, dA_acc, mask=en_mask, sem="relaxed")
+        if HAS_D:
+            tl.atomic_add(dD_ptr + e, dD_acc, mask=lane0, sem="relaxed")
+        if HAS_DTB:
+            tl.atomic_add(ddtb_ptr + e, ddtb_acc, mask=lane0, sem="relaxed")
+
+
 # ---------------------------------------------------------------- launchers
 
 
@@ -795,17 +1121,19 @@ def _fast_exp(t: torch.Tensor) -> bool:
 
 
 def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_kernel=None, fwd_block=None,
-                fwd_chunk=None, fwd_warps=None, fwd_target=None, bwd_block=None, bwd_warps=None, bwd_maxnreg=None,
-                bwd_target=None, ck=None, ck_save=None):
+                fwd_chunk=None, fwd_warps=None, fwd_target=None, bwd_kernel=None, bwd_block=None, bwd_warps=None,
+                bwd_lanes_n=None, bwd_maxnreg=None, bwd_target=None, ck=None, ck_save=None):
     """Launch configuration of one problem size (a dict for ``selective_scan_triton(config=...)``); every keyword
     left None takes the default below.
 
     Forward: ``fwd_kernel`` "tile" ([T, N, channels] register tiles, for small N) or "step" (the steps written out
     on [N, channels] tiles whose states are spread over lanes too, for large N); ``fwd_block`` channels per
     program, ``fwd_chunk`` steps per chunk T, ``fwd_warps`` warps per program, ``fwd_target`` warps wanted in
-    flight before time is cut into segments (segments cost a second pass). Backward: ``bwd_block`` channels per
-    program, ``bwd_warps``, ``bwd_maxnreg`` (register cap, None: the compiler's), ``bwd_target``, ``ck`` steps per
-    recomputation interval. ``ck_save``: steps between the states the forward keeps for the backward
+    flight before time is cut into segments (segments cost a second pass). Backward: ``bwd_kernel`` "lanes"
+    ([N, channels] tiles, channels across the lanes; small N) or "grid" (channels and states each split between
+    registers and lanes, the warps splitting the channels; large N), ``bwd_block`` channels per program,
+    ``bwd_warps``, ``bwd_lanes_n`` (grid: lanes along the states, of 32), ``bwd_maxnreg`` (register cap, None: the
+    compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``: steps between the states the forward keeps for the backward
     ((B, E, ceil(L / ck_save), N) float32); the backward regenerates the interval starts in between. Defaults
     from the GPU sweeps in benchmarks/notes/mamba1_scan*.md.
     """
@@ -837,12 +1165,28 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
     seg, nseg = _segments(rows, nw, length, ck_save, fwd_target)
     cfg = dict(CK=ck, CKS=ck_save, fwd_kernel=fwd_kernel, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg,
                fwd_nseg=nseg)
+    bwd_kernel = bwd_kernel or ("lanes" if np2 <= 16 else "grid")
+    if bwd_kernel not in ("lanes", "grid"):
+        raise ValueError(f"bwd_kernel: expected 'lanes' or 'grid', got {bwd_kernel!r}")
     be = min(bwd_block or 16, eg2)
-    nw = bwd_warps or max(1, be * np2 // 512)
+    if bwd_kernel == "lanes":
+        nw = bwd_warps or max(1, be * np2 // 512)
+        grid = {}
+    else:
+        if ck % 4:
+            raise ValueError(f"ck: the grid backward walks 4-step halves, expected a multiple of 4, got {ck}")
+        nl = min(bwd_lanes_n or 8, np2)
+        el = min(32 // nl, be)
+        nl = min(np2, 32 // el)  # few channels: more lanes along the states (tiny problems leave lanes idle)
+        nw = bwd_warps or max(1, be // el)  # one channel per thread (no spills at N = 64)
+        if be % (el * nw):
+            raise ValueError(f"bwd_block: expected a multiple of {el} lanes x {nw} warps, got {be}")
+        grid = dict(ER=be // (el * nw), NR=np2 // nl, W=nw, EL=el, NL=nl)
     rows = batch * groups * triton.cdiv(eg, be)
     target = bwd_target or (1 if rows * nw >= 768 else _TARGET_WARPS // 2)
     seg, nseg = _segments(rows, nw, length, ck_save, target)
-    cfg.update(bwd_BE=be, bwd_warps=nw, bwd_maxnreg=bwd_maxnreg, bwd_seg=seg, bwd_nseg=nseg)
+    cfg.update(bwd_kernel=bwd_kernel, bwd_BE=be, bwd_warps=nw, bwd_grid=grid, bwd_maxnreg=bwd_maxnreg, bwd_seg=seg,
+               bwd_nseg=nseg)
     return cfg
 
 
@@ -949,13 +1293,24 @@ def _selective_scan_bwd(dy, d_final, u, delta, A, B, C, D, z, delta_bias, delta_
     common = dict(N=n, NP=np2, BE=BE, HAS_D=D is not None, HAS_Z=z is not None,
                   HAS_DTB=delta_bias is not None, SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
     programs = grid[0] * nseg
-    # per program: parked states (CK / 4 + CKS / CK) x [NP, BE]; the interval's staged values and dB, dC rows
-    scratch = (torch.empty(programs * (CK // 4 + CKS // CK) * np2 * BE, device=dev, dtype=f32),
-               torch.empty(programs * (5 * BE + 4 * np2) * CK, device=dev, dtype=f32))
     common.update(CK=CK, CKS=CKS, PT=next(p for p in (8, 4) if CK % p == 0), FAST_EXP=_fast_exp(u))
     if config.get("bwd_maxnreg"):
         common.update(maxnreg=config["bwd_maxnreg"])
-    kernel = _ss_bwd_kernel
+    if config["bwd_kernel"] == "grid":
+        kernel = _ss_bwd_grid_kernel
+        gl = config["bwd_grid"]
+        common.update(gl)
+        del common["BE"]
+        # per program: states parked every 4 steps of a block; the interval's staged values, B, C rows and the
+        # warps' dB, dC rows
+        scratch = (torch.empty(programs * (CKS // 4 + 1) * np2 * BE, device=dev, dtype=f32),
+                   torch.empty(programs * (5 * BE + 2 * np2 + 2 * gl["W"] * np2) * CK, device=dev, dtype=f32))
+        strides += (1,)  # s_one (see the kernel)
+    else:
+        kernel = _ss_bwd_kernel
+        # per program: parked states (CK / 4 + CKS / CK) x [NP, BE]; the interval's staged values and dB, dC rows
+        scratch = (torch.empty(programs * (CK // 4 + CKS // CK) * np2 * BE, device=dev, dtype=f32),
+                   torch.empty(programs * (5 * BE + 4 * np2) * CK, device=dev, dtype=f32))
     if length > 0:
         Dp = D if D is not None else dummy
         dtbp = delta_bias if delta_bias is not None else dummy

@@ -115,6 +115,13 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
         ((1, 8, 45, 4), {"groups": 2, "channel_last": True}, {**ONE_SEG, "fwd_kernel": "step", "fwd_block": 2,
                                                                 "ck_save": 16}),
         ((1, 3, 17, 64), {}, {**ONE_SEG, "fwd_kernel": "tile", "fwd_block": 4, "fwd_chunk": 2, "ck_save": 8}),
+        # each backward kernel at the other's state sizes, and the "grid" backward's layouts: two channels per
+        # thread, one and several warps, 16 lanes along the states, a partial channel block, 4-step intervals
+        ((2, 6, 37, 5), {}, {**MANY_SEG, "bwd_kernel": "grid", "ck_save": 16}),
+        ((1, 8, 45, 4), {"groups": 2, "channel_last": True}, {**ONE_SEG, "bwd_kernel": "grid", "ck_save": 16}),
+        ((1, 12, 29, 32), {"z": False, "h0": False}, {**MANY_SEG, "bwd_block": 8, "bwd_warps": 1, "ck_save": 16}),
+        ((1, 6, 23, 64), {"channel_last": True}, {**ONE_SEG, "bwd_lanes_n": 16, "ck": 4, "ck_save": 8}),
+        ((1, 4, 19, 64), {}, {**ONE_SEG, "bwd_kernel": "lanes", "ck_save": 8}),
     ],
 )
 def test_selective_scan_matches_reference(shape, kwargs, config):
@@ -135,6 +142,12 @@ def test_scan_config_rejects_bad_settings():
         ss.scan_config(1, 4, 1, 32, 16, fwd_kernel="scan")
     with pytest.raises(ValueError, match="fwd_chunk"):
         ss.scan_config(1, 4, 1, 32, 16, fwd_chunk=3)
+    with pytest.raises(ValueError, match="bwd_kernel"):
+        ss.scan_config(1, 4, 1, 32, 64, bwd_kernel="seq")
+    with pytest.raises(ValueError, match="bwd_block"):
+        ss.scan_config(1, 64, 1, 32, 64, bwd_block=16, bwd_warps=3)
+    with pytest.raises(ValueError, match="ck"):
+        ss.scan_config(1, 64, 1, 32, 64, ck=2, ck_save=8)
 
 
 def test_selective_scan_chunked_calls_equal_one_call():

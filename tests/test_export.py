@@ -22,6 +22,9 @@ from audiomamba.export import (
     export_stream,
     read_layout,
 )
+from audiomamba.export.step import mamba1_block, mean_pool_head, softplus
+from audiomamba.heads import ClassifierHead, MeanPoolState
+from audiomamba.layers.block import ResidualBlock
 from audiomamba.state import flatten_state
 
 ort = pytest.importorskip("onnxruntime")
@@ -106,6 +109,43 @@ def test_step_equals_forward_at_every_pooling_phase():
         assert rel_err(y, ref) < 1e-5
         for (name, a), b in zip(flatten_state(ref_state).items(), flat):
             assert rel_err(b, a) < 1e-5, name
+
+
+@pytest.mark.parametrize("length", [1, 5, 20])
+@pytest.mark.parametrize("mlp", [0, 2])
+def test_export_form_of_the_mamba1_block_equals_the_block(length, mlp):
+    """mamba1_block (the form the graphs run) against the block's own forward, from a random state, with decays
+    and step sizes spread over a trained model's range: the outputs and both state tensors."""
+    torch.manual_seed(length + 10 * mlp)
+    block = ResidualBlock(16, "mamba1", {"d_state": 8, "d_conv": 4}, mlp_expand=mlp).eval()
+    with torch.no_grad():
+        block.mixer.A_log.copy_(torch.randn_like(block.mixer.A_log) * 2)  # A from -e^-6 to -e^6
+        block.mixer.dt_proj.bias.copy_(torch.randn_like(block.mixer.dt_proj.bias) * 4)  # Δ from ~0 to ~10
+        state = block.init_state(2)
+        state.conv.normal_()
+        state.ssm.normal_()
+        x = torch.randn(2, length, 16)
+        ref, ref_state = block(x, state)
+        y, new = mamba1_block(block, x, state)
+    assert rel_err(y, ref) < 1e-5
+    assert rel_err(new.conv, ref_state.conv) < 1e-6 and rel_err(new.ssm, ref_state.ssm) < 1e-5
+
+
+def test_export_forms_of_the_head_and_softplus():
+    """mean_pool_head against ClassifierHead (a stream far along: a large count and sum), softplus against
+    F.softplus over (-40, 40)."""
+    torch.manual_seed(1)
+    head = ClassifierHead(12, 5).eval()
+    state = MeanPoolState(torch.randn(3, 12, dtype=torch.float64) * 1e5, torch.tensor([10**6, 7, 0]))
+    h = torch.randn(3, 40, 12)
+    with torch.no_grad():
+        ref, ref_state = head(h, state)
+        y, new = mean_pool_head(head, h, state)
+    assert rel_err(y, ref) < 1e-5
+    assert rel_err(new.total, ref_state.total) < 1e-6 and torch.equal(new.count, ref_state.count)
+    v = torch.rand(10_000) * 80 - 40
+    ref = torch.nn.functional.softplus(v)
+    assert ((softplus(v) - ref).abs() / ref.clamp(min=1)).max() < 1e-6
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torch-export"])

@@ -19,8 +19,15 @@ cannot do. Here, for a stage of pooling factor P that gets L inputs, with q, rem
 
 By the state contract (chunks of any lengths give the same outputs) this equals ``model(x, state)`` for any
 phase, up to float rounding; the tests check it. The blocks of a stage run over pieces of at most
-``SHORT_LENGTH`` steps (same result, by the same contract): that keeps every Mamba-1 mixer on its short-chunk
-path, a plain loop over steps without data-dependent control flow.
+``SHORT_LENGTH`` steps (same result, by the same contract), so that no step unrolls a longer loop.
+
+Three pieces are written in a form that ONNX Runtime runs faster, each the same function as the layer's own
+forward up to float rounding (the tests compare them with the layers): a pre-norm residual block with a Mamba-1
+mixer (``mamba1_block``), a causal mean-pooling classifier head (``mean_pool_head``), and a stage without blocks
+(its output x + x written as 2·x, which ONNX Runtime does not fuse with the next LayerNorm into its slower
+SkipLayerNormalization). ONNX Runtime runs every op as its own pass over its tensors, so these forms keep the
+number of ops and of passes over (L, N, E) tensors small; the measurements behind each choice are in
+``mamba1_block``'s docstring.
 """
 
 from __future__ import annotations
@@ -28,10 +35,14 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from audiomamba.backbone import BackboneState
+from audiomamba.heads import ClassifierHead, MeanPoolState
 from audiomamba.kernels import SHORT_LENGTH
+from audiomamba.layers.block import ResidualBlock
+from audiomamba.layers.mamba1 import Mamba1Mixer, Mamba1State
 from audiomamba.layers.pool import DownPoolState, UpPoolState
 from audiomamba.layers.s4d import S4DMixer
 from audiomamba.state import flatten_state, map_state
@@ -100,7 +111,7 @@ class StreamStep(nn.Module):
             y = y[:, :, 0] if x.dim() == 2 else y  # one codebook: (B, N, V)
             new = bnew
         else:
-            y, head_state = model.head(h, state.head)  # (B, N, C)
+            y, head_state = _head(model.head, h, state.head)  # (B, N, C)
             new = dataclasses.replace(state, backbone=bnew, head=head_state)
         return (y, *flatten_state(new).values())
 
@@ -163,14 +174,16 @@ class StreamStep(nn.Module):
         states = list(st.blocks[s])
         h = x
         for i, block in enumerate(stage):
+            fast = _is_mamba1_block(block)
             ys = []
             for piece in h.split(SHORT_LENGTH, dim=1):
-                y, states[i] = block(piece, states[i])
+                y, states[i] = mamba1_block(block, piece, states[i]) if fast else block(piece, states[i])
                 ys.append(y)
             h = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]  # (B, L, D_s)
         blocks = list(st.blocks)
         blocks[s] = states
-        return h + x, BackboneState(list(st.down), list(st.up), blocks)
+        out = h + x if len(stage) else x * 2.0  # the same number; see the module docstring
+        return out, BackboneState(list(st.down), list(st.up), blocks)
 
 
 def _replace_level(st: BackboneState, s: int, down: DownPoolState | None, up: UpPoolState | None) -> BackboneState:
@@ -190,3 +203,85 @@ def _select(cond: torch.Tensor, a: BackboneState, b: BackboneState) -> BackboneS
     picked = iter([x if x is y else torch.where(cond.reshape((1,) * x.dim()), x, y) for x, y in
                    zip(fa.values(), fb.values())])
     return map_state(lambda _: next(picked), a)
+
+
+def _is_mamba1_block(block: nn.Module) -> bool:
+    """Whether ``mamba1_block`` computes ``block``'s forward: a causal ResidualBlock with a Mamba-1 mixer, in eval
+    mode (its dropout the identity)."""
+    return (isinstance(block, ResidualBlock) and isinstance(block.mixer, Mamba1Mixer) and not block.bidirectional
+            and not (block.training and block.dropout.p > 0))
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """``F.softplus(x)`` (beta 1, threshold 20) as max(x, log(1 + exp(min(x, 20)))): ONNX Runtime's Softplus
+    takes ~20 ns per element on a CPU, these five ops ~3. Equal up to float rounding; where exp(x) < 6e-8 the
+    result is 0 instead of exp(x) (an absolute difference below 6e-8)."""
+    return torch.maximum(x, torch.log(1.0 + torch.exp(torch.clamp(x, max=20.0))))
+
+
+def mamba1_block(block: ResidualBlock, x: torch.Tensor, state: Mamba1State) -> tuple[torch.Tensor, Mamba1State]:
+    """``block(x, state)`` for a causal pre-norm residual block with a Mamba-1 mixer (``_is_mamba1_block``), in
+    the form the exported graph runs fastest; the same math as the mixer's short-chunk path, up to float rounding.
+
+    x: (B, L, D) → (B, L, D), and the new Mamba1State (conv (B, E, W-1), ssm (B, E, N)).
+
+    The scan: dA = exp(Δ ⊗ A) and dBu = (Δ u) ⊗ B as two (B, L, N, E) tensors, each split once into its L
+    steps, h_t = dA_t h_{t-1} + dBu_t, then one batched product y_t = C_t · h_t over the stacked states. The
+    state stays (N, E) per step, E innermost (ONNX Runtime broadcasts along a long inner axis much faster: (E, N)
+    runs the step ~30% slower), and A = -exp(A_log) is a constant of the graph. Alternatives measured on
+    classifier_small (2-core VM, ONNX Runtime 1.32, one thread) and not taken, each no faster or slower: the decays
+    and inputs computed step by step from (B, 1, E) slices (fewer big tensors, more ops); the readout per step; a
+    log-depth (Hillis-Steele) scan (+30%: each level copies the whole tensor); a closed form through cumulative
+    sums (no faster, and it overflows for long decays).
+    """
+    m = block.mixer
+    length = x.shape[1]
+    E, N, W = m.d_inner, m.d_state, m.d_conv
+    xs, z = m.in_proj(block.norm(x)).split(E, dim=-1)  # (B, L, E) each
+    xp = torch.cat([state.conv.transpose(1, 2), xs], dim=1)  # (B, W-1+L, E): the conv's inputs, time-major
+    windows = torch.arange(length, device=x.device)[:, None] + torch.arange(W, device=x.device)  # (L, W)
+    c = (xp[:, windows] * m.conv_weight.t()).sum(2)  # (B, L, W, E) · (W, E), summed over W → (B, L, E)
+    if m.conv_bias is not None:
+        c = c + m.conv_bias
+    u = F.silu(c)  # (B, L, E)
+    dt_low, Bm, Cm = m.x_proj(u).split([m.dt_rank, N, N], dim=-1)  # (B, L, R), (B, L, N), (B, L, N)
+    dt = softplus(m.dt_proj(dt_low))  # Δ (B, L, E)
+    A = -torch.exp(m.A_log.float()).t()  # (N, E)
+    dA = torch.exp(dt[:, :, None, :] * A).split(1, dim=1)  # L × (B, 1, N, E)
+    dBu = ((dt * u)[:, :, None, :] * Bm[..., None]).split(1, dim=1)  # L × (B, 1, N, E)
+    h = state.ssm.transpose(1, 2)[:, None]  # (B, 1, N, E)
+    hs = []
+    for dA_t, dBu_t in zip(dA, dBu):
+        h = dA_t * h + dBu_t
+        hs.append(h)
+    y = torch.matmul(Cm[:, :, None, :], torch.cat(hs, dim=1))[:, :, 0]  # (B, L, 1, N) @ (B, L, N, E) → (B, L, E)
+    if m.D is not None:
+        y = y + u * m.D
+    y = y * F.silu(z)
+    x = x + m.out_proj(y)  # (B, L, D)
+    if block.mlp is not None:
+        x = x + block.mlp(block.mlp_norm(x))
+    return x, Mamba1State(conv=xp[:, length:].transpose(1, 2), ssm=h[:, 0].transpose(1, 2))
+
+
+def mean_pool_head(head: ClassifierHead, h: torch.Tensor, state: MeanPoolState) -> tuple[torch.Tensor, MeanPoolState]:
+    """``head(h, state)`` for a causal mean-pooling ClassifierHead, through the linearity of its map: the running
+    logits W·(T + Σ_{s≤t} h_s)/n_t + b are (W·T + Σ_{s≤t} W·h_s)/n_t + b, so that the running sum runs over the
+    C logits, in float32, instead of the D features in float64. The state (the float64 sum T of the features and
+    the count n) is the head's. Equal up to float rounding.
+
+    h: (B, L, D) → running logits (B, L, C), new MeanPoolState."""
+    length = h.shape[1]
+    weight = head.linear.weight  # (C, D)
+    counts = state.count[:, None] + torch.arange(1, length + 1, device=h.device)  # (B, L) int64
+    running = F.linear(state.total.float(), weight)[:, None] + torch.cumsum(F.linear(h, weight), dim=1)  # (B, L, C)
+    logits = running / counts[..., None].float() + head.linear.bias
+    new = MeanPoolState(total=state.total + h.sum(1).double(), count=state.count + length)
+    return logits, new
+
+
+def _head(head: nn.Module, h: torch.Tensor, state):
+    """The classifier head on h (B, L, D) → (B, L, C), new state: ``mean_pool_head`` for a mean-pooling head."""
+    if isinstance(head, ClassifierHead) and head.causal and head.pooling == "mean":
+        return mean_pool_head(head, h, state)
+    return head(h, state)

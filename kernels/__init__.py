@@ -32,6 +32,7 @@ __all__ = [
     "get_backend",
     "mamba1_block_step",
     "mamba1_block_step_ref",
+    "mamba1_inner",
     "selective_scan",
     "selective_scan_chunked_ref",
     "selective_scan_loop_ref",
@@ -181,6 +182,20 @@ def _check_block_step(x, conv_state, ssm_state, norm_weight, norm_bias, in_proj_
         raise ValueError("norm_bias: an RMSNorm has no bias; pass None")
 
 
+def _check_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, delta_bias, A, D):
+    _check_tensor("x", x, (None, None, None))
+    (batch, inner, length), dev = x.shape, x.device
+    _check_tensor("z", z, (batch, inner, length), device=dev)
+    _check_tensor("conv_weight", conv_weight, (inner, None), device=dev)
+    _check_tensor("conv_bias", conv_bias, (inner,), device=dev, optional=True)
+    _check_tensor("A", A, (inner, None), _REALS, device=dev)
+    _check_tensor("dt_proj_weight", dt_proj_weight, (inner, None), device=dev)
+    n, rank = A.shape[1], dt_proj_weight.shape[1]
+    _check_tensor("x_proj_weight", x_proj_weight, (rank + 2 * n, inner), device=dev)
+    _check_tensor("delta_bias", delta_bias, (inner,), device=dev, optional=True)
+    _check_tensor("D", D, (inner,), device=dev, optional=True)
+
+
 # ---------------------------------------------------------------- public ops
 
 
@@ -245,6 +260,28 @@ def ssd_scan(
 
         return ssd_scan_triton(*args)
     return ssd_scan_chunked_ref(*args)
+
+
+def mamba1_inner(x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, delta_bias, A, D=None):
+    """A Mamba-1 mixer between in_proj and out_proj (mamba_ssm's ``mamba_inner_fn`` without the projections):
+
+        u = SiLU(causal_conv1d(x));  (δ, B, C) = x_proj(u);  y = selective_scan(u, dt_proj(δ), A, B, C, D, z,
+        delta_bias, delta_softplus=True)
+
+    x, z: (B, E, L), any strides (views of in_proj's output); conv_weight: (E, W); conv_bias: (E,) or None;
+    x_proj_weight: (R + 2N, E); dt_proj_weight: (E, R); delta_bias: (E,); A: (E, N) float32; D: (E,).
+    Returns y (B, E, L). On the Triton backend, under autograd, it keeps only x, z and the scan's sparse states
+    for the backward and recomputes the conv and the projections there (``mamba1_recompute.py``).
+    """
+    args = (x, z, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, delta_bias, A, D)
+    _check_inner(*args)
+    if get_backend(x) == "triton" and _needs_grad(*args):
+        from .mamba1_recompute import mamba1_inner_triton
+
+        return mamba1_inner_triton(*args)
+    from .mamba1_recompute import mamba1_inner_composed
+
+    return mamba1_inner_composed(*args)
 
 
 def mamba1_block_step(

@@ -1133,9 +1133,9 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
     ([N, channels] tiles, channels across the lanes; small N) or "grid" (channels and states each split between
     registers and lanes, the warps splitting the channels; large N), ``bwd_block`` channels per program,
     ``bwd_warps``, ``bwd_lanes_n`` (grid: lanes along the states, of 32), ``bwd_maxnreg`` (register cap, None: the
-    compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``: steps between the states the forward keeps for the backward
-    ((B, E, ceil(L / ck_save), N) float32); the backward regenerates the interval starts in between. Defaults
-    from the GPU sweeps in benchmarks/notes/mamba1_scan*.md.
+    compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``: steps between the states
+    the forward keeps for the backward ((B, E, ceil(L / ck_save), N) float32); the backward regenerates the
+    interval starts in between. Defaults from the GPU sweeps in benchmarks/notes/mamba1_scan*.md.
     """
     np2 = triton.next_power_of_2(n)
     eg = channels // groups

@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiomamba.kernels import SHORT_LENGTH, causal_conv1d, get_backend, mamba1_block_step, selective_scan
+from audiomamba.kernels import (
+    SHORT_LENGTH,
+    causal_conv1d,
+    get_backend,
+    mamba1_block_step,
+    mamba1_inner,
+    selective_scan,
+)
 from audiomamba.kernels.reference import causal_conv1d_time_major_, selective_scan_time_major_
 
 _LOG2_E = 1.0 / math.log(2.0)
@@ -161,6 +168,15 @@ class Mamba1Mixer(nn.Module):
         # (B, E, L) views of channel-last memory: the Triton conv and scan take any strides and give their outputs
         # their inputs' strides, so x_proj and out_proj below read (B, L, ·) rows without a copy
         xs, z = xs.transpose(1, 2), z.transpose(1, 2)
+        D, dt_bias = self.D, self.dt_proj.bias
+        D, dt_bias = (D if D.dtype == torch.float32 else D.float()), (dt_bias if dt_bias.dtype == torch.float32
+                                                                       else dt_bias.float())
+        if state is None and not return_state:
+            # training and scoring: one op from the conv to the gate, which under autograd on the GPU keeps only
+            # xz and the scan's sparse states for the backward
+            y = mamba1_inner(xs, z, self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight,
+                             dt_bias, self._A(), D)  # (B, E, L)
+            return self.out_proj(y.transpose(1, 2)), None  # (B, L, D)
         conv_state = None if state is None else state.conv
         if conv_state is not None and conv_state.dtype != xs.dtype:
             conv_state = conv_state.to(xs.dtype)
@@ -173,11 +189,8 @@ class Mamba1Mixer(nn.Module):
         dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         # Δ before its bias (B, E, L), channel-last; the bias and the softplus are applied inside the scan
         delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)
-        D, dt_bias = self.D, self.dt_proj.bias
         y = selective_scan(
-            xs, delta, self._A(), Bm.transpose(1, 2), Cm.transpose(1, 2),
-            D if D.dtype == torch.float32 else D.float(), z,
-            dt_bias if dt_bias.dtype == torch.float32 else dt_bias.float(), True,
+            xs, delta, self._A(), Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias, True,
             None if state is None else state.ssm, return_state,
         )  # (B, E, L), or ((B, E, L), (B, E, N))
         if not return_state:

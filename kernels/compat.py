@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import causal_conv1d, selective_scan
+from . import causal_conv1d, mamba1_inner, selective_scan
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_update", "mamba_inner_fn", "selective_scan_fn",
            "selective_state_update"]
@@ -79,8 +79,10 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
 
     With a complex A, x_proj's B / C columns hold (real, imaginary) pairs per state (2N columns each). The
     optional RMSNorm weights (b_rms_weight, c_rms_weight over N, dt_rms_weight over E) normalise B, C and Δ
-    before the scan, as mamba_ssm does. ``checkpoint_lvl`` (0 or 1) is accepted for compatibility: the
-    intermediate activations kept for the backward are autograd's.
+    before the scan, as mamba_ssm does. ``checkpoint_lvl`` (0 or 1) is accepted for compatibility. The plain
+    Mamba-1 case (real A, B and C from x_proj, softplus, no norms or projection biases) runs as
+    ``audiomamba.kernels.mamba1_inner``, which keeps only xz and the scan's sparse states for the backward, as
+    mamba_ssm does; the other cases keep autograd's intermediates.
 
     Args:
         xz: (B, 2E, L); conv1d_weight: (E, 1, W); conv1d_bias: (E,) or None; x_proj_weight: (R + [2N or 4N], E);
@@ -97,7 +99,13 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     complex_a = A.is_complex()
     d_state = A.shape[-1] * (2 if complex_a else 1)
     x, z = xz.chunk(2, dim=1)  # (B, E, L) each
-    x = causal_conv1d(x, conv1d_weight.reshape(conv1d_weight.shape[0], -1), conv1d_bias, activation="silu")
+    conv_weight = conv1d_weight.reshape(conv1d_weight.shape[0], -1)
+    plain = (not complex_a and B is None and C is None and delta_softplus and x_proj_weight.shape[0] == rank + 2 *
+             d_state and all(t is None for t in (B_proj_bias, C_proj_bias, b_rms_weight, c_rms_weight, dt_rms_weight)))
+    if plain:
+        y = mamba1_inner(x, z, conv_weight, conv1d_bias, x_proj_weight, delta_proj_weight, delta_bias, A, D)
+        return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+    x = causal_conv1d(x, conv_weight, conv1d_bias, activation="silu")
     x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (B, L, R + ...)
     delta = F.linear(x_dbl[..., :rank], delta_proj_weight)  # (B, L, E)
     if dt_rms_weight is not None:

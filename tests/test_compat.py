@@ -493,15 +493,17 @@ def test_mamba_inner_fn_matches_unfused(complex_a, var_b, var_c, extras, monkeyp
 
 
 @pytest.mark.skipif(not TRITON_OK, reason="no CUDA and TRITON_INTERPRET was set to something other than 1")
-def test_mamba_inner_fn_triton_complex(monkeypatch):
-    """The Triton backend (conv kernel, general scan) agrees with the PyTorch one on a complex-A mixer."""
+@pytest.mark.parametrize("complex_a", [True, False])
+def test_mamba_inner_fn_triton(monkeypatch, complex_a):
+    """The Triton backend agrees with the PyTorch one: a complex-A mixer (conv kernel, general scan) and a real
+    one (the low-memory mamba1_inner op, recomputing in its backward)."""
     g = torch.Generator().manual_seed(8)
     batch, dim, length, n, rank = 1, 4, 6, 2, 2
+    A = -0.5 * torch.rand(dim, n, generator=g, dtype=torch.complex64 if complex_a else torch.float32)
     args = [torch.randn(batch, 2 * dim, length, generator=g), 0.5 * torch.randn(dim, 1, 3, generator=g),
-            torch.randn(dim, generator=g), 0.5 * torch.randn(rank + 4 * n, dim, generator=g),
+            torch.randn(dim, generator=g), 0.5 * torch.randn(rank + (4 if complex_a else 2) * n, dim, generator=g),
             0.5 * torch.randn(dim, rank, generator=g), torch.randn(3, dim, generator=g), None,
-            -0.5 * torch.rand(dim, n, generator=g, dtype=torch.complex64), None, None, torch.randn(dim, generator=g),
-            torch.rand(dim, generator=g)]
+            A, None, None, torch.randn(dim, generator=g), torch.rand(dim, generator=g)]
     leaves = [a.to(DEVICE).requires_grad_(True) if a is not None else None for a in args]
     monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
     out = compat.mamba_inner_fn(*leaves)

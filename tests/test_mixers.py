@@ -235,3 +235,45 @@ def test_mamba1_stateless_call_asks_the_kernels_for_no_states(monkeypatch):
     _, state = mixer(x, mixer.init_state(2))
     assert [n for n, _, _ in calls] == ["conv", "scan"] and state is not None
     assert all(s is not None and f is True for _, s, f in calls)
+
+
+def test_mamba1_training_path_keeps_no_intermediates_on_the_triton_backend(monkeypatch):
+    """Under autograd on the Triton backend, the stateless mixer keeps for its backward neither the conv output,
+    x_proj's output nor Δ (mamba1_inner recomputes them): the tensors it saves are smaller than those of the same
+    Triton ops composed under autograd by at least those three; the gradients are the same."""
+    import os
+
+    from audiomamba.kernels.mamba1_recompute import mamba1_inner_composed
+
+    from audiomamba.layers import mamba1
+
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("the Triton backend needs CUDA or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    mixer = make("mamba1", d_model=16).train().to(device)
+    batch, length = 2, 40
+    x = torch.randn(batch, length, 16, device=device)
+
+    monkeypatch.setenv("AUDIOMAMBA_BACKEND", "triton")
+
+    def saved_bytes_and_grads(op):
+        monkeypatch.setattr(mamba1, "mamba1_inner", op)
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        xi = x.clone().requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y, _ = mixer(xi, return_state=False)
+        grads = torch.autograd.grad(y.square().sum(), [xi, *mixer.parameters()])
+        return sum(storages.values()), grads
+
+    kept, grads = saved_bytes_and_grads(mamba1.mamba1_inner)
+    composed, grads_ref = saved_bytes_and_grads(mamba1_inner_composed)
+    e, n, rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
+    intermediates = 4 * batch * length * (e + (rank + 2 * n) + e)  # conv output, x_proj output, Δ (float32)
+    assert kept <= composed - intermediates, (kept, composed, intermediates)
+    for a, b in zip(grads, grads_ref):
+        assert rel_err(a, b) < 1e-4

@@ -1132,10 +1132,11 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
     flight before time is cut into segments (segments cost a second pass). Backward: ``bwd_kernel`` "lanes"
     ([N, channels] tiles, channels across the lanes; small N) or "grid" (channels and states each split between
     registers and lanes, the warps splitting the channels; large N), ``bwd_block`` channels per program,
-    ``bwd_warps``, ``bwd_lanes_n`` (grid: lanes along the states, of 32), ``bwd_maxnreg`` (register cap, None: the
-    compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``: steps between the states
-    the forward keeps for the backward ((B, E, ceil(L / ck_save), N) float32); the backward regenerates the
-    interval starts in between. Defaults from the GPU sweeps in benchmarks/notes/mamba1_scan*.md.
+    ``bwd_warps``, ``bwd_lanes_n`` (grid: lanes along the states, of 32; default max(8, N / 8)), ``bwd_maxnreg``
+    (register cap, None: the compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``:
+    steps between the states the forward keeps for the backward ((B, E, ceil(L / ck_save), N) float32); the
+    backward regenerates the interval starts in between. Defaults from the GPU sweeps in
+    benchmarks/notes/mamba1_scan*.md (the grid backward's from offline sm_90a compiles: no spills).
     """
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
@@ -1175,7 +1176,7 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
     else:
         if ck % 4:
             raise ValueError(f"ck: the grid backward walks 4-step halves, expected a multiple of 4, got {ck}")
-        nl = min(bwd_lanes_n or 8, np2)
+        nl = min(bwd_lanes_n or max(8, np2 // 8), np2)  # 8 states per thread from N = 64 on (no spills)
         el = min(32 // nl, be)
         nl = min(np2, 32 // el)  # few channels: more lanes along the states (tiny problems leave lanes idle)
         nw = bwd_warps or max(1, be // el)  # one channel per thread (no spills at N = 64)

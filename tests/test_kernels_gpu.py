@@ -37,7 +37,8 @@ def _bc(b, groups, n, length, channel_last, dtype):
     return t
 
 
-@pytest.mark.parametrize("launch", [{}, {"ck_save": 32, "fwd_block": 4, "bwd_block": 8}])
+@pytest.mark.parametrize("launch", [{}, {"ck_save": 32, "fwd_block": 4, "bwd_block": 8},
+                                    {"bwd_kernel": "lanes", "ck_save": 64}, {"bwd_kernel": "grid", "bwd_warps": 2}])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channel_last", [False, True])
 @pytest.mark.parametrize("shape", [(2, 192, 1000, 16, 1), (4, 768, 2048, 16, 1), (2, 128, 3000, 8, 2),
@@ -75,6 +76,41 @@ def test_selective_scan_gpu(dtype, channel_last, shape, launch):
     for name, a, r in zip("u delta A B C D z bias h0".split(), ours, ref):
         err = _rel(a.grad, r.grad)
         assert err <= tol, f"d{name}: rel err {err:.2e} > {tol}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mamba1_inner_gpu(dtype, monkeypatch):
+    """The low-memory mixer op (sc09_small's stage-0 widths, channel-last views of one in_proj output) against
+    the composed PyTorch reference ops in float32 on the same (rounded) inputs: output and every gradient. In
+    bf16 it runs under autocast, as in training (the projections then round to bf16 too: 3e-2)."""
+    import contextlib
+
+    from audiomamba.kernels import mamba1_inner
+
+    torch.manual_seed(1)
+    b, e, length, n, rank, width = 2, 128, 3000, 64, 4, 4
+    leaves = {"xz": torch.randn(b, length, 2 * e, device="cuda"),
+              "conv_weight": torch.randn(e, width, device="cuda") * 0.5, "conv_bias": torch.randn(e, device="cuda"),
+              "x_proj_weight": torch.randn(rank + 2 * n, e, device="cuda") * e**-0.5,
+              "dt_proj_weight": torch.randn(e, rank, device="cuda") * 0.5,
+              "delta_bias": torch.randn(e, device="cuda") * 0.5 - 2.0,
+              "A": -torch.exp(torch.randn(e, n, device="cuda") * 0.5), "D": torch.randn(e, device="cuda")}
+    dy = torch.randn(b, e, length, device="cuda")
+    outs = []
+    for backend, cast in (("triton", dtype), ("reference", torch.float32)):
+        monkeypatch.setenv("AUDIOMAMBA_BACKEND", backend)
+        lv = {k: v.clone().requires_grad_(True) for k, v in leaves.items()}
+        x, z = lv["xz"].to(dtype).to(cast).transpose(1, 2).chunk(2, dim=1)
+        amp = torch.autocast("cuda", dtype=dtype) if cast != torch.float32 else contextlib.nullcontext()
+        with amp:
+            y = mamba1_inner(x, z, *[lv[k] for k in list(leaves)[1:]])
+        (y.float() * dy).sum().backward()
+        outs.append((y.float().detach(), {k: v.grad for k, v in lv.items()}))
+    (y, grads), (yr, grads_ref) = outs
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+    assert _rel(y, yr) <= tol
+    for k in grads_ref:
+        assert _rel(grads[k], grads_ref[k]) <= tol, k
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -524,6 +524,82 @@ def _lean_two(dA_acc, h0, h1, a1, a_nx, g_nx, A2, dt0, dt1, dy0, dy1, u0, u1, sp
 
 
 @triton.jit
+def _stage_forward_rows(dt_ptr, u_ptr, B_ptr, b, g, e, e_mask, n, n_mask, dtb, t0, L, tp, pe_tp, pbc_tp, p_dt, p_u,
+                        s_db, s_de, s_dl, s_ub, s_ue, s_ul, s_Bb, s_Bg, s_Bn, s_Bl,
+                        CK: tl.constexpr, PT: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr,
+                        HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr):
+    """Stage what a forward rerun over the CK steps from t0 reads: Δ (bias, softplus; zero past L) and u into
+    their [CK, BE] scratch slots, the B rows (CK, NP) float32, from coalesced [PT, ·] tiles."""
+    for q in tl.static_range(CK // PT):
+        t = t0 + q * PT + tp
+        m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
+        raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
+        if HAS_DTB:
+            raw += dtb[None, :]
+        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
+        tl.store(p_dt + q * PT * BE + pe_tp, tl.where(m2, dtv, 0.0))
+        tl.store(p_u + q * PT * BE + pe_tp, _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
+        tl.store(pbc_tp + q * PT * NP, _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl,
+                                                (t < L)[:, None] & n_mask[None, :]).to(tl.float32))
+
+
+@triton.jit
+def _stage_interval(dt_ptr, dy_ptr, z_ptr, u_ptr, B_ptr, C_ptr, b, g, e, e_mask, n, n_mask, dtb, k0, L, tp, pe_tp,
+                    pbc_tp, p_dt, p_dy, p_u, p_sp, p_kz,
+                    s_db, s_de, s_dl, s_gb, s_ge, s_gl, s_zb, s_ze, s_zl, s_ub, s_ue, s_ul,
+                    s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+                    CK: tl.constexpr, PT: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, LOCAL: tl.constexpr,
+                    HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr):
+    """The backward's prologue of the interval of CK steps from k0: every per-(step, channel) value once, PT steps
+    at a time (few registers), into the scratch slots: Δ (bias, softplus), dy·SiLU(z), and without LOCAL u, σ(raw
+    Δ) and the dz factor; the C rows and, without LOCAL, the B rows (CK, NP) float32. Zero past L."""
+    for q in tl.static_range(CK // PT):
+        t = k0 + q * PT + tp
+        m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
+        raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
+        if HAS_DTB:
+            raw += dtb[None, :]
+        dtv, dsp = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
+        dtv = tl.where(m2, dtv, 0.0)
+        dout = _tile_te(dy_ptr, b, e, t, s_gb, s_ge, s_gl, m2).to(tl.float32)
+        if HAS_Z:
+            zz = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, m2).to(tl.float32)
+            zsig = tl.fdiv(1.0, 1.0 + _exp2(zz * -1.4426950408889634, FAST_EXP))
+            dyv = dout * zz * zsig
+            if not LOCAL:
+                tl.store(p_kz + q * PT * BE + pe_tp, dout * zsig * (1.0 + zz * (1.0 - zsig)))
+        else:
+            dyv = dout
+        tl.store(p_dt + q * PT * BE + pe_tp, dtv)
+        tl.store(p_dy + q * PT * BE + pe_tp, dyv)
+        tn_mask = (t < L)[:, None] & n_mask[None, :]
+        tl.store(pbc_tp + (CK + q * PT) * NP,
+                 _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, tn_mask).to(tl.float32))
+        if not LOCAL:
+            tl.store(pbc_tp + q * PT * NP,
+                     _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, tn_mask).to(tl.float32))
+            tl.store(p_u + q * PT * BE + pe_tp, _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
+            tl.store(p_sp + q * PT * BE + pe_tp, tl.where(m2, dsp, 0.0))
+
+
+@triton.jit
+def _write_interval(du_ptr, ddt_ptr, dz_ptr, b, e, e_mask, k0, L, tp, pe_tp, p_du, p_ddt, p_dz,
+                    s_dub, s_due, s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl,
+                    CK: tl.constexpr, PT: tl.constexpr, BE: tl.constexpr, HAS_Z: tl.constexpr):
+    """Write the interval's du, dΔ and dz from their scratch slots as coalesced [PT, BE] tiles (up to L)."""
+    for q in tl.static_range(CK // PT):
+        t = k0 + q * PT + tp
+        m2 = (t < L)[:, None] & e_mask[None, :]
+        tl.store(du_ptr + b * s_dub + e[None, :] * s_due + t[:, None] * s_dul,
+                 tl.load(p_du + q * PT * BE + pe_tp).to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_ptr + b * s_ddb + e[None, :] * s_dde + t[:, None] * s_ddl,
+                 tl.load(p_ddt + q * PT * BE + pe_tp).to(ddt_ptr.dtype.element_ty), mask=m2)
+        if HAS_Z:
+            tl.store(dz_ptr + b * s_dzb + e[None, :] * s_dze + t[:, None] * s_dzl,
+                     tl.load(p_dz + q * PT * BE + pe_tp).to(dz_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
 def _ss_bwd_kernel(
     # pointers
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, dy_ptr,
@@ -629,18 +705,9 @@ def _ss_bwd_kernel(
                 tl.store(rg, h)
                 for jb in range(0, (k0 - kb) // CK):
                     tl.debug_barrier()  # the previous reads of pe are done
-                    for q in tl.static_range(CK // PT):
-                        t = kb + jb * CK + q * PT + tp
-                        m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
-                        raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
-                        if HAS_DTB:
-                            raw += dtb[None, :]
-                        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
-                        tl.store(p_dt + q * PT * BE + pe_tp, tl.where(m2, dtv, 0.0))
-                        tl.store(p_u + q * PT * BE + pe_tp,
-                                 _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
-                        tl.store(pbc_tp + q * PT * NP, _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl,
-                                                                (t < L)[:, None] & n_mask[None, :]).to(tl.float32))
+                    _stage_forward_rows(dt_ptr, u_ptr, B_ptr, b, g, e, e_mask, n, n_mask, dtb, kb + jb * CK, L,
+                                        tp, pe_tp, pbc_tp, p_dt, p_u, s_db, s_de, s_dl, s_ub, s_ue, s_ul,
+                                        s_Bb, s_Bg, s_Bn, s_Bl, CK, PT, NP, BE, HAS_DTB, SOFTPLUS, FAST_EXP)
                     tl.debug_barrier()
                     for j in range(0, CK // 2):
                         dt0, dt1 = _pe_rows(p_dt, 2 * j, eo, BE)
@@ -652,33 +719,10 @@ def _ss_bwd_kernel(
                     tl.store(rg + (jb + 1) * (NP * BE), h)
         # prologue: per-(step, channel) values, once each, PT steps at a time (few registers)
         tl.debug_barrier()  # the previous interval's reads of pe (and the writes of rg) are done
-        for q in tl.static_range(CK // PT):
-            t = k0 + q * PT + tp
-            m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
-            raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
-            if HAS_DTB:
-                raw += dtb[None, :]
-            dtv, dsp = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
-            dtv = tl.where(m2, dtv, 0.0)
-            dout = _tile_te(dy_ptr, b, e, t, s_gb, s_ge, s_gl, m2).to(tl.float32)
-            if HAS_Z:
-                zz = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, m2).to(tl.float32)
-                zsig = tl.fdiv(1.0, 1.0 + _exp2(zz * -1.4426950408889634, FAST_EXP))
-                dyv = dout * zz * zsig
-                if not LOCAL:
-                    tl.store(p_kz + q * PT * BE + pe_tp, dout * zsig * (1.0 + zz * (1.0 - zsig)))
-            else:
-                dyv = dout
-            tl.store(p_dt + q * PT * BE + pe_tp, dtv)
-            tl.store(p_dy + q * PT * BE + pe_tp, dyv)
-            tn_mask = (t < L)[:, None] & n_mask[None, :]
-            tl.store(pbc_tp + (CK + q * PT) * NP,
-                     _tile_tn(C_ptr, b, g, n, t, s_Cb, s_Cg, s_Cn, s_Cl, tn_mask).to(tl.float32))
-            if not LOCAL:
-                tl.store(pbc_tp + q * PT * NP,
-                         _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl, tn_mask).to(tl.float32))
-                tl.store(p_u + q * PT * BE + pe_tp, _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
-                tl.store(p_sp + q * PT * BE + pe_tp, tl.where(m2, dsp, 0.0))
+        _stage_interval(dt_ptr, dy_ptr, z_ptr, u_ptr, B_ptr, C_ptr, b, g, e, e_mask, n, n_mask, dtb, k0, L, tp,
+                        pe_tp, pbc_tp, p_dt, p_dy, p_u, p_sp, p_kz, s_db, s_de, s_dl, s_gb, s_ge, s_gl,
+                        s_zb, s_ze, s_zl, s_ub, s_ue, s_ul, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+                        CK, PT, NP, BE, LOCAL, HAS_Z, HAS_DTB, SOFTPLUS, FAST_EXP)
         tl.debug_barrier()
         n_sub = tl.cdiv(tl.minimum(CK, L - k0), 2)
         if not LOCAL:
@@ -741,16 +785,8 @@ def _ss_bwd_kernel(
                 a_next = a0
             # the interval's du, dΔ, dz and dB, dC: coalesced tile stores and vector atomics
             tl.debug_barrier()
-            for q in tl.static_range(CK // PT):
-                t = k0 + q * PT + tp
-                m2 = (t < L)[:, None] & e_mask[None, :]
-                tl.store(du_ptr + b * s_dub + e[None, :] * s_due + t[:, None] * s_dul,
-                         tl.load(p_dt + q * PT * BE + pe_tp).to(du_ptr.dtype.element_ty), mask=m2)
-                tl.store(ddt_ptr + b * s_ddb + e[None, :] * s_dde + t[:, None] * s_ddl,
-                         tl.load(p_sp + q * PT * BE + pe_tp).to(ddt_ptr.dtype.element_ty), mask=m2)
-                if HAS_Z:
-                    tl.store(dz_ptr + b * s_dzb + e[None, :] * s_dze + t[:, None] * s_dzl,
-                             tl.load(p_kz + q * PT * BE + pe_tp).to(dz_ptr.dtype.element_ty), mask=m2)
+            _write_interval(du_ptr, ddt_ptr, dz_ptr, b, e, e_mask, k0, L, tp, pe_tp, p_dt, p_sp, p_kz, s_dub, s_due,
+                            s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl, CK, PT, BE, HAS_Z)
             tk = k0 + tl.arange(0, CK)
             nt_mask = n_mask[:, None] & (tk < L)[None, :]
             bc_off = ((b * G + g) * NP + n[:, None]) * L + tk[None, :]  # [NP, CK] into (B, G, NP, L)
@@ -911,6 +947,8 @@ def _ss_bwd_grid_kernel(
     e2_mask = (rem % NEB) * BE + eo < EG
     if HAS_DTB:
         dtb2 = tl.load(dtb_ptr + e2, mask=e2_mask, other=0.0).to(tl.float32)
+    else:
+        dtb2 = tl.zeros([BE], tl.float32)
     n2 = tl.arange(0, NP)
     n2_mask = n2 < N
     tp = tl.arange(0, PT)
@@ -932,18 +970,9 @@ def _ss_bwd_grid_kernel(
                 tl.store(rg, h)
                 for jb in range(0, (k0 - kb) // CK + 1):  # through the current interval (its middle state)
                     tl.debug_barrier()
-                    for q in tl.static_range(CK // PT):
-                        t = kb + jb * CK + q * PT + tp
-                        m2 = (t < L)[:, None] & e2_mask[None, :]
-                        raw = _tile_te(dt_ptr, b, e2, t, s_db, s_de, s_dl, m2).to(tl.float32)
-                        if HAS_DTB:
-                            raw += dtb2[None, :]
-                        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
-                        tl.store(p_dt + q * PT * BE + pe_tp, tl.where(m2, dtv, 0.0))
-                        tl.store(p_u + q * PT * BE + pe_tp,
-                                 _tile_te(u_ptr, b, e2, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
-                        tl.store(pbc_tp + q * PT * NP, _tile_tn(B_ptr, b, g, n2, t, s_Bb, s_Bg, s_Bn, s_Bl,
-                                                                (t < L)[:, None] & n2_mask[None, :]).to(tl.float32))
+                    _stage_forward_rows(dt_ptr, u_ptr, B_ptr, b, g, e2, e2_mask, n2, n2_mask, dtb2, kb + jb * CK, L,
+                                        tp, pe_tp, pbc_tp, p_dt, p_u, s_db, s_de, s_dl, s_ub, s_ue, s_ul,
+                                        s_Bb, s_Bg, s_Bn, s_Bl, CK, PT, NP, BE, HAS_DTB, SOFTPLUS, FAST_EXP)
                     tl.debug_barrier()
                     for j in tl.static_range(CK // 2):
                         dt0, dt1 = _pe_rows(p_dt, 2 * j, cs, BE)
@@ -955,33 +984,10 @@ def _ss_bwd_grid_kernel(
                         if j % 2 == 1:
                             tl.store(rg + (jb * (CK // 4) + j // 2 + 1) * (NP * BE), h)
         tl.debug_barrier()
-        for q in tl.static_range(CK // PT):
-            t = k0 + q * PT + tp
-            m2 = (t < L)[:, None] & e2_mask[None, :]
-            raw = _tile_te(dt_ptr, b, e2, t, s_db, s_de, s_dl, m2).to(tl.float32)
-            if HAS_DTB:
-                raw += dtb2[None, :]
-            dtv, dsp = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
-            dtv = tl.where(m2, dtv, 0.0)
-            dout = _tile_te(dy_ptr, b, e2, t, s_gb, s_ge, s_gl, m2).to(tl.float32)
-            if HAS_Z:
-                zz = _tile_te(z_ptr, b, e2, t, s_zb, s_ze, s_zl, m2).to(tl.float32)
-                zsig = tl.fdiv(1.0, 1.0 + _exp2(zz * -1.4426950408889634, FAST_EXP))
-                dyv = dout * zz * zsig
-                if not LOCAL:
-                    tl.store(p_kz + q * PT * BE + pe_tp, dout * zsig * (1.0 + zz * (1.0 - zsig)))
-            else:
-                dyv = dout
-            tl.store(p_dt + q * PT * BE + pe_tp, dtv)
-            tl.store(p_dy + q * PT * BE + pe_tp, dyv)
-            tn_mask = (t < L)[:, None] & n2_mask[None, :]
-            tl.store(pbc_tp + (CK + q * PT) * NP,
-                     _tile_tn(C_ptr, b, g, n2, t, s_Cb, s_Cg, s_Cn, s_Cl, tn_mask).to(tl.float32))
-            if not LOCAL:
-                tl.store(pbc_tp + q * PT * NP,
-                         _tile_tn(B_ptr, b, g, n2, t, s_Bb, s_Bg, s_Bn, s_Bl, tn_mask).to(tl.float32))
-                tl.store(p_u + q * PT * BE + pe_tp, _tile_te(u_ptr, b, e2, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
-                tl.store(p_sp + q * PT * BE + pe_tp, tl.where(m2, dsp, 0.0))
+        _stage_interval(dt_ptr, dy_ptr, z_ptr, u_ptr, B_ptr, C_ptr, b, g, e2, e2_mask, n2, n2_mask, dtb2, k0, L, tp,
+                        pe_tp, pbc_tp, p_dt, p_dy, p_u, p_sp, p_kz, s_db, s_de, s_dl, s_gb, s_ge, s_gl,
+                        s_zb, s_ze, s_zl, s_ub, s_ue, s_ul, s_Bb, s_Bg, s_Bn, s_Bl, s_Cb, s_Cg, s_Cn, s_Cl,
+                        CK, PT, NP, BE, LOCAL, HAS_Z, HAS_DTB, SOFTPLUS, FAST_EXP)
         tl.debug_barrier()
         if LOCAL:
             for jj in tl.static_range(CK // 2):
@@ -1062,16 +1068,8 @@ def _ss_bwd_grid_kernel(
                 g_next = g0
                 a_next = a0
             tl.debug_barrier()
-            for q in tl.static_range(CK // PT):
-                t = k0 + q * PT + tp
-                m2 = (t < L)[:, None] & e2_mask[None, :]
-                tl.store(du_ptr + b * s_dub + e2[None, :] * s_due + t[:, None] * s_dul,
-                         tl.load(p_dt + q * PT * BE + pe_tp).to(du_ptr.dtype.element_ty), mask=m2)
-                tl.store(ddt_ptr + b * s_ddb + e2[None, :] * s_dde + t[:, None] * s_ddl,
-                         tl.load(p_sp + q * PT * BE + pe_tp).to(ddt_ptr.dtype.element_ty), mask=m2)
-                if HAS_Z:
-                    tl.store(dz_ptr + b * s_dzb + e2[None, :] * s_dze + t[:, None] * s_dzl,
-                             tl.load(p_kz + q * PT * BE + pe_tp).to(dz_ptr.dtype.element_ty), mask=m2)
+            _write_interval(du_ptr, ddt_ptr, dz_ptr, b, e2, e2_mask, k0, L, tp, pe_tp, p_dt, p_sp, p_kz, s_dub, s_due,
+                            s_dul, s_ddb, s_dde, s_ddl, s_dzb, s_dze, s_dzl, CK, PT, BE, HAS_Z)
             tk = k0 + ck2
             nt_mask = n2_mask[:, None] & (tk < L)[None, :]
             dBr = tl.load(pd_nc)

@@ -45,19 +45,21 @@ def _load_bc(ptr, b, g, e, n, t, s_b, s_g, s_e, s_n, s_t, s_im, mask_en, mask_n,
     """(real, imaginary) parts of B_t or C_t as float32: [NP] vectors when input-dependent, [BE, NP] when fixed
     (imaginary part zero without IM)."""
     if VAR:
-        off = b * s_b + g * s_g + n * s_n + t * s_t
-        re = tl.load(ptr + off, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if IM:
-            im = tl.load(ptr + off + s_im, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        else:
-            im = re * 0.0
+        re, im = _load_complex(ptr + b * s_b + g * s_g + n * s_n + t * s_t, s_im, mask_n, IM)
+        re, im = re[None, :], im[None, :]
     else:
-        off = e[:, None] * s_e + n[None, :] * s_n
-        re = tl.load(ptr + off, mask=mask_en, other=0.0).to(tl.float32)
-        if IM:
-            im = tl.load(ptr + off + s_im, mask=mask_en, other=0.0).to(tl.float32)
-        else:
-            im = re * 0.0
+        re, im = _load_complex(ptr + e[:, None] * s_e + n[None, :] * s_n, s_im, mask_en, IM)
+    return re, im
+
+
+@triton.jit
+def _load_complex(ptrs, s_im, mask, IM: tl.constexpr):
+    """(real, imaginary) float32 parts at ``ptrs``, the imaginary ones s_im further (zero without IM)."""
+    re = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if IM:
+        im = tl.load(ptrs + s_im, mask=mask, other=0.0).to(tl.float32)
+    else:
+        im = re * 0.0
     return re, im
 
 
@@ -100,12 +102,7 @@ def _program_setup(A_ptr, B_ptr, C_ptr, D_ptr, dtb_ptr, E, EG, NEB, s_ae, s_an, 
     n = tl.arange(0, NP)
     n_mask = n < N
     en_mask = e_mask[:, None] & n_mask[None, :]
-    a_off = e[:, None] * s_ae + n[None, :] * s_an
-    Ar = tl.load(A_ptr + a_off, mask=en_mask, other=0.0).to(tl.float32)
-    if CPLX:
-        Ai = tl.load(A_ptr + a_off + s_aim, mask=en_mask, other=0.0).to(tl.float32)
-    else:
-        Ai = Ar * 0.0
+    Ar, Ai = _load_complex(A_ptr + e[:, None] * s_ae + n[None, :] * s_an, s_aim, en_mask, CPLX)
     Bfr, Bfi = _load_bc(B_ptr, b, g, e, n, 0, s_Bb, s_Bg, s_Be, s_Bn, s_Bt, s_Bim, en_mask, n_mask, False, B_IM)
     Cfr, Cfi = _load_bc(C_ptr, b, g, e, n, 0, s_Cb, s_Cg, s_Ce, s_Cn, s_Ct, s_Cim, en_mask, n_mask, False, C_IM)
     dtb = tl.load(dtb_ptr + e, mask=e_mask, other=0.0).to(tl.float32)

@@ -168,9 +168,7 @@ class Mamba1Mixer(nn.Module):
         # (B, E, L) views of channel-last memory: the Triton conv and scan take any strides and give their outputs
         # their inputs' strides, so x_proj and out_proj below read (B, L, ·) rows without a copy
         xs, z = xs.transpose(1, 2), z.transpose(1, 2)
-        D, dt_bias = self.D, self.dt_proj.bias
-        D, dt_bias = (D if D.dtype == torch.float32 else D.float()), (dt_bias if dt_bias.dtype == torch.float32
-                                                                       else dt_bias.float())
+        D, dt_bias = self.D.float(), self.dt_proj.bias.float()  # the kernels take them in float32 (no copy if so)
         if state is None and not return_state:
             # training and scoring: one op from the conv to the gate, which under autograd on the GPU keeps only
             # xz and the scan's sparse states for the backward

@@ -41,7 +41,9 @@ CLASSIFIER = ("classifier_small", {"backbone.pool": [16, 4], "backbone.n_blocks"
 LM = ("sc09_small", {}, 16)  # an LM preset (pooling [4, 4]): next-token logits of token chunks
 # pooling 2 and 3 with chunks of 5 samples: every chunk meets other pooling phases (six patterns), Mamba-2 blocks
 POOLED = ("sc09_mamba2", {"backbone.pool": [2, 3]}, 5)
-CASES = {"classifier_small": CLASSIFIER, "lm": LM, "pooled": POOLED}
+# S4D at the full rate and Mamba-1 inside (pooling 2 and 4), chunks of 12: S4D stages export as matrix products
+S4D = ("sc09_mixed", {}, 12)
+CASES = {"classifier_small": CLASSIFIER, "lm": LM, "pooled": POOLED, "s4d": S4D}
 LABELS = tuple(f"class{i}" for i in range(10))
 
 
@@ -64,7 +66,7 @@ def _inputs(model, batch: int, length: int) -> torch.Tensor:
 EXPORTS = {
     ("onnx", "classifier_small"): (2, 2, True), ("onnx", "lm"): (1, 1, False), ("onnx", "pooled"): (1, 1, False),
     ("torch-export", "classifier_small"): (2, 2, True), ("torch-export", "lm"): (None, 2, False),
-    ("torch-export", "pooled"): (3, 3, False),
+    ("torch-export", "pooled"): (3, 3, False), ("onnx", "s4d"): (1, 1, True),
 }
 
 
@@ -164,6 +166,17 @@ def test_exported_stream_equals_model_stream(exported, fmt, case):
         assert y.shape == tuple(ref.shape)
         assert rel_err(torch.from_numpy(y), ref) < TOL
     assert runner.position == stream.position == N_CHUNKS * chunk
+    _assert_state_equal(runner, stream)
+
+
+def test_s4d_stages_export_to_onnx(exported):
+    """A model with an S4D stage (exported as real matrix products): 100 chunks of fresh tokens, then a stream
+    end shorter than a chunk (through the one-sample graph), equal to model.stream, state included."""
+    model, directory, batch = exported("onnx", "s4d")
+    runner, stream = OnnxStream(directory, batch_size=batch), model.stream(batch)
+    for n in [runner.chunk] * N_CHUNKS + [5]:
+        x = _inputs(model, batch, n)
+        assert rel_err(torch.from_numpy(runner.push(x.numpy())), stream.push(x)) < TOL
     _assert_state_equal(runner, stream)
 
 
@@ -303,9 +316,11 @@ def test_unsupported_models_are_clear_errors(tmp_path):
     bidirectional = build_model("classifier_bidirectional", **{"backbone.d_model": 8, "backbone.n_blocks": [1]})
     with pytest.raises(ExportError, match="bidirectional.*cannot stream"):
         export_stream(bidirectional, tmp_path, "onnx", 320)
-    s4d = tiny_model("sc09_s4d")
-    with pytest.raises(ExportError, match="S4D.*complex"):
-        check_exportable(s4d, 16, "onnx")
+    s4d = tiny_model("sc09_s4d")  # d_model 8: matrix form up to 724 steps per chunk
+    check_exportable(s4d, 724, "onnx")
+    with pytest.raises(ExportError, match="S4D mixers of stage 0 would see 725 steps.*chunks up to 724"):
+        check_exportable(s4d, 725, "onnx")
+    check_exportable(s4d, 725, "torch-export")
     lm = tiny_model("sc09_small")
     with pytest.raises(ExportError, match="chunk"):
         export_stream(lm, tmp_path, "onnx", 0)

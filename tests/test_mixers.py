@@ -118,6 +118,56 @@ def test_s4d_fft_path_equals_recurrence():
     assert rel_err(torch.view_as_real(h_fft), torch.view_as_real(h_rec)) < TOL
 
 
+@pytest.mark.parametrize("d_state", [8, 16])
+def test_s4d_matrix_path_equals_recurrence(d_state):
+    """Streaming chunks (lengths 1 and up, a carried state) through the matrix path: the recurrence's outputs and
+    states, chunk by chunk."""
+    torch.manual_seed(random.randrange(2**31))
+    mixer = S4DMixer(12, d_state=d_state).eval()
+    x = torch.randn(3, 90, 12)
+    s_rec = s_mat = None
+    start = 0
+    with torch.no_grad():
+        for n in random_chunks(90, random.Random()):
+            y_rec, s_rec = mixer(x[:, start:start + n], s_rec, method="recurrent")
+            y_mat, s_mat = mixer(x[:, start:start + n], s_mat, method="matrix")
+            start += n
+            assert rel_err(y_mat, y_rec) < TOL
+            assert rel_err(s_mat.ssm, s_rec.ssm) < TOL
+    assert s_mat.ssm.dtype == torch.float64
+
+
+def test_s4d_auto_takes_the_matrix_path_only_without_gradients():
+    mixer = S4DMixer(8, d_state=8).eval()
+    x = torch.randn(2, 20, 8)
+    with torch.no_grad():
+        mixer(x)
+    assert list(mixer._operators) == [20]  # cached for this chunk length
+    y, _ = mixer(x)  # with gradients: the recurrence (20 < FFT_MIN_LENGTH)
+    y.sum().backward()
+    assert mixer.log_dt.grad is not None and mixer.C.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="matrix.*no gradients"):
+        mixer(x, method="matrix")
+    assert not mixer.matrix_fits(2048) and mixer.matrix_fits(64)
+
+
+def test_s4d_matrix_operators_follow_weight_changes():
+    """Operators kept from one call are recomputed after an optimizer step and after load_state_dict."""
+    torch.manual_seed(random.randrange(2**31))
+    mixer = S4DMixer(8, d_state=8).eval()
+    x = torch.randn(2, 16, 8)
+    with torch.no_grad():
+        mixer(x)  # fills the cache
+    loss = mixer(x, method="fft")[0].square().mean()
+    loss.backward()
+    torch.optim.SGD(mixer.parameters(), lr=0.5).step()
+    with torch.no_grad():
+        assert rel_err(mixer(x)[0], mixer(x, method="recurrent")[0]) < TOL
+        other = S4DMixer(8, d_state=8)
+        mixer.load_state_dict(other.state_dict())
+        assert rel_err(mixer(x)[0], other(x, method="recurrent")[0]) < TOL
+
+
 def test_wrong_input_shape_names_the_argument():
     for name in MIXERS:
         with pytest.raises(ValueError, match="x: expected"):

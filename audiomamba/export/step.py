@@ -55,8 +55,8 @@ class ExportError(ValueError):
 def check_exportable(model: nn.Module, chunk: int, fmt: str | None = None) -> None:
     """ExportError unless ``model`` is a causal float32 AudioLM / AudioClassifier and ``chunk`` >= 1.
 
-    ``fmt`` "onnx" also rejects S4D mixers (their state and kernels are complex numbers, which ONNX Runtime
-    does not compute)."""
+    ``fmt`` "onnx" also rejects chunks too long for the S4D mixers' matrix form (the form they are traced in,
+    in real arithmetic; their longer-chunk form computes in complex numbers, which ONNX has no operators for)."""
     config = getattr(model, "config", None)
     if config is None or getattr(model, "backbone", None) is None or not hasattr(model, "init_state"):
         raise ExportError(f"cannot export a {type(model).__name__}: expected an audiomamba AudioLM or AudioClassifier")
@@ -69,9 +69,24 @@ def check_exportable(model: nn.Module, chunk: int, fmt: str | None = None) -> No
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
     if dtypes != ["torch.float32"]:
         raise ExportError(f"export expects a float32 model, got parameters in {dtypes}")
-    if fmt == "onnx" and any(isinstance(m, S4DMixer) for m in model.modules()):
-        raise ExportError("cannot export S4D mixers to ONNX: they compute in complex numbers, which ONNX has no "
-                          "operators for; export this model with --format torch-export, or use Mamba mixers")
+    if fmt == "onnx":
+        _check_s4d_chunk(model.backbone, chunk)
+
+
+def _check_s4d_chunk(backbone: nn.Module, chunk: int) -> None:
+    """ExportError if a chunk brings an S4D mixer more samples than its matrix form takes."""
+    frame = 1  # input samples per step of stage s
+    for s, stage in enumerate(backbone.stages):
+        length = -(-chunk // frame)  # the most steps a chunk brings to stage s (at any pooling phase)
+        for mixer in stage.modules():
+            if isinstance(mixer, S4DMixer) and not mixer.matrix_fits(length):
+                longest = frame * max(n for n in range(1, length) if mixer.matrix_fits(n))
+                raise ExportError(f"cannot export to ONNX with chunks of {chunk}: the S4D mixers of stage {s} would "
+                                  f"see {length} steps per chunk, more than their matrix form takes (chunks up to "
+                                  f"{longest}; longer ones compute in complex numbers, which ONNX has no operators "
+                                  "for); use a shorter --chunk, or --format torch-export")
+        if s < len(backbone.pools):
+            frame *= backbone.pools[s]
 
 
 class StreamStep(nn.Module):

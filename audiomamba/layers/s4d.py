@@ -2,7 +2,9 @@
 
 Whole sequences run as an FFT convolution with the SSM kernel; a carried state adds its free response
 (computed in closed form), and the final state is a Vandermonde sum. Step-by-step continuation runs the
-recurrence. Both are exact: they compute the same function up to float32 rounding.
+recurrence. Streaming chunks without gradients run as four matrix products in real arithmetic, with operators
+computed once per chunk length from the parameters (and again whenever a parameter changes). All three are
+exact: they compute the same function up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 FFT_MIN_LENGTH = 64  # below this the recurrence is cheaper than the FFT path
+# The matrix path keeps a (D, L, L) Toeplitz operator per chunk length: at most this many elements (16 MB in
+# float32; D = 32 channels up to 362-sample chunks); longer chunks take the FFT path.
+MATRIX_MAX_ELEMENTS = 1 << 22
+MATRIX_CACHE_LENGTHS = 4  # chunk lengths whose operators are kept (a stream's chunk, its tail, ...)
 
 
 @dataclass
@@ -52,6 +58,8 @@ class S4DMixer(nn.Module):
         self.D = nn.Parameter(torch.randn(H))
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(H, 2 * H)
+        self._operators: dict[int, tuple[torch.Tensor, ...]] = {}  # chunk length → matrix-path operators
+        self._operators_key: tuple = ()  # the parameters (storage, version) they were computed from
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> S4DState:
         """Zero state: (B, D, N/2, 2) float64 (``dtype`` is accepted for the common signature; the SSM
@@ -113,16 +121,114 @@ class S4DMixer(nn.Module):
                                                              powers[..., :length].flip(-1))
         return y, h.to(torch.cdouble)
 
+    def matrix_operators(self, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The matrix path's operators for chunks of ``length`` samples, from the parameters, in real arithmetic.
+
+        With the state as real pairs h (D, 2·N/2) (real and imaginary part of each mode, interleaved) and a chunk
+        u (D, L) per channel, one chunk is
+            y = T u + F h0       (the convolution with the SSM kernel K, plus the free response of h0)
+            h = dA^L ⊙ h0 + G u  (the decay of h0, a complex product per mode, plus the Vandermonde sum of the inputs)
+        Returns (T (D, L, L) float32, lower-triangular Toeplitz: T[i, j] = K[i - j]; F (D, L, N) float32;
+        dA^L (D, N/2, 2, 1) float64, real and imaginary part; G (D, N, L) float32), N = d_state. The state
+        itself stays float64 (its decay runs in float64); each chunk's inputs reach it through a float32 product.
+        """
+        H, M, L = self.d_model, self.n_modes, length
+        a_re = -torch.exp(self.log_A_real.double())  # A = a_re + i a_im  (D, N/2)
+        a_im = self.A_imag.double()
+        dt = torch.exp(self.log_dt.double())[:, None]
+        steps = torch.arange(L + 1, device=a_re.device, dtype=torch.float64)
+        # dA^l = exp(l ΔA) for l = 0..L  (D, N/2, L+1); the phase l·Im(ΔA) reaches hundreds of radians: float64
+        magnitude = torch.exp((a_re * dt)[..., None] * steps)
+        phase = (a_im * dt)[..., None] * steps
+        p_re, p_im = magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+        # dB = (dA - 1) / A
+        e_re, e_im, norm = p_re[..., 1] - 1.0, p_im[..., 1], a_re * a_re + a_im * a_im
+        b_re, b_im = (e_re * a_re + e_im * a_im) / norm, (e_im * a_re - e_re * a_im) / norm
+        c_re, c_im = self.C[..., 0].double(), self.C[..., 1].double()
+        cb_re, cb_im = c_re * b_re - c_im * b_im, c_re * b_im + c_im * b_re
+        # kernel K[l] = 2 Re(C dB dA^l), l < L  (D, L), laid out as a causal Toeplitz matrix
+        kernel = 2.0 * (cb_re[..., None] * p_re[..., :L] - cb_im[..., None] * p_im[..., :L]).sum(1)
+        lag = torch.arange(L, device=a_re.device)
+        lag = lag[:, None] - lag[None, :]  # (L, L) i - j
+        toeplitz = torch.where(lag >= 0, kernel[:, lag.clamp(min=0)], 0.0).float()
+        # free response y_l = 2 Re(C dA^(l+1) h0) = Σ_m f_re h_re - f_im h_im
+        f_re = 2.0 * (c_re[..., None] * p_re[..., 1:] - c_im[..., None] * p_im[..., 1:])  # (D, N/2, L)
+        f_im = 2.0 * (c_re[..., None] * p_im[..., 1:] + c_im[..., None] * p_re[..., 1:])
+        free = torch.stack([f_re, -f_im], dim=2).reshape(H, 2 * M, L).transpose(1, 2).float().contiguous()
+        # decay of h0 by dA^L: (D, N/2, 2, 1) the real and imaginary part per mode
+        decay = torch.stack([p_re[..., L], p_im[..., L]], dim=-1)[..., None]
+        # inputs into the final state: W_s = dB dA^(L-1-s)
+        q_re, q_im = p_re[..., :L].flip(-1), p_im[..., :L].flip(-1)
+        w_re = b_re[..., None] * q_re - b_im[..., None] * q_im
+        w_im = b_re[..., None] * q_im + b_im[..., None] * q_re
+        gain = torch.stack([w_re, w_im], dim=2).reshape(H, 2 * M, L).float()
+        return toeplitz, free, decay, gain
+
+    def _cached_operators(self, length: int) -> tuple[torch.Tensor, ...]:
+        """``matrix_operators(length)``, kept per length until a parameter changes (in place, e.g. an optimizer
+        step or ``load_state_dict``, or by a move to another device); computed afresh inside a compiled graph."""
+        if torch.compiler.is_compiling():
+            return self.matrix_operators(length)
+        key = tuple((p.data_ptr(), p._version) for p in (self.log_dt, self.C, self.log_A_real, self.A_imag))
+        if key != self._operators_key:
+            self._operators, self._operators_key = {}, key
+        ops = self._operators.get(length)
+        if ops is None:
+            if len(self._operators) >= MATRIX_CACHE_LENGTHS:
+                self._operators.pop(next(iter(self._operators)))
+            with torch.no_grad():
+                ops = self._operators[length] = self.matrix_operators(length)
+        return ops
+
+    def matrix_fits(self, length: int) -> bool:
+        """Whether "auto" runs chunks of ``length`` samples through the matrix path when no gradient is needed
+        (its Toeplitz operator, D·L² elements, within ``MATRIX_MAX_ELEMENTS``)."""
+        return self.d_model * length * length <= MATRIX_MAX_ELEMENTS
+
+    def _use_matrix(self, method: str, length: int) -> bool:
+        if method == "matrix":
+            if torch.is_grad_enabled() and self.log_dt.requires_grad:
+                raise ValueError("method='matrix' computes no gradients: call it under torch.no_grad()")
+            return True
+        return method == "auto" and not torch.is_grad_enabled() and self.matrix_fits(length)
+
+    def _matrix_chunk(self, x: torch.Tensor, h0: torch.Tensor | None, final_state: bool):
+        """The matrix path: x (B, L, D), h0 (B, D, N/2, 2) float64 or None → y (B, L, D) float32 after the D skip
+        and the GELU, h (B, D, N/2, 2) float64 or None."""
+        batch, length, H = x.shape
+        toeplitz, free, decay, gain = self._cached_operators(length)
+        u = x.float().permute(2, 1, 0).contiguous()  # (D, L, B)
+        y = torch.bmm(toeplitz, u)  # (D, L, B)
+        if h0 is not None:
+            h = h0.permute(1, 2, 3, 0)  # (D, N/2, 2, B)
+            y = torch.baddbmm(y, free, h.reshape(H, 2 * self.n_modes, batch).float())
+        y = F.gelu(y + self.D.float()[:, None, None] * u)
+        h_new = None
+        if final_state:
+            h_new = torch.bmm(gain, u).double().reshape(H, self.n_modes, 2, batch)  # (D, N/2, 2, B)
+            if h0 is not None:  # + dA^L h0, the complex product as real pairs
+                d_re, d_im, h_re, h_im = decay[:, :, 0], decay[:, :, 1], h[:, :, 0], h[:, :, 1]
+                h_new = h_new + torch.stack([d_re * h_re - d_im * h_im, d_re * h_im + d_im * h_re], dim=2)
+            h_new = h_new.permute(3, 0, 1, 2).contiguous()
+        return y.permute(2, 1, 0), h_new
+
     def forward(self, x: torch.Tensor, state: S4DState | None = None, method: str = "auto",
                 return_state: bool = True):
         """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream. ``return_state=False``: None
-        in place of the new state."""
+        in place of the new state. ``method``: "fft", "recurrent", "matrix" (the chunk as matrix products with
+        cached operators: no gradient to the SSM parameters), or "auto" (matrix without gradients up to
+        ``MATRIX_MAX_ELEMENTS``, else FFT from ``FFT_MIN_LENGTH`` samples on, else recurrent)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
-        u = x.transpose(1, 2).float()  # (B, D, L)
-        h0 = None if state is None else torch.view_as_complex(state.ssm.double().contiguous())
-        y, h = self.ssm(u, h0, method, return_state)  # (B, D, L), (B, D, N/2) or None
-        y = y + self.D.float()[:, None] * u
-        y = self.dropout(F.gelu(y)).transpose(1, 2).to(x.dtype)  # (B, L, D)
+        if self._use_matrix(method, x.shape[1]):
+            y, h = self._matrix_chunk(x, None if state is None else state.ssm.double(), return_state)
+            y = self.dropout(y).to(x.dtype)
+        else:
+            u = x.transpose(1, 2).float()  # (B, D, L)
+            h0 = None if state is None else torch.view_as_complex(state.ssm.double().contiguous())
+            y, h = self.ssm(u, h0, method, return_state)  # (B, D, L), (B, D, N/2) or None
+            y = y + self.D.float()[:, None] * u
+            y = self.dropout(F.gelu(y)).transpose(1, 2).to(x.dtype)  # (B, L, D)
+            h = None if h is None else torch.view_as_real(h).contiguous()
         y = F.glu(self.out_proj(y), dim=-1)  # (B, L, D)
-        return y, (S4DState(ssm=torch.view_as_real(h).contiguous()) if return_state else None)
+        return y, (S4DState(ssm=h) if return_state else None)

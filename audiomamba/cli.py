@@ -694,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=16, help="kernels, train: sequences per step")
     b.add_argument("--profile", action="store_true", help="train: the top-10 kernels of each model's step")
     b.add_argument("--tiny", action="store_true", help="train: tiny models, 2 × 64 tokens (a CPU smoke test)")
-    b.add_argument("--preset", default=None, help="model preset (default: sc09_small / classifier_small)")
+    b.add_argument("--preset", default=None, help="model preset (default: sc09_small / classifier_small); serve and "
+                   "stream --backend onnxruntime also take an experiment preset, e.g. quickstart_classifier")
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     b.add_argument("--steps", type=int, default=None, help="generate: steps per run; train: timed steps (10)")
     b.add_argument("--chunk-ms", type=float, default=20.0)

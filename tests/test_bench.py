@@ -1,5 +1,5 @@
 """``audiomamba bench``: the train bench end to end on CPU (tiny models), its Transformer sizing and mamba_ssm
-weight copy, the table helper, and the stage shapes and floors of the kernel bench."""
+weight copy, the table helper, the stage shapes and floors of the kernel bench, and the ONNX stream bench."""
 
 from __future__ import annotations
 
@@ -144,3 +144,19 @@ def test_kernel_bench_stage_shapes_and_floor():
     assert preset_stage_shapes(["sc09_s4d"]) == []
     # exponential floor of sc09_small's stage 0: B·E·L·N / 4.2e12 s
     assert scan_floor_ms(16, 128, 16_000, 64) == pytest.approx(16 * 128 * 16_000 * 64 / 4.2e12 * 1e3)
+
+
+def test_stream_onnx_bench_on_a_token_model_with_s4d_stages(capsys):
+    """``bench stream --backend onnxruntime`` on an experiment preset (8 kHz mu-law tokens, S4D and Mamba-1
+    stages): three timed rows on the same chunks, outputs that agree, the ratios printed."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from audiomamba.bench.stream_onnx import bench_stream_onnx
+
+    result = bench_stream_onnx("quickstart_classifier", chunk_ms=20, seconds=0.2)
+    assert result["chunk_samples"] == 160 and result["chunks"] == 10
+    assert set(result["rows"]) == {"torch", "eager", "onnxruntime"}
+    assert all(r["cpu_ms_median"] > 0 for r in result["rows"].values())
+    assert result["max_rel_diff"] < 1e-5
+    out = capsys.readouterr().out
+    assert "160 samples at 8000 Hz" in out and "(eager)" in out and "against the eager stream" in out

@@ -210,12 +210,14 @@ class AudioClassifier(_AudioModel):
         return ClassifierState(self.backbone.init_state(batch_size, device, dtype),
                                self.head.init_state(batch_size, device, dtype))
 
-    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, x: torch.Tensor, check_finite: bool = True) -> torch.Tensor:
+        """x (B, L) → (B, L, D). ``check_finite=False``: skip the NaN/Inf check of a waveform (a host sync), for
+        callers that checked it already (and for CUDA graph captures, where a sync is not allowed)."""
         if self.config.input == "tokens":
             return self._embed_tokens(x)
         if x.dim() != 2 or not x.is_floating_point():
             raise ValueError(f"x: expected a float waveform (batch, length), got {tuple(x.shape)} {x.dtype}")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"x: the waveform holds {int(x.isnan().sum())} NaN and {int(x.isinf().sum())} infinite "
                              f"sample(s) (of {x.numel()})")
         weight = self.embed.weight  # (D, 1): one sample → (D,), as a broadcast product (a K = 1 matmul costs more)

@@ -124,6 +124,11 @@ def test_engine_slot_state_restores_bit_exactly_and_loads_into_a_stream():
     engine.push([a], x[:, :CHUNK])
     engine.push([a], x[:, CHUNK : 2 * CHUNK])
     saved = engine.slot_state(a)
+    bad = x[:, 2 * CHUNK : 3 * CHUNK].clone()
+    bad[0, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        engine.push([a], bad)  # rejected before the step: the slot is unchanged
+    assert all(torch.equal(v, saved[k]) for k, v in engine.slot_state(a).items())
     after = engine.push([a], x[:, 2 * CHUNK : 3 * CHUNK]).probs
     b = engine.open(saved)  # the saved stream in another slot continues identically
     assert b != a and engine.positions[b] == 2 * CHUNK
@@ -421,6 +426,39 @@ def test_compiled_engine_matches_the_eager_engine():
     for n in (3, 2, 3, 3):
         x = torch.randn(n, CHUNK)
         assert (compiled.push(a[:n], x).probs - eager.push(b[:n], x).probs).abs().max() < TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("what", ["waveform", "tokens", "lm"])
+def test_cuda_graph_pushes_match_the_stream(what):
+    """On a GPU each bucket's push is one captured CUDA graph (no eager fallback), and every slot gets what
+    model.stream(1) on the GPU gives it alone, for pushes of varying subsets of the slots."""
+    import warnings
+
+    model = (tiny_model("sc09_mixed") if what == "lm" else _classifier(tokens=what == "tokens")).cuda()
+    engine = Engine(model, max_streams=6, chunk=CHUNK, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed capture warns and pushes eagerly: fail instead
+        engine.warmup()
+    assert all(entry != "eager" for entry in engine._programs.values())
+    slots = [engine.open() for _ in range(6)]
+    n_chunks = 5
+    x = [torch.randint(0, 256, (1, n_chunks * CHUNK)) if what != "waveform" else torch.randn(1, n_chunks * CHUNK)
+         for _ in slots]
+    got: dict[int, list] = {s: [] for s in slots}
+    rng = random.Random(0)
+    done = [0] * len(slots)
+    while min(done) < n_chunks:
+        batch = [i for i in range(len(slots)) if done[i] < n_chunks and rng.random() < 0.6]
+        if not batch:
+            continue
+        chunk = torch.cat([x[i][:, done[i] * CHUNK : (done[i] + 1) * CHUNK] for i in batch])
+        r = engine.push([slots[i] for i in batch], chunk)
+        for j, i in enumerate(batch):
+            got[slots[i]].append(float(r.bits[j]) if r.bits is not None else r.probs[j].numpy())
+            done[i] += 1
+    for i, s in enumerate(slots):
+        assert _close(got[s], [v.cpu() for v in _reference(model, x[i].cuda())]) < 1e-4, i
 
 
 def test_sigterm_writes_the_streams_and_a_new_server_resumes_them(tmp_path):

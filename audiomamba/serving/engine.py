@@ -209,8 +209,9 @@ class Engine:
         return min(next(b for b in _buckets(n)), self.max_streams)
 
     def push(self, slots: list[int], x: torch.Tensor) -> PushResult:
-        """One chunk for each of ``slots`` (distinct open slots): x (b, chunk) waveform samples (float) or tokens
-        (int, in range: checked) → the per-slot reductions (see the module docstring), state advanced."""
+        """One chunk for each of ``slots`` (distinct open slots): x (b, chunk) finite waveform samples (float) or
+        tokens (int, in range), both checked → the per-slot reductions (see the module docstring), state
+        advanced."""
         b = len(slots)
         if x.shape != (b, self.chunk):
             raise ValueError(f"x: expected ({b}, {self.chunk}) (one chunk per slot), got {tuple(x.shape)}")
@@ -224,6 +225,8 @@ class Engine:
             x = x.long()
         elif not x.is_floating_point():
             raise ValueError(f"x: this model takes float waveform samples, got {x.dtype}")
+        elif not bool(torch.isfinite(x).all()):  # here, not in the step (a host sync, which a CUDA graph cannot hold)
+            raise ValueError("x: NaN or infinite samples (push rejected, no slot changed)")
         with self._lock:
             for s in slots:
                 self._check_slot(s)
@@ -265,7 +268,7 @@ class Engine:
             else:
                 it = iter(flat)
                 state = map_state(lambda _: next(it), self._template)
-                h = h if self.tokens else model._inputs(h)
+                h = h if self.tokens else model._inputs(h, check_finite=False)  # push checked it
                 out, state = model.forward_embedded(h, state, self._phases)
                 new = list(flatten_state(state).values())
             for k, t in zip(names, new):

@@ -16,11 +16,9 @@ a small CPU), later pushes of that length reuse it. The graph specialises on the
 phases at the chunk's start, so chunk lengths that are multiples of the pooling product (``pool_product``, 64 for
 ``classifier_small``: 20 ms = 320 samples at 16 kHz) need one graph; other lengths cycle through several phases,
 one compile each; past ``MAX_COMPILED_PATTERNS`` patterns per stream, new ones run eagerly (same outputs, eager
-speed, one warning). For ragged chunking, stream with compile=False. Compiling pays for Mamba mixers. S4D
-mixers stream through matrix products whose operators depend only on the weights: eagerly they are computed once
-per chunk length and kept, but a compiled graph rebuilds them at every push, so a model with S4D stages streams
-faster eagerly (the quickstart classifier, one stream of 20 ms chunks on one thread: 5.9 ms per chunk eager
-against 14.6 ms compiled).
+speed, one warning). For ragged chunking, stream with compile=False. S4D mixers stream through matrix products
+whose operators depend only on the weights: they are computed once per chunk length and kept (recomputed when a
+weight changes), and a compiled graph reads them as inputs.
 
 ``model.stream(B, weights="bfloat16")`` (opt-in, eager or compiled) streams a ``model.low_precision_copy()`` made
 when the stream is made (later changes to the model's weights do not reach it): the linear layers' weights and
@@ -49,6 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .layers.pool import _phase_of
+from .layers.s4d import S4DMixer
 from .precision import inference_weights_name
 from .state import flatten_state, map_state, state_to, unflatten_state
 
@@ -57,6 +56,7 @@ _POSITION_KEY = "stream.position"
 _STATE_PREFIX = "state."
 # the compiled push graphs of each model: {chunk pattern: compiled function}; shared by the model's streams
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_S4D_MIXERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its S4D mixers
 
 
 class Stream:
@@ -216,6 +216,7 @@ class Stream:
         graphs = _GRAPHS.setdefault(model, {})
         graph = graphs.get(key)
         flat = self._flat_state()
+        prepare_push_graph(model, x, flat, list(phases), embedded, squeeze, first=graph is None)
         if key in self._graph_keys and graph is not None:
             out, leaves = graph(model, x, flat, list(phases), embedded, squeeze)
         else:
@@ -293,6 +294,25 @@ def _compile_push_graph(cpp_wrapper: bool = True):
     fn = types.FunctionType(code, _push_graph.__globals__, _push_graph.__name__)
     options = {"cpp_wrapper": cpp_wrapper, "guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
     return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+
+
+def prepare_push_graph(model, x: torch.Tensor, flat: list[torch.Tensor], phases: list[int], embedded: bool,
+                       squeeze: bool, first: bool) -> None:
+    """Before each call of a compiled push graph (arguments as ``_push_graph``'s): the tensors that the graph
+    reads as inputs besides the weights and the state, the S4D mixers' matrix operators, are made current for
+    the weights as they are now. ``first``: the call traces the graph; one eager run of the same push (on copies
+    of the state, no outputs kept) first computes the operators of the chunk lengths the pattern meets, so that
+    the graph reads them rather than rebuilding them at every push. A no-op for models without S4D mixers."""
+    mixers = _S4D_MIXERS.get(model)
+    if mixers is None:
+        mixers = _S4D_MIXERS[model] = [m for m in model.modules() if isinstance(m, S4DMixer)]
+    if not mixers:
+        return
+    if first:
+        with torch.no_grad():
+            _push_graph(model, x, [t.clone() for t in flat], phases, embedded, squeeze)
+    for mixer in mixers:
+        mixer.refresh_operators()
 
 
 def _push_graph(model, x: torch.Tensor, flat: list[torch.Tensor], phases: list[int], embedded: bool, squeeze: bool):

@@ -15,6 +15,8 @@ import pytest
 import torch
 from helpers import rel_err, tiny_model
 
+from audiomamba.layers import S4DMixer
+
 torch.set_num_threads(1)
 
 TOL = 1e-5
@@ -91,6 +93,34 @@ def test_compiled_graphs_are_per_model():
     before = graphs_compiled()
     push_both(second.stream(1), second.stream(1, compile=True), x, [8, 8])
     assert graphs_compiled() - before == 1
+
+
+def test_compiled_s4d_stream_reads_the_kept_operators_and_follows_weight_changes():
+    """An S4D stage streams compiled through its matrix operators, which the graph takes as inputs: equal to the
+    eager stream; after new weights are loaded in place the next compiled push uses operators made from them."""
+    model = tiny("classifier_small", **{"backbone.mixer": ["s4d"], "backbone.n_blocks": [1, 0, 1]})
+    mixers = [m for m in model.modules() if isinstance(m, S4DMixer)]
+    x = torch.randn(1, 40) * 0.3
+    eager, compiled = model.stream(1), model.stream(1, compile=True)
+    before = graphs_compiled()
+    push_both(eager, compiled, x, [8, 8])
+    assert graphs_compiled() - before == 1 and all(8 in m._operators or 1 in m._operators for m in mixers)
+    ops = mixers[0]._operators
+    length = next(iter(ops))
+    kept = ops[length]
+    ops[length] = tuple(torch.zeros_like(t) for t in kept)  # the graph reads what is kept, not a copy of it
+    got = compiled.push(x[:, 16:24])
+    ops[length] = kept
+    assert rel_err(got, eager.push(x[:, 16:24])) > 1e-3
+    other = tiny("classifier_small", **{"backbone.mixer": ["s4d"], "backbone.n_blocks": [1, 0, 1]})
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.load_state_dict(other.state_dict())  # in place: the kept operators are recomputed before the next push
+    eager.load_state_dict(compiled.state_dict())
+    push_both(eager, compiled, x[:, 24:], [8, 8])
+    assert graphs_compiled() - before == 1  # no recompile
 
 
 @SLOW

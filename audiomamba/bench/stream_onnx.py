@@ -6,8 +6,8 @@ untrained weights) is exported with ``audiomamba.export.export_stream`` for the 
 temporary directory and pushed through ``OnnxStream``; ``model.stream(1, compile=True)`` and ``model.stream(1)``
 get the same chunks (random audio, or random tokens for a token model). The pushes of each chunk alternate, so
 that all see the same load of a shared machine. The outputs are compared over the whole run (they compute the
-same function, up to float rounding). The target is against the compiled stream; the eager row is there because
-a model with S4D stages streams faster eagerly (see ``audiomamba.streaming``).
+same function, up to float rounding). The target is against the compiled stream; the eager row shows what
+compiling gains.
 """
 
 from __future__ import annotations

@@ -20,7 +20,10 @@ FFT_MIN_LENGTH = 64  # below this the recurrence is cheaper than the FFT path
 # The matrix path keeps a (D, L, L) Toeplitz operator per chunk length: at most this many elements (16 MB in
 # float32; D = 32 channels up to 362-sample chunks); longer chunks take the FFT path.
 MATRIX_MAX_ELEMENTS = 1 << 22
-MATRIX_CACHE_LENGTHS = 4  # chunk lengths whose operators are kept (a stream's chunk, its tail, ...)
+# Operators are kept for the chunk lengths met first, up to this many Toeplitz elements in all (a stream's chunk,
+# its tail, ...); lengths beyond it are computed at each call. Kept lengths are never dropped: compiled pushes
+# read them.
+MATRIX_CACHE_ELEMENTS = 4 * MATRIX_MAX_ELEMENTS
 
 
 @dataclass
@@ -165,20 +168,34 @@ class S4DMixer(nn.Module):
         return toeplitz, free, decay, gain
 
     def _cached_operators(self, length: int) -> tuple[torch.Tensor, ...]:
-        """``matrix_operators(length)``, kept per length until a parameter changes (in place, e.g. an optimizer
-        step or ``load_state_dict``, or by a move to another device); computed afresh inside a compiled graph."""
+        """``matrix_operators(length)``, kept per length and recomputed when a parameter changes (in place, e.g.
+        an optimizer step or ``load_state_dict``, or by a move to another device).
+
+        Inside a compiled graph the kept operators are read as graph inputs (``refresh_operators``, called before
+        each compiled push, keeps them current); a length not kept is computed in the graph."""
         if torch.compiler.is_compiling():
-            return self.matrix_operators(length)
-        key = tuple((p.data_ptr(), p._version) for p in (self.log_dt, self.C, self.log_A_real, self.A_imag))
-        if key != self._operators_key:
-            self._operators, self._operators_key = {}, key
+            ops = self._operators.get(length)
+            return ops if ops is not None else self.matrix_operators(length)
+        self.refresh_operators()
         ops = self._operators.get(length)
         if ops is None:
-            if len(self._operators) >= MATRIX_CACHE_LENGTHS:
-                self._operators.pop(next(iter(self._operators)))
-            with torch.no_grad():
-                ops = self._operators[length] = self.matrix_operators(length)
+            ops = self._fresh_operators(length)
+            kept = sum(t[0].numel() for t in self._operators.values())
+            if kept + ops[0].numel() <= MATRIX_CACHE_ELEMENTS:
+                self._operators[length] = ops
         return ops
+
+    def refresh_operators(self) -> None:
+        """Recompute the kept operators (same lengths) if a parameter changed since they were computed."""
+        key = tuple((p.data_ptr(), p._version) for p in (self.log_dt, self.C, self.log_A_real, self.A_imag))
+        if key != self._operators_key:
+            self._operators = {n: self._fresh_operators(n) for n in self._operators}
+            self._operators_key = key
+
+    def _fresh_operators(self, length: int) -> tuple[torch.Tensor, ...]:
+        # plain tensors (not inference tensors, also under inference_mode): compiled graphs take them as inputs
+        with torch.inference_mode(False), torch.no_grad():
+            return self.matrix_operators(length)
 
     def matrix_fits(self, length: int) -> bool:
         """Whether "auto" runs chunks of ``length`` samples through the matrix path when no gradient is needed

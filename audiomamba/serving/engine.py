@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from ..state import flatten_state, map_state
+from ..streaming import _compile_push_graph, prepare_push_graph
 
 POSITION_KEY = "stream.position"  # the entries of Stream.state_dict (audiomamba.streaming)
 STATE_PREFIX = "state."
@@ -264,6 +265,7 @@ class Engine:
             flat = [self.pool[k].index_select(0, index) for k in names]
             h = model.embed(x[..., None]) if self.tokens else x  # (B, n, D) embedded tokens (range checked in push)
             if graph is not None:
+                prepare_push_graph(model, h, flat, list(self._phases), self.tokens, False, first=False)
                 out, new = graph(model, h, flat, list(self._phases), self.tokens, False)
             else:
                 it = iter(flat)
@@ -315,13 +317,12 @@ class Engine:
 
     def _compile(self, size: int):
         """Compile the push of batch ``size`` (a first call on fresh states; the pool is not touched)."""
-        from ..streaming import _compile_push_graph
-
         graph = _compile_push_graph()
         x = torch.zeros(size, self.chunk, dtype=torch.long if self.tokens else torch.float32)
         flat = [v.expand(size, *v.shape[1:]).contiguous() for v in self._init.values()]
         with torch.no_grad():
             h = self.model.embed(x[..., None]) if self.tokens else x
+            prepare_push_graph(self.model, h, flat, list(self._phases), self.tokens, False, first=True)
             graph(self.model, h, flat, list(self._phases), self.tokens, False)
         return graph
 

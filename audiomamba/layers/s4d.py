@@ -207,7 +207,10 @@ class S4DMixer(nn.Module):
             if torch.is_grad_enabled() and self.log_dt.requires_grad:
                 raise ValueError("method='matrix' computes no gradients: call it under torch.no_grad()")
             return True
-        return method == "auto" and not torch.is_grad_enabled() and self.matrix_fits(length)
+        # one eager step (generation) is cheaper as the recurrence, in the state's own layout; graphs (compiled or
+        # exported) take the matrix path at every length, since it has no complex numbers
+        return (method == "auto" and not torch.is_grad_enabled() and self.matrix_fits(length)
+                and (length > 1 or torch.compiler.is_compiling()))
 
     def _matrix_chunk(self, x: torch.Tensor, h0: torch.Tensor | None, final_state: bool):
         """The matrix path: x (B, L, D), h0 (B, D, N/2, 2) float64 or None → y (B, L, D) float32 after the D skip
@@ -234,7 +237,8 @@ class S4DMixer(nn.Module):
         """x: (B, L, D) → y: (B, L, D), new state. ``state=None`` starts a stream. ``return_state=False``: None
         in place of the new state. ``method``: "fft", "recurrent", "matrix" (the chunk as matrix products with
         cached operators: no gradient to the SSM parameters), or "auto" (matrix without gradients up to
-        ``MATRIX_MAX_ELEMENTS``, else FFT from ``FFT_MIN_LENGTH`` samples on, else recurrent)."""
+        ``MATRIX_MAX_ELEMENTS``, except single eager steps; else FFT from ``FFT_MIN_LENGTH`` samples on, else
+        recurrent)."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: expected (batch, length, {self.d_model}), got {tuple(x.shape)}")
         if self._use_matrix(method, x.shape[1]):

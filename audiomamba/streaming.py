@@ -231,7 +231,7 @@ class Stream:
                 try:
                     out, leaves = graph(model, x, flat, list(phases), embedded, squeeze)
                 except InductorError:
-                    # the C++ wrapper does not take every op (e.g. some of the s4d mixer's): the Python one does
+                    # the C++ wrapper does not take every op: the Python one does
                     graph = graphs[key] = _compile_push_graph(cpp_wrapper=False)
                     out, leaves = graph(model, x, flat, list(phases), embedded, squeeze)
             self._graph_keys.add(key)

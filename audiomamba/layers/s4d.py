@@ -2,9 +2,9 @@
 
 Whole sequences run as an FFT convolution with the SSM kernel; a carried state adds its free response
 (computed in closed form), and the final state is a Vandermonde sum. Step-by-step continuation runs the
-recurrence. Streaming chunks without gradients run as four matrix products in real arithmetic, with operators
-computed once per chunk length from the parameters (and again whenever a parameter changes). All three are
-exact: they compute the same function up to float32 rounding.
+recurrence. Streaming chunks without gradients run as three matrix products and a complex product per mode, in
+real arithmetic, with operators computed once per chunk length from the parameters (and again whenever a
+parameter changes). All three are exact: they compute the same function up to float32 rounding.
 """
 
 from __future__ import annotations

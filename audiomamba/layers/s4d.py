@@ -169,7 +169,8 @@ class S4DMixer(nn.Module):
 
     def _cached_operators(self, length: int) -> tuple[torch.Tensor, ...]:
         """``matrix_operators(length)``, kept per length and recomputed when a parameter changes (in place, e.g.
-        an optimizer step or ``load_state_dict``, or by a move to another device).
+        an optimizer step or ``load_state_dict``, or by a move to another device; writes through ``.data`` bypass
+        the version counter that this check reads, and are not seen).
 
         Inside a compiled graph the kept operators are read as graph inputs (``refresh_operators``, called before
         each compiled push, keeps them current); a length not kept is computed in the graph."""

@@ -37,6 +37,7 @@ state are float32.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -1128,13 +1129,13 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
     on [N, channels] tiles whose states are spread over lanes too, for large N); ``fwd_block`` channels per
     program, ``fwd_chunk`` steps per chunk T, ``fwd_warps`` warps per program, ``fwd_target`` warps wanted in
     flight before time is cut into segments (segments cost a second pass). Backward: ``bwd_kernel`` "lanes"
-    ([N, channels] tiles, channels across the lanes; small N) or "grid" (channels and states each split between
-    registers and lanes, the warps splitting the channels; large N), ``bwd_block`` channels per program,
+    ([N, channels] tiles, channels across the lanes; the default) or "grid" (channels and states each split
+    between registers and lanes, the warps splitting the channels), ``bwd_block`` channels per program,
     ``bwd_warps``, ``bwd_lanes_n`` (grid: lanes along the states, of 32; default max(8, N / 8)), ``bwd_maxnreg``
     (register cap, None: the compiler's), ``bwd_target``, ``ck`` steps per recomputation interval. ``ck_save``:
     steps between the states the forward keeps for the backward ((B, E, ceil(L / ck_save), N) float32); the
     backward regenerates the interval starts in between. Defaults from the GPU sweeps in
-    benchmarks/notes/mamba1_scan*.md (the grid backward's from offline sm_90a compiles: no spills).
+    benchmarks/notes/mamba1_scan*.md.
     """
     np2 = triton.next_power_of_2(n)
     eg = channels // groups
@@ -1151,7 +1152,7 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
         T = fwd_chunk or 4
     else:
         be = min(fwd_block or 8, eg2)
-        T = fwd_chunk or 8
+        T = fwd_chunk or math.gcd(16, ck_save)
     if ck_save % T:
         raise ValueError(f"fwd_chunk: expected a divisor of ck_save = {ck_save}, got {T}")
     nw = fwd_warps or max(1, be * np2 // 512)
@@ -1164,7 +1165,7 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
     seg, nseg = _segments(rows, nw, length, ck_save, fwd_target)
     cfg = dict(CK=ck, CKS=ck_save, fwd_kernel=fwd_kernel, fwd_BE=be, fwd_T=T, fwd_warps=nw, fwd_seg=seg,
                fwd_nseg=nseg)
-    bwd_kernel = bwd_kernel or ("lanes" if np2 <= 16 else "grid")
+    bwd_kernel = bwd_kernel or "lanes"  # the grid kernel measured slower at N = 64 too (H100: 14.9 against 9.8 ms)
     if bwd_kernel not in ("lanes", "grid"):
         raise ValueError(f"bwd_kernel: expected 'lanes' or 'grid', got {bwd_kernel!r}")
     be = min(bwd_block or 16, eg2)

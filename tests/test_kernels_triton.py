@@ -119,8 +119,10 @@ MANY_SEG = {"fwd_target": 10**6, "bwd_target": 10**6}
         # thread, one and several warps, 16 lanes along the states, a partial channel block, 4-step intervals
         ((2, 6, 37, 5), {}, {**MANY_SEG, "bwd_kernel": "grid", "ck_save": 16}),
         ((1, 8, 45, 4), {"groups": 2, "channel_last": True}, {**ONE_SEG, "bwd_kernel": "grid", "ck_save": 16}),
-        ((1, 12, 29, 32), {"z": False, "h0": False}, {**MANY_SEG, "bwd_block": 8, "bwd_warps": 1, "ck_save": 16}),
-        ((1, 6, 23, 64), {"channel_last": True}, {**ONE_SEG, "bwd_lanes_n": 16, "ck": 4, "ck_save": 8}),
+        ((1, 12, 29, 32), {"z": False, "h0": False}, {**MANY_SEG, "bwd_kernel": "grid", "bwd_block": 8,
+                                                       "bwd_warps": 1, "ck_save": 16}),
+        ((1, 6, 23, 64), {"channel_last": True}, {**ONE_SEG, "bwd_kernel": "grid", "bwd_lanes_n": 16, "ck": 4,
+                                                  "ck_save": 8}),
         ((1, 4, 19, 64), {}, {**ONE_SEG, "bwd_kernel": "lanes", "ck_save": 8}),
     ],
 )

@@ -147,9 +147,9 @@ def test_scan_config_rejects_bad_settings():
     with pytest.raises(ValueError, match="bwd_kernel"):
         ss.scan_config(1, 4, 1, 32, 64, bwd_kernel="seq")
     with pytest.raises(ValueError, match="bwd_block"):
-        ss.scan_config(1, 64, 1, 32, 64, bwd_block=16, bwd_warps=3)
+        ss.scan_config(1, 64, 1, 32, 64, bwd_kernel="grid", bwd_block=16, bwd_warps=3)
     with pytest.raises(ValueError, match="ck"):
-        ss.scan_config(1, 64, 1, 32, 64, ck=2, ck_save=8)
+        ss.scan_config(1, 64, 1, 32, 64, bwd_kernel="grid", ck=2, ck_save=8)
 
 
 def test_selective_scan_chunked_calls_equal_one_call():

@@ -75,8 +75,7 @@ def check_exportable(model: nn.Module, chunk: int, fmt: str | None = None) -> No
 
 def _check_s4d_chunk(backbone: nn.Module, chunk: int) -> None:
     """ExportError if a chunk brings an S4D mixer more samples than its matrix form takes."""
-    frame = 1  # input samples per step of stage s
-    for s, stage in enumerate(backbone.stages):
+    for s, (stage, frame) in enumerate(zip(backbone.stages, backbone.frame_sizes)):
         length = -(-chunk // frame)  # the most steps a chunk brings to stage s (at any pooling phase)
         for mixer in stage.modules():
             if isinstance(mixer, S4DMixer) and not mixer.matrix_fits(length):
@@ -85,8 +84,6 @@ def _check_s4d_chunk(backbone: nn.Module, chunk: int) -> None:
                                   f"see {length} steps per chunk, more than their matrix form takes (chunks up to "
                                   f"{longest}; longer ones compute in complex numbers, which ONNX has no operators "
                                   "for); use a shorter --chunk, or --format torch-export")
-        if s < len(backbone.pools):
-            frame *= backbone.pools[s]
 
 
 class StreamStep(nn.Module):

@@ -17,12 +17,12 @@ The three ideas of the paper's hardware-aware algorithm, as they appear here (la
 * Parallel scan over time. When batch × channel blocks alone cannot fill the GPU, time is cut into segments: a
   first pass computes each segment's end state from zero and its total decay, a tiny kernel chains the segments'
   start states, and the full pass reruns each segment from its true start.
-* Recomputation. The forward keeps only the state every ck_save (128) steps, (B, E, ceil(L / ck_save), N)
-  float32: linear in L. The backward (``_ss_bwd_kernel``) walks intervals of ck (8) steps in reverse; entering a
-  block of ck_save steps it reruns the block's forward from the kept state and parks its interval starts in a
-  per-program scratch. Per interval, a prologue computes every per-(step, channel) value once (softplus, gate,
-  ...) into a small scratch, a pass reruns the interval's forward parking one state per 4 steps, and 4-step
-  sub-chunks are walked backwards on [N, BE] tiles: their states recomputed, the adjoint
+* Recomputation. The forward keeps only the state every ck_save steps (32 for N <= 16, 128 above),
+  (B, E, ceil(L / ck_save), N) float32: linear in L. The backward (``_ss_bwd_kernel``) walks intervals of ck (8)
+  steps in reverse; entering a block of ck_save steps it reruns the block's forward from the kept state and parks
+  its interval starts in a per-program scratch. Per interval, a prologue computes every per-(step, channel) value
+  once (softplus, gate, ...) into a small scratch, a pass reruns the interval's forward parking one state per 4
+  steps, and 4-step sub-chunks are walked backwards on [N, BE] tiles: their states recomputed, the adjoint
   g_t = C_t dy_t + a_{t+1} g_{t+1} as explicit FMAs, du, dΔ, dz, dB, dC parked per interval and written as
   coalesced tiles / vector atomics (dB, dC summed over the channel block). Segments are chained as in the forward.
 
@@ -1141,7 +1141,9 @@ def scan_config(batch, channels, groups, length, n, channel_first=True, *, fwd_k
     eg = channels // groups
     eg2 = max(1, triton.next_power_of_2(eg))
     ck = ck or 8
-    ck_save = ck_save or 128
+    # every 128 steps at large N (a 16th of the memory of every 8); at N <= 16 the states are 4x smaller and every
+    # 32 steps was 3-4 % faster forward + backward than 128 (H100, benchmarks/notes/mamba1_scan_training.md)
+    ck_save = ck_save or (32 if np2 <= 16 else 128)
     if ck_save % ck:
         raise ValueError(f"ck_save: expected a multiple of ck = {ck}, got {ck_save}")
     fwd_kernel = fwd_kernel or ("tile" if np2 <= 16 else "step")

@@ -23,8 +23,8 @@ TINY = {
     "backbone.mixer_options": {"mamba1": {"d_state": 4}, "mamba2": {"d_state": 8, "headdim": 8, "chunk_size": 8},
                                "s4d": {"d_state": 8}},
 }
-PRESETS = ["sc09_small", "sc09_large", "sc09_mixed", "sc09_s4d", "sc09_mamba2", "classifier_small",
-           "classifier_bidirectional"]
+PRESETS = ["sc09_small", "sc09_small_n16", "sc09_large", "sc09_mixed", "sc09_s4d", "sc09_mamba2",
+           "classifier_small", "classifier_bidirectional"]
 
 
 def tiny(spec, **overrides):
@@ -36,7 +36,8 @@ def test_all_presets_are_shipped():
     assert set(PRESETS) <= set(model_preset_names())
 
 
-@pytest.mark.parametrize("name,expected", [("sc09_small", 6.1e6), ("sc09_large", 24.4e6), ("sc09_mamba2", 6.2e6)])
+@pytest.mark.parametrize("name,expected", [("sc09_small", 6.1e6), ("sc09_small_n16", 5.06e6), ("sc09_large", 24.4e6),
+                                                   ("sc09_mamba2", 6.2e6)])
 def test_paper_sized_presets_parameter_counts(name, expected):
     with torch.device("meta"):  # counts only: nothing is allocated or run
         model = build_model(name)

@@ -16,6 +16,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -186,14 +187,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
     import urllib.error
     import urllib.request
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with code {proc.returncode}")
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"the server exited with code {proc.returncode}; the end of its log:\n{tail}")
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
                 if r.status == 200:
@@ -231,8 +233,10 @@ def _metrics(url: str) -> dict:
 
 def bench_end_to_end(model_dir: str, model, contract, streams: list[int], seconds: float = 10.0,
                      chunk_ms: float = 20.0, max_wait_ms: float = 5.0, device: str = "cpu", threads: int | None = None,
-                     client_processes: int = 1, latency_ms: float = 100.0, compile: bool = False) -> list[dict]:
-    """Start ``audiomamba serve model_dir`` on loopback, then for each N of ``streams``: N real-time clients."""
+                     client_processes: int = 1, latency_ms: float = 100.0, compile: bool = False,
+                     on_row=None) -> list[dict]:
+    """Start ``audiomamba serve model_dir`` on loopback, then for each N of ``streams``: N real-time clients.
+    ``on_row(row)`` is called as each N's row is done (a long run shows its rows as they come)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "audiomamba.cli", "serve", model_dir, "--port", str(port), "--max-streams",
@@ -242,10 +246,13 @@ def bench_end_to_end(model_dir: str, model, contract, streams: list[int], second
         cmd += ["--threads", str(threads)]
     if compile:
         cmd += ["--compile"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the server's log goes to a file: a pipe nobody reads would block the server once its buffer is full
+    log = Path(tempfile.mkdtemp(prefix="audiomamba_bench_serve_")) / "server.log"
+    log_file = open(log, "w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
     rows = []
     try:
-        _wait_healthy(url, proc, timeout=600)
+        _wait_healthy(url, proc, timeout=600, log=log)
         rate = contract.sample_rate
         chunk = chunk_samples(model, rate, chunk_ms)  # what the server pushes
         chunk_s = chunk / rate
@@ -278,12 +285,16 @@ def bench_end_to_end(model_dir: str, model, contract, streams: list[int], second
             rows.append({"streams": n, "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
                          "p99_ms": p99, "missing": missing, "tick_mean_ms": tick_ms, "batch_mean": batch,
                          "sustained": missing == 0 and p99 <= latency_ms})
+            if on_row is not None:
+                on_row(rows[-1])
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log_file.close()
+        shutil.rmtree(log.parent, ignore_errors=True)
     return rows
 
 
@@ -312,16 +323,18 @@ def bench_serve(model_dir: str | None = None, preset: str = "classifier_small", 
             if directory is None:
                 model.audio = contract
                 directory = str(model.save(Path(tmp) / "model"))
+            print(f"end to end (WebSockets on loopback, real-time clients, {seconds:g} s each, max wait "
+                  f"{max_wait_ms:g} ms; sustained: every result back, p99 <= {latency_ms:g} ms)")
+            print(f"{'streams':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'tick ms':>8} {'batch':>7} "
+                  f"{'missing':>8}  sustained", flush=True)
+
+            def row(r):
+                print(f"{r['streams']:>8} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+                      f"{r['tick_mean_ms']:>8.2f} {r['batch_mean']:>7.1f} {r['missing']:>8}  "
+                      f"{'yes' if r['sustained'] else 'NO'}", flush=True)
+
             rows = bench_end_to_end(directory, model, contract, streams, seconds, chunk_ms, max_wait_ms, device,
-                                    threads, client_processes, latency_ms, compile)
-        print(f"end to end (WebSockets on loopback, real-time clients, {seconds:g} s each, max wait "
-              f"{max_wait_ms:g} ms; sustained: every result back, p99 <= {latency_ms:g} ms)")
-        print(f"{'streams':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'tick ms':>8} {'batch':>7} {'missing':>8}  "
-              "sustained")
-        for r in rows:
-            print(f"{r['streams']:>8} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-                  f"{r['tick_mean_ms']:>8.2f} {r['batch_mean']:>7.1f} {r['missing']:>8}  "
-                  f"{'yes' if r['sustained'] else 'NO'}")
+                                    threads, client_processes, latency_ms, compile, on_row=row)
         ok = [r["streams"] for r in rows if r["sustained"]]
         print(f"streams sustained: {max(ok) if ok else 0}")
         result["e2e"] = rows

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test NLL against wall-clock time on FSDD generation: the same experiment (fsdd_generation_mamba) with
-#   n64     sc09_small as it is (Mamba-1, N = 64)
-#   n16     sc09_small with N = 16
+#   n64     sc09_small (Mamba-1, N = 64)
+#   n16     sc09_small_n16 (sc09_small with N = 16)
 #   mamba2  sc09_mamba2 (Mamba-2 / SSD blocks, same layout and size)
 # each trained for the same wall-clock budget, one after the other so that each has the GPU to itself (the step
 # count is fitted to the budget after measuring the run's own speed). Prints a table last; each run's result is
@@ -16,7 +16,7 @@ FSDD=${FSDD:-../shared/data/fsdd}
 RUNS=${RUNS:-outputs/budget_comparison}
 PY=${PY:-python3}
 [ -x .venv/bin/python ] && [ "$PY" = python3 ] && PY=.venv/bin/python
-EXTRA=(trainer.val_every_n_steps=200)
+EXTRA=(trainer.val_every_n_steps=100)  # the step count is rounded down to a multiple of it
 PROBE=()
 M2=()
 if [ "${SMOKE:-0}" = 1 ]; then
@@ -35,8 +35,8 @@ run() {  # run NAME [overrides...]
     fsdd_generation_mamba data.root="$FSDD" "${EXTRA[@]}" "$@" > "$RUNS/$name.log" 2>&1 \
     || { echo "[budget] $name failed, see $RUNS/$name.log"; tail -n 5 "$RUNS/$name.log"; }
 }
-run n64
-run n16 model.backbone.mixer_options.mamba1.d_state=16
+run n64 defaults.model=sc09_small
+run n16 defaults.model=sc09_small_n16
 run mamba2 defaults.model=sc09_mamba2 "${M2[@]}"
 "$PY" - "$RUNS" <<'EOF'
 import json, sys

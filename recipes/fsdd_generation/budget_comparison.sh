@@ -56,4 +56,11 @@ for name in ("n64", "n16", "mamba2"):
     ms = r.get("ms_per_step")
     print(f"| {name} | {r.get('device')} | {r.get('planned_steps')} | {'-' if ms is None else f'{ms:.1f}'} | "
           f"{r.get('wall_s', 0):.0f} | " + " | ".join(cells) + " |")
+print("\nvalidation NLL (bits) against wall-clock seconds since the run started (at the end of each validation):")
+for name in ("n64", "n16", "mamba2"):
+    path = runs / name / "fsdd_generation_mamba" / "batch_result.json"
+    if path.exists():
+        curve = [p for p in json.loads(path.read_text()).get("curve", []) if "val/bits" in p]
+        keep = sorted({round(i * (len(curve) - 1) / 11) for i in range(12)}) if len(curve) > 12 else range(len(curve))
+        print(f"{name:7s} " + "  ".join(f"{curve[i]['seconds']:.0f}s:{curve[i]['val/bits']:.3f}" for i in keep))
 EOF

@@ -50,6 +50,14 @@ def fit_to_budget(*args, **kwargs):
             self.pair_file, self.partner_file = pair_file, partner_file
             self.warm, self.probe, self.t_warm, self.planned = warm, probe, None, None
             self.seconds_per_step, self.feasible = None, None
+            self.t_start, self.curve = time.time(), []  # curve: one {step, seconds, metrics} per validation
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking:
+                return
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.curve.append({"step": trainer.global_step, "seconds": round(time.time() - self.t_start, 1),
+                               **metrics})
 
         def _partner(self):
             if self.partner_file is None or not Path(self.partner_file).exists():
@@ -131,7 +139,7 @@ def cmd_train(args) -> int:
     out = train(cfg, callbacks=[fit, timer], quiet=True)
     result = {"name": args.name, "metrics": out["metrics"], "model_dir": out["model_dir"],
               "planned_steps": fit.planned, "ms_per_step": None if fit.seconds_per_step is None
-              else fit.seconds_per_step * 1000 / MARGIN, "wall_s": time.time() - start,
+              else fit.seconds_per_step * 1000 / MARGIN, "wall_s": time.time() - start, "curve": fit.curve,
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     (runs / args.name / "batch_result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result), flush=True)

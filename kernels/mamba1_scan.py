@@ -74,15 +74,7 @@ def _exp2(x, FAST: tl.constexpr):
 @triton.jit
 def _load_dt(dt_ptr, off, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Raw Δ tile (+bias) and the Δ actually used (softplus'd, zero where masked)."""
-    raw = tl.load(dt_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if HAS_DTB:
-        raw = raw + dtb  # broadcast by the caller
-    if SOFTPLUS:
-        dt = _softplus(raw)
-    else:
-        dt = raw
-    dt = tl.where(mask, dt, 0.0)
-    return raw, dt
+    return _dt_from_raw(tl.load(dt_ptr + off, mask=mask, other=0.0), mask, dtb, HAS_DTB, SOFTPLUS)
 
 
 @triton.jit
@@ -111,6 +103,17 @@ def _softplus_sig(raw, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr):
         dtv = raw
         dsp = tl.full(raw.shape, 1.0, tl.float32)
     return dtv, dsp
+
+
+@triton.jit
+def _dt_sig_from_raw(raw, mask, dtb, HAS_DTB: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_EXP: tl.constexpr):
+    """(Δ used: raw + bias, softplus'd, zero where masked; σ(raw + bias)) from a loaded [·, BE] tile, with one
+    exponential (``_softplus_sig``); ``dtb`` (BE,)."""
+    raw = raw.to(tl.float32)
+    if HAS_DTB:
+        raw += dtb[None, :]
+    dtv, dsp = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
+    return tl.where(mask, dtv, 0.0), dsp
 
 
 @triton.jit
@@ -353,11 +356,7 @@ def _ss_fwd_step_kernel(
         if HAS_Z and not LOCAL:
             z_n = _tile_te(z_ptr, b, e, tq, s_zb, s_ze, s_zl, pm)
         u = u_c.to(tl.float32)
-        raw = d_c.to(tl.float32)
-        if HAS_DTB:
-            raw += dtb[None, :]
-        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
-        dtv = tl.where(m2, dtv, 0.0)
+        dtv = _dt_sig_from_raw(d_c, m2, dtb, HAS_DTB, SOFTPLUS, FAST_EXP)[0]
         if LOCAL:
             dt_sum += tl.sum(dtv, axis=0)
         tl.debug_barrier()  # the previous chunk's reads of the scratch are done
@@ -534,11 +533,9 @@ def _stage_forward_rows(dt_ptr, u_ptr, B_ptr, b, g, e, e_mask, n, n_mask, dtb, t
     for q in tl.static_range(CK // PT):
         t = t0 + q * PT + tp
         m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
-        raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
-        if HAS_DTB:
-            raw += dtb[None, :]
-        dtv = _softplus_sig(raw, SOFTPLUS, FAST_EXP)[0]
-        tl.store(p_dt + q * PT * BE + pe_tp, tl.where(m2, dtv, 0.0))
+        dtv = _dt_sig_from_raw(_tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2), m2, dtb, HAS_DTB, SOFTPLUS,
+                               FAST_EXP)[0]
+        tl.store(p_dt + q * PT * BE + pe_tp, dtv)
         tl.store(p_u + q * PT * BE + pe_tp, _tile_te(u_ptr, b, e, t, s_ub, s_ue, s_ul, m2).to(tl.float32))
         tl.store(pbc_tp + q * PT * NP, _tile_tn(B_ptr, b, g, n, t, s_Bb, s_Bg, s_Bn, s_Bl,
                                                 (t < L)[:, None] & n_mask[None, :]).to(tl.float32))
@@ -557,11 +554,8 @@ def _stage_interval(dt_ptr, dy_ptr, z_ptr, u_ptr, B_ptr, C_ptr, b, g, e, e_mask,
     for q in tl.static_range(CK // PT):
         t = k0 + q * PT + tp
         m2 = (t < L)[:, None] & e_mask[None, :]  # [PT, BE]
-        raw = _tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2).to(tl.float32)
-        if HAS_DTB:
-            raw += dtb[None, :]
-        dtv, dsp = _softplus_sig(raw, SOFTPLUS, FAST_EXP)
-        dtv = tl.where(m2, dtv, 0.0)
+        dtv, dsp = _dt_sig_from_raw(_tile_te(dt_ptr, b, e, t, s_db, s_de, s_dl, m2), m2, dtb, HAS_DTB, SOFTPLUS,
+                                    FAST_EXP)
         dout = _tile_te(dy_ptr, b, e, t, s_gb, s_ge, s_gl, m2).to(tl.float32)
         if HAS_Z:
             zz = _tile_te(z_ptr, b, e, t, s_zb, s_ze, s_zl, m2).to(tl.float32)

@@ -646,3 +646,23 @@ def test_serve_command_errors_are_one_line(tmp_path, capsys):
     assert "needs --token" in capsys.readouterr().err.strip().splitlines()[-1]
     assert main(["serve", str(tmp_path / "model"), "--max-streams", "0"]) == 1
     assert "max_streams" in capsys.readouterr().err
+
+
+def test_end_to_end_bench_reports_each_row_and_a_failed_server_with_its_log(tmp_path):
+    """`bench serve` end to end on the CPU: a real server process and real-time clients; each run's row reaches
+    ``on_row`` as it ends, every frame gets its result; a server that cannot start is reported with its log."""
+    from audiomamba.serving.bench import bench_end_to_end
+
+    model = _classifier()
+    contract = _contract(model)
+    model.audio = contract
+    model.save(tmp_path / "model")
+    seen = []
+    rows = bench_end_to_end(str(tmp_path / "model"), model, contract, [2], seconds=2.0, chunk_ms=20.0, threads=1,
+                            on_row=seen.append)
+    assert seen == rows and [r["streams"] for r in rows] == [2]
+    row = rows[0]
+    assert row["missing"] == 0 and row["batch_mean"] >= 1.0 and row["tick_mean_ms"] > 0
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
+    with pytest.raises(RuntimeError, match="(?s)exited with code 1.*model not found"):
+        bench_end_to_end(str(tmp_path / "missing"), model, contract, [1], seconds=2.0, threads=1)

@@ -16,7 +16,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -187,14 +186,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log) -> None:
+    """Wait until the server answers /healthz; if it exits first, raise with the end of ``log`` (its stderr, an
+    open text file)."""
     import urllib.error
     import urllib.request
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            log.seek(0)
+            tail = "\n".join(log.read().splitlines()[-20:])
             raise RuntimeError(f"the server exited with code {proc.returncode}; the end of its log:\n{tail}")
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
@@ -247,9 +249,8 @@ def bench_end_to_end(model_dir: str, model, contract, streams: list[int], second
     if compile:
         cmd += ["--compile"]
     # the server's log goes to a file: a pipe nobody reads would block the server once its buffer is full
-    log = Path(tempfile.mkdtemp(prefix="audiomamba_bench_serve_")) / "server.log"
-    log_file = open(log, "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
+    log = tempfile.TemporaryFile("w+", errors="replace")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     rows = []
     try:
         _wait_healthy(url, proc, timeout=600, log=log)
@@ -293,8 +294,7 @@ def bench_end_to_end(model_dir: str, model, contract, streams: list[int], second
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log_file.close()
-        shutil.rmtree(log.parent, ignore_errors=True)
+        log.close()
     return rows
 
 
